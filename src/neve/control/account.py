@@ -1,0 +1,76 @@
+"""The account: one catalog plus the managers that own each kind of object.
+
+This is the in-process core of the control plane. The REST API, the SQL engine, the gateway and
+tests all call the same manager methods, each taking a ``RequestContext`` first, so privileges
+are checked in one place whichever surface a call came from.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from neve.catalog import Catalog
+from neve.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from neve.compute.manager import ComputeManager
+    from neve.environments.manager import EnvironmentManager
+    from neve.registry.manager import RegistryManager
+    from neve.security.manager import SecurityManager
+    from neve.services.manager import ServiceManager
+    from neve.sql.engine import SqlEngine
+
+
+class Account:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(self.settings.resolved_catalog_url)
+
+    @classmethod
+    def open(cls, home: str | None = None) -> Account:
+        return cls(load_settings(home))
+
+    @cached_property
+    def security(self) -> SecurityManager:
+        from neve.security.manager import SecurityManager
+
+        return SecurityManager(self)
+
+    @cached_property
+    def registry(self) -> RegistryManager:
+        from neve.registry.manager import RegistryManager
+
+        return RegistryManager(self)
+
+    @cached_property
+    def environments(self) -> EnvironmentManager:
+        from neve.environments.manager import EnvironmentManager
+
+        return EnvironmentManager(self)
+
+    @cached_property
+    def compute(self) -> ComputeManager:
+        from neve.compute.manager import ComputeManager
+
+        return ComputeManager(self)
+
+    @cached_property
+    def services(self) -> ServiceManager:
+        from neve.services.manager import ServiceManager
+
+        return ServiceManager(self)
+
+    @cached_property
+    def sql(self) -> SqlEngine:
+        from neve.sql.engine import SqlEngine
+
+        return SqlEngine(self)
+
+    def close(self) -> None:
+        for name in ("services", "compute", "sql"):
+            mgr = self.__dict__.get(name)
+            if mgr is not None and hasattr(mgr, "close"):
+                mgr.close()
+        self.catalog.dispose()

@@ -1,0 +1,100 @@
+"""The handler interface every framework implements, and the handler registry.
+
+A handler knows how to save a model object to a directory, load it back, list its callable
+methods, call a method on a DataFrame, and which packages it needs. Everything above handlers
+(registry, server, SQL) talks only to ``neve.models.modeldir``'s ``save_model`` / ``load_model``
+and the ``LoadedModel`` they return, so a new framework is one new handler module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+
+
+class ModelHandler(ABC):
+    #: Stable name stored in the manifest and the catalog ("sklearn", "xgboost", ...).
+    model_type: ClassVar[str]
+    #: Import name of the framework module, checked cheaply before importing it.
+    module: ClassVar[str]
+    #: Distribution names (PyPI) the handler needs at load time; pinned by the registry.
+    packages: ClassVar[list[str]] = []
+    #: Whether the framework can use a GPU for this model type.
+    gpu_capable: ClassVar[bool] = False
+    #: Whether signatures cannot be inferred without sample input (most need it).
+    needs_sample_input: ClassVar[bool] = True
+
+    @classmethod
+    @abstractmethod
+    def can_handle(cls, model: Any) -> bool:
+        """True when ``model`` is an object of this framework."""
+
+    @classmethod
+    @abstractmethod
+    def methods(cls, model: Any) -> list[str]:
+        """Default target methods available on ``model`` (e.g. predict, predict_proba)."""
+
+    @classmethod
+    @abstractmethod
+    def save(cls, model: Any, path: Path) -> dict:
+        """Write ``model`` into the empty directory ``path``; return options needed to load it."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, options: dict, *, device: str = "cpu") -> Any:
+        """Load the object saved by ``save``."""
+
+    @classmethod
+    @abstractmethod
+    def call(cls, model: Any, method: str, data: pd.DataFrame) -> Any:
+        """Call ``method`` on input columns ``data`` (signature order); return raw output.
+
+        The raw output (array, DataFrame, list of vectors) is turned into output columns by
+        ``neve.models.modeldir.to_output_frame`` with the signature's output names.
+        """
+
+    @classmethod
+    def extra_packages(cls, model: Any) -> list[str]:
+        """Packages needed beyond ``packages`` for this particular object (e.g. transformers)."""
+        return []
+
+
+_HANDLERS: list[type[ModelHandler]] = []
+
+
+def register_handler(handler: type[ModelHandler]) -> type[ModelHandler]:
+    _HANDLERS.append(handler)
+    return handler
+
+
+def handlers() -> list[type[ModelHandler]]:
+    from neve.models import frameworks  # noqa: F401  (registers the built-in handlers)
+
+    return list(_HANDLERS)
+
+
+def handler_for_model(model: Any) -> type[ModelHandler]:
+    from neve.errors import NotSupportedError
+
+    for handler in handlers():
+        try:
+            if handler.can_handle(model):
+                return handler
+        except Exception:  # a framework that fails to import cannot be this model's
+            continue
+    raise NotSupportedError(
+        f"unsupported model type {type(model).__module__}.{type(model).__qualname__}; supported: "
+        + ", ".join(h.model_type for h in handlers())
+    )
+
+
+def handler_by_type(model_type: str) -> type[ModelHandler]:
+    from neve.errors import NotSupportedError
+
+    for handler in handlers():
+        if handler.model_type == model_type:
+            return handler
+    raise NotSupportedError(f"unknown model type {model_type!r}")
