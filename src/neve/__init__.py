@@ -1,1 +1,56 @@
+"""neve: a self-hosted model registry and model-serving platform.
+
+The public surface is imported lazily so that ``neve.server`` (which runs inside every model
+environment with only a few packages) can import ``neve`` without the control-plane stack.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "connect": "neve.client.session",
+    "Session": "neve.client.session",
+    "Registry": "neve.client.registry",
+    "Model": "neve.client.registry",
+    "ModelVersion": "neve.client.registry",
+    "CustomModel": "neve.models.custom",
+    "ModelContext": "neve.models.custom",
+    "inference_api": "neve.models.custom",
+    "ModelSignature": "neve.models.signature",
+    "FeatureSpec": "neve.models.signature",
+}
+
+if TYPE_CHECKING:
+    from neve.client.registry import Model, ModelVersion, Registry
+    from neve.client.session import Session, connect
+    from neve.models.custom import CustomModel, ModelContext, inference_api
+    from neve.models.signature import FeatureSpec, ModelSignature
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'neve' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "CustomModel",
+    "FeatureSpec",
+    "Model",
+    "ModelContext",
+    "ModelSignature",
+    "ModelVersion",
+    "Registry",
+    "Session",
+    "__version__",
+    "connect",
+    "inference_api",
+]

@@ -61,7 +61,9 @@ class SecurityManager:
         while frontier:
             current = frontier.pop()
             for (granted,) in s.execute(
-                select(m.RoleGrant.role).where(m.RoleGrant.grantee_type == "ROLE", m.RoleGrant.grantee == current)
+                select(m.RoleGrant.role).where(
+                    m.RoleGrant.grantee_type == "ROLE", m.RoleGrant.grantee == current
+                )
             ):
                 if granted not in seen:
                     seen.add(granted)
@@ -109,4 +111,8 @@ class SecurityManager:
             )
 
     def on_drop(self, s: Session, obj: Any) -> None:
-        s.execute(delete(m.Grant).where(m.Grant.object_type == object_type(obj), m.Grant.object_id == obj.id))
+        s.execute(
+            delete(m.Grant).where(
+                m.Grant.object_type == object_type(obj), m.Grant.object_id == obj.id
+            )
+        )

@@ -1,0 +1,105 @@
+"""One mechanism for every REST endpoint: auth context in, JSON out, errors mapped.
+
+Write an endpoint as a plain (blocking) function and wrap it::
+
+    @endpoint
+    def show_models(call: Call) -> list[dict]:
+        return call.account.registry.show_models(call.ctx, call.path["db"], call.path["schema"])
+
+    routes = [Route("/api/v1/models/{db}/{schema}", show_models, methods=["GET"])]
+
+The wrapper runs the function in a worker thread (manager calls block on the catalog and on
+processes), reads the JSON body, and turns a ``NeveError`` into ``{"code","message","type"}``
+with the error's HTTP status. The authentication middleware puts the caller's
+``RequestContext`` in ``request.state.ctx`` before any endpoint runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from neve.context import RequestContext
+from neve.errors import InvalidArgumentError, NeveError
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+
+@dataclass
+class Call:
+    request: Request
+    account: Account
+    ctx: RequestContext
+    path: dict[str, Any]
+    query: dict[str, str]
+    body: Any  # parsed JSON (dict/list/None) unless the endpoint asked for raw bytes
+    raw: bytes
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(
+            data, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=_default
+        ),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    return str(obj)
+
+
+def error_response(err: NeveError) -> Response:
+    return json_response(err.to_dict(), status=err.http_status)
+
+
+def endpoint(fn: Callable[[Call], Any] | None = None, *, raw_body: bool = False, status: int = 200):
+    """Wrap a blocking ``fn(call) -> JSON-able | Response`` as a starlette endpoint."""
+
+    def wrap(func: Callable[[Call], Any]):
+        @functools.wraps(func)
+        async def handler(request: Request) -> Response:
+            raw = await request.body()
+            body: Any = None
+            if raw and not raw_body:
+                try:
+                    body = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    return error_response(
+                        InvalidArgumentError(f"request body is not valid JSON: {exc}")
+                    )
+            call = Call(
+                request=request,
+                account=request.app.state.account,
+                ctx=request.state.ctx,
+                path=dict(request.path_params),
+                query=dict(request.query_params),
+                body=body,
+                raw=raw,
+            )
+            try:
+                result = await run_in_threadpool(func, call)
+            except NeveError as err:
+                return error_response(err)
+            if isinstance(result, Response):
+                return result
+            return json_response(result, status=status)
+
+        return handler
+
+    return wrap(fn) if fn is not None else wrap
