@@ -29,3 +29,27 @@ def account(neve_home: Path) -> Iterator:
     acct = Account.open(str(neve_home))
     yield acct
     acct.close()
+
+
+@pytest.fixture
+def postgres_catalog_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (CI starts a server: scripts/test_postgres.sh)."""
+    base = os.environ.get("NEVE_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("NEVE_TEST_POSTGRES_URL is not set: no PostgreSQL server for catalog tests")
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"neve_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

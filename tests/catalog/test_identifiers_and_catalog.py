@@ -41,3 +41,15 @@ def test_catalog_migrates_and_rolls_back_failed_transactions(tmp_path):
         assert s.scalar(select(m.Database).where(m.Database.name == "DB1")) is None
     # migrating an up-to-date catalog again is a no-op
     Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+
+
+def test_catalog_on_postgresql_migrates_and_is_transactional(postgres_catalog_url):
+    cat = Catalog(postgres_catalog_url)
+    assert "services" in inspect(cat.engine).get_table_names()
+    with cat.transaction() as s:
+        s.add(m.Database(name="ML", owner_role="SYSADMIN"))
+    with pytest.raises(Exception), cat.transaction() as s:
+        s.add(m.Database(name="ML", owner_role="SYSADMIN"))  # unique name
+    with cat.transaction() as s:
+        assert len(s.scalars(select(m.Database)).all()) == 1
+    cat.dispose()
