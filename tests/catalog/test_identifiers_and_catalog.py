@@ -1,5 +1,6 @@
 import pytest
 from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from neve.catalog import Catalog
 from neve.catalog import models as m
@@ -48,7 +49,7 @@ def test_catalog_on_postgresql_migrates_and_is_transactional(postgres_catalog_ur
     assert "services" in inspect(cat.engine).get_table_names()
     with cat.transaction() as s:
         s.add(m.Database(name="ML", owner_role="SYSADMIN"))
-    with pytest.raises(Exception), cat.transaction() as s:
+    with pytest.raises(IntegrityError), cat.transaction() as s:
         s.add(m.Database(name="ML", owner_role="SYSADMIN"))  # unique name
     with cat.transaction() as s:
         assert len(s.scalars(select(m.Database)).all()) == 1
