@@ -61,6 +61,20 @@ class ModelHandler(ABC):
         """Packages needed beyond ``packages`` for this particular object (e.g. transformers)."""
         return []
 
+    @classmethod
+    def validate(cls, model: Any) -> None:
+        """Raise a ``neve.errors`` exception when ``model`` cannot be saved (e.g. not fitted).
+
+        Called by ``save_model`` before anything else, so a bad object fails at log time with a
+        message naming the problem rather than later inside a service.
+        """
+        return None
+
+    @classmethod
+    def requirements(cls, model: Any) -> list[str]:
+        """``packages`` plus ``extra_packages(model)``, de-duplicated, in order."""
+        return list(dict.fromkeys([*cls.packages, *cls.extra_packages(model)]))
+
 
 _HANDLERS: list[type[ModelHandler]] = []
 

@@ -28,6 +28,7 @@ from neve.errors import (
     InvalidArgumentError,
     ModelExecutionError,
     ModelSerializationError,
+    NeveError,
     ObjectNotFoundError,
     SignatureError,
 )
@@ -106,6 +107,7 @@ def save_model(
     if path.exists() and any(path.iterdir()):
         raise InvalidArgumentError(f"model directory {path} is not empty")
     handler = handler_for_model(model)
+    handler.validate(model)
     try:
         manifest = _save(
             handler,
@@ -170,6 +172,8 @@ def _save(
     path.mkdir(parents=True, exist_ok=True)
     try:
         options = handler.save(model, path / "model")
+    except NeveError:
+        raise  # already names the object and the problem
     except Exception as exc:
         raise ModelSerializationError(f"cannot save {handler.model_type} model: {exc}") from exc
 
@@ -192,6 +196,8 @@ def _save(
         "handler_options": options,
         "methods": {m: s.to_dict() for m, s in specs.items()},
         "gpu_capable": handler.gpu_capable,
+        # The framework's own distributions (unpinned); the registry pins and merges them.
+        "framework_packages": handler.requirements(model),
         "python_version": python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
         "dependencies": dependencies or [],
         "code_paths": shipped,

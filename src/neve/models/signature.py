@@ -91,7 +91,7 @@ def _type_of_values(values: Any, name: str) -> tuple[str, list[int] | None]:
             )
             if isinstance(first, list | tuple | np.ndarray):
                 inner = np.asarray(first)
-                return _numpy_type(inner.dtype, name), list(inner.shape)
+                return _numpy_type(inner.dtype, name), _common_shape(values, inner.shape)
             if isinstance(first, bytes):
                 return "BYTES", None
             if first is None or isinstance(first, str):
@@ -115,6 +115,26 @@ def _type_of_values(values: Any, name: str) -> tuple[str, list[int] | None]:
     if arr.ndim > 1:
         return _numpy_type(arr.dtype, name), list(arr.shape[1:])
     return _numpy_type(arr.dtype, name), None
+
+
+def _common_shape(values: pd.Series, first: tuple[int, ...], limit: int = 100) -> list[int]:
+    """Shape shared by the first ``limit`` tensor values; a dimension that varies is -1.
+
+    Token-level outputs (e.g. a feature-extraction pipeline) have one row per token, so their
+    length differs from row to row while the hidden size stays fixed: shape ``[-1, 384]``.
+    """
+    shape = list(first)
+    for v in values.head(limit):
+        if not isinstance(v, list | tuple | np.ndarray):
+            continue
+        try:
+            other = np.shape(v)
+        except ValueError:  # ragged nested lists have no shape at all
+            return [-1] * len(shape)
+        if len(other) != len(shape):
+            return [-1] * len(shape)
+        shape = [d if d == o else -1 for d, o in zip(shape, other, strict=True)]
+    return shape
 
 
 def _numpy_type(dtype: np.dtype, name: str) -> str:
