@@ -116,6 +116,13 @@ class OverloadedError(NeveError):
     http_status = 429
 
 
+class PayloadTooLargeError(NeveError):
+    """A request body or row count larger than a server admits at once."""
+
+    code = "PAYLOAD_TOO_LARGE"
+    http_status = 413
+
+
 ERRORS_BY_NAME: dict[str, type[NeveError]] = {
     cls.__name__: cls
     for cls in [
@@ -137,6 +144,7 @@ ERRORS_BY_NAME: dict[str, type[NeveError]] = {
         ResourceError,
         ServiceUnavailableError,
         OverloadedError,
+        PayloadTooLargeError,
     ]
 }
 

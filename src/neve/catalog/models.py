@@ -280,6 +280,8 @@ class User(Base):
     rsa_public_key: Mapped[str | None] = mapped_column(Text)
     default_role: Mapped[str | None] = mapped_column(Name)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The role that created the user (may alter or drop it); NULL for the bootstrap admin.
+    owner_role: Mapped[str | None] = mapped_column(Name)
     comment: Mapped[str | None] = mapped_column(Text)
     created_on: Mapped[datetime] = mapped_column(Created, default=utcnow)
 

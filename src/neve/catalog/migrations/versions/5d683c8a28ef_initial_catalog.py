@@ -1,15 +1,15 @@
 """initial catalog
 
-Revision ID: 263ff379741e
+Revision ID: 5d683c8a28ef
 Revises:
-Create Date: 2026-11-25 02:12:16.830156
+Create Date: 2026-11-25 02:21:23.498585
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = "263ff379741e"
+revision = "5d683c8a28ef"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -100,6 +100,7 @@ def upgrade() -> None:
         sa.Column("rsa_public_key", sa.Text(), nullable=True),
         sa.Column("default_role", sa.String(length=255), nullable=True),
         sa.Column("disabled", sa.Boolean(), nullable=False),
+        sa.Column("owner_role", sa.String(length=255), nullable=True),
         sa.Column("comment", sa.Text(), nullable=True),
         sa.Column("created_on", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),

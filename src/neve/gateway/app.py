@@ -1,0 +1,688 @@
+"""The ingress gateway: authenticated HTTP access to a service's model methods.
+
+Two ways to address a service:
+
+- host form: ``Host: <random>-<account>.<ingress_domain>``; the path is the method route
+  (``POST /encode``), the service is the one whose ``ingress_host`` is that host;
+- path form (local use): ``/svc/<service>/<method route>`` where ``<service>`` is
+  ``db.schema.name`` or a bare name resolved in the caller's current database and schema
+  (``X-Neve-Database`` / ``X-Neve-Schema``).
+
+For every request, in this order (a request rejected at any step never reaches an instance):
+limits on headers (431) -> service name syntax and path traversal (400) -> authentication (401)
+-> the service and USAGE on it (404 / 403) -> method route (404) -> body size and read deadline
+(413 / 408) -> wake a suspended service, bounded (503) -> forward to the ready instance with the
+fewest outstanding requests, retrying another instance when one fails before answering ->
+stream the answer back (429 + Retry-After pass through). Every answer carries ``X-Request-Id``.
+
+Wiring into the control plane (one server carries both)::
+
+    gateway = build_gateway(account)
+    asgi_app = IngressDispatch(control_app, gateway)   # routes ingress hosts and /svc/ here
+    uvicorn.Config(asgi_app, **uvicorn_options(account.settings))  # neve.gateway.limits
+    ...on shutdown: await gateway.aclose()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import httpx
+import orjson
+from prometheus_client import Counter, Histogram
+from starlette.datastructures import Headers
+
+from neve.catalog import models as m
+from neve.context import RequestContext
+from neve.errors import (
+    AuthenticationError,
+    InvalidArgumentError,
+    NeveError,
+    ObjectNotFoundError,
+    ServiceUnavailableError,
+)
+from neve.gateway.balancer import Address, LeastOutstanding
+from neve.gateway.limits import GatewayLimits
+from neve.gateway.openapi import ingress_openapi
+from neve.gateway.targets import CatalogIngressTargets, IngressTarget, IngressTargets
+from neve.identifiers import qualify
+from neve.security.auth import request_id_from
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+log = logging.getLogger("neve.gateway")
+
+REQUESTS = Counter(
+    "neve_gateway_requests_total", "Ingress requests answered", ["service", "status"]
+)
+LATENCY = Histogram("neve_gateway_request_seconds", "Ingress request latency", ["service"])
+RETRIES = Counter("neve_gateway_retries_total", "Requests retried on another instance", ["service"])
+
+PATH_PREFIX = "/svc"
+# Routes of the inference server that are not for outside callers.
+INTERNAL_ROUTES = frozenset(
+    {"metrics", "ready", "readyz", "health", "healthz", "livez", "admin", "debug", "_internal"}
+)
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Never forwarded to an instance: credentials, the caller's routing headers, identity claims.
+NOT_FORWARDED = HOP_BY_HOP | {
+    b"host",
+    b"authorization",
+    b"cookie",
+    b"content-length",
+    b"x-neve-role",
+    b"x-neve-database",
+    b"x-neve-schema",
+    b"x-neve-user",
+    b"x-request-id",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
+_SEGMENT_OK = re.compile(r'^[A-Za-z0-9_$."\- ]+$')
+
+
+class HttpError(NeveError):
+    """A rejection with its own HTTP status (413, 408, 431, 405, 504...)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.http_status = status
+        self.headers = headers or {}
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+class Gateway:
+    """The ingress ASGI application (see the module docstring)."""
+
+    def __init__(
+        self,
+        account: Account,
+        *,
+        targets: IngressTargets | None = None,
+        limits: GatewayLimits | None = None,
+    ) -> None:
+        self.account = account
+        self.settings = account.settings
+        self.limits = limits or GatewayLimits.from_settings(account.settings)
+        self._targets = targets
+        self.balancer = LeastOutstanding()
+        self._client: httpx.AsyncClient | None = None
+        self._wakes: dict[int, asyncio.Future[IngressTarget]] = {}
+        self.domain = account.settings.ingress_domain.lower().strip(".")
+        self.account_suffix = "-" + account.settings.account_name.lower()
+
+    # -- wiring -----------------------------------------------------------------------------------
+    @property
+    def targets(self) -> IngressTargets:
+        if self._targets is None:
+            self._targets = _default_targets(self.account)
+        return self._targets
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(
+                    self.limits.request_timeout_secs, connect=self.limits.connect_timeout_secs
+                ),
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+                trust_env=False,  # never send loopback traffic through an HTTP proxy
+                follow_redirects=False,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def is_ingress_host(self, host: str) -> bool:
+        """True for ``<random>-<account>.<ingress_domain>`` (port ignored)."""
+        name = _host_name(host)
+        if not self.domain or not name.endswith("." + self.domain):
+            return False
+        label = name[: -len(self.domain) - 1]
+        return (
+            "." not in label
+            and label.endswith(self.account_suffix)
+            and len(label) > len(self.account_suffix)
+        )
+
+    def handles(self, scope: Scope) -> bool:
+        """Whether a request belongs to the ingress (for ``IngressDispatch``)."""
+        if scope["type"] != "http":
+            return False
+        path = scope.get("path", "")
+        if path == PATH_PREFIX or path.startswith(PATH_PREFIX + "/"):
+            return True
+        return self.is_ingress_host(Headers(scope=scope).get("host", ""))
+
+    # -- ASGI -------------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        request_id = request_id_from(headers)
+        info: dict[str, Any] = {"service": "-", "user": "-", "role": "-", "instance": "-"}
+        try:
+            status = await self._handle(scope, receive, send, headers, request_id, info)
+        except ClientGone:
+            status = 499
+        except NeveError as err:
+            status = await self._send_error(send, err, request_id)
+        except Exception as exc:  # never leak a traceback to the caller; log it with the id
+            log.exception("request_id=%s gateway failure", request_id)
+            status = await self._send_error(
+                send, NeveError(f"internal gateway error ({type(exc).__name__})"), request_id, 500
+            )
+        elapsed = time.perf_counter() - started
+        REQUESTS.labels(info["service"], str(status)).inc()
+        LATENCY.labels(info["service"]).observe(elapsed)
+        log.info(
+            "request_id=%s user=%s role=%s service=%s %s %s status=%s instance=%s ms=%.1f",
+            request_id,
+            info["user"],
+            info["role"],
+            info["service"],
+            scope.get("method"),
+            scope.get("path"),
+            status,
+            info["instance"],
+            elapsed * 1000,
+        )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Headers,
+        request_id: str,
+        info: dict[str, Any],
+    ) -> int:
+        self._check_headers(scope)
+        host = headers.get("host", "")
+        if self.is_ingress_host(host):
+            by_host: str | None = _host_name(host)
+            service_name = None
+            route = self._route_path(scope)
+        else:
+            by_host = None
+            service_name, route = self._split_service_path(scope)
+        route = _check_route(route, scope)
+
+        ctx = await anyio.to_thread.run_sync(self.account.security.authenticate_request, headers)
+        ctx = ctx.with_(request_id=request_id)
+        info.update(user=ctx.user, role=ctx.role)
+        target = await anyio.to_thread.run_sync(self._authorized_target, ctx, by_host, service_name)
+        info["service"] = target.qualified_name
+
+        method = scope["method"]
+        if route in {"/openapi.json", "/openapi"}:
+            if method != "GET":
+                raise HttpError(405, "METHOD_NOT_ALLOWED", "use GET for the OpenAPI document")
+            return await self._send_openapi(send, ctx, target, scope, headers, request_id)
+        self._check_method_route(route, method, target)
+
+        body = await self._read_body(receive, headers)
+        if not target.ready:
+            target = await self._wake(ctx, target)
+        status = await self._forward(scope, send, ctx, target, route, body, request_id, info)
+        self._touch(target.service_id)
+        return status
+
+    # -- checks before any routing ----------------------------------------------------------------
+    def _check_headers(self, scope: Scope) -> None:
+        raw = scope.get("headers") or []
+        size = sum(len(k) + len(v) + 4 for k, v in raw)
+        if len(raw) > self.limits.max_header_count or size > self.limits.max_header_bytes:
+            raise HttpError(
+                431,
+                "HEADERS_TOO_LARGE",
+                f"request headers are too large ({len(raw)} fields, {size} bytes; at most "
+                f"{self.limits.max_header_count} fields and {self.limits.max_header_bytes} bytes)",
+                {"connection": "close"},
+            )
+
+    @staticmethod
+    def _route_path(scope: Scope) -> str:
+        path = scope.get("path", "") or "/"
+        root = scope.get("root_path", "") or ""
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        return path
+
+    def _split_service_path(self, scope: Scope) -> tuple[str, str]:
+        """``/svc/<service>/<route>`` -> (service, /route); bad names are 400, never routed."""
+        path = self._route_path(scope)
+        root = scope.get("root_path", "") or ""
+        if not root.endswith(PATH_PREFIX):
+            if not path.startswith(PATH_PREFIX + "/"):
+                raise ObjectNotFoundError(
+                    f"no ingress at {path!r}: use /svc/<service>/<method> or the service's "
+                    "ingress host"
+                )
+            path = path[len(PATH_PREFIX) :]
+        service, _, rest = path.lstrip("/").partition("/")
+        raw_path = scope.get("raw_path") or b""
+        raw_service = raw_path.split(b"/svc/", 1)[-1].split(b"/", 1)[0].lower()
+        if (
+            not service
+            or not _SEGMENT_OK.match(service)
+            or ".." in service
+            or service.startswith(".")
+            or service.endswith(".")
+            or b"%2f" in raw_service
+            or b"%5c" in raw_service
+            or b"%00" in raw_service
+        ):
+            raise InvalidArgumentError(
+                f"invalid service name {service[:200]!r} in the ingress path: use "
+                "db.schema.name or a bare service name"
+            )
+        try:
+            qualify(service, database="_", schema="_", kind="service")  # syntax only
+        except NeveError as exc:
+            raise InvalidArgumentError(f"invalid service name in the ingress path: {exc}") from None
+        return service, "/" + rest
+
+    def _authorized_target(
+        self, ctx: RequestContext, host: str | None, name: str | None
+    ) -> IngressTarget:
+        """The service and a USAGE check on it, in the caller's role (runs in a thread)."""
+        target = self.targets.ingress_target(ctx, host=host, name=name)
+        with self.account.catalog.transaction() as s:
+            svc = s.get(m.Service, target.service_id)
+            if svc is None:
+                raise ObjectNotFoundError(f"service {target.qualified_name} no longer exists")
+            self.account.security.require(s, ctx, "USAGE", svc)
+            if not svc.ingress_enabled:
+                raise ObjectNotFoundError(
+                    f"service {target.qualified_name} has no ingress endpoint "
+                    "(it was created with ingress_enabled=False)"
+                )
+        return target
+
+    @staticmethod
+    def _check_method_route(route: str, method: str, target: IngressTarget) -> None:
+        if method not in {"POST", "GET"}:
+            raise HttpError(
+                405, "METHOD_NOT_ALLOWED", f"HTTP {method} is not allowed; use POST (or GET)"
+            )
+        first = route.strip("/").split("/", 1)[0].lower()
+        if first == "v2":
+            return  # Open Inference Protocol routes
+        name = first.replace("-", "_")
+        if target.methods is not None:
+            if name not in target.methods:
+                raise ObjectNotFoundError(
+                    f"service {target.qualified_name} has no method {first!r}; methods: "
+                    f"{', '.join(target.methods) or '(none)'}"
+                )
+        elif not first or name in INTERNAL_ROUTES:
+            raise ObjectNotFoundError(
+                f"service {target.qualified_name} has no ingress route {route!r}"
+            )
+
+    async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
+        limit = self.limits.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise HttpError(
+                    400, "BAD_REQUEST", "invalid Content-Length", {"connection": "close"}
+                )
+            if int(declared) > limit:
+                raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        total = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.body_timeout_secs
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), remaining)
+            except TimeoutError:
+                raise HttpError(
+                    408,
+                    "REQUEST_TIMEOUT",
+                    f"request body not received within {self.limits.body_timeout_secs:g} s",
+                    {"connection": "close"},
+                ) from None
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(total, limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    # -- waking, forwarding -----------------------------------------------------------------------
+    async def _wake(self, ctx: RequestContext, target: IngressTarget) -> IngressTarget:
+        """Resume the service (one resume per service, shared by waiting requests), bounded."""
+        sid = target.service_id
+        pending = self._wakes.get(sid)
+        if pending is None:
+            timeout = self.limits.wake_timeout_secs
+            pending = asyncio.ensure_future(
+                anyio.to_thread.run_sync(self.targets.ensure_running, ctx, sid, timeout)
+            )
+            self._wakes[sid] = pending
+            pending.add_done_callback(lambda _f: self._wakes.pop(sid, None))
+        try:
+            woken = await asyncio.wait_for(
+                asyncio.shield(pending), self.limits.wake_timeout_secs + 1
+            )
+        except TimeoutError:
+            raise ServiceUnavailableError(
+                f"service {target.qualified_name} did not become ready within "
+                f"{self.limits.wake_timeout_secs:g} s"
+            ) from None
+        if not woken.instances:
+            raise ServiceUnavailableError(f"service {target.qualified_name} has no ready instance")
+        return woken
+
+    async def _forward(
+        self,
+        scope: Scope,
+        send: Send,
+        ctx: RequestContext,
+        target: IngressTarget,
+        route: str,
+        body: bytes,
+        request_id: str,
+        info: dict[str, Any],
+    ) -> int:
+        headers = self._forward_headers(scope, ctx, request_id)
+        query = scope.get("query_string", b"").decode("latin-1")
+        tried: set[Address] = set()
+        refreshed = False
+        last_error: Exception | None = None
+        while True:
+            address = self.balancer.choose(target.instances, tried)
+            if address is None:
+                if refreshed:
+                    break
+                # every known instance failed: the set may have changed (restart, scale)
+                refreshed = True
+                target = await self._wake(ctx, target)
+                address = self.balancer.choose(target.instances, tried)
+                if address is None:
+                    break
+            tried.add(address)
+            url = f"http://{address[0]}:{address[1]}{route}" + (f"?{query}" if query else "")
+            self.balancer.outstanding[address] = self.balancer.outstanding.get(address, 0) + 1
+            try:
+                request = self.client.build_request(
+                    scope["method"], url, headers=headers, content=body
+                )
+                response = await self.client.send(request, stream=True)
+            except RETRYABLE as exc:
+                self._release(address)
+                self.balancer.failed(address)
+                RETRIES.labels(target.qualified_name).inc()
+                log.warning(
+                    "request_id=%s instance %s:%s failed before answering (%s); retrying",
+                    request_id,
+                    address[0],
+                    address[1],
+                    type(exc).__name__,
+                )
+                last_error = exc
+                continue
+            except httpx.TimeoutException:
+                self._release(address)
+                raise HttpError(
+                    504,
+                    "GATEWAY_TIMEOUT",
+                    f"service {target.qualified_name} did not answer within "
+                    f"{self.limits.request_timeout_secs:g} s",
+                ) from None
+            except BaseException:
+                self._release(address)
+                raise
+            info["instance"] = f"{address[0]}:{address[1]}"
+            try:
+                await self._relay(send, response, request_id)
+            finally:
+                await response.aclose()
+                self._release(address)
+            return response.status_code
+        raise ServiceUnavailableError(
+            f"no instance of service {target.qualified_name} could be reached"
+            + (f" ({type(last_error).__name__})" if last_error else "")
+        )
+
+    def _release(self, address: Address) -> None:
+        left = self.balancer.outstanding.get(address, 1) - 1
+        if left <= 0:
+            self.balancer.outstanding.pop(address, None)
+        else:
+            self.balancer.outstanding[address] = left
+
+    @staticmethod
+    def _forward_headers(scope: Scope, ctx: RequestContext, request_id: str) -> list[tuple]:
+        out = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in NOT_FORWARDED]
+        client = scope.get("client")
+        out += [
+            (b"x-request-id", request_id.encode()),
+            (b"x-neve-user", ctx.user.encode()),
+            (b"x-neve-role", ctx.role.encode()),
+            (b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()),
+        ]
+        if client:
+            out.append((b"x-forwarded-for", str(client[0]).encode()))
+        return out
+
+    @staticmethod
+    async def _relay(send: Send, response: httpx.Response, request_id: str) -> None:
+        headers = [
+            (k.lower(), v)
+            for k, v in response.headers.raw
+            if k.lower() not in HOP_BY_HOP and k.lower() not in {b"x-request-id", b"server"}
+        ]
+        headers.append((b"x-request-id", request_id.encode()))
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        async for chunk in response.aiter_raw():
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _touch(self, service_id: int) -> None:
+        async def touch() -> None:
+            try:
+                await anyio.to_thread.run_sync(self.targets.touch, service_id)
+            except Exception:  # bookkeeping only; never fail a request over it
+                log.exception("recording the last request time of service #%s failed", service_id)
+
+        asyncio.get_running_loop().create_task(touch())
+
+    # -- answers made here ------------------------------------------------------------------------
+    async def _send_openapi(
+        self,
+        send: Send,
+        ctx: RequestContext,
+        target: IngressTarget,
+        scope: Scope,
+        headers: Headers,
+        request_id: str,
+    ) -> int:
+        signatures = await anyio.to_thread.run_sync(self._signatures, ctx, target)
+        host = headers.get("host", "localhost")
+        scheme = scope.get("scheme", "http")
+        if self.is_ingress_host(host):
+            server = f"{scheme}://{host}"
+        else:
+            server = f"{scheme}://{host}{scope.get('root_path', '')}{PATH_PREFIX}/" + _unquoted(
+                target.qualified_name
+            )
+            if (scope.get("root_path") or "").endswith(PATH_PREFIX):
+                server = f"{scheme}://{host}{scope['root_path']}/" + _unquoted(
+                    target.qualified_name
+                )
+        doc = ingress_openapi(target.qualified_name, signatures, server_url=server)
+        await _send_json(send, 200, doc, request_id)
+        return 200
+
+    def _signatures(self, ctx: RequestContext, target: IngressTarget) -> dict[str, dict]:
+        services = self.targets
+        if hasattr(services, "service_methods") and not isinstance(services, CatalogIngressTargets):
+            try:
+                return dict(services.service_methods(ctx, target.qualified_name))  # type: ignore[attr-defined]
+            except NeveError:
+                pass
+        return CatalogIngressTargets(self.account).service_methods(ctx, target.service_id)
+
+    @staticmethod
+    async def _send_error(
+        send: Send, err: NeveError, request_id: str, status: int | None = None
+    ) -> int:
+        status = status or err.http_status
+        extra: dict[str, str] = dict(getattr(err, "headers", {}) or {})
+        if isinstance(err, AuthenticationError):
+            extra["www-authenticate"] = 'Bearer realm="neve"'
+        if status in {429, 503}:
+            extra.setdefault("retry-after", "5")
+        try:
+            await _send_json(send, status, err.to_dict(), request_id, extra)
+        except Exception:  # the response had already started; nothing more can be said
+            pass
+        return status
+
+
+def _unquoted(qualified: str) -> str:
+    return qualified.replace('"', "")
+
+
+def _too_large(size: int, limit: int) -> HttpError:
+    return HttpError(
+        413,
+        "PAYLOAD_TOO_LARGE",
+        f"request body of {size} bytes exceeds the limit of {limit} bytes; send smaller batches",
+        {"connection": "close"},
+    )
+
+
+def _check_route(route: str, scope: Scope) -> str:
+    """Reject dot segments and encoded separators in the method route (no path traversal)."""
+    raw = (scope.get("raw_path") or b"").lower()
+    segments = route.split("/")
+    if (
+        any(seg in {".", ".."} for seg in segments)
+        or "\\" in route
+        or "\x00" in route
+        or b"%2e%2e" in raw
+        or b"%2f" in raw
+        or b"%5c" in raw
+    ):
+        raise InvalidArgumentError(
+            f"invalid ingress path {route[:200]!r}: no '.', '..' or encoded separators"
+        )
+    return route.rstrip("/") or "/"
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    payload: Any,
+    request_id: str,
+    extra_headers: dict[str, str] | None = None,
+) -> None:
+    body = orjson.dumps(payload)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    headers += [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _default_targets(account: Account) -> IngressTargets:
+    """The account's ServiceManager when it offers the ingress methods, else the catalog."""
+    try:
+        services = account.services
+    except ImportError:
+        services = None
+    if services is not None and all(
+        hasattr(services, name) for name in ("ingress_target", "ensure_running", "touch")
+    ):
+        return services  # type: ignore[return-value]
+    return CatalogIngressTargets(account)
+
+
+class IngressDispatch:
+    """ASGI wrapper: ingress traffic to the gateway, everything else to the control plane app."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.gateway.handles(scope):
+            await self.gateway(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def build_gateway(account: Account, **kwargs: Any) -> Gateway:
+    """The ingress ASGI app for ``account`` (kwargs: ``targets=``, ``limits=``)."""
+    return Gateway(account, **kwargs)

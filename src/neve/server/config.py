@@ -1,0 +1,106 @@
+"""The inference server's settings, shared by the CLI, the supervisor and every worker.
+
+The supervisor (``python -m neve.server``) parses the command line into a ``ServerConfig`` and
+hands it to the uvicorn worker processes through the ``NEVE_SERVER_CONFIG`` environment
+variable (JSON), because uvicorn starts workers by importing ``neve.server.app:create_app``.
+Standard library only: the supervisor process never imports pandas or the model framework.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+from neve.errors import InvalidArgumentError
+
+CONFIG_ENV = "NEVE_SERVER_CONFIG"
+
+DEFAULT_MAX_BATCH_ROWS = 1024
+DEFAULT_MAX_QUEUE_ROWS = 16384
+DEFAULT_BATCH_TIMEOUT_MS = 2.0
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_QUEUE_TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS = 2048
+DEVICES = ("cpu", "cuda")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the cgroup/affinity view, not the host's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_num_workers(device: str) -> int:
+    """``2 * cpus + 1`` worker processes for a CPU model, one for a GPU model."""
+    return 1 if device == "cuda" else 2 * cpu_count() + 1
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How one server instance serves one model directory (the same in every worker)."""
+
+    model_dir: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    num_workers: int = 1
+    device: str = "cpu"
+    #: Name the Open Inference Protocol (V2) routes answer to besides each method's name.
+    model_name: str = "model"
+    #: Most rows one model call receives (a method's ``max_batch_size`` option lowers it).
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
+    #: Most rows waiting for the model per worker, over all methods; past it: 429.
+    max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS
+    #: How long the batcher waits for more rows once the first request of a batch arrived.
+    batch_timeout_ms: float = DEFAULT_BATCH_TIMEOUT_MS
+    #: Largest request body; larger ones get 413 before they are read.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Request bodies being received at once per worker, in bytes; past it: 429.
+    max_inflight_bytes: int = 4 * DEFAULT_MAX_BODY_BYTES
+    #: A request still queued (not yet handed to the model) after this long gets 503.
+    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+    #: Open connections per worker before uvicorn answers 503 (a last line against floods).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    log_level: str = "info"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        positive = {
+            "port": self.port >= 0,
+            "num_workers": self.num_workers >= 1,
+            "max_batch_rows": self.max_batch_rows >= 1,
+            "max_queue_rows": self.max_queue_rows >= 1,
+            "batch_timeout_ms": self.batch_timeout_ms >= 0,
+            "max_body_bytes": self.max_body_bytes >= 1,
+            "max_inflight_bytes": self.max_inflight_bytes >= self.max_body_bytes,
+            "queue_timeout_s": self.queue_timeout_s > 0,
+            "max_connections": self.max_connections >= 1,
+        }
+        bad = [name for name, ok in positive.items() if not ok]
+        if bad:
+            shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise InvalidArgumentError(
+                f"invalid server setting(s) {shown}: counts and sizes must be positive, "
+                "timeouts non-negative, max_inflight_bytes >= max_body_bytes"
+            )
+        if self.device not in DEVICES:
+            raise InvalidArgumentError(
+                f"invalid device {self.device!r}: use one of {', '.join(DEVICES)}"
+            )
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
+        raw = (environ if environ is not None else os.environ).get(CONFIG_ENV)
+        if not raw:
+            raise InvalidArgumentError(
+                f"{CONFIG_ENV} is not set: start the server with `python -m neve.server "
+                "--model-dir DIR` (or pass a ServerConfig to create_app)"
+            )
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,290 @@
+"""The SQL engine of an account: ``SqlEngine(account).execute(ctx, text) -> SqlResult``.
+
+A script is split at top-level ``;`` and run statement by statement. Management statements
+(CREATE COMPUTE POOL, SHOW SERVICES, GRANT, USE, ...) are parsed by ``neve.sql.parser`` and
+dispatched to the managers (``neve.sql.statements``); everything else is a warehouse statement,
+planned by ``neve.sql.query`` and run on DuckDB with service and model functions bound as
+vectorized Arrow UDFs (``neve.sql.udf``). USE statements change the context of the statements
+after them; the changes come back in ``SqlResult.ctx_changes``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+
+from neve.context import RequestContext
+from neve.errors import NeveError, NotSupportedError, SignatureError
+from neve.identifiers import QualifiedName
+from neve.sql import udf as udfs
+from neve.sql.lexer import split_statements
+from neve.sql.parser import parse_management
+from neve.sql.query import BoundCall, Planner, parse_statement
+from neve.sql.warehouse import Warehouse, translate_error
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+#: Threads that send service-function batches (shared by all queries of the account).
+SERVICE_CALL_THREADS = 16
+#: Loaded warehouse models kept in memory, by artifact checksum.
+MODEL_CACHE_SIZE = 4
+
+
+@dataclass
+class SqlResult:
+    columns: list[str]
+    rows: list[list]
+    ctx_changes: dict[str, Any] = field(default_factory=dict)
+    types: list[str] = field(default_factory=list)
+    #: Query results as an Arrow table (not sent as JSON; the API can stream it as Arrow IPC).
+    arrow: pa.Table | None = None
+    #: Service/model batches and rows sent by the statement's functions.
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def status(cls, message: str, **ctx_changes: Any) -> SqlResult:
+        return cls(columns=["status"], rows=[[message]], ctx_changes=ctx_changes, types=["VARCHAR"])
+
+    @classmethod
+    def from_dicts(cls, records: list[dict], columns: list[str] | None = None) -> SqlResult:
+        cols = list(columns or (list(records[0]) if records else []))
+        for rec in records:
+            for key in rec:
+                if key not in cols:
+                    cols.append(key)
+        return cls(columns=cols, rows=[[rec.get(c) for c in cols] for rec in records])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": self.columns, "types": self.types, "rows": self.rows}
+
+
+class ModelCache:
+    """Loaded models by artifact checksum (LRU), loaded at most once at a time per checksum."""
+
+    def __init__(self, size: int = MODEL_CACHE_SIZE) -> None:
+        self.size = size
+        self._models: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, key: str, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            model = load()
+            with self._lock:
+                self._models[key] = model
+                while len(self._models) > self.size:
+                    self._models.popitem(last=False)
+                self._loading.pop(key, None)
+            return model
+
+
+class SqlEngine:
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self._warehouse: Warehouse | None = None
+        self._warehouse_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(SERVICE_CALL_THREADS, thread_name_prefix="neve-sqlfn")
+        self.models = ModelCache()
+        #: How service functions reach a service; ``account.services.invoke`` unless replaced.
+        self.service_caller: udfs.ServiceCaller | None = None
+
+    # -- resources --------------------------------------------------------------------------------
+    @property
+    def warehouse(self) -> Warehouse:
+        if self._warehouse is None:
+            with self._warehouse_lock:
+                if self._warehouse is None:
+                    self._warehouse = Warehouse(self.account.settings.warehouse_path)
+        return self._warehouse
+
+    def _caller(self) -> udfs.ServiceCaller:
+        if self.service_caller is not None:
+            return self.service_caller
+        return self.account.services.invoke
+
+    def model_loader(
+        self, ctx: RequestContext, model: QualifiedName, version: str, version_id: int
+    ) -> Callable[[], Any]:
+        """A function loading the model version's files (the registry knows where they are)."""
+
+        def load() -> Any:
+            from neve.models import load_model
+
+            return load_model(self._version_dir(ctx, model, version, version_id))
+
+        return load
+
+    def _version_dir(
+        self, ctx: RequestContext, model: QualifiedName, version: str, version_id: int
+    ) -> Path:
+        registry = self.account.registry
+        for name in ("version_dir", "local_version_dir", "model_dir"):
+            fn = getattr(registry, name, None)
+            if fn is not None:
+                return Path(fn(ctx, str(model), version))
+        raise NotSupportedError("the registry cannot provide model files to the warehouse")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._warehouse is not None:
+            self._warehouse.close()
+
+    # -- execution --------------------------------------------------------------------------------
+    def execute(self, ctx: RequestContext, text: str) -> SqlResult:
+        """Run every statement of ``text``; return the last one's result with all ctx changes."""
+        statements = split_statements(text)
+        if not statements:
+            raise NotSupportedError("empty SQL text: nothing to run")
+        changes: dict[str, Any] = {}
+        result: SqlResult | None = None
+        for st in statements:
+            result = self.execute_one(ctx, st.text, offset=st.offset, script=text)
+            if result.ctx_changes:
+                changes.update(result.ctx_changes)
+                ctx = ctx.with_(**result.ctx_changes)
+        assert result is not None
+        result.ctx_changes = changes
+        return result
+
+    def execute_one(
+        self, ctx: RequestContext, text: str, *, offset: int = 0, script: str | None = None
+    ) -> SqlResult:
+        script = script if script is not None else text
+        statement = parse_management(text, offset=offset, script=script)
+        if statement is not None:
+            from neve.sql.statements import run_statement
+
+            return run_statement(self, ctx, statement)
+        return self._run_warehouse(ctx, text, offset=offset, script=script)
+
+    def _run_warehouse(
+        self, ctx: RequestContext, text: str, *, offset: int, script: str
+    ) -> SqlResult:
+        tree, bangs = parse_statement(text, offset=offset, script=script)
+        if tree is None:
+            raise NotSupportedError("empty statement")
+        planned = Planner(self, ctx).plan(tree, bangs, text)
+        errors = udfs.QueryErrors()
+        warehouse = self.warehouse
+        with warehouse.cursor() as cur:
+            registered: list[str] = []
+            try:
+                with warehouse.lock:
+                    for call in planned.calls:
+                        cur.create_function(
+                            call.udf_name,
+                            self._make_udf(ctx, call, errors),
+                            call.params,
+                            call.return_type,
+                            type="arrow",
+                            side_effects=False,
+                        )
+                        registered.append(call.udf_name)
+                table = self._fetch(cur, planned.sql)
+            except duckdb.Error as exc:
+                raise self._error(exc, errors, planned.calls) from None
+            finally:
+                if registered:
+                    with warehouse.lock:
+                        for name in registered:
+                            try:
+                                cur.remove_function(name)
+                            except duckdb.Error:
+                                pass
+        stats = {"batches": errors.batches_sent, "rows": errors.rows_sent}
+        if table is None:
+            return SqlResult(
+                columns=["status"],
+                rows=[["Statement executed successfully."]],
+                types=["VARCHAR"],
+                stats=stats,
+            )
+        return SqlResult(
+            columns=list(table.column_names),
+            rows=_rows(table),
+            types=[str(t) for t in table.schema.types],
+            arrow=table,
+            stats=stats,
+        )
+
+    @staticmethod
+    def _fetch(cur: duckdb.DuckDBPyConnection, sql: str) -> pa.Table | None:
+        rel = cur.sql(sql)
+        if rel is None:
+            return None
+        return rel.to_arrow_table()
+
+    def _make_udf(self, ctx: RequestContext, call: BoundCall, errors: udfs.QueryErrors):
+        if call.kind == "SERVICE":
+            assert call.service is not None
+            return udfs.service_udf(
+                caller=self._caller(),
+                ctx=ctx,
+                service=call.service,
+                method=call.method,
+                function=call.display,
+                signature=call.signature,
+                options=udfs.BatchOptions.from_options(call.options),
+                pool=self._pool,
+                errors=errors,
+            )
+        assert call.model_key is not None
+        loaded = self.models.get(call.model_key, call.model_loader)
+        return udfs.model_udf(
+            loaded=loaded, method=call.method, signature=call.signature, errors=errors
+        )
+
+    @staticmethod
+    def _error(exc: duckdb.Error, errors: udfs.QueryErrors, calls: list[BoundCall]) -> NeveError:
+        first = errors.first
+        if isinstance(first, NeveError):
+            return first
+        if first is not None:
+            return translate_error(Exception(f"{type(first).__name__}: {first}"))
+        message = str(exc)
+        if isinstance(exc, duckdb.BinderException):
+            for call in calls:
+                if call.udf_name in message:
+                    return _signature_mismatch(call, message)
+        text = message
+        for call in calls:
+            text = text.replace(call.udf_name, call.display)
+        return translate_error(type(exc)(text))
+
+
+_GIVEN = re.compile(r"argument types '[^(]*\(([^)]*)\)'")
+
+
+def _signature_mismatch(call: BoundCall, message: str) -> SignatureError:
+    found = _GIVEN.search(message)
+    given = found.group(1).replace("_LITERAL", "") if found else "other types"
+    expected = ", ".join(f"{f.name} {p}" for f, p in zip(call.signature.inputs, call.params))
+    return SignatureError(
+        f"function {call.display} expects ({expected}) but was called with ({given}); "
+        "cast the arguments (e.g. col::DOUBLE)"
+    )
+
+
+def _rows(table: pa.Table) -> list[list]:
+    if table.num_columns == 0:
+        return []
+    columns = [col.to_pylist() for col in table.columns]
+    return [list(r) for r in zip(*columns, strict=True)]

@@ -1,0 +1,213 @@
+"""Service functions in the catalog: one SQL function per model method of a service.
+
+Creating a service registers ``<SERVICE>_<METHOD>`` (e.g. ``FORECAST_SVC_PREDICT``) in the
+service's schema with the method's signature; dropping the service drops them. The services
+manager calls :func:`register_service_functions` / :func:`drop_service_functions` inside its own
+catalog transaction, so a service and its functions appear and disappear together.
+
+Each function carries batching options (stored in ``functions.options``):
+
+- ``MAX_BATCH_ROWS``: rows per request to the service (default: the service's ``max_batch_rows``,
+  else 1024),
+- ``MAX_BATCH_RETRIES``: extra attempts for a batch that failed to reach the service (default 3),
+- ``ON_BATCH_FAILURE``: ``ABORT`` (default: the query fails with the service's message) or
+  ``RETURN_NULL`` (that batch's rows get NULL),
+- ``BATCH_TIMEOUT_SECS``: how long one batch may take (default 300).
+
+They are set with ``ALTER FUNCTION db.schema.svc_predict SET MAX_BATCH_ROWS = 500`` (the owner of
+the service only) or at create time through the service spec's ``max_batch_rows``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from neve.catalog import models as m
+from neve.errors import InvalidArgumentError, ObjectExistsError
+from neve.models.signature import FeatureSpec, ModelSignature
+
+KIND_SERVICE = "SERVICE"
+
+DEFAULT_MAX_BATCH_ROWS = 1024
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "MAX_BATCH_ROWS": DEFAULT_MAX_BATCH_ROWS,
+    "MAX_BATCH_RETRIES": 3,
+    "ON_BATCH_FAILURE": "ABORT",
+    "BATCH_TIMEOUT_SECS": 300,
+}
+ON_BATCH_FAILURE_VALUES = ("ABORT", "RETURN_NULL")
+
+# Signature type -> DuckDB type / Arrow type.
+DUCK_TYPES = {
+    "INT8": "TINYINT",
+    "INT16": "SMALLINT",
+    "INT32": "INTEGER",
+    "INT64": "BIGINT",
+    "UINT8": "UTINYINT",
+    "UINT16": "USMALLINT",
+    "UINT32": "UINTEGER",
+    "UINT64": "UBIGINT",
+    "FLOAT": "FLOAT",
+    "DOUBLE": "DOUBLE",
+    "BOOL": "BOOLEAN",
+    "STRING": "VARCHAR",
+    "BYTES": "BLOB",
+    "TIMESTAMP_NTZ": "TIMESTAMP",
+}
+
+
+def function_name(service_name: str, method: str) -> str:
+    """``FORECAST_SVC`` + ``predict`` -> ``FORECAST_SVC_PREDICT``."""
+    return f"{service_name}_{method.upper()}"
+
+
+def validate_options(options: dict[str, Any], *, function: str) -> dict[str, Any]:
+    """Check and normalize batching options; raise naming the function and the bad option."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        k = str(key).upper()
+        if k not in DEFAULT_OPTIONS:
+            raise InvalidArgumentError(
+                f"function {function}: unknown option {key}; valid: {', '.join(DEFAULT_OPTIONS)}"
+            )
+        if k == "ON_BATCH_FAILURE":
+            v = str(value).upper()
+            if v not in ON_BATCH_FAILURE_VALUES:
+                raise InvalidArgumentError(
+                    f"function {function}: ON_BATCH_FAILURE must be ABORT or RETURN_NULL, "
+                    f"got {value!r}"
+                )
+            out[k] = v
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgumentError(f"function {function}: {k} must be a number, got {value!r}")
+        if k == "MAX_BATCH_ROWS" and not (isinstance(value, int) and value >= 1):
+            raise InvalidArgumentError(f"function {function}: MAX_BATCH_ROWS must be >= 1")
+        if k == "MAX_BATCH_RETRIES" and not (isinstance(value, int) and value >= 0):
+            raise InvalidArgumentError(f"function {function}: MAX_BATCH_RETRIES must be >= 0")
+        if k == "BATCH_TIMEOUT_SECS" and not value > 0:
+            raise InvalidArgumentError(f"function {function}: BATCH_TIMEOUT_SECS must be > 0")
+        out[k] = value
+    return out
+
+
+def effective_options(fn: m.Function) -> dict[str, Any]:
+    return {**DEFAULT_OPTIONS, **(fn.options or {})}
+
+
+def _signature_dict(spec: Any, *, method: str, service: str) -> dict:
+    """Accept a signature dict, a ``MethodSpec``-style dict or a ``ModelSignature``."""
+    if isinstance(spec, ModelSignature):
+        return spec.to_dict()
+    if hasattr(spec, "signature") and isinstance(spec.signature, ModelSignature):
+        return spec.signature.to_dict()
+    if isinstance(spec, dict):
+        if "signature" in spec and "inputs" not in spec:
+            spec = spec["signature"]
+        if "inputs" in spec and "outputs" in spec:
+            return ModelSignature.from_dict(spec).to_dict()  # validates the feature types
+    raise InvalidArgumentError(
+        f"service {service}: method {method!r} has no usable signature ({type(spec).__name__})"
+    )
+
+
+def register_service_functions(
+    session: Session,
+    service_row: m.Service,
+    methods: dict[str, Any],
+    options: dict[str, Any] | None = None,
+) -> list[m.Function]:
+    """Create ``<SERVICE>_<METHOD>`` functions for ``service_row`` (call inside its transaction).
+
+    ``methods`` maps method name to its signature (``{"inputs": [...], "outputs": [...]}``, or
+    ``{"signature": {...}, "options": {...}}`` as in a model manifest). ``options`` are the
+    initial batching options; by default MAX_BATCH_ROWS follows the service spec's
+    ``max_batch_rows``.
+    """
+    if service_row.id is None:
+        session.flush()
+    spec = service_row.spec or {}
+    base: dict[str, Any] = {}
+    if spec.get("max_batch_rows"):
+        base["MAX_BATCH_ROWS"] = int(spec["max_batch_rows"])
+    created: list[m.Function] = []
+    for method, sig in methods.items():
+        name = function_name(service_row.name, method)
+        opts = validate_options({**base, **(options or {})}, function=name)
+        clash = session.scalar(
+            select(m.Function).where(
+                m.Function.schema_id == service_row.schema_id, m.Function.name == name
+            )
+        )
+        if clash is not None:
+            if clash.service_id == service_row.id and clash.method == method:
+                clash.signature = _signature_dict(sig, method=method, service=service_row.name)
+                created.append(clash)
+                continue
+            raise ObjectExistsError(
+                f"function {name} already exists in the schema of service {service_row.name} "
+                f"(it belongs to another service); choose another service name"
+            )
+        fn = m.Function(
+            schema_id=service_row.schema_id,
+            name=name,
+            kind=KIND_SERVICE,
+            service_id=service_row.id,
+            method=method,
+            signature=_signature_dict(sig, method=method, service=service_row.name),
+            options=opts,
+        )
+        session.add(fn)
+        created.append(fn)
+    session.flush()
+    return created
+
+
+def drop_service_functions(session: Session, service_row: m.Service) -> None:
+    """Delete the functions of ``service_row`` and the grants on them (inside its transaction)."""
+    ids = list(
+        session.scalars(select(m.Function.id).where(m.Function.service_id == service_row.id))
+    )
+    if not ids:
+        return
+    session.execute(
+        delete(m.Grant).where(m.Grant.object_type == "FUNCTION", m.Grant.object_id.in_(ids))
+    )
+    session.execute(delete(m.Function).where(m.Function.id.in_(ids)))
+
+
+def service_functions(session: Session, service_row: m.Service) -> list[m.Function]:
+    return list(
+        session.scalars(
+            select(m.Function)
+            .where(m.Function.service_id == service_row.id)
+            .order_by(m.Function.name)
+        )
+    )
+
+
+# -- types --------------------------------------------------------------------------------------
+
+
+def duck_type(feature: FeatureSpec) -> str:
+    base = DUCK_TYPES[feature.type]
+    return base + "[]" * len(feature.shape or [])
+
+
+def return_duck_type(signature: ModelSignature) -> str:
+    """A scalar for one output, a STRUCT of the named outputs otherwise."""
+    if len(signature.outputs) == 1:
+        return duck_type(signature.outputs[0])
+    fields = ", ".join(
+        f'"{f.name.replace(chr(34), chr(34) * 2)}" {duck_type(f)}' for f in signature.outputs
+    )
+    return f"STRUCT({fields})"
+
+
+def describe_signature(signature: ModelSignature) -> str:
+    """``(A DOUBLE, B DOUBLE) -> DOUBLE`` for error messages and SHOW FUNCTIONS."""
+    args = ", ".join(f"{f.name} {duck_type(f)}" for f in signature.inputs)
+    return f"({args}) RETURN {return_duck_type(signature)}"

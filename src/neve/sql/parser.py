@@ -1,0 +1,775 @@
+"""A small recursive-descent parser for neve's management statements.
+
+sqlglot parses queries and table DDL well, but not CREATE COMPUTE POOL, SHOW SERVICES, CALL
+SYSTEM$... or GRANT ... ON COMPUTE POOL. Those are parsed here, over the same tokens as the query
+path (``neve.sql.lexer``). :func:`parse_management` returns a :class:`Statement` for a management
+statement, or ``None`` for anything else (which then runs on the warehouse).
+
+Names are kept as source text (``db.schema."My Svc"``) and resolved by the managers with
+``neve.identifiers.qualify``, so quoting rules live in one place. Property values are checked
+against each statement's property table here, so a typo is reported with its position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot.tokens import Token, TokenType
+
+from neve.errors import InvalidArgumentError, SqlSyntaxError
+from neve.sql.lexer import (
+    is_quoted_identifier,
+    is_string,
+    is_word,
+    line_col,
+    raw_identifier,
+    tokenize,
+    word,
+)
+
+
+@dataclass
+class Statement:
+    kind: str  # e.g. "CREATE COMPUTE POOL", "SHOW SERVICES"
+    name: str | None = None  # the object's name as written
+    if_exists: bool = False
+    if_not_exists: bool = False
+    or_replace: bool = False
+    props: dict[str, Any] = field(default_factory=dict)
+    like: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)  # statement-specific parts
+
+
+# Property tables: name -> kind of value. "word" accepts a bare word or a string.
+INT, BOOL, STR, WORD, NAMES, STRS = "int", "bool", "str", "word", "names", "strs"
+NUM = "num"
+
+POOL_CREATE_PROPS = {
+    "MIN_NODES": INT,
+    "MAX_NODES": INT,
+    "INSTANCE_FAMILY": WORD,
+    "AUTO_RESUME": BOOL,
+    "AUTO_SUSPEND_SECS": INT,
+    "INITIALLY_SUSPENDED": BOOL,
+    "BACKEND": WORD,
+    "ADDRESS": STR,
+    "COMMENT": STR,
+}
+POOL_ALTER_PROPS = {
+    "MIN_NODES": INT,
+    "MAX_NODES": INT,
+    "AUTO_RESUME": BOOL,
+    "AUTO_SUSPEND_SECS": INT,
+    "COMMENT": STR,
+}
+COMMENT_PROPS = {"COMMENT": STR}
+NETWORK_RULE_PROPS = {"MODE": WORD, "TYPE": WORD, "VALUE_LIST": STRS, "COMMENT": STR}
+INTEGRATION_PROPS = {"ALLOWED_NETWORK_RULES": NAMES, "ENABLED": BOOL, "COMMENT": STR}
+SERVICE_ALTER_PROPS = {
+    "MIN_INSTANCES": INT,
+    "MAX_INSTANCES": INT,
+    "COMMENT": STR,
+    "AUTO_SUSPEND_SECS": INT,
+}
+USER_PROPS = {
+    "PASSWORD": STR,
+    "RSA_PUBLIC_KEY": STR,
+    "DEFAULT_ROLE": WORD,
+    "COMMENT": STR,
+    "DISABLED": BOOL,
+}
+MODEL_ALTER_PROPS = {"DEFAULT_VERSION": WORD, "COMMENT": STR}
+FUNCTION_PROPS = {
+    "MAX_BATCH_ROWS": INT,
+    "MAX_BATCH_RETRIES": INT,
+    "ON_BATCH_FAILURE": WORD,
+    "BATCH_TIMEOUT_SECS": NUM,
+}
+
+#: Object types a GRANT/REVOKE/SHOW GRANTS ON may name (longest first when matching).
+GRANT_OBJECT_TYPES = [
+    ("EXTERNAL", "ACCESS", "INTEGRATION"),
+    ("COMPUTE", "POOL"),
+    ("IMAGE", "REPOSITORY"),
+    ("NETWORK", "RULE"),
+    ("INTEGRATION",),
+    ("DATABASE",),
+    ("SCHEMA",),
+    ("MODEL",),
+    ("SERVICE",),
+    ("FUNCTION",),
+    ("ROLE",),
+    ("USER",),
+]
+
+SHOW_SCOPES = ("ACCOUNT", "DATABASE", "SCHEMA")
+
+
+class _Parser:
+    def __init__(self, text: str, *, offset: int = 0, script: str | None = None) -> None:
+        self.text = text
+        self.script = script if script is not None else text
+        self.offset = offset
+        self.tokens = [t for t in tokenize(text)]
+        self.pos = 0
+
+    # -- token helpers ----------------------------------------------------------------------------
+    def peek(self, ahead: int = 0) -> Token | None:
+        i = self.pos + ahead
+        return self.tokens[i] if i < len(self.tokens) else None
+
+    def peek_word(self, ahead: int = 0) -> str:
+        tok = self.peek(ahead)
+        return word(tok) if tok is not None else ""
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.tokens)
+
+    def advance(self) -> Token:
+        tok = self.peek()
+        if tok is None:
+            raise self.error("unexpected end of statement")
+        self.pos += 1
+        return tok
+
+    def accept(self, *words: str) -> bool:
+        """Consume the word sequence ``words`` if it comes next."""
+        for i, w in enumerate(words):
+            if self.peek_word(i) != w:
+                return False
+        self.pos += len(words)
+        return True
+
+    def expect(self, *words: str) -> None:
+        if not self.accept(*words):
+            raise self.error(f"expected {' '.join(words)}")
+
+    def accept_punct(self, kind: TokenType) -> bool:
+        tok = self.peek()
+        if tok is not None and tok.token_type == kind:
+            self.pos += 1
+            return True
+        return False
+
+    def expect_punct(self, kind: TokenType, label: str) -> None:
+        if not self.accept_punct(kind):
+            raise self.error(f"expected '{label}'")
+
+    def error(self, message: str, tok: Token | None = None) -> SqlSyntaxError:
+        tok = tok or self.peek()
+        if tok is None:
+            where = self.offset + len(self.text.rstrip())
+            line, col = line_col(self.script, where)
+            return SqlSyntaxError(f"{message} (unexpected end of statement)", line=line, col=col)
+        line, col = line_col(self.script, self.offset + tok.start)
+        shown = self.text[tok.start : tok.end + 1]
+        return SqlSyntaxError(f"{message}, found {shown!r}", line=line, col=col)
+
+    def end(self) -> None:
+        if not self.at_end():
+            raise self.error("unexpected token")
+
+    # -- values -----------------------------------------------------------------------------------
+    def name(self, what: str = "name") -> str:
+        """A possibly qualified name as source text: ``a``, ``db.s."X y"``."""
+        tok = self.peek()
+        if tok is None or not is_word(tok):
+            raise self.error(f"expected {what}")
+        parts = [raw_identifier(self.advance())]
+        while self.peek() is not None and self.peek().token_type == TokenType.DOT:  # type: ignore[union-attr]
+            self.advance()
+            tok = self.peek()
+            if tok is None or not is_word(tok):
+                raise self.error(f"expected {what} after '.'")
+            parts.append(raw_identifier(self.advance()))
+        return ".".join(parts)
+
+    def string(self, what: str = "string") -> str:
+        tok = self.peek()
+        if tok is None or not is_string(tok):
+            raise self.error(f"expected {what} (a quoted string)")
+        self.advance()
+        return tok.text
+
+    def integer(self, what: str = "integer") -> int:
+        tok = self.peek()
+        negative = False
+        if tok is not None and tok.token_type == TokenType.DASH:
+            self.advance()
+            negative = True
+            tok = self.peek()
+        if tok is None or tok.token_type != TokenType.NUMBER or not tok.text.isdigit():
+            raise self.error(f"expected {what}")
+        self.advance()
+        return -int(tok.text) if negative else int(tok.text)
+
+    def value(self, kind: str, prop: str) -> Any:
+        tok = self.peek()
+        if tok is None:
+            raise self.error(f"expected a value for {prop}")
+        if kind == INT:
+            return self.integer(f"an integer for {prop}")
+        if kind == NUM:
+            if tok.token_type != TokenType.NUMBER:
+                raise self.error(f"expected a number for {prop}")
+            self.advance()
+            return float(tok.text) if "." in tok.text else int(tok.text)
+        if kind == BOOL:
+            w = word(tok) or (tok.text.upper() if is_string(tok) else "")
+            if w in ("TRUE", "FALSE"):
+                self.advance()
+                return w == "TRUE"
+            raise self.error(f"expected TRUE or FALSE for {prop}")
+        if kind == STR:
+            return self.string(f"a quoted string for {prop}")
+        if kind == WORD:
+            if is_string(tok):
+                self.advance()
+                return tok.text
+            if is_word(tok):
+                return self.name(f"a value for {prop}")
+            raise self.error(f"expected a value for {prop}")
+        if kind in (NAMES, STRS):
+            self.expect_punct(TokenType.L_PAREN, "(")
+            items: list[str] = []
+            if not self.accept_punct(TokenType.R_PAREN):
+                while True:
+                    items.append(
+                        self.string(f"a quoted string in {prop}")
+                        if kind == STRS
+                        else self.name(f"a name in {prop}")
+                    )
+                    if self.accept_punct(TokenType.R_PAREN):
+                        break
+                    self.expect_punct(TokenType.COMMA, ",")
+            return items
+        raise AssertionError(kind)
+
+    def props(self, table: dict[str, str], statement: str, *, stop: tuple[str, ...] = ()) -> dict:
+        """``KEY = value`` pairs (``=`` optional) until the end or a word in ``stop``."""
+        found: dict[str, Any] = {}
+        while not self.at_end() and self.peek_word() not in stop:
+            tok = self.peek()
+            assert tok is not None
+            key = word(tok)
+            if not key:
+                raise self.error(f"expected a property name for {statement}")
+            if key not in table:
+                raise self.error(
+                    f"unknown property {key} for {statement}; valid: {', '.join(sorted(table))}"
+                )
+            if key in found:
+                raise self.error(f"property {key} is given twice")
+            self.advance()
+            self.accept_punct(TokenType.EQ)
+            found[key] = self.value(table[key], key)
+            self.accept_punct(TokenType.COMMA)
+        return found
+
+    def if_not_exists(self) -> bool:
+        return self.accept("IF", "NOT", "EXISTS")
+
+    def if_exists(self) -> bool:
+        return self.accept("IF", "EXISTS")
+
+    def like(self) -> str | None:
+        if self.accept("LIKE"):
+            return self.string("a LIKE pattern")
+        return None
+
+    def show_scope(self) -> dict:
+        """``IN ACCOUNT | IN DATABASE d | IN SCHEMA s`` (optional)."""
+        if not self.accept("IN"):
+            return {}
+        if self.accept("ACCOUNT"):
+            return {"scope": "ACCOUNT"}
+        if self.accept("DATABASE"):
+            return {"scope": "DATABASE", "scope_name": self.name("a database name")}
+        if self.accept("SCHEMA"):
+            return {"scope": "SCHEMA", "scope_name": self.name("a schema name")}
+        raise self.error("expected ACCOUNT, DATABASE or SCHEMA after IN")
+
+    def object_type(self) -> str:
+        for words in GRANT_OBJECT_TYPES:
+            if self.accept(*words):
+                joined = " ".join(words)
+                return "INTEGRATION" if joined == "EXTERNAL ACCESS INTEGRATION" else joined
+        raise self.error(
+            "expected an object type (ACCOUNT, DATABASE, SCHEMA, MODEL, SERVICE, COMPUTE POOL, "
+            "IMAGE REPOSITORY, NETWORK RULE, INTEGRATION, FUNCTION, ROLE, USER)"
+        )
+
+
+# -- statements ----------------------------------------------------------------------------------
+
+_CREATE_OBJECTS = {
+    ("COMPUTE", "POOL"),
+    ("IMAGE", "REPOSITORY"),
+    ("NETWORK", "RULE"),
+    ("EXTERNAL", "ACCESS", "INTEGRATION"),
+    ("DATABASE",),
+    ("SCHEMA",),
+    ("ROLE",),
+    ("USER",),
+}
+_DROP_OBJECTS = _CREATE_OBJECTS | {("INTEGRATION",), ("SERVICE",), ("MODEL",)}
+_ALTER_OBJECTS = {
+    ("COMPUTE", "POOL"),
+    ("SERVICE",),
+    ("MODEL",),
+    ("FUNCTION",),
+    ("USER",),
+}
+_DESCRIBE_OBJECTS = {
+    ("COMPUTE", "POOL"),
+    ("SERVICE",),
+    ("MODEL",),
+    ("FUNCTION",),
+    ("USER",),
+    ("IMAGE", "REPOSITORY"),
+    ("DATABASE",),
+    ("SCHEMA",),
+}
+
+
+def _object_after(p: _Parser, start: int, objects: set[tuple[str, ...]]) -> tuple[str, ...] | None:
+    for words in sorted(objects, key=len, reverse=True):
+        if all(p.peek_word(start + i) == w for i, w in enumerate(words)):
+            return words
+    return None
+
+
+def parse_management(text: str, *, offset: int = 0, script: str | None = None) -> Statement | None:
+    """Parse one management statement; ``None`` when ``text`` is a warehouse statement."""
+    p = _Parser(text, offset=offset, script=script)
+    if p.at_end():
+        return None
+    first = p.peek_word()
+    handler = _DISPATCH.get(first)
+    if handler is None:
+        return None
+    return handler(p)
+
+
+def _create(p: _Parser) -> Statement | None:
+    i = 1
+    or_replace = p.peek_word(1) == "OR" and p.peek_word(2) == "REPLACE"
+    if or_replace:
+        i = 3
+    obj = _object_after(p, i, _CREATE_OBJECTS)
+    if obj is None:
+        return None
+    p.pos = i + len(obj)
+    kind = "CREATE " + " ".join(obj)
+    if kind == "CREATE EXTERNAL ACCESS INTEGRATION":
+        kind = "CREATE INTEGRATION"
+    st = Statement(kind=kind, or_replace=or_replace)
+    st.if_not_exists = p.if_not_exists()
+    st.name = p.name(f"a {' '.join(obj).lower()} name")
+    table = {
+        "CREATE COMPUTE POOL": POOL_CREATE_PROPS,
+        "CREATE IMAGE REPOSITORY": COMMENT_PROPS,
+        "CREATE NETWORK RULE": NETWORK_RULE_PROPS,
+        "CREATE INTEGRATION": INTEGRATION_PROPS,
+        "CREATE DATABASE": COMMENT_PROPS,
+        "CREATE SCHEMA": COMMENT_PROPS,
+        "CREATE ROLE": COMMENT_PROPS,
+        "CREATE USER": USER_PROPS,
+    }[kind]
+    st.props = p.props(table, kind)
+    p.end()
+    return st
+
+
+def _drop(p: _Parser) -> Statement | None:
+    obj = _object_after(p, 1, _DROP_OBJECTS)
+    if obj is None:
+        return None
+    p.pos = 1 + len(obj)
+    kind = "DROP " + " ".join(obj)
+    if kind in ("DROP EXTERNAL ACCESS INTEGRATION",):
+        kind = "DROP INTEGRATION"
+    st = Statement(kind=kind)
+    st.if_exists = p.if_exists()
+    st.name = p.name(f"a {' '.join(obj).lower()} name")
+    p.accept("CASCADE") or p.accept("RESTRICT")
+    p.end()
+    return st
+
+
+def _alter(p: _Parser) -> Statement | None:
+    obj = _object_after(p, 1, _ALTER_OBJECTS)
+    if obj is None:
+        return None
+    p.pos = 1 + len(obj)
+    kind = "ALTER " + " ".join(obj)
+    st = Statement(kind=kind)
+    st.if_exists = p.if_exists()
+    st.name = p.name(f"a {' '.join(obj).lower()} name")
+    if kind == "ALTER COMPUTE POOL":
+        if p.accept("SUSPEND"):
+            st.args["action"] = "SUSPEND"
+        elif p.accept("RESUME"):
+            st.args["action"] = "RESUME"
+        elif p.accept("STOP", "ALL"):
+            st.args["action"] = "STOP ALL"
+        elif p.accept("SET"):
+            st.args["action"] = "SET"
+            st.props = p.props(POOL_ALTER_PROPS, kind)
+        else:
+            raise p.error("expected SUSPEND, RESUME, STOP ALL or SET after ALTER COMPUTE POOL name")
+    elif kind == "ALTER SERVICE":
+        if p.accept("SUSPEND"):
+            st.args["action"] = "SUSPEND"
+        elif p.accept("RESUME"):
+            st.args["action"] = "RESUME"
+        elif p.accept("SET"):
+            st.args["action"] = "SET"
+            st.props = _service_set_props(p)
+        else:
+            raise p.error("expected SUSPEND, RESUME or SET after ALTER SERVICE name")
+    elif kind == "ALTER MODEL":
+        if p.accept("DROP", "VERSION"):
+            st.args["action"] = "DROP VERSION"
+            st.args["version"] = p.name("a version name")
+        elif p.accept("SET"):
+            st.args["action"] = "SET"
+            st.props = p.props(MODEL_ALTER_PROPS, kind)
+        else:
+            raise p.error("expected DROP VERSION or SET after ALTER MODEL name")
+    elif kind == "ALTER FUNCTION":
+        # ALTER FUNCTION name [(types)] SET ... : an argument type list is accepted and ignored
+        # (service functions are not overloaded).
+        if p.accept_punct(TokenType.L_PAREN):
+            depth = 1
+            while depth:
+                tok = p.advance()
+                if tok.token_type == TokenType.L_PAREN:
+                    depth += 1
+                elif tok.token_type == TokenType.R_PAREN:
+                    depth -= 1
+        if p.accept("SET"):
+            st.args["action"] = "SET"
+            st.props = p.props(FUNCTION_PROPS, kind)
+        elif p.accept("UNSET"):
+            st.args["action"] = "UNSET"
+            st.args["unset"] = _unset_list(p, FUNCTION_PROPS, kind)
+        else:
+            raise p.error("expected SET or UNSET after ALTER FUNCTION name")
+    elif kind == "ALTER USER":
+        p.expect("SET")
+        st.args["action"] = "SET"
+        st.props = p.props(USER_PROPS, kind)
+    p.end()
+    return st
+
+
+def _service_set_props(p: _Parser) -> dict:
+    """ALTER SERVICE ... SET: only scaling, comment and auto-suspend may change."""
+    tok = p.peek()
+    key = word(tok) if tok is not None else ""
+    if key and key not in SERVICE_ALTER_PROPS:
+        raise InvalidArgumentError(
+            _at(p, tok) + f"ALTER SERVICE cannot change {key}: a service's specification (model, image, "
+            "resources, workers, batching, ingress) is immutable. Only MIN_INSTANCES, "
+            "MAX_INSTANCES, AUTO_SUSPEND_SECS and COMMENT can be set; to change anything else "
+            "create a new service (create_service with the new settings) and drop this one"
+        )
+    return p.props(SERVICE_ALTER_PROPS, "ALTER SERVICE")
+
+
+def _at(p: _Parser, tok: Token | None) -> str:
+    if tok is None:
+        return ""
+    line, col = line_col(p.script, p.offset + tok.start)
+    return f"line {line}, position {col}: "
+
+
+def _unset_list(p: _Parser, table: dict, statement: str) -> list[str]:
+    keys = []
+    while True:
+        tok = p.peek()
+        key = word(tok) if tok is not None else ""
+        if key not in table:
+            raise p.error(f"expected a property of {statement} ({', '.join(sorted(table))})")
+        p.advance()
+        keys.append(key)
+        if not p.accept_punct(TokenType.COMMA):
+            break
+    return keys
+
+
+def _describe(p: _Parser) -> Statement | None:
+    obj = _object_after(p, 1, _DESCRIBE_OBJECTS)
+    if obj is None:
+        return None  # DESCRIBE TABLE / DESCRIBE SELECT ...: the warehouse
+    p.pos = 1 + len(obj)
+    st = Statement(kind="DESCRIBE " + " ".join(obj))
+    st.name = p.name(f"a {' '.join(obj).lower()} name")
+    p.end()
+    return st
+
+
+def _show(p: _Parser) -> Statement:
+    p.advance()  # SHOW
+    if p.accept("TERSE"):
+        pass
+    if p.accept("COMPUTE", "POOLS"):
+        st = Statement("SHOW COMPUTE POOLS", like=p.like())
+    elif p.accept("IMAGE", "REPOSITORIES"):
+        st = Statement("SHOW IMAGE REPOSITORIES", like=p.like())
+        st.args.update(p.show_scope())
+    elif p.accept("IMAGES"):
+        st = Statement("SHOW IMAGES", like=p.like())
+        p.expect("IN", "IMAGE", "REPOSITORY")
+        st.name = p.name("an image repository name")
+    elif p.accept("NETWORK", "RULES"):
+        st = Statement("SHOW NETWORK RULES", like=p.like())
+        st.args.update(p.show_scope())
+    elif p.accept("EXTERNAL", "ACCESS", "INTEGRATIONS") or p.accept("INTEGRATIONS"):
+        st = Statement("SHOW INTEGRATIONS", like=p.like())
+    elif p.accept("SERVICES"):
+        st = Statement("SHOW SERVICES", like=p.like())
+        if p.accept("IN", "COMPUTE", "POOL"):
+            st.args["scope"] = "COMPUTE POOL"
+            st.args["scope_name"] = p.name("a compute pool name")
+        else:
+            st.args.update(p.show_scope())
+    elif p.accept("ENDPOINTS"):
+        st = Statement("SHOW ENDPOINTS")
+        p.expect("IN", "SERVICE")
+        st.name = p.name("a service name")
+    elif p.accept("SERVICE", "CONTAINERS") or p.accept("SERVICE", "INSTANCES"):
+        st = Statement("SHOW SERVICE CONTAINERS")
+        p.expect("IN", "SERVICE")
+        st.name = p.name("a service name")
+    elif p.accept("MODELS"):
+        st = Statement("SHOW MODELS", like=p.like())
+        st.args.update(p.show_scope())
+    elif p.accept("VERSIONS"):
+        st = Statement("SHOW VERSIONS", like=p.like())
+        p.expect("IN", "MODEL")
+        st.name = p.name("a model name")
+    elif p.accept("DATABASES"):
+        st = Statement("SHOW DATABASES", like=p.like())
+    elif p.accept("SCHEMAS"):
+        st = Statement("SHOW SCHEMAS", like=p.like())
+        if p.accept("IN"):
+            p.accept("DATABASE")
+            st.args["scope"] = "DATABASE"
+            st.args["scope_name"] = p.name("a database name")
+    elif p.accept("ROLES"):
+        st = Statement("SHOW ROLES", like=p.like())
+    elif p.accept("USERS"):
+        st = Statement("SHOW USERS", like=p.like())
+    elif p.accept("TABLES"):
+        st = Statement("SHOW TABLES", like=p.like())
+        st.args.update(p.show_scope())
+    elif p.accept("USER", "FUNCTIONS") or p.accept("FUNCTIONS"):
+        st = Statement("SHOW FUNCTIONS", like=p.like())
+        st.args.update(p.show_scope())
+    elif p.accept("GRANTS"):
+        st = Statement("SHOW GRANTS")
+        if p.accept("TO", "ROLE"):
+            st.args["to_role"] = p.name("a role name")
+        elif p.accept("TO", "USER"):
+            st.args["to_user"] = p.name("a user name")
+        elif p.accept("OF", "ROLE"):
+            st.args["of_role"] = p.name("a role name")
+        elif p.accept("ON"):
+            if p.accept("ACCOUNT"):
+                st.args["on"] = ("ACCOUNT", None)
+            else:
+                kind = p.object_type()
+                st.args["on"] = (kind, p.name(f"a {kind.lower()} name"))
+    else:
+        raise p.error(
+            "unknown SHOW statement; expected one of COMPUTE POOLS, IMAGE REPOSITORIES, IMAGES, "
+            "NETWORK RULES, INTEGRATIONS, SERVICES, ENDPOINTS, SERVICE CONTAINERS, MODELS, "
+            "VERSIONS, DATABASES, SCHEMAS, TABLES, FUNCTIONS, ROLES, USERS, GRANTS"
+        )
+    p.end()
+    return st
+
+
+def _use(p: _Parser) -> Statement:
+    p.advance()  # USE
+    if p.accept("ROLE"):
+        st = Statement("USE ROLE", name=p.name("a role name"))
+    elif p.accept("DATABASE"):
+        st = Statement("USE DATABASE", name=p.name("a database name"))
+    elif p.accept("SCHEMA"):
+        st = Statement("USE SCHEMA", name=p.name("a schema name"))
+    else:
+        name = p.name("a database or schema name")
+        st = Statement("USE SCHEMA" if "." in _unquoted_dots(name) else "USE DATABASE", name=name)
+    p.end()
+    return st
+
+
+def _unquoted_dots(name: str) -> str:
+    out, quoted = [], False
+    for ch in name:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "." and not quoted:
+            out.append(ch)
+    return "".join(out)
+
+
+def _privileges(p: _Parser) -> list[str]:
+    """``USAGE, MONITOR`` / ``CREATE SERVICE`` / ``ALL [PRIVILEGES]`` up to ON."""
+    privs: list[str] = []
+    current: list[str] = []
+    while True:
+        tok = p.peek()
+        if tok is None:
+            raise p.error("expected ON after the privilege list")
+        w = word(tok)
+        if w == "ON" and current:
+            privs.append(" ".join(current))
+            return privs
+        if tok.token_type == TokenType.COMMA and current:
+            privs.append(" ".join(current))
+            current = []
+            p.advance()
+            continue
+        if not w:
+            raise p.error("expected a privilege name")
+        current.append(w)
+        p.advance()
+
+
+def _grant_target(p: _Parser) -> tuple[str, str | None]:
+    if p.accept("ACCOUNT"):
+        return ("ACCOUNT", None)
+    kind = p.object_type()
+    return kind, p.name(f"a {kind.lower()} name")
+
+
+def _grant(p: _Parser) -> Statement:
+    p.advance()  # GRANT
+    if p.accept("ROLE"):
+        st = Statement("GRANT ROLE", name=p.name("a role name"))
+        p.expect("TO")
+        if p.accept("USER"):
+            st.args["to_user"] = p.name("a user name")
+        elif p.accept("ROLE"):
+            st.args["to_role"] = p.name("a role name")
+        else:
+            raise p.error("expected USER or ROLE after TO")
+        p.end()
+        return st
+    privs = _privileges(p)
+    p.expect("ON")
+    if privs == ["OWNERSHIP"]:
+        kind, name = _grant_target(p)
+        p.expect("TO")
+        p.accept("ROLE")
+        st = Statement("GRANT OWNERSHIP", name=name)
+        st.args.update(object_type=kind, to_role=p.name("a role name"), copy_current_grants=True)
+        if p.accept("COPY", "CURRENT", "GRANTS"):
+            st.args["copy_current_grants"] = True
+        elif p.accept("REVOKE", "CURRENT", "GRANTS"):
+            st.args["copy_current_grants"] = False
+        p.end()
+        return st
+    kind, name = _grant_target(p)
+    p.expect("TO")
+    p.accept("ROLE")
+    st = Statement("GRANT", name=name)
+    st.args.update(privileges=privs, object_type=kind, to_role=p.name("a role name"))
+    st.args["with_grant_option"] = p.accept("WITH", "GRANT", "OPTION")
+    p.end()
+    return st
+
+
+def _revoke(p: _Parser) -> Statement:
+    p.advance()  # REVOKE
+    if p.accept("ROLE"):
+        st = Statement("REVOKE ROLE", name=p.name("a role name"))
+        p.expect("FROM")
+        if p.accept("USER"):
+            st.args["from_user"] = p.name("a user name")
+        elif p.accept("ROLE"):
+            st.args["from_role"] = p.name("a role name")
+        else:
+            raise p.error("expected USER or ROLE after FROM")
+        p.end()
+        return st
+    grant_option_only = p.accept("GRANT", "OPTION", "FOR")
+    privs = _privileges(p)
+    p.expect("ON")
+    kind, name = _grant_target(p)
+    p.expect("FROM")
+    p.accept("ROLE")
+    st = Statement("REVOKE", name=name)
+    st.args.update(
+        privileges=privs,
+        object_type=kind,
+        from_role=p.name("a role name"),
+        grant_option_only=grant_option_only,
+    )
+    p.accept("CASCADE") or p.accept("RESTRICT")
+    p.end()
+    return st
+
+
+_SYSTEM_FUNCTIONS = {
+    "SYSTEM$GET_SERVICE_LOGS": (3, 4),
+    "SYSTEM$GET_SERVICE_STATUS": (1, 2),
+}
+
+
+def _call(p: _Parser) -> Statement | None:
+    fn = p.peek_word(1)
+    if not fn.startswith("SYSTEM$"):
+        return None
+    p.pos = 2
+    if fn not in _SYSTEM_FUNCTIONS:
+        raise p.error(
+            f"unknown system function {fn}; available: {', '.join(sorted(_SYSTEM_FUNCTIONS))}",
+            p.tokens[1],
+        )
+    p.expect_punct(TokenType.L_PAREN, "(")
+    args: list[Any] = []
+    if not p.accept_punct(TokenType.R_PAREN):
+        while True:
+            tok = p.peek()
+            if tok is not None and is_string(tok):
+                args.append(p.advance().text)
+            elif tok is not None and tok.token_type in (TokenType.NUMBER, TokenType.DASH):
+                args.append(p.integer("an integer argument"))
+            else:
+                raise p.error(f"expected a string or integer argument to {fn}")
+            if p.accept_punct(TokenType.R_PAREN):
+                break
+            p.expect_punct(TokenType.COMMA, ",")
+    low, high = _SYSTEM_FUNCTIONS[fn]
+    if not low <= len(args) <= high:
+        raise p.error(
+            f"{fn} takes {low} to {high} arguments, got {len(args)}"
+            if low != high
+            else f"{fn} takes {low} arguments, got {len(args)}",
+            p.tokens[1],
+        )
+    p.end()
+    return Statement("CALL " + fn, args={"args": args})
+
+
+_DISPATCH: dict[str, Callable[[_Parser], Statement | None]] = {
+    "CREATE": _create,
+    "DROP": _drop,
+    "ALTER": _alter,
+    "DESCRIBE": _describe,
+    "DESC": _describe,
+    "SHOW": _show,
+    "USE": _use,
+    "GRANT": _grant,
+    "REVOKE": _revoke,
+    "CALL": _call,
+}
+
+__all__ = ["Statement", "parse_management", "is_quoted_identifier"]

@@ -1,0 +1,290 @@
+"""Vectorized Arrow UDFs: service functions and warehouse model functions inside DuckDB queries.
+
+DuckDB hands an Arrow UDF one vector (up to 2048 rows) per call, from several threads at once
+for tables with several row groups. A service-function UDF splits its vector into batches of
+``MAX_BATCH_ROWS`` and sends them concurrently (a bounded thread pool shared by the engine) over
+the service-function protocol; a model-function UDF calls the loaded model once per vector.
+
+Rows with a NULL argument are not sent: their result is NULL (SQL's usual strictness). The first
+error raised inside a UDF is kept in :class:`QueryErrors` so the engine re-raises the neve error
+itself rather than DuckDB's wrapped text.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from neve.context import RequestContext
+from neve.errors import (
+    ModelExecutionError,
+    NeveError,
+    OverloadedError,
+    ServiceUnavailableError,
+)
+from neve.models.signature import FeatureSpec, ModelSignature
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "INT8": pa.int8(),
+    "INT16": pa.int16(),
+    "INT32": pa.int32(),
+    "INT64": pa.int64(),
+    "UINT8": pa.uint8(),
+    "UINT16": pa.uint16(),
+    "UINT32": pa.uint32(),
+    "UINT64": pa.uint64(),
+    "FLOAT": pa.float32(),
+    "DOUBLE": pa.float64(),
+    "BOOL": pa.bool_(),
+    "STRING": pa.string(),
+    "BYTES": pa.binary(),
+    "TIMESTAMP_NTZ": pa.timestamp("us"),
+}
+
+#: Errors worth another attempt: the service was not reachable or was overloaded. A model
+#: error (the method raised) would fail again, so it is not retried.
+RETRYABLE = (ServiceUnavailableError, OverloadedError, TimeoutError, ConnectionError)
+
+
+class ServiceCaller(Protocol):
+    """``account.services.invoke``'s shape: FLAT rows in, one output dict per row out."""
+
+    def __call__(
+        self,
+        ctx: RequestContext,
+        name: str,
+        method: str,
+        rows: list[list],
+        *,
+        timeout_s: float = 300,
+    ) -> list[dict]: ...
+
+
+@dataclass
+class BatchOptions:
+    max_batch_rows: int
+    max_batch_retries: int
+    on_batch_failure: str
+    batch_timeout_secs: float
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> BatchOptions:
+        return cls(
+            max_batch_rows=int(options["MAX_BATCH_ROWS"]),
+            max_batch_retries=int(options["MAX_BATCH_RETRIES"]),
+            on_batch_failure=str(options["ON_BATCH_FAILURE"]).upper(),
+            batch_timeout_secs=float(options["BATCH_TIMEOUT_SECS"]),
+        )
+
+
+class QueryErrors:
+    """The first exception raised inside any UDF of one query, plus call counters."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.first: BaseException | None = None
+        self.batches_sent = 0
+        self.rows_sent = 0
+
+    def record(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.first is None:
+                self.first = exc
+
+    def count(self, rows: int) -> None:
+        with self._lock:
+            self.batches_sent += 1
+            self.rows_sent += rows
+
+
+def arrow_type(feature: FeatureSpec) -> pa.DataType:
+    t = ARROW_TYPES[feature.type]
+    for _ in feature.shape or []:
+        t = pa.list_(t)
+    return t
+
+
+def return_arrow_type(signature: ModelSignature) -> pa.DataType:
+    if len(signature.outputs) == 1:
+        return arrow_type(signature.outputs[0])
+    return pa.struct([pa.field(f.name, arrow_type(f)) for f in signature.outputs])
+
+
+def _to_arrow(values: list | np.ndarray | pd.Series, typ: pa.DataType) -> pa.Array:
+    if isinstance(values, pd.Series):
+        values = values.to_numpy(dtype=object) if values.dtype == object else values.to_numpy()
+    try:
+        return pa.array(values, type=typ, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return pa.array(values, from_pandas=True).cast(typ, safe=False)
+
+
+def build_output(signature: ModelSignature, results: list[dict | None]) -> pa.Array:
+    """Arrow output of a UDF from one output dict (or None) per row."""
+    outputs = signature.outputs
+    first = next((r for r in results if r), None)
+    keys = _key_map(outputs, first)
+    if len(outputs) == 1:
+        key = keys[0]
+        return _to_arrow(
+            [None if r is None else r.get(key) for r in results], arrow_type(outputs[0])
+        )
+    arrays = [
+        _to_arrow([None if r is None else r.get(key) for r in results], arrow_type(f))
+        for f, key in zip(outputs, keys, strict=True)
+    ]
+    mask = pa.array([r is None for r in results], type=pa.bool_())
+    return pa.StructArray.from_arrays(
+        arrays, fields=[pa.field(f.name, arrow_type(f)) for f in outputs], mask=mask
+    )
+
+
+def _key_map(outputs: list[FeatureSpec], sample: dict | None) -> list[str]:
+    """The key of each output in the service's answer (exact name, else case-insensitive)."""
+    if not sample:
+        return [f.name for f in outputs]
+    by_upper = {str(k).upper(): k for k in sample}
+    keys = []
+    for f in outputs:
+        if f.name in sample:
+            keys.append(f.name)
+        elif f.name.upper() in by_upper:
+            keys.append(by_upper[f.name.upper()])
+        else:
+            raise ModelExecutionError(
+                f"the service answered without output {f.name!r} (got {sorted(sample)})"
+            )
+    return keys
+
+
+def _valid_rows(cols: list[pa.Array]) -> np.ndarray:
+    n = len(cols[0]) if cols else 0
+    valid = np.ones(n, dtype=bool)
+    for c in cols:
+        if c.null_count:
+            valid &= np.asarray(pc.is_valid(c).to_numpy(zero_copy_only=False), dtype=bool)
+    return valid
+
+
+def _combine(cols: tuple) -> list[pa.Array]:
+    return [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in cols]
+
+
+def service_udf(
+    *,
+    caller: ServiceCaller,
+    ctx: RequestContext,
+    service: str,
+    method: str,
+    function: str,
+    signature: ModelSignature,
+    options: BatchOptions,
+    pool: ThreadPoolExecutor,
+    errors: QueryErrors,
+) -> Callable[..., pa.Array]:
+    """An Arrow UDF that scores its vectors through ``caller`` (the service's invoke)."""
+
+    def send(rows: list[list]) -> list[dict] | None:
+        attempt = 0
+        while True:
+            try:
+                errors.count(len(rows))
+                out = caller(ctx, service, method, rows, timeout_s=options.batch_timeout_secs)
+                if len(out) != len(rows):
+                    raise ModelExecutionError(
+                        f"service {service} answered {len(out)} rows for a batch of {len(rows)} "
+                        f"(function {function})"
+                    )
+                return out
+            except RETRYABLE:
+                if attempt >= options.max_batch_retries:
+                    if options.on_batch_failure == "RETURN_NULL":
+                        return None
+                    raise
+                attempt += 1
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+            except NeveError:
+                if options.on_batch_failure == "RETURN_NULL":
+                    return None
+                raise
+
+    def udf(*cols: pa.Array) -> pa.Array:
+        try:
+            arrays = _combine(cols)
+            n = len(arrays[0])
+            valid = _valid_rows(arrays)
+            values = [a.to_pylist() for a in arrays]
+            rows = [[i, *vals] for i, vals in enumerate(zip(*values, strict=True)) if valid[i]]
+            step = options.max_batch_rows
+            batches = [rows[k : k + step] for k in range(0, len(rows), step)]
+            results: list[dict | None] = [None] * n
+            if len(batches) == 1:
+                answers = [send(batches[0])]
+            else:
+                futures = [pool.submit(send, b) for b in batches]
+                answers = [f.result() for f in futures]
+            for batch, answer in zip(batches, answers, strict=True):
+                if answer is None:
+                    continue
+                for row, out in zip(batch, answer, strict=True):
+                    results[row[0]] = out
+            return build_output(signature, results)
+        except BaseException as exc:
+            errors.record(exc)
+            raise
+
+    return udf
+
+
+def model_udf(
+    *,
+    loaded: Any,
+    method: str,
+    signature: ModelSignature,
+    errors: QueryErrors,
+) -> Callable[..., pa.Array]:
+    """An Arrow UDF that runs ``loaded.call(method, DataFrame)`` in-process on each vector."""
+    names = signature.input_names
+    out_names = signature.output_names
+
+    def udf(*cols: pa.Array) -> pa.Array:
+        try:
+            arrays = _combine(cols)
+            n = len(arrays[0])
+            valid = _valid_rows(arrays)
+            if not valid.all():
+                idx = pa.array(np.nonzero(valid)[0])
+                arrays = [a.take(idx) for a in arrays]
+            errors.count(len(arrays[0]))
+            frame = pa.Table.from_arrays(arrays, names=names).to_pandas()
+            out = loaded.call(method, frame) if len(frame) else None
+            results: list[dict | None] = [None] * n
+            if out is not None:
+                columns = [out[c].to_numpy() for c in _frame_keys(out, out_names)]
+                positions = np.nonzero(valid)[0]
+                if len(out_names) == 1 and valid.all():
+                    return _to_arrow(columns[0], arrow_type(signature.outputs[0]))
+                for j, pos in enumerate(positions):
+                    results[int(pos)] = {
+                        name: col[j] for name, col in zip(out_names, columns, strict=True)
+                    }
+            return build_output(signature, results)
+        except BaseException as exc:
+            errors.record(exc)
+            raise
+
+    return udf
+
+
+def _frame_keys(frame: pd.DataFrame, names: list[str]) -> list[str]:
+    cols = {str(c).upper(): c for c in frame.columns}
+    return [n if n in frame.columns else cols.get(n.upper(), n) for n in names]
