@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
+from neve.catalog import lookup
 from neve.context import RequestContext
 from neve.errors import NeveError, NotSupportedError, SignatureError
-from neve.identifiers import QualifiedName
+from neve.identifiers import QualifiedName, qualify
 from neve.sql import udf as udfs
 from neve.sql.lexer import split_statements
 from neve.sql.parser import parse_management
-from neve.sql.query import BoundCall, Planner, parse_statement
+from neve.sql.query import BoundCall, PlannedStatement, Planner, parse_statement
 from neve.sql.warehouse import Warehouse, translate_error
 
 if TYPE_CHECKING:
@@ -195,12 +196,13 @@ class SqlEngine:
                             call.params,
                             call.return_type,
                             type="arrow",
+                            null_handling="special",
                             side_effects=False,
                         )
                         registered.append(call.udf_name)
-                table = self._fetch(cur, planned.sql)
+                table, types = self._fetch(cur, planned.sql)
             except duckdb.Error as exc:
-                raise self._error(exc, errors, planned.calls) from None
+                raise self._error(exc, errors, planned) from None
             finally:
                 if registered:
                     with warehouse.lock:
@@ -210,7 +212,9 @@ class SqlEngine:
                             except duckdb.Error:
                                 pass
         stats = {"batches": errors.batches_sent, "rows": errors.rows_sent}
-        if table is None:
+        if table is None or (
+            not planned.returns_rows and table.num_rows == 0 and table.column_names == ["Count"]
+        ):
             return SqlResult(
                 columns=["status"],
                 rows=[["Statement executed successfully."]],
@@ -219,18 +223,59 @@ class SqlEngine:
             )
         return SqlResult(
             columns=list(table.column_names),
-            rows=_rows(table),
-            types=[str(t) for t in table.schema.types],
+            rows=arrow_rows(table),
+            types=types,
             arrow=table,
             stats=stats,
         )
 
+    # -- tables from Python (write_pandas / table) -------------------------------------------------
+    def _table_target(self, ctx: RequestContext, name: str) -> QualifiedName:
+        return qualify(name, database=ctx.database, schema=ctx.schema, kind="table")
+
+    def write_table(
+        self,
+        ctx: RequestContext,
+        name: str,
+        data: pa.Table,
+        *,
+        auto_create_table: bool = True,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:
+        """Append ``data`` to table ``name`` (creating it, or replacing it with ``overwrite``).
+
+        Creating needs CREATE TABLE on the schema, appending needs USAGE (tables carry no
+        privileges of their own in neve).
+        """
+        qn = self._table_target(ctx, name)
+        exists = any(t["name"] == qn.name for t in self.warehouse.tables(qn.database, qn.schema))
+        with self.account.catalog.transaction() as s:
+            schema_row = lookup.schema(s, qn.database, qn.schema)
+            privilege = "USAGE" if exists and not overwrite else "CREATE TABLE"
+            self.account.security.require(s, ctx, privilege, schema_row)
+        rows = self.warehouse.write_arrow(
+            qn.database,
+            qn.schema,
+            qn.name,
+            data,
+            auto_create_table=auto_create_table,
+            overwrite=overwrite,
+        )
+        return {"table": str(qn), "rows": rows, "created": not exists or overwrite}
+
+    def read_table(self, ctx: RequestContext, name: str) -> pa.Table:
+        qn = self._table_target(ctx, name)
+        result = self.execute_one(ctx, f"SELECT * FROM {qn}")
+        assert result.arrow is not None
+        return result.arrow
+
     @staticmethod
-    def _fetch(cur: duckdb.DuckDBPyConnection, sql: str) -> pa.Table | None:
+    def _fetch(cur: duckdb.DuckDBPyConnection, sql: str) -> tuple[pa.Table | None, list[str]]:
         rel = cur.sql(sql)
         if rel is None:
-            return None
-        return rel.to_arrow_table()
+            return None, []
+        types = [str(t) for t in rel.types]
+        return rel.to_arrow_table(), types
 
     def _make_udf(self, ctx: RequestContext, call: BoundCall, errors: udfs.QueryErrors):
         if call.kind == "SERVICE":
@@ -253,7 +298,8 @@ class SqlEngine:
         )
 
     @staticmethod
-    def _error(exc: duckdb.Error, errors: udfs.QueryErrors, calls: list[BoundCall]) -> NeveError:
+    def _error(exc: duckdb.Error, errors: udfs.QueryErrors, planned: PlannedStatement) -> NeveError:
+        calls = planned.calls
         first = errors.first
         if isinstance(first, NeveError):
             return first
@@ -267,7 +313,7 @@ class SqlEngine:
         text = message
         for call in calls:
             text = text.replace(call.udf_name, call.display)
-        return translate_error(type(exc)(text))
+        return translate_error(type(exc)(text), planned.tables)
 
 
 _GIVEN = re.compile(r"argument types '[^(]*\(([^)]*)\)'")
@@ -276,15 +322,21 @@ _GIVEN = re.compile(r"argument types '[^(]*\(([^)]*)\)'")
 def _signature_mismatch(call: BoundCall, message: str) -> SignatureError:
     found = _GIVEN.search(message)
     given = found.group(1).replace("_LITERAL", "") if found else "other types"
-    expected = ", ".join(f"{f.name} {p}" for f, p in zip(call.signature.inputs, call.params))
+    expected = ", ".join(
+        f"{f.name} {p}" for f, p in zip(call.signature.inputs, call.params, strict=True)
+    )
     return SignatureError(
         f"function {call.display} expects ({expected}) but was called with ({given}); "
         "cast the arguments (e.g. col::DOUBLE)"
     )
 
 
-def _rows(table: pa.Table) -> list[list]:
+def arrow_rows(table: pa.Table) -> list[list]:
+    """Rows of Python values (decimals as floats: JSON has no decimal type)."""
     if table.num_columns == 0:
         return []
-    columns = [col.to_pylist() for col in table.columns]
+    columns = [
+        (col.cast(pa.float64()) if pa.types.is_decimal(col.type) else col).to_pylist()
+        for col in table.columns
+    ]
     return [list(r) for r in zip(*columns, strict=True)]

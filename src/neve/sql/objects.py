@@ -179,7 +179,9 @@ def drop_schema(
     with account.catalog.transaction() as s:
         db = s.scalar(select(m.Database).where(m.Database.name == db_name))
         sch = (
-            s.scalar(select(m.Schema).where(m.Schema.database_id == db.id, m.Schema.name == sch_name))
+            s.scalar(
+                select(m.Schema).where(m.Schema.database_id == db.id, m.Schema.name == sch_name)
+            )
             if db is not None
             else None
         )
@@ -251,9 +253,7 @@ def describe_schema(account: Account, ctx: RequestContext, name: str) -> list[di
             (m.NetworkRule, "NETWORK RULE"),
         ):
             for obj in s.scalars(select(cls).where(cls.schema_id == sch.id).order_by(cls.name)):  # type: ignore[attr-defined]
-                rows.append(
-                    {"created_on": _aware(obj.created_on), "name": obj.name, "kind": kind}
-                )
+                rows.append({"created_on": _aware(obj.created_on), "name": obj.name, "kind": kind})
     for table in account.sql.warehouse.tables(db_name, sch_name):
         rows.append({"created_on": None, "name": table["name"], "kind": table["kind"]})
     return rows

@@ -472,7 +472,8 @@ def _service_set_props(p: _Parser) -> dict:
     key = word(tok) if tok is not None else ""
     if key and key not in SERVICE_ALTER_PROPS:
         raise InvalidArgumentError(
-            _at(p, tok) + f"ALTER SERVICE cannot change {key}: a service's specification (model, image, "
+            _at(p, tok)
+            + f"ALTER SERVICE cannot change {key}: a service's specification (model, image, "
             "resources, workers, batching, ingress) is immutable. Only MIN_INSTANCES, "
             "MAX_INSTANCES, AUTO_SUSPEND_SECS and COMMENT can be set; to change anything else "
             "create a new service (create_service with the new settings) and drop this one"

@@ -25,12 +25,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlglot import exp
 from sqlglot.errors import ParseError
+from sqlglot.tokens import TokenType
 
 from neve.catalog import lookup
 from neve.catalog import models as m
 from neve.context import RequestContext
 from neve.errors import (
-    InvalidArgumentError,
     InvalidIdentifierError,
     NotSupportedError,
     ObjectNotFoundError,
@@ -40,7 +40,7 @@ from neve.errors import (
 from neve.identifiers import QualifiedName, ident, qualify
 from neve.models.signature import ModelSignature
 from neve.sql import functions as fns
-from neve.sql.lexer import BANG_PREFIX, BangCall, line_col, rewrite_bang_calls
+from neve.sql.lexer import BANG_PREFIX, BangCall, line_col, rewrite_bang_calls, tokenize
 from neve.sql.warehouse import rewrite_tables
 
 if TYPE_CHECKING:
@@ -73,11 +73,13 @@ class PlannedStatement:
     sql: str
     calls: list[BoundCall]
     returns_rows: bool
+    tables: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _syntax_error(err: ParseError, text: str, offset: int, script: str) -> SqlSyntaxError:
     info = err.errors[0] if err.errors else {}
     desc = str(info.get("description") or err).split("<Token")[0].strip().rstrip(".")
+    desc = desc.removesuffix(" but got").strip()
     token = info.get("highlight")
     line, col = info.get("line"), info.get("col")
     if line is not None and col is not None:
@@ -93,11 +95,15 @@ def _offset_of(text: str, line: int, col: int) -> int:
     return sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
 
 
-def parse_statement(text: str, *, offset: int = 0, script: str | None = None) -> tuple[
-    exp.Expression | None, dict[str, BangCall]
-]:
+def parse_statement(
+    text: str, *, offset: int = 0, script: str | None = None
+) -> tuple[exp.Expression | None, dict[str, BangCall]]:
     script = script if script is not None else text
     rewritten, bangs = rewrite_bang_calls(text)
+    first = next(iter(tokenize(text)), None)
+    if first is not None and first.token_type == TokenType.VAR:
+        line, col = line_col(script, offset + first.start)
+        raise SqlSyntaxError(f"unknown statement {first.text!r}", line=line, col=col)
     try:
         trees = sqlglot.parse(rewritten, read="duckdb")
     except ParseError as err:
@@ -144,13 +150,12 @@ class Planner:
         self.calls: list[BoundCall] = []
 
     # -- entry ------------------------------------------------------------------------------------
-    def plan(
-        self, tree: exp.Expression, bangs: dict[str, BangCall], text: str
-    ) -> PlannedStatement:
+    def plan(self, tree: exp.Expression, bangs: dict[str, BangCall], text: str) -> PlannedStatement:
         if isinstance(tree, exp.Command):
             # sqlglot did not understand it (PRAGMA, SUMMARIZE, ...): DuckDB runs it as written.
             return PlannedStatement(sql=text, calls=[], returns_rows=True)
-        used = rewrite_tables(tree, self.ctx.database, self.ctx.schema)
+        tables: list[tuple[str, str, str]] = []
+        used = rewrite_tables(tree, self.ctx.database, self.ctx.schema, tables)
         with self.account.catalog.transaction() as s:
             self._check_schemas(s, tree, used)
             projections = self._projection_names(tree, bangs)
@@ -158,11 +163,14 @@ class Planner:
         for db, sch in used:
             self.engine.warehouse.ensure_schema(db, sch)
         self._alias_projections(tree, projections)
-        returns_rows = isinstance(
-            tree, exp.Query | exp.Describe | exp.Show | exp.Pragma
-        ) or bool(tree.args.get("returning"))
+        returns_rows = isinstance(tree, exp.Query | exp.Describe | exp.Show | exp.Pragma) or bool(
+            tree.args.get("returning")
+        )
         return PlannedStatement(
-            sql=tree.sql(dialect="duckdb"), calls=self.calls, returns_rows=returns_rows
+            sql=tree.sql(dialect="duckdb"),
+            calls=self.calls,
+            returns_rows=returns_rows,
+            tables=tables,
         )
 
     # -- schemas ----------------------------------------------------------------------------------
@@ -305,9 +313,7 @@ class Planner:
         )
 
     # -- output column names ----------------------------------------------------------------------
-    def _projection_names(
-        self, tree: exp.Expression, bangs: dict[str, BangCall]
-    ) -> dict[int, str]:
+    def _projection_names(self, tree: exp.Expression, bangs: dict[str, BangCall]) -> dict[int, str]:
         """Unaliased top-level projections that call functions: their text as written."""
         if not isinstance(tree, exp.Select):
             return {}

@@ -12,6 +12,7 @@ itself rather than DuckDB's wrapped text.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -175,6 +176,14 @@ def _valid_rows(cols: list[pa.Array]) -> np.ndarray:
     return valid
 
 
+def with_arity(fn: Callable[..., pa.Array], n: int) -> Callable[..., pa.Array]:
+    """DuckDB counts a UDF's parameters: give ``fn(*cols)`` a signature of exactly ``n``."""
+    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(n)]
+    )
+    return fn
+
+
 def _combine(cols: tuple) -> list[pa.Array]:
     return [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in cols]
 
@@ -242,7 +251,7 @@ def service_udf(
             errors.record(exc)
             raise
 
-    return udf
+    return with_arity(udf, len(signature.inputs))
 
 
 def model_udf(
@@ -282,7 +291,7 @@ def model_udf(
             errors.record(exc)
             raise
 
-    return udf
+    return with_arity(udf, len(names))
 
 
 def _frame_keys(frame: pd.DataFrame, names: list[str]) -> list[str]:

@@ -157,16 +157,18 @@ class Warehouse:
                         "SELECT count(*) FROM duckdb_tables() WHERE database_name = "
                         "current_database() AND schema_name = ? AND table_name = ?",
                         [duck_schema(database, schema), table],
-                    ).fetchone()[0]  # type: ignore[index]
+                    ).fetchall()[0][0]
                 )
                 if not exists and not auto_create_table:
                     raise ObjectNotFoundError(
                         f"table {label} does not exist (pass auto_create_table=True to create it)"
                     )
                 if not exists or overwrite:
-                    cur.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {view}")
+                    cur.execute(
+                        f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {view}"
+                    ).fetchall()
                 else:
-                    cur.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {view}")
+                    cur.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {view}").fetchall()
             except duckdb.Error as exc:
                 raise translate_error(exc) from None
             finally:
@@ -193,16 +195,17 @@ def _ident_of(node: exp.Expression | None, kind: str) -> str | None:
 
 
 def rewrite_tables(
-    tree: exp.Expression, database: str | None, schema: str | None
+    tree: exp.Expression,
+    database: str | None,
+    schema: str | None,
+    tables: list[tuple[str, str, str]] | None = None,
 ) -> set[tuple[str, str]]:
     """Point every table reference in ``tree`` at its DuckDB schema, in place.
 
     Returns the (database, schema) pairs referenced, so the caller can check they exist.
     CTE names and table functions (``range(10)``, ``read_parquet(...)``) are left alone.
     """
-    cte_names = {
-        cte.alias_or_name.upper() for cte in tree.find_all(exp.CTE) if cte.alias_or_name
-    }
+    cte_names = {cte.alias_or_name.upper() for cte in tree.find_all(exp.CTE) if cte.alias_or_name}
     used: set[tuple[str, str]] = set()
     for table in list(tree.find_all(exp.Table)):
         if not isinstance(table.this, exp.Identifier):
@@ -220,6 +223,8 @@ def rewrite_tables(
                 f"current {missing} (USE DATABASE / USE SCHEMA, or write database.schema.table)"
             )
         used.add((db, sch))
+        if tables is not None:
+            tables.append((db, sch, name))
         alias = table.args.get("alias")
         table.set("this", exp.to_identifier(name, quoted=True))
         table.set("db", exp.to_identifier(duck_schema(db, sch), quoted=True))
@@ -237,21 +242,30 @@ def rewrite_tables(
 
 # -- errors ------------------------------------------------------------------------------------
 
-_DUCK_NAME = re.compile(r'"?([A-Za-z0-9_$]+)__([A-Za-z0-9_$]+)"?\.')
-
 
 def _clean(message: str) -> str:
     # DuckDB appends the (rewritten) query text with a caret: positions would not match the
     # user's text, so drop it; map DB__SCHEMA back to DB.SCHEMA.
     text = message.split("\n\nLINE ", 1)[0].split("\nLINE ", 1)[0].strip()
-    text = _DUCK_NAME.sub(lambda m: f"{m.group(1)}.{m.group(2)}.", text)
     text = re.sub(r"\b([A-Za-z0-9_$]+)__([A-Za-z0-9_$]+)\b", r"\1.\2", text)
     return text
 
 
-def translate_error(exc: Exception) -> NeveError:
+_NO_TABLE = re.compile(r"Table with name (.+?) does not exist!")
+
+
+def translate_error(exc: Exception, tables: list[tuple[str, str, str]] | None = None) -> NeveError:
     """A neve error for a DuckDB error (the class says what kind of mistake it was)."""
     message = _clean(str(exc))
+    missing = _NO_TABLE.search(message)
+    if missing and isinstance(exc, duckdb.CatalogException):
+        name = missing.group(1).strip('"')
+        where = [t for t in tables or [] if t[2].upper() == name.upper()]
+        if where:
+            db, sch, tbl = where[0]
+            return ObjectNotFoundError(
+                f"table {quote(db)}.{quote(sch)}.{quote(tbl)} does not exist or not authorized"
+            )
     if isinstance(exc, duckdb.ParserException):
         return SqlSyntaxError(message)
     if isinstance(exc, duckdb.CatalogException):

@@ -1,0 +1,133 @@
+"""``neve sql "STATEMENT"`` prints the result as a table; ``neve sql`` opens an interactive shell.
+
+The shell reads statements ending in ``;`` (across lines), keeps the role/database/schema that
+USE statements set, and prints each result. ``\\q``, ``exit`` or Ctrl-D leave it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Run SQL statements against the neve account.", add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class SqlShell:
+    """Sends statements to the control plane, carrying the context between them."""
+
+    def __init__(self, session: Any) -> None:
+        from neve.client.warehouse import _context, _transport
+
+        self.session = session
+        self.transport = _transport(session)
+        self.context: dict[str, Any] = _context(session)
+
+    def run(self, text: str) -> dict:
+        body = self.transport.call(
+            "POST", "/api/v1/sql", json={"sql": text, "context": self.context}
+        )
+        ctx = body.get("context") or {}
+        self.context = {k: v for k, v in ctx.items() if v}
+        return body
+
+
+def render(body: dict, *, max_rows: int | None = None) -> None:
+    columns = body.get("columns") or []
+    rows = body.get("rows") or []
+    table = Table(show_lines=False, header_style="bold")
+    for col in columns:
+        table.add_column(str(col), overflow="fold")
+    shown = rows if max_rows is None else rows[:max_rows]
+    for row in shown:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    console.print(table)
+    suffix = f" (showing {len(shown)})" if len(shown) < len(rows) else ""
+    console.print(f"[dim]{len(rows)} row{'s' if len(rows) != 1 else ''}{suffix}[/dim]")
+
+
+def statement_complete(buffer: str) -> bool:
+    """True when ``buffer`` ends with a top-level ``;`` (not inside a string or comment)."""
+    from sqlglot.tokens import TokenType
+
+    from neve.errors import SqlSyntaxError
+    from neve.sql.lexer import tokenize
+
+    try:
+        tokens = tokenize(buffer)
+    except SqlSyntaxError:
+        return False  # e.g. an unterminated string: keep reading
+    return bool(tokens) and tokens[-1].token_type == TokenType.SEMICOLON
+
+
+def _connect() -> Any:
+    import neve
+
+    return neve.connect()
+
+
+def _print_error(exc: Exception) -> None:
+    err_console.print(f"[red]error:[/red] {getattr(exc, 'message', None) or exc}")
+
+
+def interactive(shell: SqlShell, *, max_rows: int | None) -> None:
+    from neve.errors import NeveError
+
+    console.print("neve SQL shell: end statements with ';', \\q to quit")
+    buffer = ""
+    while True:
+        ctx = shell.context
+        where = ".".join(x for x in (ctx.get("database"), ctx.get("schema")) if x) or "-"
+        prompt = f"{ctx.get('role', '?')}@{where}> " if not buffer else "... "
+        try:
+            line = input(prompt)
+        except EOFError:
+            console.print()
+            return
+        except KeyboardInterrupt:
+            console.print()
+            buffer = ""
+            continue
+        if not buffer and line.strip() in ("\\q", "exit", "quit"):
+            return
+        buffer += line + "\n"
+        if not statement_complete(buffer):
+            continue
+        text, buffer = buffer, ""
+        try:
+            render(shell.run(text), max_rows=max_rows)
+        except NeveError as exc:
+            _print_error(exc)
+
+
+@app.callback(invoke_without_command=True)
+def sql(
+    statement: Annotated[
+        str | None, typer.Argument(help="SQL to run; omit it for an interactive shell")
+    ] = None,
+    max_rows: Annotated[int | None, typer.Option(help="print at most this many rows")] = None,
+) -> None:
+    """Run SQL (``neve sql "SHOW SERVICES"``), or open a shell with no argument."""
+    from neve.errors import NeveError
+
+    try:
+        shell = SqlShell(_connect())
+    except NeveError as exc:
+        _print_error(exc)
+        raise typer.Exit(1) from None
+    if statement is None or statement == "-":
+        if statement == "-" or not sys.stdin.isatty():
+            statement = sys.stdin.read()
+        else:
+            interactive(shell, max_rows=max_rows)
+            return
+    try:
+        render(shell.run(statement), max_rows=max_rows)
+    except NeveError as exc:
+        _print_error(exc)
+        raise typer.Exit(1) from None

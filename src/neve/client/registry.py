@@ -1,0 +1,605 @@
+"""The registry as the user sees it: ``Registry``, ``Model`` and ``ModelVersion``.
+
+``Registry(session, database_name="ml", schema_name="registry").log_model(model, ...)`` saves
+the model in THIS process (``neve.models.save_model``: signatures inferred from the sample
+input, dependencies pinned to what is installed here), uploads the directory to the control
+plane as one tar.gz, and returns a ``ModelVersion``. Everything else is a REST call
+(``neve.control.routes.registry``).
+
+``ModelVersion.run(data)`` without ``service_name`` runs the method in this process ("warehouse"
+mode): the version's files are downloaded once into the account's cache, keyed and verified by
+their checksum, loaded, and called. With ``service_name`` it goes to the service
+(``neve.client.services.ServiceMixin``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote as url_quote
+
+import pandas as pd
+
+from neve.client.services import ServiceMixin
+from neve.errors import (
+    InvalidArgumentError,
+    InvalidStateError,
+    NeveError,
+    NotSupportedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    SignatureError,
+)
+from neve.identifiers import ident, quote
+
+if TYPE_CHECKING:
+    from neve.models import LoadedModel
+
+ARTIFACT_SHA_HEADER = "X-Neve-Artifact-Sha256"
+_LOADED_MAX = 8
+
+
+def _rebuild(exc: NeveError, message: str) -> NeveError:
+    """The same error class with a message that names the object (keeps ``code``)."""
+    err = exc.__class__.__new__(exc.__class__)
+    NeveError.__init__(err, message, code=exc.code)
+    return err
+
+
+def _seg(name: str) -> str:
+    """A normalized identifier as one URL path segment (quoted when case matters)."""
+    return url_quote(quote(name), safe="")
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    if "created_on" in df.columns:
+        df["created_on"] = pd.to_datetime(df["created_on"], utc=True, format="ISO8601")
+    return df
+
+
+class _Client:
+    """The session's transport plus the context header every registry call carries."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        transport = getattr(session, "_transport", None) or getattr(session, "transport", None)
+        if transport is None:
+            raise TypeError(f"{type(session).__name__} is not a neve session (no transport)")
+        self.transport = transport
+
+    def headers(self) -> dict[str, str]:
+        role = getattr(self.session, "current_role", None)
+        role = role() if callable(role) else role
+        return {"X-Neve-Context": json.dumps({"role": role})} if role else {}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {**self.headers(), **(kwargs.pop("headers", None) or {})}
+        return self.transport.call(method, path, headers=headers, **kwargs)
+
+    def cache_root(self) -> Path:
+        home = getattr(self.session, "account_home", None)
+        if home is None:
+            from neve.config import default_home
+
+            home = default_home()
+        return Path(home) / "cache" / "models"
+
+
+class Registry:
+    """The models of one schema. The schema (and its database) is created on first log_model."""
+
+    def __init__(
+        self, session: Any, database_name: str | None = None, schema_name: str | None = None
+    ) -> None:
+        self._client = _Client(session)
+        self._session = session
+        db = database_name or _current(session, "database")
+        sch = schema_name or _current(session, "schema")
+        if not db or not sch:
+            raise InvalidArgumentError(
+                "Registry needs a database and a schema: Registry(session, database_name=..., "
+                "schema_name=...), or set them on the session (USE DATABASE / USE SCHEMA)"
+            )
+        self.database_name = ident(db, kind="database name")
+        self.schema_name = ident(sch, kind="schema name")
+
+    def __repr__(self) -> str:
+        return f"Registry({quote(self.database_name)}.{quote(self.schema_name)})"
+
+    @property
+    def location(self) -> str:
+        return f"{quote(self.database_name)}.{quote(self.schema_name)}"
+
+    def _path(self, model: str | None = None) -> str:
+        base = f"/api/v1/models/{_seg(self.database_name)}/{_seg(self.schema_name)}"
+        return base if model is None else f"{base}/{_seg(model)}"
+
+    # -- log ------------------------------------------------------------------------------------
+    def log_model(
+        self,
+        model: Any,
+        model_name: str,
+        version_name: str | None = None,
+        *,
+        conda_dependencies: list[str] | None = None,
+        pip_requirements: list[str] | None = None,
+        python_version: str | None = None,
+        sample_input_data: Any = None,
+        signatures: dict | None = None,
+        target_platforms: list[str] | None = None,
+        comment: str | None = None,
+        metrics: dict | None = None,
+        options: dict | None = None,
+        code_paths: list[str | os.PathLike] | None = None,
+        tags: dict | None = None,
+    ) -> ModelVersion:
+        """Save ``model`` here, upload it, register it as a new version; return that version.
+
+        ``options``: ``target_methods`` (list), ``method_options`` ({method: {"max_batch_size":
+        n}}), ``relax_version`` (widen the automatic ``==installed`` pins to ``>=X.Y,<X+1``).
+        """
+        from neve.environments.dependencies import pin_dependencies
+        from neve.models import handler_for_model, save_model
+        from neve.registry import archive
+
+        name = ident(model_name, kind="model name")
+        label = f"model {self.location}.{quote(name)}"
+        version = ident(version_name, kind="version name") if version_name else None
+        if version is not None:
+            self._refuse_existing_version(name, version, label)
+        opts = dict(options or {})
+        for key in ("target_methods", "method_options"):
+            if key in opts and opts[key] is not None and not isinstance(opts[key], list | dict):
+                raise InvalidArgumentError(f"{label}: options[{key!r}] has the wrong type")
+        conda = _as_list(conda_dependencies, "conda_dependencies")
+        pip = _as_list(pip_requirements, "pip_requirements")
+        try:
+            handler = handler_for_model(model)
+            # Pinned here: this process is where the model was trained and tested.
+            pinned = pin_dependencies(
+                handler.requirements(model), conda, pip, relax_version=bool(opts.get("relax_version"))
+            )
+            with tempfile.TemporaryDirectory(prefix="neve-log-") as tmp:
+                work = Path(tmp)
+                save_model(
+                    model,
+                    work / "model",
+                    sample_input=sample_input_data,
+                    signatures=signatures,
+                    target_methods=opts.get("target_methods"),
+                    method_options=opts.get("method_options"),
+                    code_paths=code_paths,
+                    python_version=python_version,
+                    dependencies=pinned,
+                )
+                request = {
+                    "version_name": version_name,
+                    "conda_dependencies": conda,
+                    "pip_requirements": pip,
+                    "python_version": python_version,
+                    "comment": comment,
+                    "metrics": metrics,
+                    "options": opts,
+                    "target_platforms": target_platforms,
+                    "tags": tags,
+                }
+                (work / "request.json").write_text(json.dumps(_jsonable(request, label)))
+                body = archive.pack_bytes(work)
+        except NeveError as exc:
+            raise _rebuild(exc, f"cannot log {label}: {exc.message}") from None
+        row = self._client.call(
+            "POST",
+            self._path(name) + "/versions",
+            content=body,
+            headers={"Content-Type": archive.MEDIA_TYPE},
+        )
+        return ModelVersion(Model(self, name), row["name"], row)
+
+    def _refuse_existing_version(self, model: str, version: str, label: str) -> None:
+        """Fail before the (possibly slow) save when the version name is already taken."""
+        try:
+            row = self._client.call("GET", f"{self._path(model)}/versions/{_seg(version)}")
+        except ObjectNotFoundError:
+            return
+        if row.get("name") == version:
+            raise ObjectExistsError(f"{label} already has a version {quote(version)}")
+
+    # -- models ---------------------------------------------------------------------------------
+    def get_model(self, model_name: str) -> Model:
+        name = ident(model_name, kind="model name")
+        row = self._client.call("GET", self._path(name))
+        return Model(self, row["name"], row)
+
+    def models(self) -> list[Model]:
+        return [Model(self, row["name"], row) for row in self._client.call("GET", self._path())]
+
+    def show_models(self) -> pd.DataFrame:
+        return _frame(self._client.call("GET", self._path()))
+
+    def delete_model(self, model_name: str) -> None:
+        self._client.call("DELETE", self._path(ident(model_name, kind="model name")))
+
+
+def _current(session: Any, what: str) -> str | None:
+    value = getattr(session, f"current_{what}", None)
+    return value() if callable(value) else value
+
+
+def _as_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgumentError(f"{what} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _jsonable(value: Any, label: str) -> Any:
+    import orjson
+
+    try:
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise InvalidArgumentError(
+            f"{label}: metrics, options and tags must be JSON-serializable: {exc}"
+        ) from None
+
+
+class Model:
+    """A registered model: its versions, default version, comment and tags."""
+
+    def __init__(self, registry: Registry, name: str, row: dict | None = None) -> None:
+        self._registry = registry
+        self._client = registry._client
+        self.name = name
+        self._row = row
+
+    def __repr__(self) -> str:
+        return f"Model({self.fully_qualified_name})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Model) and other.fully_qualified_name == self.fully_qualified_name
+
+    def __hash__(self) -> int:
+        return hash(self.fully_qualified_name)
+
+    @property
+    def fully_qualified_name(self) -> str:
+        return f"{self._registry.location}.{quote(self.name)}"
+
+    @property
+    def _path(self) -> str:
+        return self._registry._path(self.name)
+
+    def _describe(self) -> dict:
+        self._row = self._client.call("GET", self._path)
+        return self._row
+
+    def versions(self) -> list[ModelVersion]:
+        rows = self._client.call("GET", self._path + "/versions")
+        return [ModelVersion(self, row["name"], row) for row in rows]
+
+    def show_versions(self) -> pd.DataFrame:
+        return _frame(self._client.call("GET", self._path + "/versions"))
+
+    def version(self, version_or_alias: str) -> ModelVersion:
+        """A version by name or alias (also DEFAULT, FIRST, LAST)."""
+        row = self._client.call("GET", f"{self._path}/versions/{_seg_raw(version_or_alias)}")
+        return ModelVersion(self, row["name"], row)
+
+    def first(self) -> ModelVersion:
+        return self.version("FIRST")
+
+    def last(self) -> ModelVersion:
+        return self.version("LAST")
+
+    @property
+    def default(self) -> ModelVersion:
+        return self.version("DEFAULT")
+
+    @default.setter
+    def default(self, version: str | ModelVersion) -> None:
+        name = version.version_name if isinstance(version, ModelVersion) else version
+        if isinstance(version, ModelVersion):
+            name = quote(name)
+        self._client.call("PATCH", self._path, json={"default_version": name})
+
+    def delete_version(self, version_name: str) -> None:
+        self._client.call("DELETE", f"{self._path}/versions/{_seg_raw(version_name)}")
+
+    @property
+    def comment(self) -> str | None:
+        return self._describe().get("comment")
+
+    @comment.setter
+    def comment(self, text: str | None) -> None:
+        self._client.call("PATCH", self._path, json={"comment": text})
+
+    description = comment
+
+    # -- tags -------------------------------------------------------------------------------------
+    def set_tag(self, tag_name: str, tag_value: Any) -> None:
+        self._client.call("PUT", f"{self._path}/tags/{_seg_raw(tag_name)}", json={"value": tag_value})
+
+    def get_tag(self, tag_name: str) -> Any:
+        """The tag's value, or None when the model has no such tag."""
+        return self.show_tags().get(ident(tag_name, kind="tag name"))
+
+    def unset_tag(self, tag_name: str) -> None:
+        self._client.call("DELETE", f"{self._path}/tags/{_seg_raw(tag_name)}")
+
+    def show_tags(self) -> dict[str, Any]:
+        return self._client.call("GET", self._path + "/tags")
+
+
+def _seg_raw(text: str) -> str:
+    """A name as the user wrote it (the server normalizes it), as one URL path segment."""
+    if not isinstance(text, str):
+        raise InvalidArgumentError(f"expected a name, got {type(text).__name__}")
+    return url_quote(text, safe="")
+
+
+class _LoadedCache:
+    """Models loaded in this process, by artifact checksum (repeated runs skip the load)."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: str, directory: Path) -> LoadedModel:
+        from neve.models import load_model
+
+        with self._lock:
+            loaded = self._items.get(digest)
+            if loaded is not None:
+                self._items.move_to_end(digest)
+                return loaded
+        loaded = load_model(directory)
+        with self._lock:
+            self._items[digest] = loaded
+            while len(self._items) > _LOADED_MAX:
+                self._items.popitem(last=False)
+        return loaded
+
+
+_LOADED = _LoadedCache()
+
+
+class ModelVersion(ServiceMixin):
+    """One version of a model: its functions, metrics, aliases, files, and runs."""
+
+    def __init__(self, model: Model, version_name: str, row: dict | None = None) -> None:
+        self._model = model
+        self._registry = model._registry
+        self._client = model._client
+        self._session = self._registry._session
+        self._transport = self._client.transport
+        self.version_name = version_name
+        self._row = row
+
+    def __repr__(self) -> str:
+        return f"ModelVersion({self.fully_qualified_model_name}, {quote(self.version_name)})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ModelVersion)
+            and other.fully_qualified_model_name == self.fully_qualified_model_name
+            and other.version_name == self.version_name
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.fully_qualified_model_name, self.version_name))
+
+    # -- names ------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self._model.name
+
+    @property
+    def database_name(self) -> str:
+        return self._registry.database_name
+
+    @property
+    def schema_name(self) -> str:
+        return self._registry.schema_name
+
+    @property
+    def fully_qualified_model_name(self) -> str:
+        return self._model.fully_qualified_name
+
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    @property
+    def _path(self) -> str:
+        return f"{self._model._path}/versions/{_seg(self.version_name)}"
+
+    @property
+    def _label(self) -> str:
+        return f"model {self.fully_qualified_model_name} version {quote(self.version_name)}"
+
+    def _describe(self) -> dict:
+        self._row = self._client.call("GET", self._path)
+        return self._row
+
+    # -- metadata ---------------------------------------------------------------------------------
+    @property
+    def comment(self) -> str | None:
+        return self._describe().get("comment")
+
+    @comment.setter
+    def comment(self, text: str | None) -> None:
+        self._client.call("PATCH", self._path, json={"comment": text})
+
+    description = comment
+
+    @property
+    def target_platforms(self) -> list[str]:
+        return list(self._describe()["target_platforms"])
+
+    @property
+    def dependencies(self) -> list[str]:
+        """The pinned PEP 508 requirements the service image is built from."""
+        return list(self._describe()["dependencies"])
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(self._describe()["aliases"])
+
+    def show_functions(self) -> list[dict]:
+        return self._client.call("GET", self._path + "/functions")
+
+    def set_metric(self, metric_name: str, value: Any) -> None:
+        self._client.call("PUT", self._path + "/metrics", json={"name": metric_name, "value": value})
+
+    def get_metric(self, metric_name: str) -> Any:
+        metrics = self.show_metrics()
+        if metric_name not in metrics:
+            raise ObjectNotFoundError(
+                f"{self._label} has no metric {metric_name!r}; metrics: {sorted(metrics) or 'none'}"
+            )
+        return metrics[metric_name]
+
+    def show_metrics(self) -> dict[str, Any]:
+        return self._client.call("GET", self._path + "/metrics")
+
+    def delete_metric(self, metric_name: str) -> None:
+        self._client.call("DELETE", self._path + "/metrics", params={"name": metric_name})
+
+    def set_alias(self, alias_name: str) -> None:
+        self._client.call("PUT", f"{self._path}/aliases/{_seg_raw(alias_name)}")
+
+    def unset_alias(self, alias_name: str) -> None:
+        self._client.call("DELETE", f"{self._model._path}/aliases/{_seg_raw(alias_name)}")
+
+    # -- files ------------------------------------------------------------------------------------
+    def _download(self, destination: Path) -> str:
+        """Fetch the model directory into the new directory ``destination``; return its digest."""
+        from neve.models import directory_digest
+        from neve.registry import archive
+
+        body = self._client.call("GET", self._path + "/artifact", raw=True)
+        archive.unpack(body, destination, what=f"{self._label} artifact")
+        return directory_digest(destination)
+
+    def _local_dir(self, info: dict | None = None) -> Path:
+        """The version's files in the account cache, downloaded once and verified by checksum."""
+        info = info or self._describe()
+        digest = info["artifact_sha256"]
+        root = self._client.cache_root()
+        cached = root / digest
+        if cached.is_dir():
+            return cached
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="fetch-", dir=root))
+        try:
+            got = self._download(work / "d")
+            if got != digest:
+                raise InvalidStateError(
+                    f"{self._label}: downloaded files have checksum {got[:12]}, the registry "
+                    f"recorded {digest[:12]}"
+                )
+            try:
+                os.rename(work / "d", cached)
+            except OSError:
+                if not cached.is_dir():  # a concurrent download finished first: use that one
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return cached
+
+    def export(self, target_path: str | os.PathLike) -> Path:
+        """Write the version's model directory (manifest.json, model/, code/) to ``target_path``."""
+        target = Path(target_path)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise InvalidArgumentError(f"export target {target} exists and is not an empty directory")
+        if target.exists():
+            target.rmdir()
+        self._download(target)
+        return target
+
+    def load(self) -> Any:
+        """The Python model object, loaded in this process from the version's files."""
+        from neve.models import load_model
+
+        return load_model(self._local_dir()).raw
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(
+        self,
+        X: Any,
+        *,
+        function_name: str | None = None,
+        service_name: str | None = None,
+        **service_options: Any,
+    ) -> pd.DataFrame:
+        """Call a method; return the input columns followed by the output columns.
+
+        Without ``service_name`` the model runs in this process (it must target WAREHOUSE);
+        with it, the call goes to that service.
+        """
+        if service_name is not None:
+            runner = getattr(self, "_run_on_service", None)
+            if runner is None:
+                raise NotSupportedError(
+                    f"{self._label}: running on service {service_name} needs the services "
+                    "component (neve.client.services), which is not available"
+                )
+            return runner(
+                X, function_name=function_name, service_name=service_name, **service_options
+            )
+        if service_options:
+            raise InvalidArgumentError(
+                f"unexpected argument(s) {', '.join(sorted(service_options))} for an in-process "
+                "run (they apply with service_name=...)"
+            )
+        info = self._describe()
+        if "WAREHOUSE" not in info["target_platforms"]:
+            reasons = "; ".join(info.get("platform_reasons") or []) or "it targets SERVICE only"
+            raise NotSupportedError(
+                f"{self._label} cannot run in this process: {reasons}. It needs a service: "
+                "mv.create_service(service_name=..., service_compute_pool=..., image_repo=...), "
+                "then mv.run(data, function_name=..., service_name=...)"
+            )
+        method = self._function(info, function_name)
+        from neve.models.signature import to_dataframe
+
+        try:
+            data = X if isinstance(X, pd.DataFrame) else to_dataframe(X)
+        except SignatureError as exc:
+            raise _rebuild(exc, f"{self._label}: {exc.message}") from None
+        loaded = _LOADED.get(info["artifact_sha256"], self._local_dir(info))
+        try:
+            out = loaded.call(method, data)
+        except NeveError as exc:
+            raise _rebuild(exc, f"{self._label}: {exc.message}") from None
+        keep = [c for c in data.columns if c not in set(out.columns)]
+        return pd.concat([data[keep], out], axis=1)
+
+    def _function(self, info: dict, function_name: str | None) -> str:
+        """The target method a function name means (case-insensitive, '-' for '_')."""
+        methods = {f["target_method"]: f for f in self.show_functions()}
+        if function_name is None:
+            if len(methods) == 1:
+                return next(iter(methods))
+            raise InvalidArgumentError(
+                f"{self._label} has several functions ({', '.join(sorted(methods))}): pass "
+                "function_name=..."
+            )
+        wanted = function_name.upper().replace("-", "_")
+        for method in methods:
+            if method.upper() == wanted:
+                return method
+        raise ObjectNotFoundError(
+            f"{self._label} has no function {function_name!r}; functions: "
+            f"{', '.join(sorted(methods)) or 'none'}"
+        )

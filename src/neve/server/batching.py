@@ -1,0 +1,324 @@
+"""Admission control and dynamic batching, one batcher per model method in each worker.
+
+A request is admitted only while the worker's queued rows stay within ``max_queue_rows``;
+otherwise it is refused at once with 429 (``OverloadedError`` carrying ``retry_after_s``), so a
+flood costs no memory beyond what is queued. An admitted request is cut into chunks of at most
+``max_batch_rows`` rows and appended to its method's FIFO queue.
+
+The batcher task takes the first chunk, then keeps taking whole chunks until the batch holds
+``max_batch_rows`` rows or ``batch_timeout`` has passed, and runs ``LoadedModel.call`` on the
+concatenated rows in a thread, so the event loop keeps admitting and refusing requests while the
+model works. Results are split back by row offsets, so chunks are never reordered or mixed.
+A chunk still queued after ``queue_timeout`` is dropped and its request answered 503.
+
+When a batch of several requests fails, each request is re-run alone: one request that makes
+the model raise gets its 500 and its neighbours still get their answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from neve.errors import (
+    ModelExecutionError,
+    NeveError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
+from neve.models import LoadedModel
+from neve.server import metrics
+from neve.server.protocol import OutputColumns, ServiceRequest, output_columns
+
+log = logging.getLogger("neve.server")
+
+
+class Admission:
+    """One worker's budget: rows waiting for the model and request bytes being received."""
+
+    def __init__(self, max_queue_rows: int, max_inflight_bytes: int) -> None:
+        self.max_queue_rows = max_queue_rows
+        self.max_inflight_bytes = max_inflight_bytes
+        self.queued_rows = 0
+        self.inflight_bytes = 0
+        # Rows per second the model has been answering (EMA), to suggest a Retry-After.
+        self._rows_per_s = 0.0
+
+    def reserve_bytes(self, n: int) -> bool:
+        if self.inflight_bytes + n > self.max_inflight_bytes:
+            return False
+        self.inflight_bytes += n
+        return True
+
+    def release_bytes(self, n: int) -> None:
+        self.inflight_bytes -= n
+
+    def observe_throughput(self, rows: int, seconds: float) -> None:
+        rate = rows / max(seconds, 1e-6)
+        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained (1..30)."""
+        if self._rows_per_s <= 0:
+            return 1
+        return int(min(30, max(1, math.ceil(self.queued_rows / self._rows_per_s))))
+
+
+@dataclass(slots=True, eq=False)
+class _Chunk:
+    columns: list[np.ndarray]
+    n_rows: int
+    future: asyncio.Future[OutputColumns]
+    taken: bool = False  # handed to the model
+    dropped: bool = False  # abandoned while queued (timeout, error, disconnect)
+
+
+@dataclass(slots=True)
+class _Batch:
+    chunks: list[_Chunk] = field(default_factory=list)
+    rows: int = 0
+
+
+class MethodBatcher:
+    """Queue and batch loop of one model method in one worker."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        method: str,
+        admission: Admission,
+        executor: Executor,
+        *,
+        max_batch_rows: int,
+        batch_timeout_s: float,
+        queue_timeout_s: float,
+    ) -> None:
+        spec = model.methods[method]
+        self.model = model
+        self.method = method
+        self.spec = spec
+        self.admission = admission
+        self.executor = executor
+        cap = spec.options.get("max_batch_size")
+        # The model's own limit (manifest option) is an upper bound on what we send it.
+        self.max_batch_rows = min(max_batch_rows, int(cap)) if cap else max_batch_rows
+        self.batch_timeout_s = batch_timeout_s
+        self.queue_timeout_s = queue_timeout_s
+        self.input_names = spec.signature.input_names
+        self.output_names = spec.signature.output_names
+        self._pending: deque[_Chunk] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._queue_gauge = metrics.QUEUE_ROWS.labels(method)
+        self._model_calls = metrics.MODEL_CALLS.labels(method)
+        self._batch_rows = metrics.BATCH_ROWS.labels(method)
+        self._model_latency = metrics.MODEL_LATENCY.labels(method)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"neve-batcher-{self.method}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._pending:
+            chunk = self._pending.popleft()
+            if not chunk.dropped and not chunk.future.done():
+                self._release(chunk)
+                chunk.future.set_exception(
+                    ServiceUnavailableError("the server is shutting down", code="SHUTTING_DOWN")
+                )
+
+    # ---------------------------------------------------------------- admission
+
+    async def submit(self, request: ServiceRequest) -> OutputColumns:
+        """Queue ``request``'s rows and wait for their outputs (or raise 413/429/503/500)."""
+        n = request.n_rows
+        if n == 0:
+            return OutputColumns(list(self.output_names), [[] for _ in self.output_names])
+        admission = self.admission
+        if n > admission.max_queue_rows:
+            metrics.REJECTIONS.labels(self.method, "too_large").inc()
+            raise PayloadTooLargeError(
+                f"method {self.method!r}: request has {n} rows, more than this server queues "
+                f"at once ({admission.max_queue_rows}); split it into smaller requests"
+            )
+        if admission.queued_rows + n > admission.max_queue_rows:
+            metrics.REJECTIONS.labels(self.method, "queue_full").inc()
+            err = OverloadedError(
+                f"method {self.method!r}: server is busy ({admission.queued_rows} rows queued, "
+                f"limit {admission.max_queue_rows}); retry later"
+            )
+            err.retry_after_s = admission.retry_after_s()  # type: ignore[attr-defined]
+            raise err
+        loop = asyncio.get_running_loop()
+        step = self.max_batch_rows
+        chunks = [
+            _Chunk(
+                [c[start : start + step] for c in request.columns] if n > step else request.columns,
+                min(step, n - start),
+                loop.create_future(),
+            )
+            for start in range(0, n, step)
+        ]
+        admission.queued_rows += n
+        self._queue_gauge.inc(n)
+        self._pending.extend(chunks)
+        self._wakeup.set()
+        return await self._wait(chunks, loop.time() + self.queue_timeout_s)
+
+    async def _wait(self, chunks: list[_Chunk], deadline: float) -> OutputColumns:
+        loop = asyncio.get_running_loop()
+        results: list[OutputColumns] = []
+        try:
+            for chunk in chunks:
+                if not chunk.taken and not chunk.future.done():
+                    remaining = deadline - loop.time()
+                    if remaining > 0:
+                        await asyncio.wait([chunk.future], timeout=remaining)
+                    if not chunk.taken and not chunk.future.done():
+                        metrics.REJECTIONS.labels(self.method, "queue_timeout").inc()
+                        raise ServiceUnavailableError(
+                            f"method {self.method!r}: request waited more than "
+                            f"{self.queue_timeout_s:g} s in the queue; retry later",
+                            code="QUEUE_TIMEOUT",
+                        )
+                results.append(await chunk.future)
+        except BaseException:
+            # Timeout, a failed chunk or a cancelled handler: the rest is not worth computing.
+            for chunk in chunks:
+                if not chunk.taken and not chunk.dropped:
+                    chunk.dropped = True
+                    self._release(chunk)
+                elif not chunk.future.done():
+                    chunk.future.cancel()
+            raise
+        return OutputColumns.concat(results)
+
+    def _release(self, chunk: _Chunk) -> None:
+        self.admission.queued_rows -= chunk.n_rows
+        self._queue_gauge.dec(chunk.n_rows)
+
+    # ---------------------------------------------------------------- batching
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            try:
+                await self._execute(batch)
+            except Exception:  # never let one batch end the loop: its requests get 500
+                log.exception("batch for method %r failed unexpectedly", self.method)
+                for chunk in batch.chunks:
+                    if not chunk.future.done():
+                        chunk.future.set_exception(
+                            ModelExecutionError(f"method {self.method!r}: internal error")
+                        )
+
+    def _next(self) -> _Chunk | None:
+        pending = self._pending
+        while pending and pending[0].dropped:
+            pending.popleft()
+        return pending[0] if pending else None
+
+    def _take(self, batch: _Batch) -> None:
+        chunk = self._pending.popleft()
+        chunk.taken = True
+        self._release(chunk)
+        batch.chunks.append(chunk)
+        batch.rows += chunk.n_rows
+
+    async def _collect(self) -> _Batch:
+        while self._next() is None:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch = _Batch()
+        self._take(batch)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_timeout_s
+        while batch.rows < self.max_batch_rows:
+            nxt = self._next()
+            if nxt is not None:
+                if batch.rows + nxt.n_rows > self.max_batch_rows:
+                    break
+                self._take(batch)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        return batch
+
+    async def _execute(self, batch: _Batch) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(
+                self.executor, self._call_model, [c.columns for c in batch.chunks]
+            )
+        except Exception as exc:
+            if len(batch.chunks) > 1:
+                # Find the request(s) the model fails on; the others still get answers.
+                for chunk in batch.chunks:
+                    await self._execute(_Batch([chunk], chunk.n_rows))
+                return
+            err = exc if isinstance(exc, NeveError) else _as_model_error(self.method, exc)
+            if not isinstance(exc, NeveError):
+                log.error("method %r failed: %s", self.method, err.message)
+            chunk = batch.chunks[0]
+            if not chunk.future.done():
+                chunk.future.set_exception(err)
+            return
+        elapsed = time.perf_counter() - started
+        self.admission.observe_throughput(batch.rows, elapsed)
+        self._model_calls.inc()
+        self._batch_rows.observe(batch.rows)
+        self._model_latency.observe(elapsed)
+        offset = 0
+        for chunk in batch.chunks:
+            if not chunk.future.done():
+                chunk.future.set_result(
+                    out if len(batch.chunks) == 1 else out.slice(offset, offset + chunk.n_rows)
+                )
+            offset += chunk.n_rows
+
+    def _call_model(self, chunk_columns: list[list[np.ndarray]]) -> OutputColumns:
+        """Runs in the model thread: one DataFrame for the whole batch, one model call."""
+        if len(chunk_columns) == 1:
+            columns = chunk_columns[0]
+        else:
+            columns = [
+                np.concatenate([cols[j] for cols in chunk_columns])
+                for j in range(len(self.input_names))
+            ]
+        frame = pd.DataFrame(dict(zip(self.input_names, columns, strict=True)), copy=False)
+        try:
+            result = self.model.call(self.method, frame)
+        except NeveError:
+            raise
+        except Exception as exc:
+            raise _as_model_error(self.method, exc) from exc
+        return output_columns(result)
+
+
+def _as_model_error(method: str, exc: BaseException) -> ModelExecutionError:
+    return ModelExecutionError(f"method {method!r} raised {type(exc).__name__}: {exc}")

@@ -1,0 +1,922 @@
+"""Running management statements: each parsed ``Statement`` becomes one manager call.
+
+Compute pools go to ``account.compute``, image repositories, network rules and integrations to
+``account.environments``, models and versions to ``account.registry``, services to
+``account.services``, users, roles and grants to ``account.security``, databases and schemas to
+``neve.sql.objects``, tables to the warehouse and functions to ``neve.sql.functions``.
+
+Managers return dicts keyed by the reference platform's SHOW column names; they become rows
+here, and ``SHOW ... LIKE 'pat%'`` is applied in one place (:func:`filter_like`), on the
+``name`` column, case-insensitively as on the reference platform.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import select
+
+from neve.catalog import lookup
+from neve.catalog import models as m
+from neve.context import RequestContext
+from neve.errors import InvalidArgumentError, NotSupportedError, ObjectNotFoundError
+from neve.identifiers import ident, qualify, quote
+from neve.sql import functions as fns
+from neve.sql import objects
+from neve.sql.parser import Statement
+
+if TYPE_CHECKING:
+    from neve.sql.engine import SqlEngine, SqlResult
+
+Handler = Callable[["SqlEngine", RequestContext, Statement], "SqlResult"]
+_HANDLERS: dict[str, Handler] = {}
+
+#: Columns of SHOW output when there is no row to take them from (reference platform names).
+SHOW_COLUMNS: dict[str, list[str]] = {
+    "SHOW COMPUTE POOLS": [
+        "name",
+        "state",
+        "min_nodes",
+        "max_nodes",
+        "instance_family",
+        "num_services",
+        "num_jobs",
+        "auto_suspend_secs",
+        "auto_resume",
+        "active_nodes",
+        "idle_nodes",
+        "created_on",
+        "resumed_on",
+        "updated_on",
+        "owner",
+        "comment",
+    ],
+    "SHOW IMAGE REPOSITORIES": [
+        "created_on",
+        "name",
+        "database_name",
+        "schema_name",
+        "repository_url",
+        "owner",
+        "comment",
+    ],
+    "SHOW IMAGES": ["created_on", "image_name", "tags", "digest", "image_path", "size_bytes"],
+    "SHOW NETWORK RULES": [
+        "created_on",
+        "name",
+        "database_name",
+        "schema_name",
+        "owner",
+        "comment",
+        "type",
+        "mode",
+        "entries_in_valuelist",
+    ],
+    "SHOW INTEGRATIONS": ["name", "type", "category", "enabled", "comment", "created_on"],
+    "SHOW SERVICES": [
+        "name",
+        "database_name",
+        "schema_name",
+        "owner",
+        "compute_pool",
+        "status",
+        "min_instances",
+        "max_instances",
+        "current_instances",
+        "target_instances",
+        "dns_name",
+        "inference_endpoint",
+        "internal_endpoint",
+        "model_name",
+        "model_version",
+        "ingress_enabled",
+        "auto_suspend_secs",
+        "comment",
+        "created_on",
+        "updated_on",
+        "spec",
+    ],
+    "SHOW ENDPOINTS": ["name", "port", "protocol", "ingress_enabled", "ingress_url"],
+    "SHOW SERVICE CONTAINERS": [
+        "database_name",
+        "schema_name",
+        "service_name",
+        "instance_id",
+        "container_name",
+        "status",
+        "message",
+        "image_name",
+        "restart_count",
+        "start_time",
+    ],
+    "SHOW MODELS": [
+        "created_on",
+        "name",
+        "database_name",
+        "schema_name",
+        "comment",
+        "owner",
+        "default_version_name",
+        "versions",
+        "aliases",
+    ],
+    "SHOW VERSIONS": [
+        "created_on",
+        "name",
+        "database_name",
+        "schema_name",
+        "model_name",
+        "is_default_version",
+        "comment",
+        "metadata",
+        "user_data",
+        "aliases",
+    ],
+    "SHOW DATABASES": ["created_on", "name", "owner", "comment"],
+    "SHOW SCHEMAS": ["created_on", "name", "database_name", "owner", "comment"],
+    "SHOW ROLES": ["name", "created_on", "owner", "comment"],
+    "SHOW USERS": ["name", "created_on", "default_role", "disabled", "owner", "comment"],
+    "SHOW GRANTS": [
+        "created_on",
+        "privilege",
+        "granted_on",
+        "name",
+        "granted_to",
+        "grantee_name",
+        "grant_option",
+        "granted_by",
+    ],
+    "SHOW TABLES": ["name", "database_name", "schema_name", "kind", "rows", "columns"],
+    "SHOW FUNCTIONS": [
+        "created_on",
+        "name",
+        "schema_name",
+        "database_name",
+        "service_name",
+        "method",
+        "arguments",
+        "options",
+    ],
+}
+
+
+def handles(*kinds: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for kind in kinds:
+            _HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def run_statement(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    handler = _HANDLERS.get(st.kind)
+    if handler is None:
+        raise NotSupportedError(f"{st.kind} is not supported")
+    return handler(engine, ctx, st)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def like_regex(pattern: str) -> re.Pattern[str]:
+    """SQL LIKE (``%`` any run, ``_`` one char, ``\\`` escapes) as a case-insensitive regex."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.compile("^" + "".join(out) + "$", re.IGNORECASE | re.DOTALL)
+
+
+def filter_like(rows: list[dict], pattern: str | None, column: str = "name") -> list[dict]:
+    if pattern is None:
+        return rows
+    rx = like_regex(pattern)
+    return [r for r in rows if rx.match(str(r.get(column, "")))]
+
+
+def _result(kind: str, rows: list[dict], like: str | None = None) -> SqlResult:
+    from neve.sql.engine import SqlResult
+
+    key = "image_name" if kind == "SHOW IMAGES" else "name"
+    rows = filter_like(list(rows), like, key)
+    return SqlResult.from_dicts(rows, SHOW_COLUMNS.get(kind) if not rows else None)
+
+
+def _status(message: str, **changes: Any) -> SqlResult:
+    from neve.sql.engine import SqlResult
+
+    return SqlResult.status(message, **changes)
+
+
+def _one(row: dict | list[dict]) -> SqlResult:
+    from neve.sql.engine import SqlResult
+
+    if isinstance(row, dict):
+        row = [row]
+    return SqlResult.from_dicts(row)
+
+
+def _method(manager: Any, label: str, *names: str) -> Callable[..., Any]:
+    """The manager's method for a statement (first of ``names`` that exists)."""
+    for name in names:
+        fn = getattr(manager, name, None)
+        if fn is not None:
+            return fn
+    raise NotSupportedError(f"{label} is not available in this build ({type(manager).__name__})")
+
+
+def _lower_props(props: dict[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in props.items()}
+
+
+def _scope_kwargs(st: Statement) -> dict[str, Any]:
+    scope = st.args.get("scope")
+    if scope == "DATABASE":
+        return {"in_database": st.args["scope_name"]}
+    if scope == "SCHEMA":
+        return {"in_schema": st.args["scope_name"]}
+    if scope == "COMPUTE POOL":
+        return {"in_compute_pool": st.args["scope_name"]}
+    return {}
+
+
+def _no_replace(st: Statement) -> None:
+    if st.or_replace:
+        raise NotSupportedError(
+            f"CREATE OR REPLACE is not supported for {st.kind.removeprefix('CREATE ').lower()}s: "
+            "DROP it first, or use IF NOT EXISTS"
+        )
+
+
+# -- databases, schemas, USE ---------------------------------------------------------------------
+
+
+@handles("CREATE DATABASE")
+def _create_database(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    _no_replace(st)
+    row = objects.create_database(
+        engine.account,
+        ctx,
+        st.name or "",
+        if_not_exists=st.if_not_exists,
+        comment=st.props.get("COMMENT"),
+    )
+    return _status(
+        f"Database {quote(row['name'])} successfully created.",
+        database=row["name"],
+        schema=objects.DEFAULT_SCHEMA,
+    )
+
+
+@handles("CREATE SCHEMA")
+def _create_schema(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    _no_replace(st)
+    row = objects.create_schema(
+        engine.account,
+        ctx,
+        st.name or "",
+        if_not_exists=st.if_not_exists,
+        comment=st.props.get("COMMENT"),
+    )
+    return _status(
+        f"Schema {quote(row['name'])} successfully created.",
+        database=row["database_name"],
+        schema=row["name"],
+    )
+
+
+@handles("DROP DATABASE")
+def _drop_database(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    dropped = objects.drop_database(engine.account, ctx, st.name or "", if_exists=st.if_exists)
+    name = ident(st.name or "", kind="database name")
+    changes: dict[str, Any] = {}
+    if dropped and ctx.database == name:
+        changes = {"database": None, "schema": None}
+    return _status(
+        f"{quote(name)} successfully dropped." if dropped else f"{quote(name)} does not exist.",
+        **changes,
+    )
+
+
+@handles("DROP SCHEMA")
+def _drop_schema(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    dropped = objects.drop_schema(engine.account, ctx, st.name or "", if_exists=st.if_exists)
+    db, sch = objects._schema_name(ctx, st.name or "")
+    changes: dict[str, Any] = {}
+    if dropped and (ctx.database, ctx.schema) == (db, sch):
+        changes = {"schema": None}
+    return _status(
+        f"{quote(sch)} successfully dropped." if dropped else f"{quote(sch)} does not exist.",
+        **changes,
+    )
+
+
+@handles("SHOW DATABASES")
+def _show_databases(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _result(st.kind, objects.show_databases(engine.account, ctx), st.like)
+
+
+@handles("SHOW SCHEMAS")
+def _show_schemas(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    database = st.args.get("scope_name") or ctx.database
+    return _result(st.kind, objects.show_schemas(engine.account, ctx, database), st.like)
+
+
+@handles("DESCRIBE DATABASE")
+def _describe_database(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _one(objects.describe_database(engine.account, ctx, st.name or ""))
+
+
+@handles("DESCRIBE SCHEMA")
+def _describe_schema(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _one(objects.describe_schema(engine.account, ctx, st.name or ""))
+
+
+@handles("USE DATABASE")
+def _use_database(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    changes = objects.use_database(engine.account, ctx, st.name or "")
+    return _status("Statement executed successfully.", **changes)
+
+
+@handles("USE SCHEMA")
+def _use_schema(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    changes = objects.use_schema(engine.account, ctx, st.name or "")
+    return _status("Statement executed successfully.", **changes)
+
+
+@handles("USE ROLE")
+def _use_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    new_ctx = engine.account.security.use_role(ctx, st.name or "")
+    return _status("Statement executed successfully.", role=new_ctx.role)
+
+
+# -- users, roles, grants ------------------------------------------------------------------------
+
+
+@handles("CREATE ROLE")
+def _create_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    _no_replace(st)
+    row = engine.account.security.create_role(
+        ctx, st.name or "", comment=st.props.get("COMMENT"), if_not_exists=st.if_not_exists
+    )
+    return _status(f"Role {quote(row['name'])} successfully created.")
+
+
+@handles("DROP ROLE")
+def _drop_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    engine.account.security.drop_role(ctx, st.name or "", if_exists=st.if_exists)
+    return _status(f"{ident(st.name or '', kind='role name')} successfully dropped.")
+
+
+@handles("SHOW ROLES")
+def _show_roles(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _result(st.kind, engine.account.security.show_roles(ctx), st.like)
+
+
+@handles("CREATE USER")
+def _create_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    _no_replace(st)
+    props = st.props
+    row = engine.account.security.create_user(
+        ctx,
+        st.name or "",
+        password=props.get("PASSWORD"),
+        rsa_public_key=props.get("RSA_PUBLIC_KEY"),
+        default_role=props.get("DEFAULT_ROLE"),
+        comment=props.get("COMMENT"),
+        disabled=bool(props.get("DISABLED", False)),
+        if_not_exists=st.if_not_exists,
+    )
+    return _status(f"User {quote(row['name'])} successfully created.")
+
+
+@handles("ALTER USER")
+def _alter_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    engine.account.security.alter_user(ctx, st.name or "", **_lower_props(st.props))
+    return _status("Statement executed successfully.")
+
+
+@handles("DROP USER")
+def _drop_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    engine.account.security.drop_user(ctx, st.name or "", if_exists=st.if_exists)
+    return _status(f"{ident(st.name or '', kind='user name')} successfully dropped.")
+
+
+@handles("SHOW USERS")
+def _show_users(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _result(st.kind, engine.account.security.show_users(ctx), st.like)
+
+
+@handles("DESCRIBE USER")
+def _describe_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    row = engine.account.security.describe_user(ctx, st.name or "")
+    return _one([{"property": k, "value": v} for k, v in row.items()])
+
+
+@handles("GRANT ROLE")
+def _grant_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    engine.account.security.grant_role(
+        ctx, st.name or "", to_user=st.args.get("to_user"), to_role=st.args.get("to_role")
+    )
+    return _status("Statement executed successfully.")
+
+
+@handles("REVOKE ROLE")
+def _revoke_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    engine.account.security.revoke_role(
+        ctx,
+        st.name or "",
+        from_user=st.args.get("from_user"),
+        from_role=st.args.get("from_role"),
+    )
+    return _status("Statement executed successfully.")
+
+
+@handles("GRANT")
+def _grant(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    for privilege in st.args["privileges"]:
+        engine.account.security.grant(
+            ctx,
+            privilege,
+            st.args["object_type"],
+            st.name,
+            st.args["to_role"],
+            with_grant_option=st.args.get("with_grant_option", False),
+        )
+    return _status("Statement executed successfully.")
+
+
+@handles("GRANT OWNERSHIP")
+def _grant_ownership(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    engine.account.security.grant_ownership(
+        ctx,
+        st.args["object_type"],
+        st.name,
+        st.args["to_role"],
+        copy_current_grants=st.args.get("copy_current_grants", True),
+    )
+    return _status("Statement executed successfully.")
+
+
+@handles("REVOKE")
+def _revoke(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    for privilege in st.args["privileges"]:
+        engine.account.security.revoke(
+            ctx,
+            privilege,
+            st.args["object_type"],
+            st.name,
+            st.args["from_role"],
+            grant_option_only=st.args.get("grant_option_only", False),
+        )
+    return _status("Statement executed successfully.")
+
+
+@handles("SHOW GRANTS")
+def _show_grants(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    kwargs = {k: st.args[k] for k in ("to_role", "to_user", "of_role", "on") if k in st.args}
+    rows = engine.account.security.show_grants(ctx, **kwargs)
+    return _result(st.kind, rows)
+
+
+# -- compute pools -------------------------------------------------------------------------------
+
+
+@handles("CREATE COMPUTE POOL")
+def _create_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    _no_replace(st)
+    compute = engine.account.compute
+    fn = _method(compute, st.kind, "create_pool", "create_compute_pool")
+    fn(ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props))
+    return _status(
+        f"Compute pool {ident(st.name or '', kind='compute pool name')} successfully created."
+    )
+
+
+@handles("DROP COMPUTE POOL")
+def _drop_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.compute, st.kind, "drop_pool", "drop_compute_pool")
+    fn(ctx, st.name or "", if_exists=st.if_exists)
+    return _status(f"{ident(st.name or '', kind='compute pool name')} successfully dropped.")
+
+
+@handles("ALTER COMPUTE POOL")
+def _alter_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.compute, st.kind, "alter_pool", "alter_compute_pool")
+    action = st.args["action"]
+    kwargs: dict[str, Any] = {}
+    if action == "SUSPEND":
+        kwargs["suspend"] = True
+    elif action == "RESUME":
+        kwargs["resume"] = True
+    elif action == "STOP ALL":
+        kwargs["stop_all"] = True
+    else:
+        kwargs.update(_lower_props(st.props))
+    if st.if_exists:
+        kwargs["if_exists"] = True
+    fn(ctx, st.name or "", **kwargs)
+    return _status("Statement executed successfully.")
+
+
+@handles("SHOW COMPUTE POOLS")
+def _show_pools(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.compute, st.kind, "show_pools", "show_compute_pools")
+    return _result(st.kind, fn(ctx), st.like)
+
+
+@handles("DESCRIBE COMPUTE POOL")
+def _describe_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.compute, st.kind, "describe_pool", "describe_compute_pool")
+    return _one(fn(ctx, st.name or ""))
+
+
+# -- image repositories, network rules, integrations ---------------------------------------------
+
+
+@handles("CREATE IMAGE REPOSITORY")
+def _create_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    _no_replace(st)
+    fn = _method(
+        engine.account.environments, st.kind, "create_image_repository", "create_repository"
+    )
+    fn(ctx, st.name or "", if_not_exists=st.if_not_exists, comment=st.props.get("COMMENT"))
+    return _status("Statement executed successfully.")
+
+
+@handles("DROP IMAGE REPOSITORY")
+def _drop_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.environments, st.kind, "drop_image_repository", "drop_repository")
+    fn(ctx, st.name or "", if_exists=st.if_exists)
+    return _status("Statement executed successfully.")
+
+
+@handles("SHOW IMAGE REPOSITORIES")
+def _show_repos(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(
+        engine.account.environments, st.kind, "show_image_repositories", "show_repositories"
+    )
+    return _result(st.kind, fn(ctx, **_scope_kwargs(st)), st.like)
+
+
+@handles("DESCRIBE IMAGE REPOSITORY")
+def _describe_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(
+        engine.account.environments,
+        st.kind,
+        "describe_image_repository",
+        "describe_repository",
+    )
+    return _one(fn(ctx, st.name or ""))
+
+
+@handles("SHOW IMAGES")
+def _show_images(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.environments, st.kind, "show_images")
+    return _result(st.kind, fn(ctx, st.name or ""), st.like)
+
+
+@handles("CREATE NETWORK RULE")
+def _create_rule(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    _no_replace(st)
+    fn = _method(engine.account.environments, st.kind, "create_network_rule")
+    fn(ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props))
+    return _status("Statement executed successfully.")
+
+
+@handles("DROP NETWORK RULE")
+def _drop_rule(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.environments, st.kind, "drop_network_rule")
+    fn(ctx, st.name or "", if_exists=st.if_exists)
+    return _status("Statement executed successfully.")
+
+
+@handles("SHOW NETWORK RULES")
+def _show_rules(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.environments, st.kind, "show_network_rules")
+    return _result(st.kind, fn(ctx, **_scope_kwargs(st)), st.like)
+
+
+@handles("CREATE INTEGRATION")
+def _create_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    _no_replace(st)
+    fn = _method(
+        engine.account.environments,
+        st.kind,
+        "create_external_access_integration",
+        "create_integration",
+    )
+    fn(ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props))
+    return _status(
+        f"Integration {ident(st.name or '', kind='integration name')} successfully created."
+    )
+
+
+@handles("DROP INTEGRATION")
+def _drop_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(
+        engine.account.environments,
+        st.kind,
+        "drop_external_access_integration",
+        "drop_integration",
+    )
+    fn(ctx, st.name or "", if_exists=st.if_exists)
+    return _status("Statement executed successfully.")
+
+
+@handles("SHOW INTEGRATIONS")
+def _show_integrations(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(
+        engine.account.environments,
+        st.kind,
+        "show_external_access_integrations",
+        "show_integrations",
+    )
+    return _result(st.kind, fn(ctx), st.like)
+
+
+# -- services ------------------------------------------------------------------------------------
+
+
+@handles("SHOW SERVICES")
+def _show_services(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    rows = engine.account.services.show_services(ctx, **_scope_kwargs(st))
+    return _result(st.kind, rows, st.like)
+
+
+@handles("DESCRIBE SERVICE")
+def _describe_service(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _one(engine.account.services.describe_service(ctx, st.name or ""))
+
+
+@handles("ALTER SERVICE")
+def _alter_service(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    action = st.args["action"]
+    services = engine.account.services
+    if st.if_exists:
+        try:
+            services.describe_service(ctx, st.name or "")
+        except ObjectNotFoundError:
+            return _status("Statement executed successfully.")
+    if action == "SUSPEND":
+        services.alter_service(ctx, st.name or "", suspend=True)
+    elif action == "RESUME":
+        services.alter_service(ctx, st.name or "", resume=True)
+    else:
+        services.alter_service(ctx, st.name or "", **_lower_props(st.props))
+    return _status("Statement executed successfully.")
+
+
+@handles("DROP SERVICE")
+def _drop_service(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    engine.account.services.drop_service(ctx, st.name or "", if_exists=st.if_exists)
+    return _status(
+        f"{ident(st.name.split('.')[-1] if st.name else '', kind='service name')} "
+        "successfully dropped."
+    )
+
+
+@handles("SHOW ENDPOINTS")
+def _show_endpoints(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _result(st.kind, engine.account.services.show_endpoints(ctx, st.name or ""))
+
+
+@handles("SHOW SERVICE CONTAINERS")
+def _show_containers(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _result(st.kind, engine.account.services.show_containers(ctx, st.name or ""))
+
+
+@handles("CALL SYSTEM$GET_SERVICE_LOGS")
+def _service_logs(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    from neve.sql.engine import SqlResult
+
+    args = st.args["args"]
+    name, instance, container = args[0], args[1], args[2]
+    last = args[3] if len(args) > 3 else None
+    if not isinstance(name, str) or not isinstance(container, str):
+        raise InvalidArgumentError(
+            "SYSTEM$GET_SERVICE_LOGS(service_name, instance_id, container_name[, last_n_lines]): "
+            "service and container names are strings"
+        )
+    if not isinstance(instance, int):
+        instance = _int_arg(instance, "instance_id")
+    if last is not None and not isinstance(last, int):
+        last = _int_arg(last, "last_n_lines")
+    text = engine.account.services.get_service_logs(ctx, name, instance, container, last)
+    return SqlResult(columns=["SYSTEM$GET_SERVICE_LOGS"], rows=[[text]], types=["VARCHAR"])
+
+
+@handles("CALL SYSTEM$GET_SERVICE_STATUS")
+def _service_status(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    from neve.sql.engine import SqlResult
+
+    name = st.args["args"][0]
+    if not isinstance(name, str):
+        raise InvalidArgumentError("SYSTEM$GET_SERVICE_STATUS(service_name): a string")
+    status = engine.account.services.get_service_status(ctx, name)
+    text = orjson.dumps(status, default=_json_default).decode()
+    return SqlResult(columns=["SYSTEM$GET_SERVICE_STATUS"], rows=[[text]], types=["VARCHAR"])
+
+
+def _int_arg(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    return str(obj)
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+@handles("SHOW MODELS")
+def _show_models(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.registry, st.kind, "show_models")
+    return _result(st.kind, fn(ctx, **_scope_kwargs(st)), st.like)
+
+
+@handles("SHOW VERSIONS")
+def _show_versions(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.registry, st.kind, "show_versions")
+    return _result(st.kind, fn(ctx, st.name or ""), st.like)
+
+
+@handles("DROP MODEL")
+def _drop_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.registry, st.kind, "delete_model", "drop_model")
+    fn(ctx, st.name or "", if_exists=st.if_exists)
+    return _status("Statement executed successfully.")
+
+
+@handles("ALTER MODEL")
+def _alter_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    registry = engine.account.registry
+    if st.if_exists:
+        try:
+            _method(registry, "DESCRIBE MODEL", "describe_model", "get_model")(ctx, st.name or "")
+        except ObjectNotFoundError:
+            return _status("Statement executed successfully.")
+    if st.args["action"] == "DROP VERSION":
+        fn = _method(registry, "ALTER MODEL ... DROP VERSION", "delete_version", "drop_version")
+        fn(ctx, st.name or "", st.args["version"])
+    else:
+        props = st.props
+        if "DEFAULT_VERSION" in props:
+            fn = _method(registry, "ALTER MODEL ... SET DEFAULT_VERSION", "set_default_version")
+            fn(ctx, st.name or "", props["DEFAULT_VERSION"])
+        if "COMMENT" in props:
+            fn = _method(registry, "ALTER MODEL ... SET COMMENT", "set_model_comment")
+            fn(ctx, st.name or "", props["COMMENT"])
+    return _status("Statement executed successfully.")
+
+
+@handles("DESCRIBE MODEL")
+def _describe_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    fn = _method(engine.account.registry, st.kind, "describe_model")
+    return _one(fn(ctx, st.name or ""))
+
+
+# -- tables and functions ------------------------------------------------------------------------
+
+
+@handles("SHOW TABLES")
+def _show_tables(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    scope = st.args.get("scope")
+    db, sch = ctx.database, ctx.schema
+    if scope == "DATABASE":
+        db, sch = ident(st.args["scope_name"], kind="database name"), None
+    elif scope == "SCHEMA":
+        db, sch = objects._schema_name(ctx, st.args["scope_name"])
+    elif scope == "ACCOUNT":
+        db, sch = None, None
+    with engine.account.catalog.transaction() as s:
+        security = engine.account.security
+        if sch is not None and db is not None:
+            security.require(s, ctx, "USAGE", lookup.schema(s, db, sch))
+        elif db is not None:
+            security.require(s, ctx, "USAGE", lookup.database(s, db))
+        visible = {
+            (d.name, x.name)
+            for x, d in s.execute(select(m.Schema, m.Database).join(m.Database))
+            if security.has_privilege(s, ctx, "USAGE", x)
+        }
+    rows = [
+        t
+        for t in engine.warehouse.tables(db, sch)
+        if (t["database_name"], t["schema_name"]) in visible
+    ]
+    return _result(st.kind, rows, st.like)
+
+
+def _function_rows(s: Any, fn_rows: list[m.Function]) -> list[dict]:
+    rows = []
+    for fn in fn_rows:
+        qn = lookup.qualified(s, fn.schema_id, fn.name)
+        service = s.get(m.Service, fn.service_id) if fn.service_id else None
+        sig = fns.ModelSignature.from_dict(fn.signature)
+        rows.append(
+            {
+                "created_on": fn.created_on
+                if fn.created_on is None or fn.created_on.tzinfo
+                else fn.created_on.replace(tzinfo=UTC),
+                "name": fn.name,
+                "schema_name": qn.schema,
+                "database_name": qn.database,
+                "service_name": service.name if service is not None else None,
+                "method": fn.method,
+                "arguments": f"{fn.name}{fns.describe_signature(sig)}",
+                "options": dict(fns.effective_options(fn)),
+            }
+        )
+    return rows
+
+
+@handles("SHOW FUNCTIONS")
+def _show_functions(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    scope = st.args.get("scope")
+    with engine.account.catalog.transaction() as s:
+        security = engine.account.security
+        query = select(m.Function).join(m.Schema).join(m.Database)
+        if scope == "DATABASE":
+            query = query.where(
+                m.Database.name == ident(st.args["scope_name"], kind="database name")
+            )
+        elif scope == "SCHEMA" or (scope is None and ctx.database and ctx.schema):
+            db, sch = (
+                objects._schema_name(ctx, st.args["scope_name"])
+                if scope == "SCHEMA"
+                else (ctx.database, ctx.schema)
+            )
+            query = query.where(m.Database.name == db, m.Schema.name == sch)
+        visible = []
+        for fn in s.scalars(query.order_by(m.Function.name)):
+            service = s.get(m.Service, fn.service_id) if fn.service_id else None
+            if service is None or security.has_privilege(s, ctx, "USAGE", service):
+                visible.append(fn)
+        rows = _function_rows(s, visible)
+    return _result(st.kind, rows, st.like)
+
+
+def _find_function(s: Any, ctx: RequestContext, name: str) -> m.Function:
+    qn = qualify(name, database=ctx.database, schema=ctx.schema, kind="function")
+    return lookup.in_schema(s, m.Function, qn, "function")
+
+
+@handles("DESCRIBE FUNCTION")
+def _describe_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    with engine.account.catalog.transaction() as s:
+        fn = _find_function(s, ctx, st.name or "")
+        service = s.get(m.Service, fn.service_id) if fn.service_id else None
+        if service is not None:
+            engine.account.security.require(s, ctx, "USAGE", service)
+        row = _function_rows(s, [fn])[0]
+    sig = fns.ModelSignature.from_dict(fn.signature)
+    props = [
+        {
+            "property": "signature",
+            "value": "(" + ", ".join(f"{f.name} {fns.duck_type(f)}" for f in sig.inputs) + ")",
+        },
+        {"property": "returns", "value": fns.return_duck_type(sig)},
+        {"property": "service", "value": row["service_name"]},
+        {"property": "method", "value": fn.method},
+    ]
+    props += [{"property": k, "value": str(v)} for k, v in row["options"].items()]
+    return _one(props)
+
+
+@handles("ALTER FUNCTION")
+def _alter_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    with engine.account.catalog.transaction() as s:
+        try:
+            fn = _find_function(s, ctx, st.name or "")
+        except ObjectNotFoundError:
+            if st.if_exists:
+                return _status("Statement executed successfully.")
+            raise
+        service = s.get(m.Service, fn.service_id) if fn.service_id else None
+        if service is not None:
+            engine.account.security.require_owner(s, ctx, service)
+        options = dict(fn.options or {})
+        if st.args["action"] == "SET":
+            options.update(fns.validate_options(st.props, function=fn.name))
+        else:
+            for key in st.args["unset"]:
+                options.pop(key, None)
+        fn.options = options
+    return _status(f"Function {fn.name} successfully altered.")
