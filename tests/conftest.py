@@ -53,3 +53,17 @@ def postgres_catalog_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def control_plane(neve_home: Path) -> Iterator:
+    """A real control plane daemon for a temp account, and an admin session connected to it."""
+    import neve
+    from neve.control import daemon
+
+    session = neve.connect(neve_home)
+    try:
+        yield session
+    finally:
+        session.close()
+        daemon.stop(neve_home)
