@@ -263,3 +263,22 @@ def test_the_last_accountadmin_user_cannot_be_dropped_or_disabled(sec, admin):
     sec.create_user(admin, "second_admin", password="second admin pw")
     sec.grant_role(admin, "accountadmin", to_user="second_admin")
     sec.revoke_role(admin, "accountadmin", from_user="admin")  # now allowed
+
+
+def test_client_context_header_and_role_restricted_tokens(sec, admin):
+    """X-Neve-Context (the client's JSON form) is honoured, within a PAT's role restriction."""
+    sec.create_user(admin, "gina")
+    for role in ("reader", "writer"):
+        sec.create_role(admin, role)
+        sec.grant_role(admin, role, to_user="gina")
+    gina = sec.use_role(admin.with_(user="GINA"), "writer")
+    pat = sec.create_token(gina, "scoped", role="reader")["token"]
+    ctx = sec.authenticate_request(
+        bearer(pat, **{"X-Neve-Context": '{"role": "reader", "database": "ml", "schema": "s"}'})
+    )
+    assert (ctx.role, ctx.database, ctx.schema) == ("READER", "ML", "S")
+    for header in ({"X-Neve-Context": '{"role": "writer"}'}, {"X-Neve-Role": "writer"}):
+        with pytest.raises(AuthenticationError, match="restricted to role READER"):
+            sec.authenticate_request(bearer(pat, **header))
+    with pytest.raises(InvalidArgumentError, match="not valid JSON"):
+        sec.authenticate_request(bearer(pat, **{"X-Neve-Context": "{nope"}))

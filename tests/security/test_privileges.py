@@ -29,7 +29,7 @@ def team(sec, admin, objects):
     """Role DEV (user DEV_USER) and role APP (user APP_USER); DEV reaches ML.APPS."""
     for role in ("dev", "app"):
         sec.create_role(admin, role)
-        sec.create_user(admin, f"{role}_user", password=f"{role} password!")
+        sec.create_user(admin, f"{role}_user")
         sec.grant_role(admin, role, to_user=f"{role}_user")
     sec.grant(admin, "USAGE", "DATABASE", "ML", "dev")
     sec.grant(admin, "USAGE", "SCHEMA", "ML.APPS", "dev")

@@ -136,6 +136,9 @@ class ComputePool(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     created_on: Mapped[datetime] = mapped_column(Created, default=utcnow)
     resumed_on: Mapped[datetime | None] = mapped_column(Created)
+    updated_on: Mapped[datetime | None] = mapped_column(Created, default=utcnow, onupdate=utcnow)
+    # When the pool last became idle (no allocation): AUTO_SUSPEND_SECS counts from here.
+    idle_since: Mapped[datetime | None] = mapped_column(Created)
 
 
 class PoolNode(Base):
@@ -146,6 +149,22 @@ class PoolNode(Base):
     name: Mapped[str] = mapped_column(Name)
     state: Mapped[str] = mapped_column(String(16), default="ACTIVE")
     backend_ref: Mapped[str | None] = mapped_column(Text)
+    created_on: Mapped[datetime] = mapped_column(Created, default=utcnow)
+
+
+class PoolAllocation(Base):
+    """Resources of one pool node held by one holder (a service instance, a build job)."""
+
+    __tablename__ = "pool_allocations"
+    __table_args__ = (UniqueConstraint("pool_id", "holder"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("compute_pools.id", ondelete="CASCADE"))
+    node_id: Mapped[int] = mapped_column(ForeignKey("pool_nodes.id", ondelete="CASCADE"))
+    holder: Mapped[str] = mapped_column(String(512))
+    cpu: Mapped[float] = mapped_column(Float)
+    memory_gb: Mapped[float] = mapped_column(Float)
+    gpu: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_ids: Mapped[list] = mapped_column(default=list)
     created_on: Mapped[datetime] = mapped_column(Created, default=utcnow)
 
 
@@ -267,6 +286,8 @@ class Job(Base):
     pool_id: Mapped[int | None] = mapped_column(ForeignKey("compute_pools.id", ondelete="SET NULL"))
     log_path: Mapped[str | None] = mapped_column(Text)
     owner_role: Mapped[str] = mapped_column(Name)
+    # What the job works on, for SHOW/DESCRIBE (e.g. model, version, digest, timings).
+    details: Mapped[dict] = mapped_column(default=dict)
     created_on: Mapped[datetime] = mapped_column(Created, default=utcnow)
     started_on: Mapped[datetime | None] = mapped_column(Created)
     finished_on: Mapped[datetime | None] = mapped_column(Created)

@@ -3,7 +3,7 @@
 ``Registry(session, database_name="ml", schema_name="registry").log_model(model, ...)`` saves
 the model in THIS process (``neve.models.save_model``: signatures inferred from the sample
 input, dependencies pinned to what is installed here), uploads the directory to the control
-plane as one tar.gz, and returns a ``ModelVersion``. Everything else is a REST call
+plane as one tar archive, and returns a ``ModelVersion``. Everything else is a REST call
 (``neve.control.routes.registry``).
 
 ``ModelVersion.run(data)`` without ``service_name`` runs the method in this process ("warehouse"
@@ -164,7 +164,10 @@ class Registry:
             handler = handler_for_model(model)
             # Pinned here: this process is where the model was trained and tested.
             pinned = pin_dependencies(
-                handler.requirements(model), conda, pip, relax_version=bool(opts.get("relax_version"))
+                handler.requirements(model),
+                conda,
+                pip,
+                relax_version=bool(opts.get("relax_version")),
             )
             with tempfile.TemporaryDirectory(prefix="neve-log-") as tmp:
                 work = Path(tmp)
@@ -191,14 +194,14 @@ class Registry:
                     "tags": tags,
                 }
                 (work / "request.json").write_text(json.dumps(_jsonable(request, label)))
-                body = archive.pack_bytes(work)
+                body, media_type = archive.pack_bytes(work)
         except NeveError as exc:
             raise _rebuild(exc, f"cannot log {label}: {exc.message}") from None
         row = self._client.call(
             "POST",
             self._path(name) + "/versions",
             content=body,
-            headers={"Content-Type": archive.MEDIA_TYPE},
+            headers={"Content-Type": media_type},
         )
         return ModelVersion(Model(self, name), row["name"], row)
 
@@ -327,7 +330,9 @@ class Model:
 
     # -- tags -------------------------------------------------------------------------------------
     def set_tag(self, tag_name: str, tag_value: Any) -> None:
-        self._client.call("PUT", f"{self._path}/tags/{_seg_raw(tag_name)}", json={"value": tag_value})
+        self._client.call(
+            "PUT", f"{self._path}/tags/{_seg_raw(tag_name)}", json={"value": tag_value}
+        )
 
     def get_tag(self, tag_name: str) -> Any:
         """The tag's value, or None when the model has no such tag."""
@@ -455,11 +460,24 @@ class ModelVersion(ServiceMixin):
     def aliases(self) -> list[str]:
         return list(self._describe()["aliases"])
 
-    def show_functions(self) -> list[dict]:
-        return self._client.call("GET", self._path + "/functions")
+    def show_functions(self) -> pd.DataFrame:
+        """One row per function: name, target_method, signature, is_partitioned, options."""
+        return pd.DataFrame(
+            self._client.call("GET", self._path + "/functions"),
+            columns=[
+                "name",
+                "target_method",
+                "target_method_function_type",
+                "signature",
+                "is_partitioned",
+                "options",
+            ],
+        )
 
     def set_metric(self, metric_name: str, value: Any) -> None:
-        self._client.call("PUT", self._path + "/metrics", json={"name": metric_name, "value": value})
+        self._client.call(
+            "PUT", self._path + "/metrics", json={"name": metric_name, "value": value}
+        )
 
     def get_metric(self, metric_name: str) -> Any:
         metrics = self.show_metrics()
@@ -521,7 +539,9 @@ class ModelVersion(ServiceMixin):
         """Write the version's model directory (manifest.json, model/, code/) to ``target_path``."""
         target = Path(target_path)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise InvalidArgumentError(f"export target {target} exists and is not an empty directory")
+            raise InvalidArgumentError(
+                f"export target {target} exists and is not an empty directory"
+            )
         if target.exists():
             target.rmdir()
         self._download(target)
@@ -587,7 +607,7 @@ class ModelVersion(ServiceMixin):
 
     def _function(self, info: dict, function_name: str | None) -> str:
         """The target method a function name means (case-insensitive, '-' for '_')."""
-        methods = {f["target_method"]: f for f in self.show_functions()}
+        methods = list(self.show_functions()["target_method"])
         if function_name is None:
             if len(methods) == 1:
                 return next(iter(methods))

@@ -1,1 +1,1 @@
-"""neve.compute"""
+"""neve.compute: compute pools (catalog, placement) and the backends that run instances."""

@@ -141,7 +141,9 @@ def parse_pip_requirement(text: str) -> Requirement:
     try:
         return Requirement(text.strip())
     except InvalidRequirement as exc:
-        raise InvalidArgumentError(f"pip requirement {text!r} is not valid PEP 508: {exc}") from None
+        raise InvalidArgumentError(
+            f"pip requirement {text!r} is not valid PEP 508: {exc}"
+        ) from None
 
 
 def installed_version(distribution: str) -> str | None:

@@ -95,6 +95,7 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"x-neve-role",
     b"x-neve-database",
     b"x-neve-schema",
+    b"x-neve-context",
     b"x-neve-user",
     b"x-request-id",
     b"x-forwarded-for",
@@ -292,7 +293,6 @@ class Gateway:
                 "HEADERS_TOO_LARGE",
                 f"request headers are too large ({len(raw)} fields, {size} bytes; at most "
                 f"{self.limits.max_header_count} fields and {self.limits.max_header_bytes} bytes)",
-                {"connection": "close"},
             )
 
     @staticmethod
@@ -612,11 +612,12 @@ def _unquoted(qualified: str) -> str:
 
 
 def _too_large(size: int, limit: int) -> HttpError:
+    # No "connection: close": the server reads and discards the rest of the body (bounded by
+    # GuardedH11Protocol) so that the client, still sending, can read this answer.
     return HttpError(
         413,
         "PAYLOAD_TOO_LARGE",
         f"request body of {size} bytes exceeds the limit of {limit} bytes; send smaller batches",
-        {"connection": "close"},
     )
 
 

@@ -12,6 +12,7 @@ Use ``uvicorn_options(settings)`` to get every uvicorn keyword the daemon should
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import h11
@@ -30,7 +31,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_timer()
+        _set_nodelay(transport)
+        self._arm_header_timer()  # the first request line must arrive in time too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
@@ -38,20 +40,33 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        self._update_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._update_timer()
+
+    def _waiting_for_headers(self) -> bool:
+        # part of a request line/headers is buffered: the client must finish it in time
+        return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+
+    def _draining(self) -> bool:
+        # answered early (413, 401...) while the client still sends its body: uvicorn reads
+        # and discards the rest so the client can read the answer; bound how long that lasts
+        return (
+            self.conn.their_state is h11.SEND_BODY
+            and self.cycle is not None
+            and self.cycle.response_complete
+        )
+
+    def _update_timer(self) -> None:
         if self.transport.is_closing():
             self._disarm_header_timer()
-        elif self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
-            # part of a request line/headers is buffered: the client must finish in time
+        elif self._waiting_for_headers() or self._draining():
             if self._header_timer is None:
                 self._arm_header_timer()
         else:
             self._disarm_header_timer()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # keep-alive idle time is uvicorn's timeout_keep_alive; the header clock restarts
-        # when the next request's first bytes arrive (data_received)
-        self._disarm_header_timer()
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -66,10 +81,14 @@ class GuardedH11Protocol(H11Protocol):
 
     def _header_timeout_expired(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request is being answered (pipelining); not a header wait
+        if self._draining():
+            self.logger.warning("closing connection from %s: body not finished", self.client)
+            self.transport.close()
+            return
+        if self.conn.their_state is not h11.IDLE:
+            return  # a request is being read or answered: the app's deadlines apply
         self.logger.warning(
             "closing connection from %s: request headers not received within %.0f s",
             self.client,
@@ -92,6 +111,22 @@ class GuardedH11Protocol(H11Protocol):
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (status, reason, len(body), body)
         )
         self.transport.close()
+
+
+def _set_nodelay(transport: asyncio.Transport) -> None:
+    """Disable Nagle's algorithm on TCP connections.
+
+    asyncio does this only for sockets whose ``proto`` is IPPROTO_TCP; a listening socket made
+    with ``socket.socket(AF_INET, SOCK_STREAM)`` (proto 0) and handed to uvicorn (``sockets=``,
+    ``fd=``) yields connections where a response written in two parts waits ~40 ms for the
+    client's delayed ACK.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - not a TCP socket after all
+            pass
 
 
 def guarded_protocol(header_timeout_secs: float) -> type[GuardedH11Protocol]:

@@ -53,7 +53,9 @@ class ArtifactStore:
     @staticmethod
     def new_key(database: str, schema: str, model: str, version: str) -> str:
         suffix = uuid.uuid4().hex[:12]
-        return "/".join([_safe(database), _safe(schema), _safe(model), f"{_safe(version)}-{suffix}"])
+        return "/".join(
+            [_safe(database), _safe(schema), _safe(model), f"{_safe(version)}-{suffix}"]
+        )
 
     def _remote(self, key: str) -> str:
         return f"{self._base}/{key}"

@@ -85,6 +85,11 @@ def _string_list(value: Any, what: str) -> list[str]:
     return [v.strip() for v in value]
 
 
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    text = str(exc.orig).lower()
+    return "unique" in text or "duplicate key" in text
+
+
 class RegistryManager:
     def __init__(self, account: Account) -> None:
         self.account = account
@@ -252,9 +257,11 @@ class RegistryManager:
                 return self._insert_version(
                     ctx, qn, version, source, fields, tag_values, move=move_files
                 )
-            except IntegrityError:
+            except IntegrityError as exc:
                 # A concurrent log_model created the same model or version name: once more,
                 # so the duplicate is reported by the regular checks.
+                if not _is_unique_violation(exc):
+                    raise
                 if attempt == 1:
                     raise ObjectExistsError(
                         f"model {qn} version {version} was created concurrently"
@@ -353,7 +360,9 @@ class RegistryManager:
         if not version_ids:
             return []
         rows = s.execute(
-            select(m.Service.schema_id, m.Service.name, m.Service.status, m.Service.model_version_id)
+            select(
+                m.Service.schema_id, m.Service.name, m.Service.status, m.Service.model_version_id
+            )
             .where(
                 m.Service.model_version_id.in_(version_ids),
                 m.Service.status.notin_(RELEASED_SERVICE_STATUSES),
@@ -468,7 +477,9 @@ class RegistryManager:
             rows = []
             for model, sch, db in s.execute(query):
                 if self.security.has_privilege(s, ctx, "USAGE", model):
-                    rows.append(self._model_row(s, QualifiedName(db.name, sch.name, model.name), model))
+                    rows.append(
+                        self._model_row(s, QualifiedName(db.name, sch.name, model.name), model)
+                    )
             return rows
 
     @staticmethod
@@ -582,7 +593,8 @@ class RegistryManager:
         stored = _json_value(value, f"tag {name} value")
         with self.account.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
-            row.tags = {**(row.tags or {}), name: stored}  # a new dict: JSON columns track assignment
+            # a new dict: JSON columns notice assignment, not in-place changes
+            row.tags = {**(row.tags or {}), name: stored}
 
     def unset_tag(self, ctx: RequestContext, model: str | QualifiedName, tag: str) -> None:
         qn = self._qn(ctx, model)
@@ -646,9 +658,7 @@ class RegistryManager:
             row = self._owned_model(s, ctx, qn)
             self._version(s, row, qn, version).comment = comment
 
-    def delete_version(
-        self, ctx: RequestContext, model: str | QualifiedName, version: str
-    ) -> None:
+    def delete_version(self, ctx: RequestContext, model: str | QualifiedName, version: str) -> None:
         """ALTER MODEL ... DROP VERSION: refused for the default version while others exist,
         and while a service uses the version."""
         qn = self._qn(ctx, model)
@@ -732,7 +742,9 @@ class RegistryManager:
     def show_metrics(self, ctx: RequestContext, model: str | QualifiedName, version: str) -> dict:
         qn = self._qn(ctx, model)
         with self.account.catalog.transaction() as s:
-            return dict(self._version(s, self._readable_model(s, ctx, qn), qn, version).metrics or {})
+            return dict(
+                self._version(s, self._readable_model(s, ctx, qn), qn, version).metrics or {}
+            )
 
     def get_metric(
         self, ctx: RequestContext, model: str | QualifiedName, version: str, name: str

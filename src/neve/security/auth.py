@@ -10,7 +10,10 @@ Accepted ``Authorization`` header forms::
     Authorization: Snowflake Token="<token>"
 
 plus ``X-Neve-Role`` (use this role; the user must hold it), ``X-Neve-Database`` /
-``X-Neve-Schema`` (the current database and schema) and ``X-Request-Id``.
+``X-Neve-Schema`` (the current database and schema) and ``X-Request-Id``. The client's
+``X-Neve-Context: {"role", "database", "schema"}`` is read too (the single headers win). A token
+restricted to a role (a PAT created with ``role=``) can only ever act in that role or roles it
+inherits, whichever header asks for another.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -53,6 +57,8 @@ ROLE_HEADER = "x-neve-role"
 DATABASE_HEADER = "x-neve-database"
 SCHEMA_HEADER = "x-neve-schema"
 REQUEST_ID_HEADER = "x-request-id"
+CONTEXT_HEADER = "x-neve-context"  # JSON {"role", "database", "schema"}, as the client sends
+MAX_CONTEXT_HEADER = 2048
 
 DEFAULT_PAT_DAYS = 15
 MAX_PAT_DAYS = 365
@@ -77,6 +83,23 @@ def request_id_from(headers: Mapping[str, str]) -> str:
     if given and _REQUEST_ID.match(given):
         return given
     return uuid.uuid4().hex
+
+
+def context_header(value: str | None) -> dict[str, str]:
+    """``X-Neve-Context: {"role": ..., "database": ..., "schema": ...}`` (the client's form)."""
+    if not value:
+        return {}
+    if len(value) > MAX_CONTEXT_HEADER:
+        raise InvalidArgumentError("X-Neve-Context header is too long")
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise InvalidArgumentError("X-Neve-Context header is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgumentError("X-Neve-Context must be an object {role, database, schema}")
+    return {
+        k: v for k in ("role", "database", "schema") if isinstance(v := parsed.get(k), str) and v
+    }
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -307,9 +330,10 @@ class AuthenticationMixin:
     def authenticate_request(self, headers: Mapping[str, str]) -> RequestContext:
         """The caller's context from HTTP headers, or ``AuthenticationError`` (401)."""
         token = bearer_token(_header(headers, "authorization"))
-        role_wanted = _header(headers, ROLE_HEADER)
-        database = _header(headers, DATABASE_HEADER)
-        schema = _header(headers, SCHEMA_HEADER)
+        context = context_header(_header(headers, CONTEXT_HEADER))
+        role_wanted = _header(headers, ROLE_HEADER) or context.get("role")
+        database = _header(headers, DATABASE_HEADER) or context.get("database")
+        schema = _header(headers, SCHEMA_HEADER) or context.get("schema")
         with self.account.catalog.transaction() as s:
             if looks_like_jwt(token):
                 user, restriction = self._user_from_jwt(s, token), None

@@ -35,6 +35,7 @@ from neve.server.config import (
 )
 
 APP = "neve.server.app:create_app"
+SUPERVISED_ENV = "NEVE_SERVER_SUPERVISED"  # the same name as in neve.server.app
 STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -72,7 +73,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         model_dir=str(Path(args.model_dir).resolve()),
         host=args.host,
         port=args.port,
-        num_workers=args.num_workers or default_num_workers(args.device),
+        num_workers=(
+            args.num_workers if args.num_workers is not None else default_num_workers(args.device)
+        ),
         device=args.device,
         model_name=args.model_name,
         max_batch_rows=args.max_batch_rows,
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics_dir = tempfile.mkdtemp(prefix="neve-server-metrics-")
     os.environ[CONFIG_ENV] = config.to_env()
+    os.environ[SUPERVISED_ENV] = "1"
     # Workers inherit these: prometheus-client reads the directory when it is imported.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # N workers share the CPUs: one BLAS/OpenMP/torch thread pool per worker of cpus/N threads

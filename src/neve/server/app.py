@@ -50,6 +50,9 @@ from neve.server.batching import Admission, MethodBatcher
 from neve.server.config import ServerConfig
 
 log = logging.getLogger("neve.server")
+#: Set by ``python -m neve.server`` for its workers (a worker then exits on startup failure).
+SUPERVISED_ENV = "NEVE_SERVER_SUPERVISED"
+STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start
 JSON = "application/json"
 UNKNOWN_METHOD = "_unknown"  # metrics label for requests to no method (bounded cardinality)
 
@@ -195,7 +198,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     async def answer(
         request: Request,
         method_of: Callable[[Any], str],
-        parse: Callable[[Any, str], tuple[protocol.ServiceRequest, Any]],
+        parse: Callable[[Any, str, bool], tuple[protocol.ServiceRequest, Any]],
         encode: Callable[[str, Any, protocol.ServiceRequest, protocol.OutputColumns], bytes],
         *,
         v2: bool = False,
@@ -221,8 +224,10 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                     payload = protocol.loads(body)
                 finally:
                     state.admission.release_bytes(reserved)
+            # JSON booleans are rare in numeric rows; without any, parsing takes its fast path.
+            bools = b"true" in body or b"false" in body
             del body
-            parsed, extra = parse(payload, method)
+            parsed, extra = parse(payload, method, bools)
             del payload
             out = await state.batchers[method].submit(parsed)
             content = encode(method, extra, parsed, out)
@@ -254,9 +259,11 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     # ------------------------------------------------------------ service-function format
 
-    def parse_service(payload: Any, method: str) -> tuple[protocol.ServiceRequest, None]:
+    def parse_service(
+        payload: Any, method: str, bools: bool
+    ) -> tuple[protocol.ServiceRequest, None]:
         sig = state.model.methods[method].signature
-        return protocol.parse_service_request(payload, sig.inputs, method), None
+        return protocol.parse_service_request(payload, sig.inputs, method, bools=bools), None
 
     def encode_service(
         method: str, extra: Any, parsed: protocol.ServiceRequest, out: protocol.OutputColumns
@@ -281,7 +288,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             return None
         return state.resolve(name)
 
-    def parse_v2(payload: Any, method: str) -> tuple[protocol.ServiceRequest, Any]:
+    def parse_v2(payload: Any, method: str, bools: bool) -> tuple[protocol.ServiceRequest, Any]:
         sig = state.model.methods[method].signature
         parsed, requested = protocol.parse_v2_request(payload, sig.inputs, sig.outputs, method)
         request_id = payload.get("id") if isinstance(payload, dict) else None
@@ -413,7 +420,12 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await state.start()
+        try:
+            await state.start()
+        except BaseException as exc:
+            if os.environ.get(SUPERVISED_ENV) != "1":
+                raise
+            _exit_startup_failure(exc)
         watcher = asyncio.get_running_loop().create_task(_exit_with_parent(os.getppid()))
         try:
             yield
@@ -457,6 +469,21 @@ async def _exit_with_parent(parent_pid: int) -> None:
             log.warning("worker %d: supervisor %d is gone, shutting down", os.getpid(), parent_pid)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+
+
+def _exit_startup_failure(exc: BaseException) -> None:
+    """End a supervised worker whose model does not load, at once and with uvicorn's
+    startup-failure status, so the supervisor stops the whole server instead of restarting it.
+
+    ``os._exit`` skips interpreter finalization: uvicorn's supervisor may be waiting for this
+    worker's health ping, and a process that lingers half-finalized makes it wait the whole
+    health-check timeout.
+    """
+    log.error("worker %d: cannot start: %s", os.getpid(), exc, exc_info=exc)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(STARTUP_FAILURE)
 
 
 def _configure_logging(level: str) -> None:

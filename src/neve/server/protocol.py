@@ -131,8 +131,15 @@ def error_body(err: NeveError, *, v2: bool = False) -> bytes:
 # Service-function format
 
 
-def parse_service_request(payload: Any, inputs: list[FeatureSpec], method: str) -> ServiceRequest:
-    """Validate a decoded JSON body against ``inputs`` and convert it to typed columns."""
+def parse_service_request(
+    payload: Any, inputs: list[FeatureSpec], method: str, *, bools: bool = True
+) -> ServiceRequest:
+    """Validate a decoded JSON body against ``inputs`` and convert it to typed columns.
+
+    ``bools=False`` promises that the body holds no JSON ``true``/``false`` (the caller checked
+    the raw bytes): numpy silently turns ``[1, true]`` into ``[1, 1]``, so numeric columns are
+    checked value by value for booleans unless that promise is made.
+    """
     if not isinstance(payload, dict):
         raise InvalidArgumentError(
             f'method {method!r}: request body must be a JSON object with "data", '
@@ -140,9 +147,9 @@ def parse_service_request(payload: Any, inputs: list[FeatureSpec], method: str) 
             code="INVALID_REQUEST",
         )
     if "data" in payload:
-        return _parse_data(payload["data"], inputs, method)
+        return _parse_data(payload["data"], inputs, method, bools)
     if "dataframe_split" in payload:
-        return _parse_split(payload["dataframe_split"], inputs, method)
+        return _parse_split(payload["dataframe_split"], inputs, method, bools)
     if "dataframe_records" in payload:
         records = payload["dataframe_records"]
         if not isinstance(records, list):
@@ -151,7 +158,7 @@ def parse_service_request(payload: Any, inputs: list[FeatureSpec], method: str) 
                 f"{_json_type(records)}",
                 code="INVALID_REQUEST",
             )
-        return _from_dicts(records, list(range(len(records))), inputs, method, wide=False)
+        return _from_dicts(records, list(range(len(records))), inputs, method, bools, wide=False)
     raise InvalidArgumentError(
         f'method {method!r}: request body has no "data" (nor "dataframe_split" / '
         f'"dataframe_records"); keys: {sorted(map(str, payload))[:10]}',
@@ -159,7 +166,7 @@ def parse_service_request(payload: Any, inputs: list[FeatureSpec], method: str) 
     )
 
 
-def _parse_data(rows: Any, inputs: list[FeatureSpec], method: str) -> ServiceRequest:
+def _parse_data(rows: Any, inputs: list[FeatureSpec], method: str, bools: bool) -> ServiceRequest:
     if not isinstance(rows, list):
         raise InvalidArgumentError(
             f'method {method!r}: "data" must be a list of rows [row_index, arg1, ...], got '
@@ -176,12 +183,13 @@ def _parse_data(rows: Any, inputs: list[FeatureSpec], method: str) -> ServiceReq
                     f"method {method!r}: row {pos}: expected [row_index, {{column: value}}] like "
                     f"row 0, got {_short(row)}"
                 )
-        return _from_dicts([r[1] for r in rows], [r[0] for r in rows], inputs, method, wide=True)
+        index = [r[0] for r in rows]
+        return _from_dicts([r[1] for r in rows], index, inputs, method, bools, wide=True)
     positions = list(range(1, len(inputs) + 1))
-    return _from_rows(rows, positions, len(inputs) + 1, None, inputs, method, flat=True)
+    return _from_rows(rows, positions, len(inputs) + 1, None, inputs, method, bools, flat=True)
 
 
-def _parse_split(split: Any, inputs: list[FeatureSpec], method: str) -> ServiceRequest:
+def _parse_split(split: Any, inputs: list[FeatureSpec], method: str, bools: bool) -> ServiceRequest:
     if not isinstance(split, dict) or not isinstance(split.get("columns"), list):
         raise InvalidArgumentError(
             f'method {method!r}: "dataframe_split" must be an object with "columns" (a list) '
@@ -218,7 +226,7 @@ def _parse_split(split: Any, inputs: list[FeatureSpec], method: str) -> ServiceR
         )
     if not rows:
         return _empty(inputs)
-    return _from_rows(rows, positions, len(columns), index, inputs, method, flat=False)
+    return _from_rows(rows, positions, len(columns), index, inputs, method, bools, flat=False)
 
 
 def _from_rows(
@@ -228,12 +236,13 @@ def _from_rows(
     index: list[Any] | None,
     inputs: list[FeatureSpec],
     method: str,
+    bools: bool,
     *,
     flat: bool,
 ) -> ServiceRequest:
     """Rows of positional values (FLAT: position 0 is the row index; split: ``index`` or 0..n)."""
     n = len(rows)
-    if all(f.type in NUMERIC and not f.shape for f in inputs):
+    if not bools and all(f.type in NUMERIC and not f.shape for f in inputs):
         # Fast path: one C call turns an all-numeric request into a 2-D block.
         block = _as_array(rows)
         if block is not None and block.ndim == 2 and block.dtype.kind in _NUMERIC_KINDS:
@@ -249,7 +258,7 @@ def _from_rows(
     transposed = list(zip(*rows, strict=True)) if row_len else []
     idx = list(transposed[0]) if flat else (index if index is not None else list(range(n)))
     cols = [
-        to_column(transposed[p], feat, method, idx)
+        to_column(transposed[p], feat, method, idx, bools=bools)
         for p, feat in zip(positions, inputs, strict=True)
     ]
     return ServiceRequest(idx, cols, n)
@@ -278,7 +287,13 @@ def _check_arity(
 
 
 def _from_dicts(
-    dicts: list[Any], index: list[Any], inputs: list[FeatureSpec], method: str, *, wide: bool
+    dicts: list[Any],
+    index: list[Any],
+    inputs: list[FeatureSpec],
+    method: str,
+    bools: bool,
+    *,
+    wide: bool,
 ) -> ServiceRequest:
     if not dicts:
         return _empty(inputs)
@@ -302,7 +317,10 @@ def _from_dicts(
                     f"got {sorted(map(str, d))}"
                 )
             values[j][pos] = d[key]
-    cols = [to_column(v, feat, method, index) for v, feat in zip(values, inputs, strict=True)]
+    cols = [
+        to_column(v, feat, method, index, bools=bools)
+        for v, feat in zip(values, inputs, strict=True)
+    ]
     return ServiceRequest(list(index), cols, len(dicts))
 
 
@@ -323,12 +341,27 @@ def _empty(inputs: list[FeatureSpec]) -> ServiceRequest:
 
 
 def to_column(
-    values: Sequence[Any], feat: FeatureSpec, method: str, index: list[Any]
+    values: Sequence[Any],
+    feat: FeatureSpec,
+    method: str,
+    index: list[Any],
+    *,
+    bools: bool = True,
 ) -> np.ndarray:
-    """JSON values of one input column -> a numpy array typed by the feature (or an error)."""
+    """JSON values of one input column -> a numpy array typed by the feature (or an error).
+
+    ``bools``: whether booleans may be among ``values`` (see ``parse_service_request``).
+    """
     if feat.shape:
         return _tensor_column(values, feat, method, index)
     if feat.type in NUMERIC or feat.type == "BOOL":
+        if (
+            bools
+            and feat.type != "BOOL"
+            and not isinstance(values, np.ndarray)
+            and any(v is True or v is False for v in values)
+        ):
+            return _scalar_slow(values, feat, method, index)  # names the boolean
         arr = _as_array(values)
         kinds = "b" if feat.type == "BOOL" else _NUMERIC_KINDS
         if arr is not None and arr.ndim == 1 and arr.dtype.kind in kinds:
@@ -599,6 +632,8 @@ def parse_v2_request(
 
     by_upper = {name.upper(): name for name in arrays}
     matched = [arrays.get(f.name) or arrays.get(by_upper.get(f.name.upper(), "")) for f in inputs]
+    if len(inputs) == 1 and len(arrays) == 1:  # one input: the tensor's name does not matter
+        matched = list(arrays.values())
     if all(m is not None for m in matched):
         n = matched[0][1][0]  # type: ignore[index]
         for feat, m in zip(inputs, matched, strict=True):

@@ -41,7 +41,9 @@ class ServiceLogs:
     def service_dir(self, qn: QualifiedName) -> Path:
         return self.root / service_dir_name(qn)
 
-    def instance_log(self, qn: QualifiedName, instance: int, container: str = CONTAINER_NAME) -> Path:
+    def instance_log(
+        self, qn: QualifiedName, instance: int, container: str = CONTAINER_NAME
+    ) -> Path:
         return self.service_dir(qn) / str(int(instance)) / f"{container}.log"
 
     def mark_start(self, qn: QualifiedName, instance: int, text: str) -> Path:

@@ -194,8 +194,10 @@ def validate_create_args(
         raise InvalidArgumentError(
             f"service {label}: max_instances {max_n} is over the limit of {MAX_INSTANCES_LIMIT}"
         )
-    min_n = max_n if min_instances is None else _positive_int(
-        min_instances, "min_instances", label, minimum=0
+    min_n = (
+        max_n
+        if min_instances is None
+        else _positive_int(min_instances, "min_instances", label, minimum=0)
     )
     if min_n > max_n:
         raise InvalidArgumentError(

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -58,12 +58,18 @@ class SqlResult:
 
     @classmethod
     def from_dicts(cls, records: list[dict], columns: list[str] | None = None) -> SqlResult:
+        """Rows of SHOW/DESCRIBE output; column types inferred from the values."""
         cols = list(columns or (list(records[0]) if records else []))
         for rec in records:
             for key in rec:
                 if key not in cols:
                     cols.append(key)
-        return cls(columns=cols, rows=[[rec.get(c) for c in cols] for rec in records])
+        rows = [[rec.get(c) for c in cols] for rec in records]
+        types = [
+            _value_type(next((r[i] for r in rows if r[i] is not None), None))
+            for i in range(len(cols))
+        ]
+        return cls(columns=cols, rows=rows, types=types)
 
     def to_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "types": self.types, "rows": self.rows}
@@ -121,27 +127,16 @@ class SqlEngine:
             return self.service_caller
         return self.account.services.invoke
 
-    def model_loader(
-        self, ctx: RequestContext, model: QualifiedName, version: str, version_id: int
-    ) -> Callable[[], Any]:
-        """A function loading the model version's files (the registry knows where they are)."""
+    def model_loader(self, version: Any) -> Callable[[], Any]:
+        """Loads a model version's files (found by the registry) in this process."""
+        registry = self.account.registry
 
         def load() -> Any:
             from neve.models import load_model
 
-            return load_model(self._version_dir(ctx, model, version, version_id))
+            return load_model(registry.version_path(version))
 
         return load
-
-    def _version_dir(
-        self, ctx: RequestContext, model: QualifiedName, version: str, version_id: int
-    ) -> Path:
-        registry = self.account.registry
-        for name in ("version_dir", "local_version_dir", "model_dir"):
-            fn = getattr(registry, name, None)
-            if fn is not None:
-                return Path(fn(ctx, str(model), version))
-        raise NotSupportedError("the registry cannot provide model files to the warehouse")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -329,6 +324,20 @@ def _signature_mismatch(call: BoundCall, message: str) -> SignatureError:
         f"function {call.display} expects ({expected}) but was called with ({given}); "
         "cast the arguments (e.g. col::DOUBLE)"
     )
+
+
+def _value_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, int):
+        return "BIGINT"
+    if isinstance(value, float):
+        return "DOUBLE"
+    if isinstance(value, datetime):
+        return "TIMESTAMP_TZ" if value.tzinfo is not None else "TIMESTAMP"
+    if isinstance(value, dict | list):
+        return "VARIANT"
+    return "VARCHAR"
 
 
 def arrow_rows(table: pa.Table) -> list[list]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlglot
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlglot import exp
 from sqlglot.errors import ParseError
@@ -37,7 +37,7 @@ from neve.errors import (
     SignatureError,
     SqlSyntaxError,
 )
-from neve.identifiers import QualifiedName, ident, qualify
+from neve.identifiers import QualifiedName, ident, qualify, quote
 from neve.models.signature import ModelSignature
 from neve.sql import functions as fns
 from neve.sql.lexer import BANG_PREFIX, BangCall, line_col, rewrite_bang_calls, tokenize
@@ -309,7 +309,7 @@ class Planner:
             return_type=fns.return_duck_type(signature),
             method=method_name,
             model_key=version.artifact_sha256,
-            model_loader=self.engine.model_loader(self.ctx, qn, version.name, version.id),
+            model_loader=self.engine.model_loader(version),
         )
 
     # -- output column names ----------------------------------------------------------------------
@@ -360,36 +360,40 @@ def _method_entry(methods: dict, name: str) -> tuple[str, dict] | None:
     return None
 
 
-def _model_version(s: Session, model: m.Model, qn: QualifiedName, version: str | None):
-    if version is None:
-        if model.default_version:
-            version = model.default_version
-        else:
-            row = s.scalar(
-                select(m.ModelVersion)
-                .where(m.ModelVersion.model_id == model.id)
-                .order_by(m.ModelVersion.id.desc())
-                .limit(1)
-            )
-            if row is None:
-                raise ObjectNotFoundError(f"model {qn} has no versions")
-            return row
-    name = ident(version, kind="version name") if not version.startswith("'") else version
-    row = s.scalar(
-        select(m.ModelVersion).where(
-            m.ModelVersion.model_id == model.id,
-            func.upper(m.ModelVersion.name) == name.upper(),
+SYSTEM_ALIASES = ("DEFAULT", "FIRST", "LAST")
+
+
+def _model_version(
+    s: Session, model: m.Model, qn: QualifiedName, version: str | None
+) -> m.ModelVersion:
+    """A version by name or alias (the registry's rules); the default one when not given."""
+    versions = list(
+        s.scalars(
+            select(m.ModelVersion)
+            .where(m.ModelVersion.model_id == model.id)
+            .order_by(m.ModelVersion.id)
         )
     )
-    if row is None:
-        # an alias (set_alias) names a version too
-        for candidate in s.scalars(
-            select(m.ModelVersion).where(m.ModelVersion.model_id == model.id)
-        ):
-            if name.upper() in {str(a).upper() for a in candidate.aliases or []}:
-                return candidate
-        raise ObjectNotFoundError(f"model {qn} has no version {version}")
-    return row
+    if not versions:
+        raise ObjectNotFoundError(f"model {qn} has no versions")
+    name = "DEFAULT" if version is None else ident(version, kind="version name or alias")
+    for row in versions:
+        if row.name == name:
+            return row
+    for row in versions:
+        if name in (row.aliases or []):
+            return row
+    if name == "FIRST":
+        return versions[0]
+    if name == "LAST":
+        return versions[-1]
+    if name == "DEFAULT":
+        default = next((v for v in versions if v.name == model.default_version), None)
+        return default or versions[-1]
+    known = ", ".join(quote(v.name) for v in versions)
+    raise ObjectNotFoundError(
+        f"model {qn} has no version or alias {quote(name)}; versions: {known}"
+    )
 
 
 def _created_schema(tree: exp.Expression) -> tuple[str, str] | None:

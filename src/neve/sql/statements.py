@@ -248,6 +248,8 @@ def _scope_kwargs(st: Statement) -> dict[str, Any]:
         return {"in_schema": st.args["scope_name"]}
     if scope == "COMPUTE POOL":
         return {"in_compute_pool": st.args["scope_name"]}
+    if scope == "ACCOUNT":
+        return {"in_account": True}
     return {}
 
 
@@ -651,7 +653,9 @@ def _show_integrations(engine: SqlEngine, ctx: RequestContext, st: Statement) ->
 
 @handles("SHOW SERVICES")
 def _show_services(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    rows = engine.account.services.show_services(ctx, **_scope_kwargs(st))
+    scope = _scope_kwargs(st)
+    scope.pop("in_account", None)  # no scope: every service the role may see
+    rows = engine.account.services.show_services(ctx, **scope)
     return _result(st.kind, rows, st.like)
 
 

@@ -71,6 +71,7 @@ class Warehouse:
         self._con.execute("SET enable_external_access = false")
         self.lock = threading.RLock()
         self._closed = False
+        self._schemas: set[str] = set()  # DuckDB schemas known to exist (saves a catalog write)
 
     @contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -83,14 +84,18 @@ class Warehouse:
             cur.close()
 
     def ensure_schema(self, database: str, schema: str) -> None:
+        name = duck_schema(database, schema)
+        if name in self._schemas:
+            return
         with self.lock, self.cursor() as cur:
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {duck_ident(duck_schema(database, schema))}")
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {duck_ident(name)}")
+            self._schemas.add(name)
 
     def drop_schema(self, database: str, schema: str) -> None:
+        name = duck_schema(database, schema)
         with self.lock, self.cursor() as cur:
-            cur.execute(
-                f"DROP SCHEMA IF EXISTS {duck_ident(duck_schema(database, schema))} CASCADE"
-            )
+            self._schemas.discard(name)
+            cur.execute(f"DROP SCHEMA IF EXISTS {duck_ident(name)} CASCADE")
 
     def drop_database(self, database: str) -> None:
         with self.lock, self.cursor() as cur:
@@ -100,6 +105,7 @@ class Warehouse:
                 [database + SEP],
             ).fetchall()
             for (name,) in rows:
+                self._schemas.discard(name)
                 cur.execute(f"DROP SCHEMA IF EXISTS {duck_ident(name)} CASCADE")
 
     def tables(self, database: str | None = None, schema: str | None = None) -> list[dict]:

@@ -18,14 +18,15 @@ double-quoted segment (``%22My%20Model%22``) keeps its case. ``{v}`` is a versio
     PATCH  .../versions/{v}                                     {"comment"}
     DELETE .../versions/{v}
     GET    .../versions/{v}/functions                           show_functions rows
-    GET    .../versions/{v}/artifact                            the model directory as tar.gz
+    GET    .../versions/{v}/artifact                            the model directory as tar[.gz]
                                                                 (header X-Neve-Artifact-Sha256)
     GET    .../versions/{v}/metrics                             {name: value}
     PUT    .../versions/{v}/metrics                             {"name", "value"}
     DELETE .../versions/{v}/metrics?name=NAME
     PUT    .../versions/{v}/aliases/{alias}
 
-Logging a version: the body is a tar.gz (``Content-Type: application/gzip``) holding
+Logging a version: the body is a tar or tar.gz (``application/x-tar`` / ``application/gzip``;
+small directories are compressed, large weights are not) holding
 ``model/`` (the directory ``neve.models.save_model`` wrote in the client's process) and
 ``request.json``: ``{"version_name", "conda_dependencies", "pip_requirements",
 "python_version", "comment", "metrics", "options", "target_platforms", "tags"}`` (all optional).
@@ -50,7 +51,7 @@ from starlette.routing import Route
 from neve.context import RequestContext
 from neve.control.routes._base import Call, endpoint
 from neve.errors import InvalidArgumentError
-from neve.identifiers import QualifiedName, ident
+from neve.identifiers import QualifiedName, ident, quote
 from neve.registry import archive
 
 PREFIX = "/api/v1/models"
@@ -164,7 +165,7 @@ def show_tags(call: Call) -> dict:
 def set_tag(call: Call) -> dict:
     body = _body(call)
     if "value" not in body:
-        raise InvalidArgumentError("setting a tag needs {\"value\": ...}")
+        raise InvalidArgumentError('setting a tag needs {"value": ...}')
     call.account.registry.set_tag(_ctx(call), _model(call), call.path["tag"], body["value"])
     return {"status": "ok"}
 
@@ -193,7 +194,7 @@ def show_versions(call: Call) -> list[dict]:
 def log_version(call: Call) -> dict:
     if not call.raw:
         raise InvalidArgumentError(
-            "logging a model version needs a tar.gz body with model/ and request.json"
+            "logging a model version needs a tar body with model/ and request.json"
         )
     account = call.account
     ctx, qn = _ctx(call), _model(call)
@@ -207,9 +208,9 @@ def log_version(call: Call) -> dict:
             raise InvalidArgumentError("model upload has no model/ directory")
         return account.registry.log_model(
             ctx,
-            qn.database,
-            qn.schema,
-            qn.name,
+            quote(qn.database),  # the manager parses names: hand it identifiers, not values
+            quote(qn.schema),
+            quote(qn.name),
             request.get("version_name"),
             model_dir,
             conda_dependencies=request.get("conda_dependencies"),
@@ -233,7 +234,9 @@ def _log_request(work: Path) -> dict:
     try:
         request = json.loads(file.read_text())
     except ValueError as exc:
-        raise InvalidArgumentError(f"model upload: {REQUEST_FILE} is not valid JSON: {exc}") from None
+        raise InvalidArgumentError(
+            f"model upload: {REQUEST_FILE} is not valid JSON: {exc}"
+        ) from None
     if not isinstance(request, dict):
         raise InvalidArgumentError(f"model upload: {REQUEST_FILE} must hold a JSON object")
     unknown = set(request) - LOG_FIELDS
@@ -255,7 +258,9 @@ def alter_version(call: Call) -> dict:
     body = _body(call)
     unknown = set(body) - {"comment"}
     if unknown:
-        raise InvalidArgumentError(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: comment")
+        raise InvalidArgumentError(
+            f"unknown field(s) {', '.join(sorted(unknown))}; allowed: comment"
+        )
     registry, ctx, qn = call.account.registry, _ctx(call), _model(call)
     if "comment" in body:
         registry.set_version_comment(ctx, qn, call.path["version"], body["comment"])
@@ -278,11 +283,8 @@ def download_artifact(call: Call) -> Response:
     registry, ctx, qn = call.account.registry, _ctx(call), _model(call)
     info = registry.describe_version(ctx, qn, call.path["version"])
     directory = registry.version_dir(ctx, qn, info["name"])
-    return Response(
-        archive.pack_bytes(directory),
-        media_type=archive.MEDIA_TYPE,
-        headers={SHA_HEADER: info["artifact_sha256"]},
-    )
+    body, media_type = archive.pack_bytes(directory)
+    return Response(body, media_type=media_type, headers={SHA_HEADER: info["artifact_sha256"]})
 
 
 @endpoint
@@ -294,7 +296,7 @@ def show_metrics(call: Call) -> dict:
 def set_metric(call: Call) -> dict:
     body = _body(call)
     if "name" not in body or "value" not in body:
-        raise InvalidArgumentError("setting a metric needs {\"name\": ..., \"value\": ...}")
+        raise InvalidArgumentError('setting a metric needs {"name": ..., "value": ...}')
     call.account.registry.set_metric(
         _ctx(call), _model(call), call.path["version"], body["name"], body["value"]
     )

@@ -1,15 +1,15 @@
 """initial catalog
 
-Revision ID: 5d683c8a28ef
+Revision ID: a17a00254857
 Revises:
-Create Date: 2026-11-25 02:21:23.498585
+Create Date: 2026-11-25 02:54:58.778848
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = "5d683c8a28ef"
+revision = "a17a00254857"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -33,6 +33,8 @@ def upgrade() -> None:
         sa.Column("comment", sa.Text(), nullable=True),
         sa.Column("created_on", sa.DateTime(timezone=True), nullable=False),
         sa.Column("resumed_on", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_on", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("idle_since", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
@@ -187,6 +189,22 @@ def upgrade() -> None:
         sa.UniqueConstraint("schema_id", "name"),
     )
     op.create_table(
+        "pool_allocations",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("pool_id", sa.Integer(), nullable=False),
+        sa.Column("node_id", sa.Integer(), nullable=False),
+        sa.Column("holder", sa.String(length=512), nullable=False),
+        sa.Column("cpu", sa.Float(), nullable=False),
+        sa.Column("memory_gb", sa.Float(), nullable=False),
+        sa.Column("gpu", sa.Integer(), nullable=False),
+        sa.Column("gpu_ids", sa.JSON(), nullable=False),
+        sa.Column("created_on", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["node_id"], ["pool_nodes.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["pool_id"], ["compute_pools.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("pool_id", "holder"),
+    )
+    op.create_table(
         "images",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("repository_id", sa.Integer(), nullable=False),
@@ -293,6 +311,7 @@ def upgrade() -> None:
         sa.Column("pool_id", sa.Integer(), nullable=True),
         sa.Column("log_path", sa.Text(), nullable=True),
         sa.Column("owner_role", sa.String(length=255), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("created_on", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_on", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_on", sa.DateTime(timezone=True), nullable=True),
@@ -332,6 +351,7 @@ def downgrade() -> None:
     op.drop_table("services")
     op.drop_table("model_versions")
     op.drop_table("images")
+    op.drop_table("pool_allocations")
     op.drop_table("network_rules")
     op.drop_table("models")
     op.drop_table("image_repositories")

@@ -1,0 +1,401 @@
+"""``neve services``: create, list, inspect, suspend, resume, scale, read logs of, delete services.
+
+    neve services create ml.registry.forecast --version v1 --name forecast_svc \\
+        --pool cpu_pool --repo ml.registry.images --instances 2 --ingress
+    neve services list [--database ml [--schema registry]] [--pool cpu_pool]
+    neve services describe ml.registry.forecast_svc
+    neve services suspend|resume ml.registry.forecast_svc
+    neve services scale ml.registry.forecast_svc --min 1 --max 3
+    neve services logs ml.registry.forecast_svc [--instance 0] [--last 100] [--events]
+    neve services logs MODEL_BUILD_1A2B3C4D          (a build job's log)
+    neve services delete ml.registry.forecast_svc [--yes]
+
+Names are ``db.schema.name``, or ``name`` with ``--database``/``--schema`` (or the session's
+current ones). ``create`` shows the build and start as they happen (status, reason, ready
+instances) until the service is RUNNING, or returns at once with ``--no-wait``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Create, list, inspect, scale, suspend, resume and delete services.",
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", help="Database name.")]
+SchemaOpt = Annotated[str | None, typer.Option("--schema", "-s", help="Schema name.")]
+LIST_COLUMNS = [
+    "name",
+    "database_name",
+    "schema_name",
+    "status",
+    "compute_pool",
+    "current_instances",
+    "target_instances",
+    "min_instances",
+    "max_instances",
+    "model_name",
+    "model_version",
+    "inference_endpoint",
+]
+
+
+def _connect() -> Any:
+    import neve
+
+    return neve.connect()
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {getattr(exc, 'message', None) or exc}")
+    return typer.Exit(code=1)
+
+
+class _Api:
+    """The session's transport with its context header; names resolved like SQL names."""
+
+    def __init__(self, session: Any, database: str | None, schema: str | None) -> None:
+        from neve.client.warehouse import _context, _transport
+
+        self.session = session
+        self.transport = _transport(session)
+        ctx = _context(session)
+        self.database = database or ctx.get("database")
+        self.schema = schema or ctx.get("schema")
+        self.context = {**ctx, "database": self.database, "schema": self.schema}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {"X-Neve-Context": json.dumps({k: v for k, v in self.context.items() if v})}
+        return self.transport.call(method, path, headers=headers, **kwargs)
+
+    def qualify(self, name: str, kind: str = "service") -> Any:
+        from neve.identifiers import qualify
+
+        return qualify(name, database=self.database, schema=self.schema, kind=kind)
+
+    def path(self, name: str) -> str:
+        from neve.client.services import service_path
+
+        return service_path(self.qualify(name))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
+    table = Table(title=title, header_style="bold")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _describe(row: dict) -> None:
+    table = Table(show_header=False, title=row.get("qualified_name"))
+    table.add_column("property", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in row.items():
+        if key in ("instances", "spec"):
+            continue
+        table.add_row(key, _cell(value))
+    try:
+        spec = json.loads(row.get("spec") or "{}")
+    except ValueError:
+        spec = {}
+    for key, value in spec.items():
+        table.add_row(f"spec.{key}", _cell(value))
+    console.print(table)
+    instances = row.get("instances") or []
+    if instances:
+        _table(
+            instances,
+            ["instance_id", "status", "message", "restart_count", "start_time", "host", "port"],
+            title="instances",
+        )
+
+
+class _ProgressView:
+    """A live line for each change of status while a service is built and started."""
+
+    def __init__(self) -> None:
+        self.status = console.status("creating service ...", spinner="dots")
+        self.last: str | None = None
+
+    def __enter__(self) -> _ProgressView:
+        self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.status.__exit__(*exc)
+
+    def __call__(self, row: dict) -> None:
+        state = row.get("status")
+        ready, target = row.get("current_instances"), row.get("target_instances")
+        reason = row.get("status_reason") or ""
+        text = f"{state}: {ready}/{target} instance(s) ready" if target else f"{state}"
+        if reason and state != "RUNNING":
+            text += f" - {reason.splitlines()[0][:120]}"
+        if row.get("build_job") and state == "BUILDING":
+            text += f" (build job {row['build_job']})"
+        if text != self.last:
+            console.print(f"[dim]{_now()}[/dim] {text}")
+            self.last = text
+        self.status.update(text)
+
+
+def _now() -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime("%H:%M:%S")
+
+
+@app.command("create")
+def create(
+    model: Annotated[str, typer.Argument(help="Model: db.schema.name or name")],
+    version: Annotated[str, typer.Option("--version", "-v", help="Version name or alias.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Service name.")],
+    pool: Annotated[str, typer.Option("--pool", help="Compute pool of the instances.")],
+    repo: Annotated[str, typer.Option("--repo", help="Image repository (db.schema.name).")],
+    instances: Annotated[int, typer.Option("--instances", help="max_instances")] = 1,
+    min_instances: Annotated[
+        int | None, typer.Option("--min-instances", help="default: = --instances")
+    ] = None,
+    ingress: Annotated[bool, typer.Option("--ingress", help="Enable the HTTP ingress.")] = False,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="cpu_requests, e.g. 2 or 500m")] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="memory_requests, e.g. 4Gi")
+    ] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="gpu_requests")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="num_workers")] = None,
+    max_batch_rows: Annotated[int | None, typer.Option("--max-batch-rows")] = None,
+    integration: Annotated[
+        list[str] | None,
+        typer.Option("--integration", help="External access integration for the build."),
+    ] = None,
+    force_rebuild: Annotated[bool, typer.Option("--force-rebuild")] = False,
+    auto_suspend_secs: Annotated[int | None, typer.Option("--auto-suspend-secs")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return at once.")] = False,
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
+    """Deploy a model version as a service (build the image, start the instances)."""
+    import neve
+    from neve.errors import NeveError
+    from neve.identifiers import split_name
+
+    try:
+        session = _connect()
+        parts = split_name(model)
+        db = parts[0] if len(parts) == 3 else database
+        sch = parts[-2] if len(parts) >= 2 else schema
+        reg = neve.Registry(session, database_name=db, schema_name=sch)
+        mv = reg.get_model(parts[-1]).version(version)
+        kwargs = dict(
+            service_name=name,
+            service_compute_pool=pool,
+            image_repo=repo,
+            ingress_enabled=ingress,
+            max_instances=instances,
+            min_instances=min_instances,
+            cpu_requests=cpu,
+            memory_requests=memory,
+            gpu_requests=gpu,
+            num_workers=workers,
+            max_batch_rows=max_batch_rows,
+            build_external_access_integrations=list(integration or []),
+            force_rebuild=force_rebuild,
+            auto_suspend_secs=auto_suspend_secs,
+        )
+        if no_wait:
+            handle = mv.create_service(**kwargs, block=False)
+            console.print(f"service {handle} is {handle.row.get('status')}")
+            return
+        with _ProgressView() as view:
+            handle = mv.create_service(**kwargs, block=True, progress=view)
+        row = handle.describe()
+    except NeveError as exc:
+        raise _fail(exc) from None
+    console.print(f"[green]service {handle} is RUNNING[/green]")
+    if row.get("inference_endpoint"):
+        console.print(f"ingress host: {row['inference_endpoint']}")
+    if row.get("ingress_url"):
+        console.print(f"ingress url:  {row['ingress_url']}")
+
+
+@app.command("list")
+def list_services(
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="Only this compute pool.")] = None,
+    like: Annotated[str | None, typer.Option("--like", help="SQL LIKE pattern on names.")] = None,
+) -> None:
+    """SHOW SERVICES."""
+    from neve.errors import NeveError
+
+    params = {
+        k: v
+        for k, v in (
+            ("database", database),
+            ("schema", schema),
+            ("in_compute_pool", pool),
+            ("like", like),
+        )
+        if v
+    }
+    try:
+        api = _Api(_connect(), None, None)
+        rows = api.call("GET", "/api/v1/services", params=params)
+    except NeveError as exc:
+        raise _fail(exc) from None
+    _table(rows, LIST_COLUMNS)
+
+
+@app.command("describe")
+def describe(
+    service: Annotated[str, typer.Argument(help="db.schema.name or name")],
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
+    """DESCRIBE SERVICE: status, spec, endpoints and instances."""
+    from neve.errors import NeveError
+
+    try:
+        api = _Api(_connect(), database, schema)
+        row = api.call("GET", api.path(service))
+    except NeveError as exc:
+        raise _fail(exc) from None
+    _describe(row)
+
+
+def _alter(service: str, database: str | None, schema: str | None, body: dict) -> dict:
+    api = _Api(_connect(), database, schema)
+    return api.call("PATCH", api.path(service), json=body)
+
+
+@app.command("suspend")
+def suspend(
+    service: Annotated[str, typer.Argument()],
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
+    """ALTER SERVICE ... SUSPEND: stop every instance (the next call resumes it)."""
+    from neve.errors import NeveError
+
+    try:
+        row = _alter(service, database, schema, {"suspend": True})
+    except NeveError as exc:
+        raise _fail(exc) from None
+    console.print(f"service {row.get('qualified_name')} is {row.get('status')}")
+
+
+@app.command("resume")
+def resume(
+    service: Annotated[str, typer.Argument()],
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
+    """ALTER SERVICE ... RESUME: start the instances again."""
+    from neve.errors import NeveError
+
+    try:
+        row = _alter(service, database, schema, {"resume": True})
+    except NeveError as exc:
+        raise _fail(exc) from None
+    console.print(f"service {row.get('qualified_name')} is {row.get('status')}")
+
+
+@app.command("scale")
+def scale(
+    service: Annotated[str, typer.Argument()],
+    min_instances: Annotated[int | None, typer.Option("--min", help="MIN_INSTANCES")] = None,
+    max_instances: Annotated[int | None, typer.Option("--max", help="MAX_INSTANCES")] = None,
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
+    """ALTER SERVICE ... SET MIN_INSTANCES / MAX_INSTANCES (autoscales between them)."""
+    from neve.errors import NeveError
+
+    if min_instances is None and max_instances is None:
+        raise _fail(ValueError("give --min and/or --max"))
+    body = {
+        k: v
+        for k, v in (("min_instances", min_instances), ("max_instances", max_instances))
+        if v is not None
+    }
+    try:
+        row = _alter(service, database, schema, body)
+    except NeveError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"service {row.get('qualified_name')}: min {row.get('min_instances')}, "
+        f"max {row.get('max_instances')}, {row.get('target_instances')} instance(s)"
+    )
+
+
+@app.command("logs")
+def logs(
+    service: Annotated[str, typer.Argument(help="Service, or a build job MODEL_BUILD_xxx")],
+    instance: Annotated[int, typer.Option("--instance", "-i")] = 0,
+    last: Annotated[int | None, typer.Option("--last", "-n", help="Last N lines.")] = None,
+    events: Annotated[
+        bool, typer.Option("--events", help="The supervisor's events instead.")
+    ] = False,
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
+    """An instance's log (container model-inference), or a build job's log."""
+    from urllib.parse import quote as url_quote
+
+    from neve.errors import NeveError
+
+    try:
+        api = _Api(_connect(), database, schema)
+        params: dict[str, Any] = {}
+        if last is not None:
+            params["last"] = last
+        if service.upper().startswith("MODEL_BUILD_"):
+            body = api.call(
+                "GET", f"/api/v1/build_jobs/{url_quote(service, safe='')}/logs", params=params
+            )
+        else:
+            params["instance"] = instance
+            params["container"] = "events" if events else "model-inference"
+            body = api.call("GET", api.path(service) + "/logs", params=params)
+    except NeveError as exc:
+        raise _fail(exc) from None
+    console.print(body.get("text", ""), end="", markup=False, highlight=False)
+
+
+@app.command("delete")
+def delete(
+    service: Annotated[str, typer.Argument()],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
+    """DROP SERVICE: stop every instance and remove the service and its functions."""
+    from neve.errors import NeveError
+
+    if not yes and not typer.confirm(f"drop service {service}?"):
+        raise typer.Exit(code=1)
+    try:
+        api = _Api(_connect(), database, schema)
+        api.call("DELETE", api.path(service))
+    except NeveError as exc:
+        raise _fail(exc) from None
+    console.print(f"service {service} dropped")

@@ -1,0 +1,534 @@
+"""The ``ray`` backend: a compute pool whose instances run on the nodes of a Ray cluster.
+
+Each service instance is a detached, named Ray actor (``ray_actor.InstanceActor``) that starts the
+same ``python -m neve.server`` process the ``local`` backend starts, on the node Ray chose, and
+reports where it listens. Why actors wrapping our server, not Ray Serve replicas: every instance
+must serve the inference-server routes (service-function protocol, V2, ``/ready``, ``/metrics``,
+admission control, batching, worker processes) so the gateway, SQL service functions and
+``mv.run`` work unchanged; Serve would put its own HTTP proxy, router and request model in front
+of the model and duplicate what neve's server and gateway already do. An actor is only a
+placement and lifetime handle: Ray reserves the instance's CPUs / GPUs / memory on a node and
+tells us when the node or process is gone.
+
+- Placement: ``scheduling_strategy="SPREAD"`` with ``num_cpus`` / ``num_gpus`` / ``memory`` from
+  the service's requests. Nodes labelled ``neve.io/instance-family`` (or ``neve.io/pool``) restrict
+  a pool to nodes of its family (or to its own nodes): ``ray start --labels
+  neve.io/instance-family=CPU_X64_S``. A cluster without such labels is one pool-wide node set.
+- Restarts: the actor has ``max_restarts=0``. When its server exits, or its node is lost,
+  ``is_alive`` turns False and the services supervisor restarts the instance (backoff,
+  restart count, event log, new address in the catalog): one owner of restarts for every
+  backend. A Ray-side restart would move the instance to another host:port behind the
+  catalog's back.
+- Lifetime: detached actors outlive the control plane; the handle stores the actor's name and
+  namespace, so a restarted control plane finds, checks and stops them.
+- Environment and logs: see ``ray_ship`` (trees shipped to nodes that lack them) and
+  ``ray_actor`` (the server's output goes to the instance log when the node sees the control
+  plane's filesystem; otherwise it stays on the node and ``LogPump`` appends it to the instance
+  log over Ray).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from neve.compute.backends import ray_actor
+from neve.compute.backends.base import ComputeBackend, InstanceHandle, InstanceSpec, PoolInfo
+from neve.compute.backends.ray_connect import RayAddress, connect, import_ray
+from neve.compute.backends.ray_ship import TreeShipper
+from neve.errors import ResourceError, ServiceUnavailableError
+from neve.server.launch import server_command
+
+log = logging.getLogger("neve.compute.ray")
+
+FAMILY_LABEL = "neve.io/instance-family"
+POOL_LABEL = "neve.io/pool"
+#: Seconds a method call on a live actor may take before we stop waiting (it is threaded).
+CALL_TIMEOUT_S = 10.0
+#: Seconds an actor may wait for a node with room before the start fails.
+MIN_PLACEMENT_TIMEOUT_S = 60.0
+LOG_PUMP_INTERVAL_S = 0.5
+
+_actor_class_lock = threading.Lock()
+_actor_class: Any = None
+
+
+def _remote_actor_class(ray: Any) -> Any:
+    """``InstanceActor`` as a Ray actor class, its module pickled by value (nodes need no neve)."""
+    global _actor_class
+    with _actor_class_lock:
+        if _actor_class is None:
+            ray.cloudpickle.register_pickle_by_value(ray_actor)
+            _actor_class = ray.remote(ray_actor.InstanceActor)
+        return _actor_class
+
+
+def node_name(node_id: str) -> str:
+    """The pool-node name of a Ray node (``ray-`` and the first 8 hex digits of its id)."""
+    return f"ray-{node_id[:8]}"
+
+
+class RayBackend(ComputeBackend):
+    name = "ray"
+
+    def __init__(self, pool: PoolInfo) -> None:
+        super().__init__(pool)
+        self.address = RayAddress.parse(pool.address, pool=pool.name)
+        # One namespace per pool of one account: two accounts may share a cluster.
+        scope = hashlib.sha1(str(pool.runs_dir.resolve()).encode()).hexdigest()[:10]
+        self.namespace = self.address.namespace or f"neve-{scope}"
+        self.shipper = TreeShipper(self.address.ship_limit_mb * 2**20)
+        self._ray: Any = None
+        self._lock = threading.Lock()
+        self._actors: dict[str, Any] = {}  # actor name -> handle
+        self._unreachable_since: dict[str, float] = {}
+        self._probe: tuple[str, str] | None = None
+        self._pump = LogPump(self)
+
+    # -- connection -------------------------------------------------------------------------------
+    @property
+    def ray(self) -> Any:
+        """The ``ray`` module, connected to this pool's cluster."""
+        if self._ray is None:
+            with self._lock:
+                if self._ray is None:
+                    ray = import_ray(self.address)
+                    connect(self.address, self.pool.runs_dir)
+                    self._ray = ray
+        return self._ray
+
+    def _log_probe(self) -> tuple[str, str]:
+        """A file with a random token: a node that reads it back sees our filesystem."""
+        if self._probe is None:
+            self.pool.runs_dir.mkdir(parents=True, exist_ok=True)
+            path = self.pool.runs_dir / "ray-fs-probe"
+            if path.exists():
+                token = path.read_text().strip()
+            else:
+                token = secrets.token_hex(16)
+                tmp = path.with_name(path.name + f".{os.getpid()}")
+                tmp.write_text(token)
+                os.replace(tmp, path)
+                token = path.read_text().strip()
+            self._probe = (str(path), token)
+        return self._probe
+
+    # -- nodes ------------------------------------------------------------------------------------
+    def cluster_nodes(self) -> list[dict[str, Any]]:
+        """Alive Ray nodes this pool may use: name, id, address, resources, labels."""
+        out = []
+        family = self.pool.family.name
+        all_nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        family_labelled = any(FAMILY_LABEL in (n.get("Labels") or {}) for n in all_nodes)
+        own = [
+            n
+            for n in all_nodes
+            if str((n.get("Labels") or {}).get(POOL_LABEL, "")).lower() == self.pool.name.lower()
+        ]
+        for node in own or all_nodes:
+            labels = dict(node.get("Labels") or {})
+            if family_labelled and labels.get(FAMILY_LABEL) != family:
+                continue
+            resources = node.get("Resources") or {}
+            out.append(
+                {
+                    "name": node_name(node["NodeID"]),
+                    "node_id": node["NodeID"],
+                    "address": node.get("NodeManagerAddress"),
+                    "cpu": float(resources.get("CPU", 0)),
+                    "gpu": float(resources.get("GPU", 0)),
+                    "memory_gb": float(resources.get("memory", 0)) / 2**30,
+                    "labels": labels,
+                }
+            )
+        return out
+
+    def node_names(self) -> list[str]:
+        """Names of the Ray nodes this pool's instances may run on now."""
+        return [n["name"] for n in self.cluster_nodes()]
+
+    def describe_cluster(self) -> dict[str, Any]:
+        """For DESCRIBE COMPUTE POOL: the cluster, its nodes and what they hold."""
+        ray = self.ray
+        try:
+            available = ray.available_resources()
+        except Exception:  # noqa: BLE001 - a state call; the rest is still useful
+            available = {}
+        return {
+            "backend": self.name,
+            "address": self.address.target,
+            "namespace": self.namespace,
+            "nodes": self.cluster_nodes(),
+            "available": {k: v for k, v in available.items() if k in ("CPU", "GPU", "memory")},
+        }
+
+    def _label_selector(self, nodes: list[dict[str, Any]]) -> dict[str, str] | None:
+        selector = {}
+        if any(FAMILY_LABEL in n["labels"] for n in nodes):
+            selector[FAMILY_LABEL] = self.pool.family.name
+        pool_values = sorted(
+            {
+                n["labels"][POOL_LABEL]
+                for n in nodes
+                if str(n["labels"].get(POOL_LABEL, "")).lower() == self.pool.name.lower()
+            }
+        )
+        if pool_values:
+            selector[POOL_LABEL] = (
+                pool_values[0] if len(pool_values) == 1 else f"in({','.join(pool_values)})"
+            )
+        return selector or None
+
+    # -- start ------------------------------------------------------------------------------------
+    def start_instance(self, spec: InstanceSpec) -> InstanceHandle:
+        ray = self.ray
+        request = spec.request
+        nodes = self.cluster_nodes()
+        self._check_fits(spec, nodes)
+        trees = self.shipper.trees_for(spec.python, spec.model_dir)
+        python = os.path.join(
+            os.path.realpath(os.path.dirname(spec.python)), Path(spec.python).name
+        )
+        num_workers = spec.num_workers or _default_workers(request.cpu, request.gpu)
+        argv = server_command(
+            "{model_dir}",
+            python="python",
+            host="{host}",
+            port=0,
+            num_workers=num_workers,
+            port_file="{port_file}",
+            max_batch_rows=spec.max_batch_rows,
+            **spec.server_options,
+        )[3:]  # drop "python -m neve.server": the actor runs the image's python
+        config = {
+            "service": spec.service,
+            "instance": spec.instance_index,
+            "argv": argv,
+            "python": python,
+            "model_dir": os.path.realpath(spec.model_dir),
+            "trees": {t.path: t.descriptor() for t in trees},
+            "ship": self.address.ship,
+            "cache_dir": self.address.cache_dir,
+            "log_path": str(spec.log_path),
+            "log_probe": list(self._log_probe()),
+            "env": {
+                **spec.env,
+                "NEVE_SERVICE": spec.service,
+                "NEVE_INSTANCE": str(spec.instance_index),
+            },
+            "host": None if spec.host in ("127.0.0.1", "0.0.0.0", "", None) else spec.host,
+            "start_timeout_s": spec.start_timeout_s,
+        }
+        if self.address.loopback:
+            config["host"] = "127.0.0.1"
+        actor_name = f"{spec.service}/{spec.instance_index}/{secrets.token_hex(4)}"
+        options: dict[str, Any] = {
+            "name": actor_name,
+            "namespace": self.namespace,
+            "lifetime": "detached",
+            "max_restarts": 0,
+            "max_concurrency": 4,  # info/read_log answer while start() runs
+            "num_cpus": request.cpu,
+            "num_gpus": request.gpu,
+            "memory": int(request.memory_gb * 2**30),
+            "scheduling_strategy": "SPREAD",
+        }
+        selector = self._label_selector(nodes)
+        if selector:
+            options["label_selector"] = selector
+        Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+        actor = _remote_actor_class(ray).options(**options).remote(config)
+        with self._lock:
+            self._actors[actor_name] = actor
+        placement_timeout = max(spec.start_timeout_s, MIN_PLACEMENT_TIMEOUT_S)
+        try:
+            prepared = self._get(
+                actor.prepare.remote(),
+                placement_timeout,
+                f"instance {spec.instance_index} of {spec.service} was not placed on a Ray node "
+                f"within {placement_timeout:g} s (it requests {request.describe()}; "
+                f"free now: {self._free_text()})",
+            )
+            shipped = self.shipper.refs(ray, trees, prepared["missing"])
+            if shipped:
+                log.info(
+                    "shipping %s to Ray node %s for %s/%s",
+                    ", ".join(shipped),
+                    node_name(prepared["node_id"]),
+                    spec.service,
+                    spec.instance_index,
+                )
+            info = self._get(
+                actor.start.remote(shipped),
+                spec.start_timeout_s + 60.0 * len(shipped),
+                f"instance {spec.instance_index} of {spec.service} did not start in time",
+            )
+        except BaseException:
+            self._kill(actor_name, actor)
+            raise
+        handle = InstanceHandle(
+            host=info["host"],
+            port=int(info["port"]),
+            pid=info["pid"],
+            node=node_name(info["node_id"]),
+            backend=self.name,
+            backend_ref={
+                "actor_name": actor_name,
+                "namespace": self.namespace,
+                "node_id": info["node_id"],
+                "log_path": str(spec.log_path),
+                "node_log_path": None if info["shared_logs"] else info["log_path"],
+                "python": info["python"],
+                "model_dir": info["model_dir"],
+                "service": spec.service,
+                "instance": spec.instance_index,
+                "port": int(info["port"]),
+            },
+        )
+        if not info["shared_logs"]:
+            self._pump.track(actor_name, actor, Path(spec.log_path), offset=0)
+        return handle
+
+    def _check_fits(self, spec: InstanceSpec, nodes: list[dict[str, Any]]) -> None:
+        """Refuse at once what no node of the cluster could ever hold."""
+        request = spec.request
+        if not nodes:
+            raise ResourceError(
+                f"compute pool {self.pool.name}: the Ray cluster at {self.address.target} has no "
+                f"alive node for instance family {self.pool.family.name}"
+                + (
+                    f" (nodes are labelled {FAMILY_LABEL}; label some with {self.pool.family.name})"
+                    if any(FAMILY_LABEL in n["labels"] for n in self.ray_nodes_raw())
+                    else ""
+                )
+            )
+        memory = request.memory_gb
+        if not any(
+            n["cpu"] + 1e-9 >= request.cpu
+            and n["gpu"] + 1e-9 >= request.gpu
+            and n["memory_gb"] + 1e-9 >= memory
+            for n in nodes
+        ):
+            sizes = "; ".join(
+                f"{n['name']}: {n['cpu']:g} CPU, {n['gpu']:g} GPU, {n['memory_gb']:.1f} GiB"
+                for n in nodes
+            )
+            raise ResourceError(
+                f"instance {spec.instance_index} of {spec.service} requests "
+                f"{request.describe()}, more than any node of the Ray cluster of compute pool "
+                f"{self.pool.name} has ({sizes})"
+            )
+
+    def ray_nodes_raw(self) -> list[dict[str, Any]]:
+        return [{"labels": dict(n.get("Labels") or {})} for n in self.ray.nodes() if n.get("Alive")]
+
+    def _free_text(self) -> str:
+        try:
+            free = self.ray.available_resources()
+        except Exception:  # noqa: BLE001
+            return "unknown"
+        return (
+            f"{free.get('CPU', 0):g} CPU, {free.get('GPU', 0):g} GPU, "
+            f"{free.get('memory', 0) / 2**30:.1f} GiB memory in the whole cluster"
+        )
+
+    def _get(self, ref: Any, timeout: float, what: str) -> Any:
+        """``ray.get`` with neve errors: the actor's own message when it failed."""
+        ray = self.ray
+        try:
+            return ray.get(ref, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise ServiceUnavailableError(what) from None
+        except ray.exceptions.RayError as exc:
+            raise ServiceUnavailableError(f"{what}: {_ray_error_text(exc)}") from None
+
+    # -- find -------------------------------------------------------------------------------------
+    def _actor(self, handle: InstanceHandle) -> Any | None:
+        name = handle.backend_ref.get("actor_name")
+        if not name:
+            return None
+        with self._lock:
+            actor = self._actors.get(name)
+        if actor is not None:
+            return actor
+        ray = self.ray
+        try:  # after a control-plane restart: the detached actor is found by name
+            actor = ray.get_actor(name, namespace=handle.backend_ref.get("namespace"))
+        except ValueError:
+            return None
+        with self._lock:
+            self._actors[name] = actor
+        if handle.backend_ref.get("node_log_path"):
+            # Resume pulling its log where the last control plane left off (the actor knows).
+            self._pump.track(name, actor, Path(handle.backend_ref["log_path"]), offset=None)
+        return actor
+
+    # -- watch ------------------------------------------------------------------------------------
+    def is_alive(self, handle: InstanceHandle) -> bool:
+        name = handle.backend_ref.get("actor_name")
+        actor = self._actor(handle)
+        if actor is None:
+            return False
+        ray = self.ray
+        try:
+            info = ray.get(actor.info.remote(), timeout=CALL_TIMEOUT_S)
+        except ray.exceptions.ActorUnavailableError:  # its node may be back: give it time
+            return self._unreachable(name, dead=False)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnschedulableError):
+            return False  # dead for good: its server exited with it, or its node is gone
+        except ray.exceptions.RayError:  # GetTimeoutError included
+            return self._unreachable(name, dead=False)
+        with self._lock:
+            self._unreachable_since.pop(name, None)
+        return bool(info["alive"])
+
+    def _unreachable(self, name: str, *, dead: bool) -> bool:
+        """A dead actor is dead; an unreachable one gets ``unreachable_grace_s`` to answer."""
+        if dead:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            since = self._unreachable_since.setdefault(name, now)
+        return now - since < self.address.unreachable_grace_s
+
+    def instance_info(self, handle: InstanceHandle) -> dict[str, Any] | None:
+        """What the actor reports (node, pid, port, python, log), or None when it is gone."""
+        actor = self._actor(handle)
+        if actor is None:
+            return None
+        try:
+            return self.ray.get(actor.info.remote(), timeout=CALL_TIMEOUT_S)
+        except self.ray.exceptions.RayError:
+            return None
+
+    # -- stop -------------------------------------------------------------------------------------
+    def stop_instance(self, handle: InstanceHandle, timeout: float = 15.0) -> None:
+        name = handle.backend_ref.get("actor_name")
+        actor = self._actor(handle)
+        if actor is None:
+            self._pump.untrack(name)
+            return
+        ray = self.ray
+        try:
+            ray.get(actor.stop.remote(timeout), timeout=timeout + CALL_TIMEOUT_S)
+        except ray.exceptions.RayError:
+            pass  # already dead or unreachable: killing the actor is all that is left
+        self._pump.flush(name)
+        self._kill(name, actor)
+
+    def _kill(self, name: str | None, actor: Any) -> None:
+        self._pump.untrack(name)
+        try:
+            self.ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        with self._lock:
+            if name:
+                self._actors.pop(name, None)
+                self._unreachable_since.pop(name, None)
+
+    def close(self) -> None:
+        # Instances (detached actors) outlive the control plane; only our side goes.
+        self._pump.stop()
+        with self._lock:
+            self._actors.clear()
+        self.shipper.clear()
+
+
+class LogPump:
+    """Appends the logs of instances on nodes without our filesystem to their instance logs."""
+
+    def __init__(self, backend: RayBackend) -> None:
+        self.backend = backend
+        self._tracked: dict[str, tuple[Any, Path, int | None]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def track(self, name: str, actor: Any, path: Path, offset: int | None) -> None:
+        with self._lock:
+            self._tracked.setdefault(name, (actor, path, offset))
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._loop, name="neve-ray-log-pump", daemon=True
+                )
+                self._thread.start()
+
+    def untrack(self, name: str | None) -> None:
+        if name:
+            with self._lock:
+                self._tracked.pop(name, None)
+
+    def flush(self, name: str | None) -> None:
+        """Pull what is left of one instance's log (before it is stopped)."""
+        with self._lock:
+            entry = self._tracked.get(name) if name else None
+        if entry is not None:
+            self._pull({name: entry})
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(LOG_PUMP_INTERVAL_S):
+            with self._lock:
+                tracked = dict(self._tracked)
+            if tracked:
+                self._pull(tracked)
+
+    def _pull(self, tracked: dict[str, tuple[Any, Path, int | None]]) -> None:
+        ray = self.backend.ray
+        refs = {
+            name: actor.read_log.remote(offset) for name, (actor, _p, offset) in tracked.items()
+        }
+        for name, ref in refs.items():
+            actor, path, _offset = tracked[name]
+            try:
+                data, new_offset = ray.get(ref, timeout=CALL_TIMEOUT_S)
+            except ray.exceptions.RayActorError:
+                self.untrack(name)  # its node or process is gone: nothing more to pull
+                continue
+            except ray.exceptions.RayError:
+                continue
+            if data:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("ab") as fh:
+                    fh.write(data)
+            with self._lock:
+                if name in self._tracked:
+                    self._tracked[name] = (actor, path, new_offset)
+
+
+def _default_workers(cpu: float, gpu: int) -> int:
+    """DESIGN's default per instance (2 * cpus + 1 on CPU, 1 on GPU), from the Ray request:
+    the server's own default would count every core of the node, not the instance's share."""
+    if gpu:
+        return 1
+    return 2 * max(1, math.floor(cpu)) + 1
+
+
+def _ray_error_text(exc: BaseException) -> str:
+    """The interesting line of a Ray error (the actor's own exception, not Ray's wrapper)."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None and cause is not exc:
+        inner = getattr(cause, "cause", None)
+        return str(inner or cause)
+    text = str(exc)
+    marker = "RuntimeError: "
+    if marker in text:
+        return text.split(marker, 1)[1].strip()
+    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+
+
+__all__ = ["RayBackend", "node_name"]

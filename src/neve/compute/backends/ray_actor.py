@@ -1,0 +1,433 @@
+"""The Ray actor that runs one inference-server instance on a Ray node (this code runs ON the node).
+
+Each service instance is one detached, named actor. The actor does not serve requests itself: it
+starts ``<image python> -m neve.server --model-dir ... --port 0`` on its node, reports where the
+server listens, and watches it. Clients (the gateway, SQL service functions, ``mv.run``) talk to
+the server over HTTP exactly as on the ``local`` backend; Ray only decides where the instance
+runs, reserves its CPUs / GPUs / memory there and tells the control plane whether it still runs.
+
+This module imports only the standard library (Ray is imported inside the methods that run in a
+Ray worker). The backend registers it to be pickled *by value*, so nodes need neither neve nor
+any of the control plane's packages: the image environment brings ``neve.server``.
+
+Model environments on nodes: every path the server needs (the image venv, directories its
+``.pth`` files point to, the model directory) is a *tree* with a fingerprint. ``prepare()``
+answers which trees this node lacks: a tree is used in place when the node has it at the same
+path with the same fingerprint (one machine, a shared filesystem, or nodes built from one machine
+image); otherwise the backend ships it (a tar in the object store, once per content) and
+``start()`` unpacks it into the node's cache, keyed by its content key, rewriting absolute paths
+in ``.pth`` files to the unpacked copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+#: Variables of the Ray worker's environment that must not leak into the image's python.
+SCRUBBED_ENV = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "PYTHONSTARTUP",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
+#: Marker written last into an unpacked tree: a directory without it is incomplete.
+COMPLETE_MARKER = ".neve-tree-complete"
+#: Runs in the image's python before ``neve.server``: the server gets SIGTERM when the actor's
+#: process dies (node lost, actor killed), so no server outlives its actor; then exec.
+LAUNCHER = (
+    "import ctypes,os,signal,sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"  # PR_SET_PDEATHSIG
+    "if os.getppid() != int(sys.argv[1]): sys.exit(70)\n"  # the actor died before prctl
+    "os.execv(sys.executable, [sys.executable] + sys.argv[2:])\n"
+)
+_ADDSITEDIR = re.compile(r"""addsitedir\(\s*(['"])(/[^'"]+)\1""")
+
+
+# -- trees: fingerprints, .pth references (also used by the backend on the control plane) ---------
+def tree_fingerprint(root: str | os.PathLike) -> tuple[str, int, int]:
+    """``(sha256 hex, files, bytes)`` over the relative paths, sizes and link targets of a tree.
+
+    Content is not read (a venv holds thousands of files): trees are content-addressed
+    directories that are written once, so names and sizes identify them.
+    """
+    base = Path(root)
+    digest = hashlib.sha256()
+    files = size = 0
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, base)
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]):
+            if name == COMPLETE_MARKER or name.endswith(".pyc"):
+                continue
+            path = Path(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            try:
+                if path.is_symlink():
+                    digest.update(f"L {rel} {os.readlink(path)}\n".encode())
+                    continue
+                st = path.stat()
+            except OSError:
+                continue
+            digest.update(f"F {rel} {st.st_size}\n".encode())
+            files += 1
+            size += st.st_size
+    return digest.hexdigest(), files, size
+
+
+def site_dirs(root: str | os.PathLike) -> list[Path]:
+    """The ``site-packages`` directories of a venv (or the directory itself when it is one)."""
+    base = Path(root)
+    found = sorted(base.glob("lib/python*/site-packages")) + sorted(
+        base.glob("lib64/python*/site-packages")
+    )
+    return found or [base]
+
+
+def pth_references(site_dir: str | os.PathLike) -> list[str]:
+    """Absolute directories that the ``.pth`` files of ``site_dir`` add to ``sys.path``."""
+    refs: list[str] = []
+    for pth in sorted(Path(site_dir).glob("*.pth")):
+        try:
+            lines = pth.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            text = line.strip()
+            if text.startswith(("import ", "import\t")):
+                refs.extend(m.group(2) for m in _ADDSITEDIR.finditer(text))
+            elif text.startswith("/"):
+                refs.append(text)
+    return [r for r in dict.fromkeys(refs) if os.path.isdir(r)]
+
+
+def rewrite_pth_files(site_dir: Path, mapping: dict[str, str]) -> int:
+    """Point absolute paths in ``site_dir/*.pth`` at unpacked copies; return files changed."""
+    if not mapping:
+        return 0
+    # One pass, longest original root first: a nested tree wins over the tree that contains it,
+    # and a replacement is never rewritten again. Roots match at a line start (a path line) or
+    # after a quote (``site.addsitedir('...')``), up to a path boundary.
+    roots = sorted(mapping, key=len, reverse=True)
+    pattern = re.compile(
+        r"(?:^|(?<=['\"]))(" + "|".join(re.escape(r) for r in roots) + r")(?=$|/|['\"])",
+        re.MULTILINE,
+    )
+    changed = 0
+    for pth in sorted(site_dir.glob("*.pth")):
+        try:
+            text = pth.read_text()
+        except OSError:
+            continue
+        new = pattern.sub(lambda m: mapping[m.group(1)], text)
+        if new != text:
+            pth.write_text(new)
+            changed += 1
+    return changed
+
+
+def pack_tree(root: str | os.PathLike) -> bytes:
+    """A gzip'd tar of a tree (symlinks kept, byte-code caches left out)."""
+    buf = io.BytesIO()
+
+    def skip_caches(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        name = info.name
+        if "/__pycache__" in name or name.endswith(".pyc") or name.endswith(COMPLETE_MARKER):
+            return None
+        return info
+
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        tar.add(str(root), arcname=".", filter=skip_caches)
+    return buf.getvalue()
+
+
+# -- the actor ------------------------------------------------------------------------------------
+class InstanceActor:
+    """One service instance on one Ray node: prepares its environment, runs and watches the server.
+
+    ``config`` (built by the backend): ``service``, ``instance``, ``argv`` (server arguments after
+    ``-m neve.server``, with ``{model_dir}`` and ``{port_file}`` placeholders), ``python`` and
+    ``model_dir`` (paths on the control plane), ``trees`` (``{path: {"key", "fingerprint",
+    "shippable"}}``), ``ship`` (``auto`` | ``always``), ``cache_dir``, ``log_path`` and
+    ``log_probe`` (``[path, token]``: the control plane's log directory is visible here when the
+    file holds the token), ``env``, ``num_gpus``, ``start_timeout_s``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray
+
+        self.config = config
+        ctx = ray.get_runtime_context()
+        self.node_id: str = ctx.get_node_id()
+        self.host: str = config.get("host") or ray.util.get_node_ip_address()
+        self.cache_dir = Path(
+            config.get("cache_dir") or Path(tempfile.gettempdir()) / "neve-ray-cache"
+        )
+        self.gpu_ids = [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._spawned = threading.Event()
+        self._exit_code: int | None = None
+        self._stopping = False
+        self.port: int | None = None
+        self._log_acked = 0  # log bytes the control plane has confirmed it holds
+        self.local_paths: dict[str, str] = {}
+        self.shared_logs = self.config.get("ship") != "always" and _probe_matches(
+            config.get("log_probe")
+        )
+        if self.shared_logs:
+            self.log_path = Path(config["log_path"])
+        else:  # the control plane cannot see this node's files: it pulls the log (read_log)
+            name = f"{config['service']}-{config['instance']}-{uuid.uuid4().hex[:8]}.log"
+            self.log_path = self.cache_dir / "logs" / _safe(name)
+
+    # -- environment ------------------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        """Which trees must be shipped here: ``{"missing": [key, ...], "node_id", "host"}``."""
+        missing = []
+        for path, tree in self.config["trees"].items():
+            local = self._local_tree(path, tree)
+            if local is None:
+                if not tree.get("shippable", True):
+                    raise RuntimeError(
+                        f"node {self.node_id[:8]} ({self.host}) lacks {path} (or holds a "
+                        f"different version of it) and it is too large to ship "
+                        f"({tree.get('bytes', 0) / 2**20:.0f} MiB); install the same environment "
+                        "at the same path on every node or use a shared filesystem"
+                    )
+                missing.append(tree["key"])
+            else:
+                self.local_paths[path] = local
+        return {"missing": missing, "node_id": self.node_id, "host": self.host}
+
+    def _local_tree(self, path: str, tree: dict[str, Any]) -> str | None:
+        cached = self.cache_dir / "trees" / tree["key"]
+        if (cached / COMPLETE_MARKER).exists():
+            return str(cached)
+        if self.config.get("ship") == "always" and tree.get("shippable", True):
+            return None
+        if os.path.isdir(path) and tree_fingerprint(path)[0] == tree["fingerprint"]:
+            return path  # same content at the same path: one machine or a shared filesystem
+        return None
+
+    def _unpack(self, shipped: dict[str, Any]) -> None:
+        """Unpack shipped trees into the cache; then fix ``.pth`` paths in the unpacked copies."""
+        by_key = {tree["key"]: path for path, tree in self.config["trees"].items()}
+        import ray
+
+        fresh: dict[str, Path] = {}
+        for key, ref in shipped.items():
+            final = self.cache_dir / "trees" / key
+            if (final / COMPLETE_MARKER).exists():
+                self.local_paths[by_key[key]] = str(final)
+                continue
+            data = ray.get(ref)
+            tmp = final.with_name(f"{key}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp.mkdir(parents=True)
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                tar.extractall(tmp, filter="tar")
+            fresh[key] = tmp
+            self.local_paths[by_key[key]] = str(final)
+        # Every original root -> where it lives on this node (in place or unpacked).
+        mapping = {orig: local for orig, local in self.local_paths.items() if orig != local}
+        for key, tmp in fresh.items():
+            for site in site_dirs(tmp):
+                rewrite_pth_files(site, mapping)
+            (tmp / COMPLETE_MARKER).write_text(f"{time.time()}\n")
+            final = self.cache_dir / "trees" / key
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another actor on this node unpacked it first: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _resolve(self, path: str) -> str:
+        """``path`` (a control-plane path inside some tree) as a path on this node."""
+        best = max(
+            (root for root in self.local_paths if _within(path, root)), key=len, default=None
+        )
+        if best is None:
+            return path
+        rel = os.path.relpath(path, best)
+        return os.path.normpath(os.path.join(self.local_paths[best], rel))
+
+    # -- server process ---------------------------------------------------------------------------
+    def start(self, shipped: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Unpack what was shipped, start the server, return once it listens (``info()``)."""
+        if shipped:
+            self._unpack(shipped)
+        python = self._resolve(self.config["python"])
+        model_dir = self._resolve(self.config["model_dir"])
+        if not os.path.exists(python):
+            raise RuntimeError(
+                f"image python {python} does not exist on node {self.node_id[:8]} ({self.host})"
+            )
+        run_dir = Path(tempfile.mkdtemp(prefix="neve-instance-", dir=_mkdir(self.cache_dir)))
+        port_file = run_dir / "port"
+        argv = [
+            a.replace("{model_dir}", model_dir).replace("{port_file}", str(port_file))
+            for a in self.config["argv"]
+        ]
+        argv = [a.replace("{host}", self.host) for a in argv]
+        cmd = [python, "-c", LAUNCHER, str(os.getpid()), "-m", "neve.server", *argv]
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        env.update({str(k): str(v) for k, v in self.config.get("env", {}).items()})
+        env["PYTHONUNBUFFERED"] = "1"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)  # Ray's GPUs for us, or none
+        env["NEVE_NODE"] = self.node_id
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A thread that lives exactly as long as the server: PR_SET_PDEATHSIG follows the thread
+        # that forked the child, so the server must not be forked from a short-lived one.
+        watcher = threading.Thread(
+            target=self._run, args=(cmd, env, run_dir), name="neve-server-watch", daemon=True
+        )
+        watcher.start()
+        self._spawned.wait(30)
+        deadline = time.monotonic() + float(self.config.get("start_timeout_s", 60))
+        while True:
+            if port_file.exists() and port_file.read_text().strip():
+                self.port = int(port_file.read_text().strip())
+                return self.info()
+            if self._exit_code is not None or time.monotonic() >= deadline:
+                why = (
+                    f"exited with status {self._exit_code}"
+                    if self._exit_code is not None
+                    else f"did not listen within {self.config.get('start_timeout_s', 60)} s"
+                )
+                self.stop(timeout=2.0)
+                raise RuntimeError(
+                    f"instance {self.config['instance']} of {self.config['service']} on node "
+                    f"{self.node_id[:8]} {why}; log {self.log_path}:\n{self.log_tail(30)}"
+                )
+            time.sleep(0.02)
+
+    def _run(self, cmd: list[str], env: dict[str, str], run_dir: Path) -> None:
+        try:
+            with open(self.log_path, "ab") as log:
+                try:
+                    process = subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=str(run_dir),  # never a source tree: `-m` puts cwd on sys.path
+                        start_new_session=True,  # own process group: stop() reaches the workers
+                    )
+                except OSError as exc:
+                    log.write(f"neve: cannot start the inference server: {exc}\n".encode())
+                    self._exit_code = 127
+                    return
+            with self._lock:
+                self._process = process
+            self._spawned.set()
+            self._exit_code = process.wait()
+        finally:
+            self._spawned.set()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def info(self) -> dict[str, Any]:
+        """Where the server listens and whether it runs (the backend's ``is_alive``)."""
+        process = self._process
+        return {
+            "host": self.host,
+            "port": self.port,
+            "pid": process.pid if process is not None else None,
+            "alive": process is not None and self._exit_code is None and process.poll() is None,
+            "exit_code": self._exit_code,
+            "node_id": self.node_id,
+            "log_path": str(self.log_path),
+            "shared_logs": self.shared_logs,
+            "python": self._resolve(self.config["python"]),
+            "model_dir": self._resolve(self.config["model_dir"]),
+            "local_trees": dict(self.local_paths),
+            "gpu_ids": list(self.gpu_ids),
+            "actor_pid": os.getpid(),
+        }
+
+    def read_log(self, offset: int | None, max_bytes: int = 1 << 20) -> tuple[bytes, int]:
+        """Log bytes from ``offset`` on; the backend appends them to the control plane's log.
+
+        Asking from ``offset`` confirms everything before it arrived; ``None`` continues after the
+        last confirmed byte (a restarted control plane resumes without gaps or repeats).
+        """
+        if offset is None:
+            offset = self._log_acked
+        self._log_acked = offset
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except OSError:
+            return b"", offset
+        return data, offset + len(data)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM the server (it drains and stops its workers), then kill its process group."""
+        self._stopping = True
+        with self._lock:
+            process = self._process
+        if process is None:
+            return self._exit_code
+        if process.poll() is None:
+            try:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # workers left behind by a stuck leader
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            return process.wait(5)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def _probe_matches(probe: list[str] | None) -> bool:
+    if not probe:
+        return False
+    path, token = probe
+    try:
+        return Path(path).read_text().strip() == token
+    except OSError:
+        return False
+
+
+def _within(path: str, root: str) -> bool:
+    path, root = os.path.normpath(path), os.path.normpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+if __name__ == "__main__":  # pragma: no cover - a tool: print a tree's fingerprint
+    print(tree_fingerprint(sys.argv[1]))

@@ -1,0 +1,254 @@
+"""REST routes of services (``neve.services.manager.ServiceManager`` over HTTP).
+
+Path segments name objects as identifiers (``ml`` and ``ML`` are the same database; a
+double-quoted, URL-encoded segment keeps its case)::
+
+    POST   /api/v1/services                              create_service (body below) -> DESCRIBE row
+    GET    /api/v1/services[?database=&schema=&in_compute_pool=&like=]   SHOW SERVICES rows
+    GET    /api/v1/services/{db}/{schema}/{name}         DESCRIBE SERVICE
+    PATCH  /api/v1/services/{db}/{schema}/{name}         {"suspend"?, "resume"?, "min_instances"?,
+                                                          "max_instances"?, "auto_suspend_secs"?,
+                                                          "comment"?} -> DESCRIBE row
+    DELETE /api/v1/services/{db}/{schema}/{name}[?if_exists=true]
+    GET    .../{name}/status                             SYSTEM$GET_SERVICE_STATUS entries
+    GET    .../{name}/containers                         SHOW SERVICE CONTAINERS rows
+    GET    .../{name}/endpoints                          SHOW ENDPOINTS rows
+    GET    .../{name}/methods                            {method: signature}
+    GET    .../{name}/logs?instance=0&container=model-inference&last=100   {"text": ...}
+    POST   .../{name}/invoke/{method}                    {"data": [[idx, a, b], ...],
+                                                          "timeout_s"?} -> {"data": [[idx, {..}]]}
+    GET    /api/v1/build_jobs/{job}/logs[?last=]               a build job's log {"text": ...}
+
+The create body holds ``model``, ``version``, ``service_name`` (qualified or resolved against
+the context), ``compute_pool``, ``image_repo`` and optionally ``ingress_enabled``,
+``max_instances``, ``min_instances``, ``cpu_requests``, ``memory_requests``, ``gpu_requests``,
+``num_workers``, ``max_batch_rows``, ``build_external_access_integrations``,
+``image_build_compute_pool``, ``force_rebuild``, ``auto_suspend_secs``, ``comment``, ``block``
+(default false over HTTP: the client polls the status and shows progress).
+
+An ``X-Neve-Context`` header (JSON ``{"role", "database", "schema"}``) switches the role (only
+to one granted to the user) and sets the current database/schema, as on the other routes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.routing import Route
+
+from neve.context import RequestContext
+from neve.control.routes._base import Call, endpoint
+from neve.errors import InvalidArgumentError
+from neve.identifiers import QualifiedName, ident
+
+PREFIX = "/api/v1/services"
+SERVICE = PREFIX + "/{db}/{schema}/{name}"
+CREATE_FIELDS = {
+    "model",
+    "version",
+    "service_name",
+    "compute_pool",
+    "image_repo",
+    "ingress_enabled",
+    "max_instances",
+    "min_instances",
+    "cpu_requests",
+    "memory_requests",
+    "gpu_requests",
+    "num_workers",
+    "max_batch_rows",
+    "build_external_access_integrations",
+    "image_build_compute_pool",
+    "force_rebuild",
+    "auto_suspend_secs",
+    "comment",
+    "block",
+}
+REQUIRED_FIELDS = ("model", "version", "service_name", "compute_pool", "image_repo")
+ALTER_FIELDS = {
+    "suspend",
+    "resume",
+    "min_instances",
+    "max_instances",
+    "auto_suspend_secs",
+    "comment",
+}
+#: Most rows one invoke request may carry (the client sends bigger inputs in several requests).
+MAX_INVOKE_ROWS = 100_000
+
+
+def _ctx(call: Call) -> RequestContext:
+    ctx = call.ctx
+    header = call.request.headers.get("x-neve-context")
+    if not header:
+        return ctx
+    try:
+        wanted = orjson.loads(header)
+    except orjson.JSONDecodeError:
+        raise InvalidArgumentError("X-Neve-Context header is not valid JSON") from None
+    if not isinstance(wanted, dict):
+        raise InvalidArgumentError("X-Neve-Context must be an object {role, database, schema}")
+    changes = {k: wanted[k] for k in ("database", "schema") if wanted.get(k)}
+    if changes:
+        ctx = ctx.with_(**changes)
+    role = wanted.get("role")
+    if role and role != ctx.role:
+        ctx = call.account.security.use_role(ctx, role)
+    return ctx
+
+
+def _service(call: Call) -> QualifiedName:
+    p = call.path
+    return QualifiedName(
+        ident(p["db"], kind="database name"),
+        ident(p["schema"], kind="schema name"),
+        ident(p["name"], kind="service name"),
+    )
+
+
+def _body(call: Call, allowed: set[str], *, what: str) -> dict[str, Any]:
+    body = call.body if call.body is not None else {}
+    if not isinstance(body, dict):
+        raise InvalidArgumentError(f"{what}: the request body must be a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise InvalidArgumentError(
+            f"{what}: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
+            f"{', '.join(sorted(allowed))}"
+        )
+    return body
+
+
+def _flag(call: Call, name: str) -> bool:
+    return call.query.get(name, "").lower() in {"1", "true", "yes"}
+
+
+def _int_query(call: Call, name: str) -> int | None:
+    value = call.query.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgumentError(f"query parameter {name} must be an integer") from None
+
+
+@endpoint(status=201)
+def create_service(call: Call) -> dict:
+    body = _body(call, CREATE_FIELDS, what="create service")
+    missing = [f for f in REQUIRED_FIELDS if not body.get(f)]
+    if missing:
+        raise InvalidArgumentError(f"create service: missing field(s) {', '.join(missing)}")
+    body.setdefault("block", False)
+    return call.account.services.create_service(_ctx(call), **body)
+
+
+@endpoint
+def show_services(call: Call) -> list[dict]:
+    q = call.query
+    ctx = _ctx(call)
+    scope: dict[str, Any] = {}
+    if q.get("schema"):
+        db = q.get("database")
+        scope["in_schema"] = f"{db}.{q['schema']}" if db else q["schema"]
+    elif q.get("database"):
+        scope["in_database"] = q["database"]
+    return call.account.services.show_services(
+        ctx, in_compute_pool=q.get("in_compute_pool") or None, like=q.get("like") or None, **scope
+    )
+
+
+@endpoint
+def describe_service(call: Call) -> dict:
+    return call.account.services.describe_service(_ctx(call), _service(call))
+
+
+@endpoint
+def alter_service(call: Call) -> dict:
+    body = _body(call, ALTER_FIELDS, what="alter service")
+    return call.account.services.alter_service(_ctx(call), _service(call), **body)
+
+
+@endpoint
+def drop_service(call: Call) -> dict:
+    call.account.services.drop_service(
+        _ctx(call), _service(call), if_exists=_flag(call, "if_exists")
+    )
+    return {"status": f"{call.path['name']} successfully dropped."}
+
+
+@endpoint
+def service_status(call: Call) -> list[dict]:
+    return call.account.services.get_service_status(_ctx(call), _service(call))
+
+
+@endpoint
+def service_containers(call: Call) -> list[dict]:
+    return call.account.services.show_containers(_ctx(call), _service(call))
+
+
+@endpoint
+def service_endpoints(call: Call) -> list[dict]:
+    return call.account.services.show_endpoints(_ctx(call), _service(call))
+
+
+@endpoint
+def service_methods(call: Call) -> dict:
+    return call.account.services.service_methods(_ctx(call), _service(call))
+
+
+@endpoint
+def service_logs(call: Call) -> dict:
+    qn = _service(call)
+    text = call.account.services.get_service_logs(
+        _ctx(call),
+        str(qn),
+        _int_query(call, "instance") or 0,
+        call.query.get("container") or "model-inference",
+        _int_query(call, "last"),
+    )
+    return {"text": text}
+
+
+@endpoint
+def job_logs(call: Call) -> dict:
+    text = call.account.services.get_service_logs(
+        _ctx(call), call.path["job"], 0, "model-build", _int_query(call, "last")
+    )
+    return {"text": text}
+
+
+@endpoint
+def invoke(call: Call) -> dict:
+    body = _body(call, {"data", "timeout_s"}, what="invoke")
+    rows = body.get("data")
+    if not isinstance(rows, list) or not all(isinstance(r, list) and r for r in rows):
+        raise InvalidArgumentError(
+            'invoke: "data" must be a list of rows [row_index, arg1, arg2, ...]'
+        )
+    if len(rows) > MAX_INVOKE_ROWS:
+        raise InvalidArgumentError(
+            f"invoke: {len(rows)} rows in one request; send at most {MAX_INVOKE_ROWS} per request"
+        )
+    timeout = float(body.get("timeout_s") or 300)
+    outputs = call.account.services.invoke(
+        _ctx(call), _service(call), call.path["method"], rows, timeout_s=timeout
+    )
+    return {"data": [[row[0], out] for row, out in zip(rows, outputs, strict=True)]}
+
+
+routes = [
+    Route(PREFIX, create_service, methods=["POST"]),
+    Route(PREFIX, show_services, methods=["GET"]),
+    Route(SERVICE, describe_service, methods=["GET"]),
+    Route(SERVICE, alter_service, methods=["PATCH"]),
+    Route(SERVICE, drop_service, methods=["DELETE"]),
+    Route(SERVICE + "/status", service_status, methods=["GET"]),
+    Route(SERVICE + "/containers", service_containers, methods=["GET"]),
+    Route(SERVICE + "/endpoints", service_endpoints, methods=["GET"]),
+    Route(SERVICE + "/methods", service_methods, methods=["GET"]),
+    Route(SERVICE + "/logs", service_logs, methods=["GET"]),
+    Route(SERVICE + "/invoke/{method}", invoke, methods=["POST"]),
+    Route("/api/v1/build_jobs/{job}/logs", job_logs, methods=["GET"]),
+]

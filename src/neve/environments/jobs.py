@@ -1,0 +1,797 @@
+"""Image build jobs: ``MODEL_BUILD_<random>`` rows, a background thread each, a log file.
+
+``build_image`` validates everything it can at once (repository, model version, privileges,
+integrations, GPU capability, python) and raises on bad input, creating nothing. Otherwise it
+records a job and either finishes it at once as SKIPPED (the image for these inputs exists: it
+is reused) or starts the build in a thread and returns the PENDING job; ``wait_job`` waits for
+it. Job statuses: PENDING, RUNNING, DONE, SKIPPED, FAILED, CANCELLED.
+
+A build holds a lock file per job and one per image digest (``neve.environments.locks``). At
+start-up the manager marks jobs whose lock nobody holds (their process died) FAILED, and
+removes half-built directories, killing a uv that outlived its builder, so a killed build never
+leaves an image marked READY.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import string
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from neve.catalog import lookup
+from neve.catalog import models as m
+from neve.context import RequestContext
+from neve.environments import inputs as image_inputs
+from neve.environments.builder import (
+    IMAGE_MARKER,
+    LOCKS_DIR,
+    TMP_DIR,
+    TRASH_DIR,
+    ImageBuilder,
+)
+from neve.environments.buildlog import BuildLog, tail
+from neve.environments.locks import FileLock, is_locked
+from neve.environments.network import PYPI_INDEX, index_policy
+from neve.environments.runner import BuildCancelledError, Deadline
+from neve.errors import (
+    BuildError,
+    InvalidArgumentError,
+    InvalidStateError,
+    NeveError,
+    ObjectNotFoundError,
+    PermissionDeniedError,
+)
+from neve.identifiers import QualifiedName, ident, qualify
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+log = logging.getLogger("neve.environments")
+
+KIND = "MODEL_BUILD"
+PENDING, RUNNING, DONE, SKIPPED, FAILED, CANCELLED = (
+    "PENDING",
+    "RUNNING",
+    "DONE",
+    "SKIPPED",
+    "FAILED",
+    "CANCELLED",
+)
+ACTIVE = (PENDING, RUNNING)
+FINAL = (DONE, SKIPPED, FAILED, CANCELLED)
+BUILDING, READY = "BUILDING", "READY"
+BASE_IMAGES_ENV = "NEVE_BASE_IMAGES_DIR"
+DEFAULT_FIND_LINKS = ("/opt/wheels",)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def new_job_name() -> str:
+    alphabet = string.ascii_uppercase + string.digits
+    return "MODEL_BUILD_" + "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+def _uv_executable() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found is None:
+            raise BuildError("uv is not installed: it builds the model environments") from None
+        return found
+
+
+@dataclass
+class _Running:
+    thread: threading.Thread
+    deadline: Deadline
+
+
+@dataclass
+class _Plan:
+    """Everything a build thread needs, decided (and checked) before the job is recorded."""
+
+    what: str
+    inputs: image_inputs.ImageInputs
+    base: image_inputs.BaseSpec
+    policy: Any
+    force: bool
+    timeout_s: float
+
+
+class BuildJobs:
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        settings = account.settings
+        extra = settings.extra or {}
+        self.images_dir = settings.images_dir
+        bases = os.environ.get(BASE_IMAGES_ENV) or extra.get("base_images_dir")
+        self.bases_dir = Path(bases).expanduser() if bases else self.images_dir
+        self.logs_dir = settings.logs_dir / "jobs"
+        self.locks_dir = self.images_dir / LOCKS_DIR
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._builder: ImageBuilder | None = None
+        self._recover()
+
+    @property
+    def security(self):  # noqa: ANN201
+        return self.account.security
+
+    @property
+    def builder(self) -> ImageBuilder:
+        if self._builder is None:
+            extra = self.account.settings.extra or {}
+            base_index = extra.get("base_index_url", PYPI_INDEX)
+            self._builder = ImageBuilder(
+                uv=_uv_executable(),
+                images_dir=self.images_dir,
+                bases_dir=self.bases_dir,
+                find_links=find_links(extra.get("find_links")),
+                base_index_url=base_index or None,
+            )
+        return self._builder
+
+    # -- planning ---------------------------------------------------------------------------------
+    def _timeout(self, timeout_s: float | None) -> float:
+        value = self.account.settings.build_timeout_secs if timeout_s is None else timeout_s
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise InvalidArgumentError(
+                f"build timeout must be a number of seconds > 0, got {value!r}"
+            )
+        return float(value)
+
+    def _requirements(self, v: m.ModelVersion) -> list[str]:
+        if v.dependencies:
+            return list(v.dependencies)
+        # Older rows without the pinned list: the handler's packages plus what was declared.
+        from neve.environments.dependencies import pin_dependencies
+        from neve.models import handler_by_type
+
+        try:
+            packages = list(getattr(handler_by_type(v.model_type), "packages", []) or [])
+        except NeveError:
+            packages = []
+        return pin_dependencies(packages, v.conda_dependencies, v.pip_requirements)
+
+    def _integrations(
+        self, s: Session, ctx: RequestContext, names: list[str] | tuple[str, ...] | str
+    ) -> dict[str, list[str]]:
+        if isinstance(names, str):
+            names = [names]
+        allowed: dict[str, list[str]] = {}
+        for raw in names or ():
+            name = ident(raw, kind="integration name")
+            integ = lookup.account_level(
+                s, m.ExternalAccessIntegration, name, "external access integration"
+            )
+            if not (
+                self.security.is_owner(s, ctx, integ)
+                or self.security.has_privilege(s, ctx, "USAGE", integ)
+            ):
+                raise PermissionDeniedError(
+                    f"insufficient privileges: role {ctx.role} needs USAGE on INTEGRATION {name}"
+                )
+            if not integ.enabled:
+                raise InvalidStateError(
+                    f"external access integration {name} is disabled (ENABLED = FALSE): a build "
+                    "cannot use it"
+                )
+            hosts: list[str] = []
+            for rule_name in integ.allowed_network_rules or []:
+                qn = qualify(rule_name, database=None, schema=None, kind="network rule")
+                try:
+                    rule = lookup.in_schema(s, m.NetworkRule, qn, "network rule")
+                except ObjectNotFoundError:
+                    raise ObjectNotFoundError(
+                        f"network rule {qn} of external access integration {name} no longer exists"
+                    ) from None
+                hosts.extend(rule.value_list or [])
+            allowed[name] = hosts
+        return allowed
+
+    def build_image(
+        self,
+        ctx: RequestContext,
+        *,
+        model_version_id: int,
+        repo: QualifiedName,
+        external_access_integrations: list[str] | tuple[str, ...] | str = (),
+        force_rebuild: bool = False,
+        gpu: bool = False,
+        timeout_s: float | None = None,
+        pool: str | None = None,
+        service_id: int | None = None,
+    ) -> dict:
+        timeout = self._timeout(timeout_s)
+        if isinstance(model_version_id, bool) or not isinstance(model_version_id, int):
+            raise InvalidArgumentError(
+                f"model_version_id must be an integer, got {model_version_id!r}"
+            )
+        with self.account.catalog.transaction() as s:
+            repo_row = lookup.in_schema(s, m.ImageRepository, repo, "image repository")
+            if not any(
+                self.security.has_privilege(s, ctx, p, repo_row)
+                for p in ("READ", "WRITE", "SERVICE READ", "SERVICE WRITE")
+            ):
+                self.security.require(s, ctx, "READ", repo_row)
+            version = s.get(m.ModelVersion, model_version_id)
+            if version is None:
+                raise ObjectNotFoundError(f"model version id {model_version_id} does not exist")
+            model = s.get(m.Model, version.model_id)
+            assert model is not None
+            model_qn = lookup.qualified(s, model.schema_id, model.name)
+            self.security.require(s, ctx, "USAGE", model)
+            what = f"image for model {model_qn} version {version.name}"
+            if gpu and not version.gpu_capable:
+                raise BuildError(
+                    f"cannot build a GPU {what}: {version.model_type} models run on CPU only; "
+                    "leave gpu_requests unset (or use a CPU compute pool)"
+                )
+            pool_id = None
+            if pool:
+                pool_row = lookup.account_level(
+                    s, m.ComputePool, ident(pool, kind="compute pool name"), "compute pool"
+                )
+                self.security.require(s, ctx, "USAGE", pool_row)
+                pool_id = pool_row.id
+            allowed = self._integrations(s, ctx, external_access_integrations)
+            requirements = self._requirements(version)
+            conda = list(version.conda_dependencies or [])
+            python_version = version.python_version
+            repo_id, schema_id = repo_row.id, repo_row.schema_id
+            details = {
+                "model": str(model_qn),
+                "version": version.name,
+                "model_type": version.model_type,
+                "repository": str(repo),
+                "gpu": bool(gpu),
+                "integrations": sorted(allowed),
+                "timeout_s": timeout,
+            }
+        extra = self.account.settings.extra or {}
+        policy = index_policy(allowed, extra.get("index_urls"))
+        server_version = image_inputs.server_version()
+        python, full_version = image_inputs.find_python(python_version, self.builder.uv)
+        base = image_inputs.BaseSpec(
+            python=python,
+            python_version=full_version,
+            packages=image_inputs.base_packages(extra.get("base_frameworks")),
+            server_version=server_version,
+            gpu=bool(gpu),
+        )
+        plan = _Plan(
+            what=what,
+            inputs=image_inputs.ImageInputs(
+                requirements=image_inputs.normalize_requirements(requirements),
+                python_version=".".join(full_version.split(".")[:2]),
+                server_version=server_version,
+                gpu=bool(gpu),
+                base_digest=base.digest,
+                conda_mapping=image_inputs.conda_mapping(conda),
+            ),
+            base=base,
+            policy=policy,
+            force=bool(force_rebuild),
+            timeout_s=timeout,
+        )
+        details["digest"] = plan.inputs.digest
+        details["requirements"] = list(plan.inputs.requirements)
+        return self._record(ctx, plan, repo, repo_id, schema_id, pool_id, service_id, details)
+
+    def _record(
+        self,
+        ctx: RequestContext,
+        plan: _Plan,
+        repo: QualifiedName,
+        repo_id: int,
+        schema_id: int,
+        pool_id: int | None,
+        service_id: int | None,
+        details: dict,
+    ) -> dict:
+        digest = plan.inputs.digest
+        image_dir = self.builder.image_path(digest)
+        name = new_job_name()
+        job_lock = FileLock(self.locks_dir / f"job-{name}.lock")
+        job_lock.try_acquire()
+        log_path = self.logs_dir / f"{name}.log"
+        try:
+            with self.account.catalog.transaction() as s:
+                repo_row = s.get(m.ImageRepository, repo_id)
+                if repo_row is None:
+                    raise ObjectNotFoundError(f"image repository {repo} does not exist")
+                image = s.scalar(
+                    select(m.Image).where(
+                        m.Image.repository_id == repo_id, m.Image.digest == digest
+                    )
+                )
+                exists = (image_dir / IMAGE_MARKER).exists()
+                reuse = exists and not plan.force
+                if not reuse:
+                    self.security.require(s, ctx, "WRITE", repo_row)
+                if image is None:
+                    image = m.Image(
+                        repository_id=repo_id,
+                        digest=digest,
+                        status=READY if reuse else BUILDING,
+                        inputs={
+                            **plan.inputs.to_dict(),
+                            "model": details["model"],
+                            "version": details["version"],
+                        },
+                        path=str(image_dir),
+                    )
+                    s.add(image)
+                    s.flush()
+                elif not exists:
+                    image.status = BUILDING
+                now = _now()
+                job = m.Job(
+                    name=name,
+                    kind=KIND,
+                    status=PENDING,
+                    schema_id=schema_id,
+                    service_id=service_id,
+                    image_id=image.id,
+                    pool_id=pool_id,
+                    log_path=str(log_path),
+                    owner_role=self.security.owner_role_for_create(ctx),
+                    details=details,
+                    created_on=now,
+                )
+                s.add(job)
+                if reuse:
+                    image.status = READY
+                    if not image.size_bytes:
+                        image.size_bytes = _marker_size(image_dir)
+                    job.status = SKIPPED
+                    job.status_reason = f"image {digest[:12]} already exists: reused, build skipped"
+                    job.started_on = job.finished_on = now
+                s.flush()
+            if reuse:
+                job_lock.release()
+                _remove(job_lock.path)
+                blog = BuildLog(log_path)
+                blog.write(f"job {name}: {plan.what}")
+                blog.write(f"image {digest} already exists at {image_dir}: reused, build skipped")
+                return self.describe(name)
+        except BaseException:
+            job_lock.release()
+            _remove(job_lock.path)
+            raise
+        deadline = Deadline(plan.timeout_s)
+        thread = threading.Thread(
+            target=self._run,
+            args=(name, plan, repo_id, job_lock, deadline, log_path),
+            name=f"neve-build-{name}",
+            daemon=True,
+        )
+        with self._lock:
+            self._running[name] = _Running(thread, deadline)
+        thread.start()
+        return self.describe(name)
+
+    # -- the build thread -------------------------------------------------------------------------
+    def _set_job(self, name: str, **fields: Any) -> None:
+        with self.account.catalog.transaction() as s:
+            job = s.scalar(select(m.Job).where(m.Job.name == name))
+            if job is None:
+                return
+            details = fields.pop("details", None)
+            if details:
+                job.details = {**(job.details or {}), **details}
+            for key, value in fields.items():
+                setattr(job, key, value)
+
+    def _run(
+        self,
+        name: str,
+        plan: _Plan,
+        repo_id: int,
+        job_lock: FileLock,
+        deadline: Deadline,
+        log_path: Path,
+    ) -> None:
+        blog = BuildLog(log_path)
+        digest = plan.inputs.digest
+        started = time.monotonic()
+        image_lock = FileLock(self.locks_dir / f"image-{digest}.lock")
+        try:
+            self._set_job(name, status=RUNNING, started_on=_now())
+            self._log_header(blog, name, plan)
+            image_lock.acquire(deadline, what=f"image {digest[:12]} (built by another job)")
+            image_dir = self.builder.image_path(digest)
+            if not plan.force and (image_dir / IMAGE_MARKER).exists():
+                blog.write(f"image {digest[:12]} was built by another job meanwhile: reused")
+                self._finish(name, repo_id, digest, SKIPPED, "image built by another job: reused")
+                return
+            base = self.builder.ensure_base(plan.base, blog, deadline)
+            with blog.step("build the model layer"):
+                result = self.builder.build_image(
+                    plan.inputs, base, plan.base, blog, deadline, plan.policy, what=plan.what
+                )
+            seconds = time.monotonic() - started
+            base_size = _marker_size(base, marker="neve-base.json")
+            blog.write(
+                f"image ready: {result.path} — model layer {result.size_bytes / 2**20:.2f} MiB "
+                f"(+ base {base_size / 2**20:.0f} MiB shared), built in {seconds:.2f}s"
+            )
+            self._finish(
+                name,
+                repo_id,
+                digest,
+                DONE,
+                f"image {digest[:12]} built in {seconds:.1f}s",
+                size=result.size_bytes,
+                seconds=seconds,
+                details={
+                    "size_bytes": result.size_bytes,
+                    "base_size_bytes": base_size,
+                    "base_path": str(base),
+                    "installed": result.installed,
+                    "used_network": result.used_network,
+                    "build_seconds": round(seconds, 3),
+                },
+            )
+        except BuildCancelledError as exc:
+            blog.write(f"CANCELLED: {exc.message}")
+            self._finish(name, repo_id, digest, CANCELLED, exc.message)
+        except NeveError as exc:
+            blog.write(f"FAILED: {exc.message}")
+            self._finish(name, repo_id, digest, FAILED, exc.message)
+        except Exception as exc:  # a bug or an OS error: the job must still end
+            blog.write("FAILED with an internal error:\n" + traceback.format_exc())
+            log.exception("build job %s failed", name)
+            self._finish(name, repo_id, digest, FAILED, f"internal error: {exc!r}")
+        finally:
+            image_lock.release()
+            job_lock.release()
+            _remove(job_lock.path)
+            with self._lock:
+                self._running.pop(name, None)
+
+    @staticmethod
+    def _log_header(blog: BuildLog, name: str, plan: _Plan) -> None:
+        inp = plan.inputs
+        blog.write(f"job {name}: {plan.what}")
+        blog.write(
+            f"image digest {inp.digest} (server {inp.server_version}, python "
+            f"{plan.base.python_version}, {'GPU' if inp.gpu else 'CPU'})"
+        )
+        blog.write("requirements: " + (", ".join(inp.requirements) or "(none)"))
+        if inp.conda_mapping:
+            blog.write(
+                "no conda client is configured: conda dependencies are installed from PyPI as "
+                + ", ".join(f"{c} -> {p}" for c, p in inp.conda_mapping)
+            )
+        if inp.gpu:
+            blog.write("GPU image: frameworks come from the local wheels and the allowed indexes")
+        blog.write("network: " + plan.policy.describe())
+        blog.write(f"time limit: {plan.timeout_s:g} s" + ("; force_rebuild" if plan.force else ""))
+
+    def _finish(
+        self,
+        name: str,
+        repo_id: int,
+        digest: str,
+        status: str,
+        reason: str,
+        *,
+        size: int | None = None,
+        seconds: float | None = None,
+        details: dict | None = None,
+    ) -> None:
+        image_dir = self.builder.image_path(digest)
+        with self.account.catalog.transaction() as s:
+            job = s.scalar(select(m.Job).where(m.Job.name == name))
+            if job is not None:
+                job.status = status
+                job.status_reason = reason
+                job.finished_on = _now()
+                if details:
+                    job.details = {**(job.details or {}), **details}
+            image = s.scalar(
+                select(m.Image).where(m.Image.repository_id == repo_id, m.Image.digest == digest)
+            )
+            if image is not None:
+                if (image_dir / IMAGE_MARKER).exists():
+                    # Complete on disk (a failed force-rebuild keeps the previous, good image).
+                    image.status = READY
+                    image.path = str(image_dir)
+                    if size is not None:
+                        image.size_bytes = size
+                    elif not image.size_bytes:
+                        image.size_bytes = _marker_size(image_dir)
+                    if seconds is not None:
+                        image.build_seconds = seconds
+                else:
+                    image.status = FAILED
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def _job(self, s: Session, name: str) -> m.Job:
+        job_name = ident(name, kind="job name")
+        job = s.scalar(select(m.Job).where(m.Job.name == job_name))
+        if job is None:
+            raise ObjectNotFoundError(f"job {job_name} does not exist or not authorized")
+        return job
+
+    def _may_see(self, s: Session, ctx: RequestContext, job: m.Job) -> bool:
+        if self.security.is_owner(s, ctx, job):
+            return True
+        image = s.get(m.Image, job.image_id) if job.image_id else None
+        repo = s.get(m.ImageRepository, image.repository_id) if image is not None else None
+        return repo is not None and self.security.has_privilege(s, ctx, "READ", repo)
+
+    def _visible_job(self, s: Session, ctx: RequestContext, name: str) -> m.Job:
+        job = self._job(s, name)
+        if not self._may_see(s, ctx, job):
+            raise PermissionDeniedError(
+                f"insufficient privileges: role {ctx.role} may not see job {job.name} (its "
+                "owner, or READ on its image repository, may)"
+            )
+        return job
+
+    def _job_dict(self, s: Session, job: m.Job) -> dict:
+        image = s.get(m.Image, job.image_id) if job.image_id else None
+        started, finished = _aware(job.started_on), _aware(job.finished_on)
+        image_path = image.path if image is not None else None
+        ready = image is not None and image.status == READY
+        return {
+            "name": job.name,
+            "kind": job.kind,
+            "status": job.status,
+            "status_reason": job.status_reason,
+            "image_id": job.image_id,
+            "image_digest": image.digest if image is not None else job.details.get("digest"),
+            "image_status": image.status if image is not None else None,
+            "image_path": image_path,
+            "python": str(Path(image_path) / "bin" / "python") if ready and image_path else None,
+            "size_bytes": image.size_bytes if image is not None else None,
+            "service_id": job.service_id,
+            "pool_id": job.pool_id,
+            "owner": job.owner_role,
+            "created_on": _aware(job.created_on),
+            "started_on": started,
+            "finished_on": finished,
+            "duration_s": (finished - started).total_seconds() if started and finished else None,
+            "log_path": job.log_path,
+            **{k: v for k, v in (job.details or {}).items() if k not in ("digest", "size_bytes")},
+        }
+
+    def describe(self, name: str) -> dict:
+        """A job's current state, without a privilege check (the caller made one)."""
+        with self.account.catalog.transaction() as s:
+            return self._job_dict(s, self._job(s, name))
+
+    def get_job(self, ctx: RequestContext, name: str) -> dict:
+        with self.account.catalog.transaction() as s:
+            return self._job_dict(s, self._visible_job(s, ctx, name))
+
+    def show_jobs(self, ctx: RequestContext) -> list[dict]:
+        with self.account.catalog.transaction() as s:
+            return [
+                self._job_dict(s, job)
+                for job in s.scalars(select(m.Job).where(m.Job.kind == KIND).order_by(m.Job.id))
+                if self._may_see(s, ctx, job)
+            ]
+
+    def job_logs(self, ctx: RequestContext, name: str, last_n: int | None = None) -> str:
+        with self.account.catalog.transaction() as s:
+            job = self._visible_job(s, ctx, name)
+            path = job.log_path
+        return tail(path, last_n)
+
+    def wait_job(self, name: str, timeout: float | None = None) -> dict:
+        """Wait until the job ends (or ``timeout`` seconds pass); return its state."""
+        job_name = ident(name, kind="job name")
+        with self._lock:
+            running = self._running.get(job_name)
+        if running is not None:
+            running.thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.describe(job_name)
+            if job["status"] in FINAL or (deadline is not None and time.monotonic() >= deadline):
+                return job
+            time.sleep(0.1)
+
+    def cancel_job(self, ctx: RequestContext, name: str) -> dict:
+        """Stop a running build (its uv is killed); the job ends CANCELLED."""
+        with self.account.catalog.transaction() as s:
+            job = self._job(s, name)
+            self.security.require_owner(s, ctx, job)
+            job_name, status = job.name, job.status
+        if status in FINAL:
+            return self.describe(job_name)
+        with self._lock:
+            running = self._running.get(job_name)
+        if running is None:
+            raise InvalidStateError(
+                f"job {job_name} runs in another process; cancel it where it runs"
+            )
+        running.deadline.cancelled.set()
+        return self.wait_job(job_name, 30)
+
+    # -- images -----------------------------------------------------------------------------------
+    def image_python(self, image: Any) -> Path:
+        """The python executable of an image: an Image row, a job/SHOW IMAGES dict, a path or a
+        digest."""
+        if isinstance(image, m.Image):
+            root = Path(image.path)
+        elif isinstance(image, dict):
+            root_text = image.get("image_path") or image.get("path")
+            if not root_text:
+                raise InvalidArgumentError(f"no image path in {sorted(image)}")
+            root = Path(root_text)
+        else:
+            text = str(image)
+            root = self.images_dir / text if len(text) == 64 and "/" not in text else Path(text)
+        python = root / "bin" / "python"
+        if not (root / IMAGE_MARKER).exists() or not python.exists():
+            raise ObjectNotFoundError(f"image {root} is not built (no complete image there)")
+        return python
+
+    @staticmethod
+    def image_row(repo: QualifiedName, image: m.Image) -> dict:
+        inputs = dict(image.inputs or {})
+        return {
+            "created_on": _aware(image.created_on),
+            "image_name": f"model-env-{image.digest[:12]}",
+            "tags": image.digest[:12],
+            "digest": f"sha256:{image.digest}",
+            "image_path": image.path,
+            "size_bytes": int(image.size_bytes or 0),
+            "status": image.status,
+            "build_seconds": image.build_seconds,
+            "repository": str(repo),
+            "model": inputs.get("model"),
+            "version": inputs.get("version"),
+            "inputs": {
+                k: inputs.get(k)
+                for k in ("requirements", "python_version", "server_version", "gpu", "base_digest")
+            },
+        }
+
+    def remove_image_dir(self, path: Path) -> None:
+        """Delete an image directory (only inside the images directory)."""
+        path = Path(path)
+        if path.parent.resolve() == self.images_dir.resolve() and (path / IMAGE_MARKER).exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- recovery and shutdown --------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Fail jobs whose builder died; clean what their processes left behind."""
+        for root in {self.images_dir, self.bases_dir}:
+            _clean_tmp(root)
+        try:
+            with self.account.catalog.transaction() as s:
+                for job in s.scalars(
+                    select(m.Job).where(m.Job.kind == KIND, m.Job.status.in_(ACTIVE))
+                ):
+                    if is_locked(self.locks_dir / f"job-{job.name}.lock"):
+                        continue  # its builder (this or another process) is alive
+                    job.status = FAILED
+                    job.status_reason = (
+                        "the build was interrupted: the process running it ended before it "
+                        "finished; no image was marked ready"
+                    )
+                    job.finished_on = _now()
+                    if job.log_path:
+                        BuildLog(Path(job.log_path)).write("FAILED: " + job.status_reason)
+                for image in s.scalars(select(m.Image).where(m.Image.status == BUILDING)):
+                    if is_locked(self.locks_dir / f"image-{image.digest}.lock"):
+                        continue
+                    if any(
+                        j.status in ACTIVE
+                        for j in s.scalars(select(m.Job).where(m.Job.image_id == image.id))
+                    ):
+                        continue
+                    done = (Path(image.path) / IMAGE_MARKER).exists()
+                    image.status = READY if done else FAILED
+        except Exception:  # the catalog may be mid-migration in a brand new account
+            log.exception("recovering interrupted builds failed")
+
+    def close(self) -> None:
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            job.deadline.cancelled.set()
+        for job in running:
+            job.thread.join(10)
+
+
+def find_links(configured: list[str] | str | None = None) -> list[str]:
+    """Local wheel directories: PIP_FIND_LINKS, the account's ``find_links``, /opt/wheels."""
+    items: list[str] = []
+    for text in (os.environ.get("PIP_FIND_LINKS") or "").split():
+        items.append(text)
+    if isinstance(configured, str):
+        configured = configured.split()
+    items.extend(configured or [])
+    items.extend(DEFAULT_FIND_LINKS)
+    out: list[str] = []
+    for item in items:
+        path = item[len("file://") :] if item.startswith("file://") else item
+        if "://" in path or not Path(path).is_dir():
+            continue  # remote find-links would be network access the build was not granted
+        resolved = str(Path(path).resolve())
+        if resolved not in out:
+            out.append(resolved)
+    return out
+
+
+def _marker_size(path: Path, marker: str = IMAGE_MARKER) -> int:
+    import json
+
+    try:
+        return int(json.loads((Path(path) / marker).read_text()).get("size_bytes") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _remove(path: Path) -> None:
+    try:
+        Path(path).unlink()
+    except OSError:
+        pass
+
+
+def _clean_tmp(root: Path) -> None:
+    """Remove half-built environments whose builder process is gone (and any uv still in them)."""
+    for sub in (TMP_DIR, TRASH_DIR):
+        base = Path(root) / sub
+        if not base.is_dir():
+            continue
+        for entry in base.iterdir():
+            if sub == TMP_DIR and _builder_alive(entry.name):
+                continue
+            _kill_users(entry)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                _remove(entry)
+
+
+def _builder_alive(name: str) -> bool:
+    """Temp entries are named ``<label>.pid<pid>.<random>[...]``: is that pid still running?"""
+    match = re.search(r"\.pid(\d+)\.", name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    return pid == os.getpid() or psutil.pid_exists(pid)
+
+
+def _kill_users(path: Path) -> None:
+    """Kill processes whose command line mentions ``path`` (a uv orphaned by a killed build)."""
+    needle = str(path)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(needle in arg for arg in proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            continue

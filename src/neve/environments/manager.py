@@ -1,0 +1,541 @@
+"""Image repositories, network rules, external access integrations, and image builds.
+
+Catalog objects (each change one ``catalog.transaction()``):
+
+- image repository ``db.schema.name``: holds the images built for services in that schema.
+  CREATE needs CREATE IMAGE REPOSITORY on the schema; the owner drops it; READ lets a role use
+  its images, WRITE lets it build new ones.
+- network rule ``db.schema.name`` (MODE EGRESS, TYPE HOST_PORT, VALUE_LIST host:port entries):
+  CREATE NETWORK RULE on the schema.
+- external access integration (account level): bundles network rules; CREATE INTEGRATION on
+  the account, USAGE to name it in a build.
+
+Builds (``build_image`` ... ``image_python``) are run by ``neve.environments.jobs.BuildJobs``:
+a ``MODEL_BUILD_<random>`` job row, a background thread, a log file.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from neve.catalog import lookup
+from neve.catalog import models as m
+from neve.context import RequestContext
+from neve.environments import network
+from neve.environments.jobs import ACTIVE, BuildJobs
+from neve.errors import (
+    InvalidArgumentError,
+    ObjectExistsError,
+    ObjectInUseError,
+    ObjectNotFoundError,
+    PermissionDeniedError,
+)
+from neve.identifiers import QualifiedName, ident, qualify, split_name
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+REPO_PRIVILEGES = ("READ", "WRITE", "SERVICE READ", "SERVICE WRITE")
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _like(rows: list[dict], like: str | None, key: str = "name") -> list[dict]:
+    if not like:
+        return rows
+    from neve.compute.manager import like_pattern
+
+    pattern = like_pattern(like)
+    return [r for r in rows if pattern.match(str(r.get(key) or ""))]
+
+
+class EnvironmentManager:
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.jobs = BuildJobs(account)
+
+    @property
+    def security(self):  # noqa: ANN201 (SecurityManager, built lazily by the account)
+        return self.account.security
+
+    def close(self) -> None:
+        """Cancel builds running in this process (their jobs end FAILED) and wait briefly."""
+        self.jobs.close()
+
+    # -- helpers ----------------------------------------------------------------------------------
+    @staticmethod
+    def _qn(ctx: RequestContext, name: str | QualifiedName, kind: str) -> QualifiedName:
+        if isinstance(name, QualifiedName):
+            return name
+        return qualify(name, database=ctx.database, schema=ctx.schema, kind=kind)
+
+    def _scope(
+        self, s: Session, ctx: RequestContext, in_database: str | None, in_schema: str | None
+    ) -> tuple[str | None, str | None]:
+        """(database, schema) a SHOW ... IN is limited to (None: any)."""
+        if in_schema:
+            parts = split_name(in_schema)
+            if len(parts) > 2:
+                raise InvalidArgumentError(f"invalid schema name {in_schema!r}")
+            sch = ident(parts[-1], kind="schema name")
+            db = ident(parts[0], kind="database name") if len(parts) == 2 else ctx.database
+            if db is None:
+                raise InvalidArgumentError(
+                    f"schema name {in_schema!r} is not qualified and no current database is set"
+                )
+            lookup.schema(s, db, sch)
+            return db, sch
+        if in_database:
+            db = ident(in_database, kind="database name")
+            lookup.database(s, db)
+            return db, None
+        return None, None
+
+    @staticmethod
+    def _in_scope(qn: QualifiedName, db: str | None, sch: str | None) -> bool:
+        return (db is None or qn.database == db) and (sch is None or qn.schema == sch)
+
+    # -- image repositories -----------------------------------------------------------------------
+    def repository_url(self, qn: QualifiedName) -> str:
+        st = self.account.settings
+        return f"{st.account_name}.registry.{st.ingress_domain}/{qn.database}/{qn.schema}/{qn.name}".lower()
+
+    def _repo_row(self, s: Session, qn: QualifiedName, repo: m.ImageRepository) -> dict:
+        images = s.scalars(select(m.Image).where(m.Image.repository_id == repo.id)).all()
+        return {
+            "created_on": _aware(repo.created_on),
+            "name": repo.name,
+            "database_name": qn.database,
+            "schema_name": qn.schema,
+            "repository_url": self.repository_url(qn),
+            "owner": repo.owner_role,
+            "comment": repo.comment,
+            "images": len(images),
+            "size_bytes": sum(int(i.size_bytes or 0) for i in images if i.status == "READY"),
+        }
+
+    def create_image_repository(
+        self,
+        ctx: RequestContext,
+        name: str,
+        if_not_exists: bool = False,
+        *,
+        comment: str | None = None,
+    ) -> dict:
+        """CREATE IMAGE REPOSITORY [IF NOT EXISTS] db.schema.name."""
+        qn = self._qn(ctx, name, "image repository")
+        try:
+            with self.account.catalog.transaction() as s:
+                sch = lookup.schema(s, qn.database, qn.schema)
+                existing = s.scalar(
+                    select(m.ImageRepository).where(
+                        m.ImageRepository.schema_id == sch.id, m.ImageRepository.name == qn.name
+                    )
+                )
+                if existing is not None:
+                    if if_not_exists:
+                        return self._repo_row(s, qn, existing)
+                    raise ObjectExistsError(f"image repository {qn} already exists")
+                self.security.require(s, ctx, "CREATE IMAGE REPOSITORY", sch)
+                repo = m.ImageRepository(
+                    schema_id=sch.id,
+                    name=qn.name,
+                    owner_role=self.security.owner_role_for_create(ctx),
+                    comment=comment,
+                )
+                s.add(repo)
+                s.flush()
+                return self._repo_row(s, qn, repo)
+        except IntegrityError:
+            if if_not_exists:
+                return self.describe_image_repository(ctx, qn)
+            raise ObjectExistsError(f"image repository {qn} already exists") from None
+
+    def describe_image_repository(self, ctx: RequestContext, name: str | QualifiedName) -> dict:
+        qn = self._qn(ctx, name, "image repository")
+        with self.account.catalog.transaction() as s:
+            repo = lookup.in_schema(s, m.ImageRepository, qn, "image repository")
+            self._require_repo_any(s, ctx, repo)
+            return self._repo_row(s, qn, repo)
+
+    def _require_repo_any(self, s: Session, ctx: RequestContext, repo: m.ImageRepository) -> None:
+        if any(self.security.has_privilege(s, ctx, p, repo) for p in REPO_PRIVILEGES):
+            return
+        self.security.require(s, ctx, "READ", repo)  # raises, naming what is missing
+
+    def drop_image_repository(
+        self, ctx: RequestContext, name: str | QualifiedName, if_exists: bool = False
+    ) -> bool:
+        """DROP IMAGE REPOSITORY: refused while services use its images or builds run."""
+        qn = self._qn(ctx, name, "image repository")
+        with self.account.catalog.transaction() as s:
+            try:
+                repo = lookup.in_schema(s, m.ImageRepository, qn, "image repository")
+            except ObjectNotFoundError:
+                if if_exists:
+                    return False
+                raise
+            self.security.require_owner(s, ctx, repo)
+            images = s.scalars(select(m.Image).where(m.Image.repository_id == repo.id)).all()
+            ids = [i.id for i in images]
+            if ids:
+                users = s.scalars(select(m.Service).where(m.Service.image_id.in_(ids))).all()
+                if users:
+                    names = ", ".join(
+                        str(lookup.qualified(s, sv.schema_id, sv.name)) for sv in users
+                    )
+                    raise ObjectInUseError(
+                        f"image repository {qn} cannot be dropped: services use its images "
+                        f"({names}); drop those services first"
+                    )
+                running = s.scalars(
+                    select(m.Job.name).where(m.Job.image_id.in_(ids), m.Job.status.in_(ACTIVE))
+                ).all()
+                if running:
+                    raise ObjectInUseError(
+                        f"image repository {qn} cannot be dropped: builds are running "
+                        f"({', '.join(running)})"
+                    )
+            paths = {i.path for i in images}
+            for image in images:
+                s.delete(image)
+            self.security.on_drop(s, repo)
+            s.delete(repo)
+            s.flush()
+            # Image directories are shared by content: keep those another repository lists.
+            still_used = (
+                set(s.scalars(select(m.Image.path).where(m.Image.path.in_(paths))).all())
+                if paths
+                else set()
+            )
+        for path in paths - still_used:
+            self.jobs.remove_image_dir(Path(path))
+        return True
+
+    def show_image_repositories(
+        self,
+        ctx: RequestContext,
+        in_database: str | None = None,
+        in_schema: str | None = None,
+        like: str | None = None,
+    ) -> list[dict]:
+        """SHOW IMAGE REPOSITORIES [LIKE] [IN DATABASE d | IN SCHEMA s]."""
+        with self.account.catalog.transaction() as s:
+            db, sch = self._scope(s, ctx, in_database, in_schema)
+            rows = []
+            for repo in s.scalars(select(m.ImageRepository).order_by(m.ImageRepository.name)):
+                qn = lookup.qualified(s, repo.schema_id, repo.name)
+                if not self._in_scope(qn, db, sch):
+                    continue
+                if not any(self.security.has_privilege(s, ctx, p, repo) for p in REPO_PRIVILEGES):
+                    continue
+                rows.append(self._repo_row(s, qn, repo))
+        return _like(rows, like)
+
+    def show_images(
+        self, ctx: RequestContext, repo: str | QualifiedName, like: str | None = None
+    ) -> list[dict]:
+        """SHOW IMAGES IN IMAGE REPOSITORY r: every image with status, size and inputs."""
+        qn = self._qn(ctx, repo, "image repository")
+        with self.account.catalog.transaction() as s:
+            row = lookup.in_schema(s, m.ImageRepository, qn, "image repository")
+            self._require_repo_any(s, ctx, row)
+            images = s.scalars(
+                select(m.Image).where(m.Image.repository_id == row.id).order_by(m.Image.id)
+            ).all()
+            out = [self.jobs.image_row(qn, image) for image in images]
+        return _like(out, like, "image_name")
+
+    # -- network rules ----------------------------------------------------------------------------
+    def _rule_row(self, qn: QualifiedName, rule: m.NetworkRule) -> dict:
+        return {
+            "created_on": _aware(rule.created_on),
+            "name": rule.name,
+            "database_name": qn.database,
+            "schema_name": qn.schema,
+            "owner": rule.owner_role,
+            "comment": rule.comment,
+            "type": rule.type,
+            "mode": rule.mode,
+            "entries_in_valuelist": len(rule.value_list or []),
+            "value_list": list(rule.value_list or []),
+        }
+
+    def create_network_rule(
+        self,
+        ctx: RequestContext,
+        name: str,
+        mode: str = "EGRESS",
+        type: str = "HOST_PORT",  # noqa: A002 (the statement's keyword)
+        value_list: list[str] | tuple[str, ...] | None = None,
+        *,
+        comment: str | None = None,
+        if_not_exists: bool = False,
+    ) -> dict:
+        """CREATE NETWORK RULE name MODE = 'EGRESS' TYPE = 'HOST_PORT' VALUE_LIST = (...)."""
+        qn = self._qn(ctx, name, "network rule")
+        mode_v, type_v, entries = network.normalize_rule(str(qn), mode, type, value_list)
+        try:
+            with self.account.catalog.transaction() as s:
+                sch = lookup.schema(s, qn.database, qn.schema)
+                existing = s.scalar(
+                    select(m.NetworkRule).where(
+                        m.NetworkRule.schema_id == sch.id, m.NetworkRule.name == qn.name
+                    )
+                )
+                if existing is not None:
+                    if if_not_exists:
+                        return self._rule_row(qn, existing)
+                    raise ObjectExistsError(f"network rule {qn} already exists")
+                self.security.require(s, ctx, "CREATE NETWORK RULE", sch)
+                rule = m.NetworkRule(
+                    schema_id=sch.id,
+                    name=qn.name,
+                    mode=mode_v,
+                    type=type_v,
+                    value_list=entries,
+                    owner_role=self.security.owner_role_for_create(ctx),
+                    comment=comment,
+                )
+                s.add(rule)
+                s.flush()
+                return self._rule_row(qn, rule)
+        except IntegrityError:
+            raise ObjectExistsError(f"network rule {qn} already exists") from None
+
+    def drop_network_rule(
+        self, ctx: RequestContext, name: str | QualifiedName, if_exists: bool = False
+    ) -> bool:
+        """DROP NETWORK RULE: refused while an integration lists it (naming them)."""
+        qn = self._qn(ctx, name, "network rule")
+        with self.account.catalog.transaction() as s:
+            try:
+                rule = lookup.in_schema(s, m.NetworkRule, qn, "network rule")
+            except ObjectNotFoundError:
+                if if_exists:
+                    return False
+                raise
+            self.security.require_owner(s, ctx, rule)
+            users = [
+                i.name
+                for i in s.scalars(select(m.ExternalAccessIntegration))
+                if str(qn) in (i.allowed_network_rules or [])
+            ]
+            if users:
+                raise ObjectInUseError(
+                    f"network rule {qn} cannot be dropped: external access integration(s) "
+                    f"{', '.join(sorted(users))} use it; drop or change those first"
+                )
+            self.security.on_drop(s, rule)
+            s.delete(rule)
+        return True
+
+    def show_network_rules(
+        self,
+        ctx: RequestContext,
+        in_database: str | None = None,
+        in_schema: str | None = None,
+        like: str | None = None,
+    ) -> list[dict]:
+        with self.account.catalog.transaction() as s:
+            db, sch = self._scope(s, ctx, in_database, in_schema)
+            rows = []
+            for rule in s.scalars(select(m.NetworkRule).order_by(m.NetworkRule.name)):
+                qn = lookup.qualified(s, rule.schema_id, rule.name)
+                if not self._in_scope(qn, db, sch):
+                    continue
+                if not (
+                    self.security.is_owner(s, ctx, rule)
+                    or self.security.has_privilege(s, ctx, "USAGE", rule)
+                ):
+                    continue
+                rows.append(self._rule_row(qn, rule))
+        return _like(rows, like)
+
+    def describe_network_rule(self, ctx: RequestContext, name: str | QualifiedName) -> dict:
+        qn = self._qn(ctx, name, "network rule")
+        with self.account.catalog.transaction() as s:
+            rule = lookup.in_schema(s, m.NetworkRule, qn, "network rule")
+            self.security.require(s, ctx, "USAGE", rule)
+            return self._rule_row(qn, rule)
+
+    # -- external access integrations -------------------------------------------------------------
+    @staticmethod
+    def _integration_row(integ: m.ExternalAccessIntegration) -> dict:
+        return {
+            "name": integ.name,
+            "type": "EXTERNAL_ACCESS",
+            "category": "SECURITY",
+            "enabled": bool(integ.enabled),
+            "comment": integ.comment,
+            "created_on": _aware(integ.created_on),
+            "allowed_network_rules": list(integ.allowed_network_rules or []),
+            "owner": integ.owner_role,
+        }
+
+    def create_external_access_integration(
+        self,
+        ctx: RequestContext,
+        name: str,
+        allowed_network_rules: list[str] | tuple[str, ...] | None = None,
+        enabled: bool = True,
+        *,
+        comment: str | None = None,
+        if_not_exists: bool = False,
+    ) -> dict:
+        """CREATE EXTERNAL ACCESS INTEGRATION name ALLOWED_NETWORK_RULES = (r, ...) ENABLED = b."""
+        integ_name = ident(name, kind="integration name")
+        if isinstance(allowed_network_rules, str):
+            allowed_network_rules = [allowed_network_rules]
+        rules = list(allowed_network_rules or [])
+        if not rules:
+            raise InvalidArgumentError(
+                f"external access integration {integ_name}: ALLOWED_NETWORK_RULES is empty; "
+                "name at least one network rule"
+            )
+        if not isinstance(enabled, bool):
+            raise InvalidArgumentError(
+                f"external access integration {integ_name}: ENABLED must be TRUE or FALSE"
+            )
+        try:
+            with self.account.catalog.transaction() as s:
+                self.security.require(s, ctx, "CREATE INTEGRATION", "ACCOUNT")
+                existing = s.scalar(
+                    select(m.ExternalAccessIntegration).where(
+                        m.ExternalAccessIntegration.name == integ_name
+                    )
+                )
+                if existing is not None:
+                    if if_not_exists:
+                        return self._integration_row(existing)
+                    raise ObjectExistsError(
+                        f"external access integration {integ_name} already exists"
+                    )
+                resolved = []
+                for raw in rules:
+                    qn = self._qn(ctx, raw, "network rule")
+                    rule = lookup.in_schema(s, m.NetworkRule, qn, "network rule")
+                    self.security.require(s, ctx, "USAGE", rule)
+                    if str(qn) not in resolved:
+                        resolved.append(str(qn))
+                integ = m.ExternalAccessIntegration(
+                    name=integ_name,
+                    allowed_network_rules=resolved,
+                    enabled=enabled,
+                    owner_role=self.security.owner_role_for_create(ctx),
+                    comment=comment,
+                )
+                s.add(integ)
+                s.flush()
+                return self._integration_row(integ)
+        except IntegrityError:
+            raise ObjectExistsError(
+                f"external access integration {integ_name} already exists"
+            ) from None
+
+    def drop_external_access_integration(
+        self, ctx: RequestContext, name: str, if_exists: bool = False
+    ) -> bool:
+        integ_name = ident(name, kind="integration name")
+        with self.account.catalog.transaction() as s:
+            integ = s.scalar(
+                select(m.ExternalAccessIntegration).where(
+                    m.ExternalAccessIntegration.name == integ_name
+                )
+            )
+            if integ is None:
+                if if_exists:
+                    return False
+                raise ObjectNotFoundError(
+                    f"external access integration {integ_name} does not exist or not authorized"
+                )
+            self.security.require_owner(s, ctx, integ)
+            self.security.on_drop(s, integ)
+            s.delete(integ)
+        return True
+
+    def show_external_access_integrations(
+        self, ctx: RequestContext, like: str | None = None
+    ) -> list[dict]:
+        with self.account.catalog.transaction() as s:
+            rows = [
+                self._integration_row(i)
+                for i in s.scalars(
+                    select(m.ExternalAccessIntegration).order_by(m.ExternalAccessIntegration.name)
+                )
+                if self.security.is_owner(s, ctx, i)
+                or self.security.has_privilege(s, ctx, "USAGE", i)
+            ]
+        return _like(rows, like)
+
+    def describe_external_access_integration(self, ctx: RequestContext, name: str) -> dict:
+        integ_name = ident(name, kind="integration name")
+        with self.account.catalog.transaction() as s:
+            integ = lookup.account_level(
+                s, m.ExternalAccessIntegration, integ_name, "external access integration"
+            )
+            if not (
+                self.security.is_owner(s, ctx, integ)
+                or self.security.has_privilege(s, ctx, "USAGE", integ)
+            ):
+                raise PermissionDeniedError(
+                    f"insufficient privileges: role {ctx.role} needs USAGE on INTEGRATION "
+                    f"{integ_name}"
+                )
+            return self._integration_row(integ)
+
+    # -- builds (see neve.environments.jobs) ------------------------------------------------------
+    def build_image(
+        self,
+        ctx: RequestContext,
+        *,
+        model_version_id: int,
+        repo: str | QualifiedName,
+        external_access_integrations: list[str] | tuple[str, ...] = (),
+        force_rebuild: bool = False,
+        gpu: bool = False,
+        timeout_s: float | None = None,
+        pool: str | None = None,
+        service_id: int | None = None,
+    ) -> dict:
+        """Build (or reuse) the image for a model version; returns the job (see BuildJobs)."""
+        qn = self._qn(ctx, repo, "image repository")
+        return self.jobs.build_image(
+            ctx,
+            model_version_id=model_version_id,
+            repo=qn,
+            external_access_integrations=external_access_integrations,
+            force_rebuild=force_rebuild,
+            gpu=gpu,
+            timeout_s=timeout_s,
+            pool=pool,
+            service_id=service_id,
+        )
+
+    def get_job(self, ctx: RequestContext, name: str) -> dict:
+        return self.jobs.get_job(ctx, name)
+
+    def show_jobs(self, ctx: RequestContext, like: str | None = None) -> list[dict]:
+        return _like(self.jobs.show_jobs(ctx), like)
+
+    def job_logs(self, ctx: RequestContext, name: str, last_n: int | None = None) -> str:
+        return self.jobs.job_logs(ctx, name, last_n)
+
+    def wait_job(self, name: str, timeout: float | None = None) -> dict:
+        return self.jobs.wait_job(name, timeout)
+
+    def cancel_job(self, ctx: RequestContext, name: str) -> dict:
+        return self.jobs.cancel_job(ctx, name)
+
+    def image_python(self, image: Any) -> Path:
+        return self.jobs.image_python(image)

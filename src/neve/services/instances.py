@@ -1,0 +1,251 @@
+"""How a service's instances come to exist: the image (environments) and processes (compute).
+
+``InstanceRuntime`` is the only place the services component talks to ``account.environments``
+(build the model environment, find its python) and ``account.compute`` (place an instance on a
+pool node, start / stop / check its process). It also probes an instance over HTTP: ``/ready``
+for health and ``/metrics`` for queue depth (autoscaling).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from neve.catalog import models as m
+from neve.compute.backends.base import InstanceHandle, InstanceSpec
+from neve.compute.families import instance_family
+from neve.compute.resources import DEFAULT_CPU, DEFAULT_MEMORY_GB, ResourceRequest
+from neve.context import RequestContext
+from neve.errors import InvalidArgumentError, ObjectNotFoundError, ResourceError
+from neve.identifiers import QualifiedName
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+log = logging.getLogger("neve.services")
+
+PROBE_TIMEOUT_S = 2.0
+#: How long an instance's server may take to bind its port (model loading comes after).
+START_TIMEOUT_S = 60.0
+_QUEUE_LINE = re.compile(r"^neve_server_queue_rows(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class ServiceRef:
+    """What the runtime needs to know about a service (a snapshot of its catalog row)."""
+
+    id: int
+    qn: QualifiedName
+    pool_id: int
+    pool_name: str
+    spec: dict[str, Any]
+    image_id: int | None
+    model_version_id: int | None
+    owner_role: str
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """A snapshot of one ``service_instances`` row."""
+
+    service_id: int
+    index: int
+    status: str
+    status_reason: str | None
+    host: str | None
+    port: int | None
+    pid: int | None
+    node: str | None
+    backend_ref: str | None
+    restart_count: int
+
+    @classmethod
+    def of(cls, row: m.ServiceInstance) -> InstanceRef:
+        return cls(
+            service_id=row.service_id,
+            index=row.instance_index,
+            status=row.status,
+            status_reason=row.status_reason,
+            host=row.host,
+            port=row.port,
+            pid=row.pid,
+            node=row.node,
+            backend_ref=row.backend_ref,
+            restart_count=row.restart_count or 0,
+        )
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return (self.host, int(self.port)) if self.host and self.port else None
+
+
+@dataclass(frozen=True)
+class Launched:
+    host: str
+    port: int
+    pid: int | None
+    node: str | None
+    backend_ref: str | None
+
+
+class InstanceRuntime:
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self._http = httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- placement checks ---------------------------------------------------------------------------
+    @staticmethod
+    def request_of(spec: dict[str, Any]) -> ResourceRequest:
+        """The compute request of one instance (the compute defaults where none was given)."""
+        res = spec.get("resources") or {}
+        cpu = res.get("cpu") or DEFAULT_CPU
+        memory = res.get("memory_bytes")
+        return ResourceRequest(
+            cpu=float(cpu),
+            memory_gb=float(memory) / 2**30 if memory else DEFAULT_MEMORY_GB,
+            gpu=int(res.get("gpu") or 0),
+        )
+
+    def check_fits(self, pool: m.ComputePool, resources: Any, *, label: str) -> None:
+        """Refuse requests no node of the pool can ever hold (GPU on a CPU-only pool, too big)."""
+        family = instance_family(pool.instance_family)
+        if resources.gpu and not family.gpu:
+            raise InvalidArgumentError(
+                f"{label}: gpu_requests={resources.gpu} but compute pool {pool.name} "
+                f"(instance family {family.name}) has no GPUs; use a GPU_NV_* pool or omit "
+                "gpu_requests"
+            )
+        request = self.request_of(
+            {
+                "resources": {
+                    "cpu": resources.cpu,
+                    "memory_bytes": resources.memory_bytes,
+                    "gpu": resources.gpu,
+                }
+            }
+        )
+        if (
+            request.cpu > family.vcpu
+            or request.memory_gb > family.memory_gb
+            or request.gpu > family.gpu
+        ):
+            raise ResourceError(
+                f"{label} requests {request.describe()} per instance, more than one node of "
+                f"compute pool {pool.name} has ({family.vcpu:g} vCPU, {family.memory_gb:g} GiB "
+                f"memory, {family.gpu} GPU; instance family {family.name}); request less or use "
+                "a pool with a larger INSTANCE_FAMILY"
+            )
+
+    # -- image ------------------------------------------------------------------------------------
+    def build_image(self, ctx: RequestContext, ref: ServiceRef, *, force_rebuild: bool) -> int:
+        raise NotImplementedError  # filled in against account.environments
+
+    def python_of(self, ref: ServiceRef) -> str:
+        raise NotImplementedError
+
+    def model_dir_of(self, ref: ServiceRef) -> Path:
+        """The model version's files (from the registry's artifact store)."""
+        with self.account.catalog.transaction() as s:
+            version = s.get(m.ModelVersion, ref.model_version_id) if ref.model_version_id else None
+            if version is None:
+                raise ObjectNotFoundError(f"service {ref.qn}: its model version no longer exists")
+            return Path(self.account.registry.version_path(version))
+
+    # -- processes --------------------------------------------------------------------------------
+    @staticmethod
+    def holder(ref: ServiceRef, index: int) -> str:
+        """The name the instance's placement is held under (``DB.SCHEMA.SVC/0``)."""
+        return f"{ref.qn.database}.{ref.qn.schema}.{ref.qn.name}/{index}"
+
+    def launch(self, ref: ServiceRef, index: int, log_path: Path) -> Launched:
+        """Place the instance on a pool node and start its server; return where it listens."""
+        compute = self.account.compute
+        request = self.request_of(ref.spec)
+        holder = self.holder(ref, index)
+        python = self.python_of(ref)
+        model_dir = self.model_dir_of(ref)
+        placement = compute.place(None, ref.pool_name, request, holder=holder)
+        try:
+            spec = InstanceSpec(
+                python=python,
+                model_dir=str(model_dir),
+                service=f"{ref.qn.database}.{ref.qn.schema}.{ref.qn.name}",
+                instance_index=index,
+                log_path=str(log_path),
+                request=request,
+                num_workers=ref.spec.get("num_workers"),
+                max_batch_rows=ref.spec.get("max_batch_rows"),
+                node=placement.node,
+                gpu_ids=tuple(placement.gpu_ids),
+                server_options={
+                    "device": ref.spec.get("device") or "cpu",
+                    "model_name": ref.qn.name.lower(),
+                },
+                start_timeout_s=START_TIMEOUT_S,
+            )
+            handle = compute.backend_for(ref.pool_name).start_instance(spec)
+        except BaseException:
+            compute.release(None, ref.pool_name, holder)
+            raise
+        return Launched(
+            host=handle.host,
+            port=int(handle.port),
+            pid=handle.pid,
+            node=handle.node or placement.node,
+            backend_ref=handle.to_json(),
+        )
+
+    @staticmethod
+    def handle_of(inst: InstanceRef) -> InstanceHandle | None:
+        if not inst.backend_ref:
+            return None
+        try:
+            return InstanceHandle.from_json(inst.backend_ref)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def stop(self, ref: ServiceRef, inst: InstanceRef) -> None:
+        """Stop the instance's process (and its workers) and give its placement back."""
+        compute = self.account.compute
+        handle = self.handle_of(inst)
+        if handle is not None:
+            compute.backend_for(ref.pool_name).stop_instance(handle)
+        compute.release(None, ref.pool_name, self.holder(ref, inst.index))
+
+    def is_alive(self, ref: ServiceRef, inst: InstanceRef) -> bool:
+        handle = self.handle_of(inst)
+        if handle is None:
+            return False
+        return self.account.compute.backend_for(ref.pool_name).is_alive(handle)
+
+    # -- HTTP probes ------------------------------------------------------------------------------
+    def probe_ready(self, inst: InstanceRef) -> bool:
+        address = inst.address
+        if address is None:
+            return False
+        try:
+            resp = self._http.get(f"http://{address[0]}:{address[1]}/ready")
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
+    def queue_rows(self, inst: InstanceRef) -> float | None:
+        """Rows waiting in the instance's queues (summed over methods), from ``/metrics``."""
+        address = inst.address
+        if address is None:
+            return None
+        try:
+            resp = self._http.get(f"http://{address[0]}:{address[1]}/metrics")
+        except httpx.HTTPError:
+            return None
+        if resp.status_code != 200:
+            return None
+        return sum(float(v) for v in _QUEUE_LINE.findall(resp.text))

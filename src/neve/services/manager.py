@@ -1,0 +1,883 @@
+"""Services: a logged model version running as N inference-server instances on a compute pool.
+
+``ServiceManager(account)`` is the contract the SQL engine, the gateway, the REST routes and the
+client call (see ``/work/notes/services_interface.md``); every method takes the caller's
+``RequestContext`` first and checks privileges with ``account.security``:
+
+- create: ownership of the model, USAGE on the compute pool(s), READ on the image repository,
+  CREATE SERVICE on the schema, USAGE on build integrations, BIND SERVICE ENDPOINT on the
+  account for ingress;
+- invoke / endpoints: USAGE on the service; status, containers, logs: MONITOR; suspend, resume,
+  scale: OPERATE; comment and drop: ownership.
+
+The work is split: ``spec`` validates arguments, ``lifecycle`` changes processes (build, start,
+stop, suspend, resume, scale), ``supervisor`` keeps them healthy, ``invoke`` sends data,
+``logs`` keeps per-instance logs, ``views`` renders rows. Instances are detached processes: they
+outlive the client and the daemon; ``recover()`` reattaches to them when the daemon restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from neve.catalog import lookup
+from neve.catalog import models as m
+from neve.context import RequestContext, admin_context
+from neve.errors import (
+    InvalidArgumentError,
+    NeveError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
+from neve.gateway.targets import CatalogIngressTargets, IngressTarget
+from neve.identifiers import QualifiedName, ident, qualify, quote
+from neve.security.objects import ACCOUNT
+from neve.services import states
+from neve.services.instances import InstanceRuntime
+from neve.services.invoke import ServiceInvoker
+from neve.services.lifecycle import Lifecycle
+from neve.services.logs import ServiceLogs, tail
+from neve.services.spec import (
+    BUILD_CONTAINER_NAME,
+    CONTAINER_NAME,
+    default_num_workers,
+    differences,
+    identity,
+    new_ingress_host,
+    validate_create_args,
+)
+from neve.services.supervisor import Supervisor
+from neve.services.views import (
+    container_rows,
+    endpoint_rows,
+    service_row,
+    status_rows,
+)
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+log = logging.getLogger("neve.services")
+
+#: How long a call waits for a suspended service to resume (bounded; then 503).
+DEFAULT_RESUME_TIMEOUT_S = 120.0
+#: How long ``invoke`` keeps the resolved instances of a service before asking the catalog again.
+ADDRESS_TTL_S = 0.5
+#: Alter keywords that may change; anything else is part of the immutable spec.
+ALTERABLE = ("min_instances", "max_instances", "comment", "auto_suspend_secs")
+
+
+class ServiceManager:
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.logs = ServiceLogs(account.settings.logs_dir)
+        self.runtime = InstanceRuntime(account)
+        self.lifecycle = Lifecycle(account, self.logs, self.runtime)
+        self.invoker = ServiceInvoker()
+        self.supervisor = Supervisor(self)
+        self._targets = CatalogIngressTargets(account)
+        self._addresses: dict[int, tuple[float, list[tuple[str, int]]]] = {}
+        self._closing = False
+        self.resume_timeout_s = float(
+            account.settings.extra.get("service_resume_timeout_secs", DEFAULT_RESUME_TIMEOUT_S)
+        )
+        add_listener = getattr(account.compute, "add_pool_listener", None)
+        if add_listener is not None:
+            add_listener(self._on_pool_action)
+
+    def _on_pool_action(self, ctx: RequestContext | None, pool_name: str, action: str) -> None:
+        """ALTER COMPUTE POOL ... SUSPEND suspends its services; STOP ALL drops them."""
+        with self.account.catalog.transaction() as s:
+            pool = s.scalar(select(m.ComputePool).where(m.ComputePool.name == pool_name))
+            if pool is None:
+                return
+            ids = list(s.scalars(select(m.Service.id).where(m.Service.pool_id == pool.id)))
+        for sid in ids:
+            if action == "STOP ALL":
+                self._drop_by_id(sid, reason=f"ALTER COMPUTE POOL {pool_name} STOP ALL")
+            else:
+                self.lifecycle.suspend(sid, f"compute pool {pool_name} suspended")
+
+    @property
+    def security(self):  # noqa: ANN201 (SecurityManager, built lazily by the account)
+        return self.account.security
+
+    # -- names ------------------------------------------------------------------------------------
+    @staticmethod
+    def _qn(ctx: RequestContext, name: str | QualifiedName) -> QualifiedName:
+        if isinstance(name, QualifiedName):
+            return name
+        return qualify(name, database=ctx.database, schema=ctx.schema, kind="service")
+
+    def _service(self, s: Session, ctx: RequestContext, name: str | QualifiedName) -> m.Service:
+        return lookup.in_schema(s, m.Service, self._qn(ctx, name), "service")
+
+    def _require_any(self, s: Session, ctx: RequestContext, svc: m.Service, *privs: str) -> None:
+        """Pass when the role holds one of ``privs`` (or owns the service); else name the first."""
+        sec = self.security
+        if any(sec.has_privilege(s, ctx, p, svc) for p in privs):
+            return
+        sec.require(s, ctx, privs[0], svc)  # raises with the precise message
+
+    def _control_url(self) -> str | None:
+        """The control plane's URL (for the path form of the ingress), if one is running."""
+        path = self.account.settings.home / "control.json"
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        url = info.get("url")
+        if url:
+            return str(url).rstrip("/")
+        host, port = info.get("host"), info.get("port")
+        return f"http://{host}:{port}" if host and port else None
+
+    def _row(self, s: Session, svc: m.Service) -> dict[str, Any]:
+        return service_row(
+            s,
+            svc,
+            account_name=self.account.settings.account_name,
+            control_url=self._control_url(),
+        )
+
+    # -- create -----------------------------------------------------------------------------------
+    def create_service(
+        self,
+        ctx: RequestContext,
+        *,
+        model: str,
+        version: str,
+        service_name: str,
+        compute_pool: str,
+        image_repo: str,
+        ingress_enabled: bool = False,
+        max_instances: int = 1,
+        min_instances: int | None = None,
+        cpu_requests: str | float | None = None,
+        memory_requests: str | int | None = None,
+        gpu_requests: str | int | None = None,
+        num_workers: int | None = None,
+        max_batch_rows: int | None = None,
+        build_external_access_integrations: list[str] | tuple[str, ...] | str | None = (),
+        force_rebuild: bool = False,
+        auto_suspend_secs: int | None = None,
+        comment: str | None = None,
+        image_build_compute_pool: str | None = None,
+        block: bool = True,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Build (or reuse) the image and start the instances; return the DESCRIBE row.
+
+        Idempotent: the same arguments on an existing service return it unchanged (a FAILED one
+        is provisioned again); different arguments raise ``ObjectExistsError`` listing them.
+        With ``block=True`` a failure removes the service again (nothing half-created) and
+        raises; with ``block=False`` the service is returned at once and shows its progress
+        (PENDING, BUILDING, STARTING, RUNNING or FAILED with a reason).
+        """
+        args = validate_create_args(
+            service_name=service_name,
+            model=model,
+            version=version,
+            compute_pool=compute_pool,
+            image_repo=image_repo,
+            ingress_enabled=ingress_enabled,
+            max_instances=max_instances,
+            min_instances=min_instances,
+            cpu_requests=cpu_requests,
+            memory_requests=memory_requests,
+            gpu_requests=gpu_requests,
+            num_workers=num_workers,
+            max_batch_rows=max_batch_rows,
+            build_external_access_integrations=build_external_access_integrations,
+            image_build_compute_pool=image_build_compute_pool,
+            auto_suspend_secs=auto_suspend_secs,
+        )
+        qn = self._qn(ctx, service_name)
+        model_qn = qualify(model, database=ctx.database, schema=ctx.schema, kind="model")
+        # Resolves the version name or alias (and checks USAGE on the model).
+        version_name = self.account.registry.describe_version(ctx, model_qn, version)["name"]
+        repo_qn = qualify(
+            image_repo, database=ctx.database, schema=ctx.schema, kind="image repository"
+        )
+        sec = self.security
+        with self.account.catalog.transaction() as s:
+            sch = lookup.schema(s, qn.database, qn.schema)
+            model_row = lookup.in_schema(s, m.Model, model_qn, "model")
+            if not sec.is_owner(s, ctx, model_row):
+                raise PermissionDeniedError(
+                    f"only the owner of model {model_qn} (role {model_row.owner_role}) may create "
+                    f"a service for it; role {ctx.role} does not own it"
+                )
+            version_row = s.scalar(
+                select(m.ModelVersion).where(
+                    m.ModelVersion.model_id == model_row.id, m.ModelVersion.name == version_name
+                )
+            )
+            if version_row is None:
+                raise ObjectNotFoundError(f"model {model_qn} has no version {quote(version_name)}")
+            pool = lookup.account_level(
+                s, m.ComputePool, ident(compute_pool, kind="compute pool name"), "compute pool"
+            )
+            sec.require(s, ctx, "USAGE", pool)
+            build_pool = None
+            if image_build_compute_pool:
+                build_pool = lookup.account_level(
+                    s,
+                    m.ComputePool,
+                    ident(image_build_compute_pool, kind="compute pool name"),
+                    "compute pool",
+                )
+                sec.require(s, ctx, "USAGE", build_pool)
+            repo = lookup.in_schema(s, m.ImageRepository, repo_qn, "image repository")
+            sec.require(s, ctx, "READ", repo)
+            integrations = []
+            for raw in args.build_external_access_integrations:
+                eai = lookup.account_level(
+                    s,
+                    m.ExternalAccessIntegration,
+                    ident(raw, kind="integration name"),
+                    "external access integration",
+                )
+                sec.require(s, ctx, "USAGE", eai)
+                integrations.append(eai.name)
+            if args.ingress_enabled:
+                sec.require(s, ctx, "BIND SERVICE ENDPOINT", ACCOUNT)
+            key = identity(
+                args,
+                model=str(model_qn),
+                version=version_name,
+                compute_pool=pool.name,
+                image_repo=str(repo_qn),
+                integrations=integrations,
+                build_pool=build_pool.name if build_pool is not None else None,
+            )
+            existing = s.scalar(
+                select(m.Service).where(m.Service.schema_id == sch.id, m.Service.name == qn.name)
+            )
+            if existing is not None:
+                old = (existing.spec or {}).get("create_args") or {}
+                diff = differences(old, key)
+                if diff:
+                    raise ObjectExistsError(
+                        f"service {qn} already exists with other arguments ({'; '.join(diff)}); "
+                        "drop it first (delete_service / DROP SERVICE) or choose another name; "
+                        "instance counts change with ALTER SERVICE ... SET MIN_INSTANCES / "
+                        "MAX_INSTANCES"
+                    )
+                self._require_any(s, ctx, existing, "OPERATE")
+                sid, retry = existing.id, existing.status == states.FAILED
+                if retry:
+                    existing.status, existing.status_reason = states.PENDING, "retrying"
+            else:
+                sec.require(s, ctx, "CREATE SERVICE", sch)
+                self._check_fits(pool, args.resources, version_row, qn)
+                spec = {
+                    "model": str(model_qn),
+                    "version": version_name,
+                    "model_type": version_row.model_type,
+                    "image_repo": str(repo_qn),
+                    "compute_pool": pool.name,
+                    "image_build_compute_pool": build_pool.name if build_pool else None,
+                    "build_external_access_integrations": integrations,
+                    "resources": args.resources.to_dict(),
+                    "num_workers": args.num_workers or default_num_workers(args.resources),
+                    "max_batch_rows": args.max_batch_rows,
+                    "device": args.device,
+                    "ingress_enabled": args.ingress_enabled,
+                    "container": CONTAINER_NAME,
+                    "create_args": key,
+                }
+                svc = m.Service(
+                    schema_id=sch.id,
+                    name=qn.name,
+                    model_version_id=version_row.id,
+                    pool_id=pool.id,
+                    status=states.PENDING,
+                    status_reason="waiting to build the image",
+                    spec=spec,
+                    min_instances=args.min_instances,
+                    max_instances=args.max_instances,
+                    auto_suspend_secs=args.auto_suspend_secs,
+                    ingress_enabled=args.ingress_enabled,
+                    ingress_host=(
+                        new_ingress_host(
+                            self.account.settings.account_name,
+                            self.account.settings.ingress_domain,
+                        )
+                        if args.ingress_enabled
+                        else None
+                    ),
+                    owner_role=sec.owner_role_for_create(ctx),
+                    comment=comment,
+                )
+                s.add(svc)
+                s.flush()
+                self._register_functions(s, svc, version_row)
+                sid, retry = svc.id, True
+        self.supervisor.start()
+        if retry:
+            self.logs.event(qn, f"created by {ctx.user} (role {ctx.role}); provisioning")
+            self.lifecycle.provision(ctx, sid, force_rebuild=force_rebuild)
+        if block:
+            try:
+                self.lifecycle.wait_provisioned(sid, timeout_s)
+            except BaseException:
+                # Nothing half-created: remove the failed service and its processes again.
+                self._drop_by_id(sid, reason="creation failed")
+                raise
+        return self._describe_by_id(sid)
+
+    def _check_fits(
+        self, pool: m.ComputePool, resources: Any, version_row: m.ModelVersion, qn: QualifiedName
+    ) -> None:
+        """Refuse at once what can never run: too big for a node, GPU on a CPU pool or model."""
+        if resources.gpu and not version_row.gpu_capable:
+            raise InvalidArgumentError(
+                f"service {qn}: gpu_requests={resources.gpu} but model type "
+                f"{version_row.model_type} runs only on CPU; omit gpu_requests"
+            )
+        self.runtime.check_fits(pool, resources, label=f"service {qn}")
+
+    @staticmethod
+    def _register_functions(s: Session, svc: m.Service, version_row: m.ModelVersion) -> None:
+        try:
+            from neve.sql.functions import register_service_functions
+        except ImportError:  # the SQL surface is optional for the services component
+            return
+        register_service_functions(s, svc, dict(version_row.signatures or {}))
+
+    # -- read -------------------------------------------------------------------------------------
+    def show_services(
+        self,
+        ctx: RequestContext,
+        *,
+        in_compute_pool: str | None = None,
+        in_schema: str | None = None,
+        in_database: str | None = None,
+        like: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Services the role may see (any privilege on them), in the given scope."""
+        sec = self.security
+        with self.account.catalog.transaction() as s:
+            query = select(m.Service).order_by(m.Service.id)
+            if in_compute_pool:
+                pool = lookup.account_level(
+                    s,
+                    m.ComputePool,
+                    ident(in_compute_pool, kind="compute pool name"),
+                    "compute pool",
+                )
+                query = query.where(m.Service.pool_id == pool.id)
+            if in_schema:
+                parts = [p for p in str(in_schema).split(".") if p]
+                db = ident(parts[0], kind="database name") if len(parts) == 2 else ctx.database
+                if db is None:
+                    raise InvalidArgumentError(
+                        f"schema {in_schema!r} is not qualified and no current database is set"
+                    )
+                sch = lookup.schema(s, db, ident(parts[-1], kind="schema name"))
+                query = query.where(m.Service.schema_id == sch.id)
+            elif in_database:
+                dbrow = lookup.database(s, ident(in_database, kind="database name"))
+                ids = [x.id for x in dbrow.schemas]
+                query = query.where(m.Service.schema_id.in_(ids or [-1]))
+            rows = []
+            for svc in s.scalars(query):
+                if svc.status == "DELETED":
+                    continue
+                if not any(
+                    sec.has_privilege(s, ctx, p, svc) for p in ("MONITOR", "USAGE", "OPERATE")
+                ):
+                    continue
+                rows.append(self._row(s, svc))
+        if like:
+            from neve.sql.statements import like_regex
+
+            rx = like_regex(like)
+            rows = [r for r in rows if rx.match(r["name"])]
+        return rows
+
+    def describe_service(self, ctx: RequestContext, name: str | QualifiedName) -> dict[str, Any]:
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self._require_any(s, ctx, svc, "MONITOR", "USAGE")
+            return self._describe(s, svc)
+
+    def _describe(self, s: Session, svc: m.Service) -> dict[str, Any]:
+        row = self._row(s, svc)
+        spec = svc.spec or {}
+        row["spec"] = json.dumps(
+            {k: v for k, v in spec.items() if k != "create_args"}, sort_keys=True, default=str
+        )
+        row["num_workers"] = spec.get("num_workers")
+        row["max_batch_rows"] = spec.get("max_batch_rows")
+        row["image_digest"] = None
+        if svc.image_id is not None:
+            image = s.get(m.Image, svc.image_id)
+            row["image_digest"] = image.digest if image is not None else None
+        job = s.scalar(
+            select(m.Job).where(m.Job.service_id == svc.id).order_by(m.Job.id.desc()).limit(1)
+        )
+        row["build_job"] = job.name if job is not None else None
+        row["instances"] = container_rows(s, svc)
+        prov = self.lifecycle.provisioning(svc.id)
+        failure = prov.error if prov is not None and svc.status == states.FAILED else None
+        row["error_type"] = type(failure).__name__ if isinstance(failure, NeveError) else None
+        row["error_code"] = failure.code if isinstance(failure, NeveError) else None
+        return row
+
+    def _describe_by_id(self, sid: int) -> dict[str, Any]:
+        with self.account.catalog.transaction() as s:
+            svc = s.get(m.Service, sid)
+            if svc is None:
+                raise ObjectNotFoundError(f"service #{sid} no longer exists")
+            return self._describe(s, svc)
+
+    def show_endpoints(self, ctx: RequestContext, name: str | QualifiedName) -> list[dict]:
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self._require_any(s, ctx, svc, "USAGE", "MONITOR")
+            qn = lookup.qualified(s, svc.schema_id, svc.name)
+            url = self._control_url()
+            port = int(url.rsplit(":", 1)[-1]) if url and url.rsplit(":", 1)[-1].isdigit() else None
+            return endpoint_rows(qn, svc, control_url=url, control_port=port)
+
+    def show_containers(self, ctx: RequestContext, name: str | QualifiedName) -> list[dict]:
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self._require_any(s, ctx, svc, "MONITOR")
+            return container_rows(s, svc)
+
+    def get_service_status(self, ctx: RequestContext, name: str | QualifiedName) -> list[dict]:
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self._require_any(s, ctx, svc, "MONITOR")
+            return status_rows(s, svc)
+
+    def service_methods(self, ctx: RequestContext, name: str | QualifiedName) -> dict[str, dict]:
+        """Method name -> signature dict (from the model version's manifest)."""
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self._require_any(s, ctx, svc, "USAGE", "MONITOR")
+            return self._methods(s, svc)
+
+    @staticmethod
+    def _methods(s: Session, svc: m.Service) -> dict[str, dict]:
+        version = s.get(m.ModelVersion, svc.model_version_id) if svc.model_version_id else None
+        out = {}
+        for method, spec in dict(version.signatures or {} if version else {}).items():
+            out[method] = spec.get("signature", spec) if isinstance(spec, dict) else spec
+        return out
+
+    def get_service_logs(
+        self,
+        ctx: RequestContext,
+        name: str,
+        instance_id: int | str = 0,
+        container_name: str = CONTAINER_NAME,
+        last_n_lines: int | None = None,
+    ) -> str:
+        """An instance's log (``model-inference``), or a build job's log (``model-build``)."""
+        if last_n_lines is not None and int(last_n_lines) < 0:
+            raise InvalidArgumentError(f"last_n_lines must be >= 0, got {last_n_lines}")
+        container = str(container_name).strip().lower()
+        if container == BUILD_CONTAINER_NAME or str(name).upper().startswith("MODEL_BUILD_"):
+            return self._job_logs(ctx, name, container, last_n_lines)
+        if container not in (CONTAINER_NAME, "events"):
+            raise InvalidArgumentError(
+                f"service {name} has no container {container_name!r}; containers: "
+                f"{CONTAINER_NAME} (and 'events' for the supervisor's events)"
+            )
+        try:
+            index = int(instance_id)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(
+                f"instance_id must be an integer, got {instance_id!r}"
+            ) from None
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self._require_any(s, ctx, svc, "MONITOR")
+            qn = lookup.qualified(s, svc.schema_id, svc.name)
+            known = sorted(i.instance_index for i in svc.instances)
+        if container == "events":
+            return self.logs.events(qn, last_n_lines)
+        path = self.logs.instance_log(qn, index)
+        if not path.exists() and index not in known:
+            listed = ", ".join(map(str, known)) or "none running"
+            raise InvalidArgumentError(
+                f"service {qn} has no instance {index} (instances: {listed})"
+            )
+        return tail(path, last_n_lines)
+
+    def _job_logs(
+        self, ctx: RequestContext, name: str, container: str, last_n_lines: int | None
+    ) -> str:
+        if container != BUILD_CONTAINER_NAME:
+            raise InvalidArgumentError(
+                f"{name} is a build job: its only container is {BUILD_CONTAINER_NAME!r}"
+            )
+        envs = self.account.environments
+        text = envs.job_logs(ctx, name)
+        if last_n_lines:
+            lines = str(text).splitlines()
+            text = "\n".join(lines[-int(last_n_lines) :]) + ("\n" if lines else "")
+        return str(text)
+
+    # -- alter ------------------------------------------------------------------------------------
+    def alter_service(
+        self,
+        ctx: RequestContext,
+        name: str | QualifiedName,
+        *,
+        suspend: bool = False,
+        resume: bool = False,
+        min_instances: int | None = None,
+        max_instances: int | None = None,
+        comment: str | None = None,
+        auto_suspend_secs: int | None = None,
+        **other: Any,
+    ) -> dict[str, Any]:
+        """SUSPEND, RESUME, or SET MIN_INSTANCES / MAX_INSTANCES / AUTO_SUSPEND_SECS / COMMENT."""
+        if other:
+            keys = ", ".join(sorted(k.upper() for k in other))
+            raise InvalidArgumentError(
+                f"cannot alter {keys} of service {name}: the service spec (model, image, "
+                "resources, workers, batching, ingress) is immutable; create a new service "
+                "with the new arguments (create_service) and drop this one. Alterable: "
+                "SUSPEND, RESUME, MIN_INSTANCES, MAX_INSTANCES, AUTO_SUSPEND_SECS, COMMENT"
+            )
+        if suspend and resume:
+            raise InvalidArgumentError("ALTER SERVICE: SUSPEND and RESUME together")
+        scaling = min_instances is not None or max_instances is not None
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            qn = lookup.qualified(s, svc.schema_id, svc.name)
+            if comment is not None:
+                self.security.require_owner(s, ctx, svc)
+                svc.comment = comment
+            if suspend or resume or scaling or auto_suspend_secs is not None:
+                self.security.require(s, ctx, "OPERATE", svc)
+            if svc.status == states.DELETING:
+                raise ServiceUnavailableError(f"service {qn} is being dropped")
+            if scaling:
+                lo = (
+                    svc.min_instances
+                    if min_instances is None
+                    else _int_arg(min_instances, "MIN_INSTANCES", 0)
+                )
+                hi = (
+                    svc.max_instances
+                    if max_instances is None
+                    else _int_arg(max_instances, "MAX_INSTANCES", 1)
+                )
+                if max_instances is not None and min_instances is None and lo > hi:
+                    lo = hi
+                if min_instances is not None and max_instances is None and lo > hi:
+                    hi = lo
+                if lo > hi:
+                    raise InvalidArgumentError(
+                        f"service {qn}: MIN_INSTANCES ({lo}) is greater than MAX_INSTANCES ({hi})"
+                    )
+                svc.min_instances, svc.max_instances = lo, hi
+                if lo == 0 and not svc.auto_suspend_secs and auto_suspend_secs is None:
+                    from neve.services.spec import DEFAULT_IDLE_SUSPEND_SECS
+
+                    svc.auto_suspend_secs = DEFAULT_IDLE_SUSPEND_SECS
+            if auto_suspend_secs is not None:
+                secs = _int_arg(auto_suspend_secs, "AUTO_SUSPEND_SECS", 0)
+                svc.auto_suspend_secs = secs or None
+            sid, status = svc.id, svc.status
+        provisioning = self.lifecycle.provisioning(sid)
+        if suspend:
+            if status in states.IN_PROGRESS and (
+                status != states.STARTING
+                or (provisioning is not None and not provisioning.done.is_set())
+            ):
+                raise ServiceUnavailableError(
+                    f"service {qn} is {status}: wait until it is RUNNING to suspend it"
+                )
+            self.lifecycle.suspend(sid, f"suspended by {ctx.user} (ALTER SERVICE ... SUSPEND)")
+        elif resume:
+            if status == states.FAILED:
+                raise ServiceUnavailableError(f"service {qn} FAILED; drop it and create it again")
+            self.supervisor.start()
+            self.lifecycle.resume(sid, f"resumed by {ctx.user}", self._access_lost)
+        elif scaling and status in states.ACTIVE:
+            self._apply_bounds(sid)
+        return self._describe_by_id(sid)
+
+    def _apply_bounds(self, sid: int) -> None:
+        with self.account.catalog.transaction() as s:
+            svc = s.get(m.Service, sid)
+            current = len(svc.instances)
+            target = min(max(current, svc.min_instances, 1), svc.max_instances)
+            if svc.min_instances == svc.max_instances:
+                target = svc.max_instances
+        self.lifecycle.scale_to(sid, target, "ALTER SERVICE")
+
+    # -- drop -------------------------------------------------------------------------------------
+    def drop_service(
+        self, ctx: RequestContext, name: str | QualifiedName, *, if_exists: bool = False
+    ) -> None:
+        """Stop every instance (no process left behind), then remove the service and its
+        functions and grants in one transaction."""
+        with self.account.catalog.transaction() as s:
+            try:
+                svc = self._service(s, ctx, name)
+            except ObjectNotFoundError:
+                if if_exists:
+                    return
+                raise
+            self.security.require_owner(s, ctx, svc)
+            sid = svc.id
+        self._drop_by_id(sid, reason=f"dropped by {ctx.user}")
+
+    def _drop_by_id(self, sid: int, *, reason: str) -> None:
+        lc = self.lifecycle
+        if not lc.set_status(sid, states.DELETING, reason):
+            return
+        # A provisioning thread sees DELETING and stops; the lock waits for a launch under way.
+        with lc.locks.hold(sid):
+            lc.stop_all(sid)
+            with self.account.catalog.transaction() as s:
+                svc = s.get(m.Service, sid)
+                if svc is None:
+                    return
+                qn = lookup.qualified(s, svc.schema_id, svc.name)
+                try:
+                    from neve.sql.functions import drop_service_functions
+                except ImportError:
+                    pass
+                else:
+                    drop_service_functions(s, svc)
+                self.security.on_drop(s, svc)
+                s.delete(svc)
+        self.supervisor.forget(sid)
+        self._addresses.pop(sid, None)
+        lc.locks.forget(sid)
+        self.logs.remove(qn)
+        log.info("service %s dropped (%s)", qn, reason)
+
+    # -- invoke and ingress -----------------------------------------------------------------------
+    def invoke(
+        self,
+        ctx: RequestContext,
+        name: str | QualifiedName,
+        method: str,
+        rows: list[list],
+        *,
+        timeout_s: float = 300,
+    ) -> list[dict]:
+        """FLAT rows ``[[idx, a, b, ...], ...]`` -> one output dict per row, in order."""
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self.security.require(s, ctx, "USAGE", svc)
+            qn = lookup.qualified(s, svc.schema_id, svc.name)
+            route = _route(method, self._methods(s, svc), qn)
+            sid = svc.id
+            chunk = (svc.spec or {}).get("max_batch_rows")
+        self.touch(sid)
+
+        def endpoints(refresh: bool, remaining: float) -> list[tuple[str, int]]:
+            return self._ready_addresses(ctx, sid, refresh=refresh, timeout_s=remaining)
+
+        return self.invoker.invoke(
+            label=str(qn),
+            route=route,
+            rows=rows,
+            endpoints=endpoints,
+            chunk_rows=chunk,
+            timeout_s=timeout_s,
+        )
+
+    def _ready_addresses(
+        self, ctx: RequestContext, sid: int, *, refresh: bool, timeout_s: float
+    ) -> list[tuple[str, int]]:
+        cached = self._addresses.get(sid)
+        if cached is not None and not refresh and time.monotonic() - cached[0] < ADDRESS_TTL_S:
+            return cached[1]
+        target = self._targets.target_by_id(sid)
+        if not target.ready:
+            target = self.ensure_running(ctx, sid, min(timeout_s, self.resume_timeout_s))
+        self._addresses[sid] = (time.monotonic(), list(target.instances))
+        return list(target.instances)
+
+    def ingress_target(
+        self, ctx: RequestContext, *, host: str | None = None, name: str | None = None
+    ) -> IngressTarget:
+        return self._targets.ingress_target(ctx, host=host, name=name)
+
+    def ensure_running(
+        self, ctx: RequestContext, service_id: int, timeout_s: float
+    ) -> IngressTarget:
+        """Resume a suspended service and wait (bounded) until an instance is ready."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.lifecycle.status_of(service_id)
+            if status is None:
+                raise ObjectNotFoundError(f"service #{service_id} no longer exists")
+            if status[0] in states.RESUMABLE:
+                self.supervisor.start()
+                self.lifecycle.resume(service_id, "resumed by a call", self._access_lost)
+            with self.lifecycle.locks.try_hold(service_id) as got:
+                if got:
+                    self.lifecycle.probe(service_id)
+                    self._promote(service_id)
+            target = self._targets.target_by_id(service_id)
+            if target.ready:
+                return target
+            if target.status in (states.FAILED, states.DELETING):
+                raise ServiceUnavailableError(
+                    f"service {target.qualified_name} is {target.status}"
+                    + (f": {target.status_reason}" if target.status_reason else "")
+                )
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailableError(
+                    f"service {target.qualified_name} is not ready after {timeout_s:g} s "
+                    f"(status {target.status}"
+                    + (f": {target.status_reason}" if target.status_reason else "")
+                    + ")"
+                )
+            time.sleep(0.1)
+
+    def _promote(self, sid: int) -> None:
+        """A resumed (STARTING) service is RUNNING once one instance is ready."""
+        prov = self.lifecycle.provisioning(sid)
+        if prov is not None and not prov.done.is_set():
+            return  # a new service: RUNNING only once all its instances are ready
+        with self.account.catalog.transaction() as s:
+            svc = s.get(m.Service, sid)
+            if svc is None or svc.status != states.STARTING:
+                return
+            if any(i.status == states.INSTANCE_READY for i in svc.instances):
+                svc.status, svc.status_reason = states.RUNNING, None
+
+    def touch(self, service_id: int) -> None:
+        """Remember the time of the last request (for auto-suspend); throttled."""
+        self._targets.touch(service_id)
+
+    # -- supervision ------------------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """One supervisor pass (the daemon may call this periodically; a thread also runs it)."""
+        self.supervisor.reconcile()
+
+    def start_supervisor(self) -> bool:
+        return self.supervisor.start()
+
+    def recover(self) -> None:
+        """At daemon start: reattach to live instances, restart the rest, resume interrupted work."""
+        if not self.supervisor.lock.acquire():
+            log.warning("another process supervises the services of this account")
+            return
+        ctx = admin_context()
+        with self.account.catalog.transaction() as s:
+            services = [(svc.id, svc.status) for svc in s.scalars(select(m.Service))]
+        for sid, status in services:
+            try:
+                self._recover_service(ctx, sid, status)
+            except Exception:
+                log.exception("recovering service #%s failed", sid)
+        self.supervisor.start()
+
+    def _recover_service(self, ctx: RequestContext, sid: int, status: str) -> None:
+        lc = self.lifecycle
+        if status == states.DELETING:
+            self._drop_by_id(sid, reason="drop interrupted by a restart") if lc.set_status(
+                sid, states.DELETING, "finishing the drop"
+            ) else None
+            return
+        if status in (states.PENDING, states.BUILDING):
+            lc.provision(ctx, sid, force_rebuild=False)
+            return
+        if status == states.SUSPENDING:
+            lc.suspend(sid, "suspend interrupted by a restart")
+            return
+        if status not in states.ACTIVE:
+            return
+        ref, _status, instances = lc.ref(sid)
+        for inst in instances:
+            alive = inst.pid is not None and self.runtime.is_alive(ref, inst)
+            if alive and self.runtime.probe_ready(inst):
+                lc.update_instance(sid, inst.index, status=states.INSTANCE_READY)
+                self.logs.event(ref.qn, f"reattached to instance {inst.index} (pid {inst.pid})")
+            elif alive:
+                lc.update_instance(sid, inst.index, status=states.INSTANCE_STARTING)
+            elif inst.status != states.INSTANCE_PENDING:
+                lc.update_instance(
+                    sid,
+                    inst.index,
+                    status=states.INSTANCE_FAILED,
+                    status_reason="not running after a control-plane restart",
+                    pid=None,
+                )
+                self.logs.event(ref.qn, f"instance {inst.index} was gone at recovery; restarting")
+        if status == states.STARTING and not instances:
+            lc.provision(ctx, sid, force_rebuild=False)
+
+    def _access_lost(self, sid: int) -> str | None:
+        """Why the service's owner may no longer run its model (None while it may)."""
+        with self.account.catalog.transaction() as s:
+            svc = s.get(m.Service, sid)
+            if svc is None:
+                return "the service no longer exists"
+            version = s.get(m.ModelVersion, svc.model_version_id) if svc.model_version_id else None
+            if version is None:
+                return "its model version no longer exists"
+            model = s.get(m.Model, version.model_id)
+            owner = RequestContext(user="SYSTEM", role=svc.owner_role)
+            sec = self.security
+            if sec.is_owner(s, owner, model) or sec.has_privilege(s, owner, "USAGE", model):
+                return None
+            mq = lookup.qualified(s, model.schema_id, model.name)
+            return (
+                f"the service owner role {svc.owner_role} no longer has access to model {mq} "
+                "(it needs ownership or USAGE on it)"
+            )
+
+    def _fail_service(self, sid: int, reason: str) -> None:
+        lc = self.lifecycle
+        with lc.locks.hold(sid):
+            lc.stop_all(sid)
+            lc.set_status(sid, states.FAILED, reason)
+        ref, _, _ = lc.ref(sid)
+        self.logs.event(ref.qn, f"FAILED: {reason}", level=logging.WARNING)
+
+    def close(self) -> None:
+        """Stop supervising (instances keep running: services are long-lived)."""
+        self._closing = True
+        self.supervisor.stop()
+        self.invoker.close()
+        self.runtime.close()
+
+
+def _route(method: str, methods: dict[str, Any], qn: QualifiedName) -> str:
+    """The server route of ``method`` (case-insensitive, ``-`` for ``_``), or a clear error."""
+    wanted = str(method).strip().lower().replace("-", "_")
+    for name in methods:
+        if name.lower() == wanted:
+            return name.lower()
+    raise ObjectNotFoundError(
+        f"service {qn} has no method {method!r}; methods: {', '.join(sorted(methods)) or 'none'}"
+    )
+
+
+def _int_arg(value: Any, what: str, minimum: int) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+        if number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise InvalidArgumentError(f"{what} must be >= {minimum}, got {number}")
+    return number

@@ -1,0 +1,114 @@
+"""Overload: a slow model, a small queue and ten times more concurrent requests than it admits.
+
+Every request must get an answer (200, 429 with Retry-After, or 503), every 200 must carry the
+right values, and the server's memory must stay bounded while the flood lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from server_helpers import metric_value, serve, tree_rss_bytes
+
+from neve.server import ServerProcess
+
+ROWS_PER_REQUEST = 16
+QUEUE_ROWS = 64  # 4 queued requests + 1 batch running: ~5 admitted at a time
+REQUESTS = 120  # > 10x what is admitted; half of them with ~160 KB bodies
+BIG_NAME = "n" * 10_000
+
+
+@pytest.fixture(scope="module")
+def server(toolbox_dir: Path) -> Iterator[ServerProcess]:
+    srv = serve(
+        toolbox_dir,
+        num_workers=1,
+        max_batch_rows=ROWS_PER_REQUEST,
+        max_queue_rows=QUEUE_ROWS,
+        batch_timeout_ms=5,
+        queue_timeout_s=1.0,
+        max_body_bytes=512 * 1024,
+        max_inflight_bytes=1024 * 1024,  # ~6 big bodies at once; more are refused unread
+    )
+    yield srv
+    srv.stop()
+
+
+def _body(request: int) -> bytes:
+    name = BIG_NAME if request % 2 else "s"
+    rows = [[k, name, request * 100.0 + k, 1] for k in range(ROWS_PER_REQUEST)]
+    return orjson.dumps({"data": rows})
+
+
+async def _flood(url: str) -> list[httpx.Response | BaseException]:
+    limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=REQUESTS)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        return await asyncio.gather(
+            *(client.post("/slow", content=_body(i)) for i in range(REQUESTS)),
+            return_exceptions=True,
+        )
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(self.pid))
+            time.sleep(0.02)
+
+
+def test_flood_gets_200_429_or_503_correct_results_and_bounded_memory(
+    server: ServerProcess,
+) -> None:
+    # Warm up once so the baseline includes what the first request allocates for good.
+    assert httpx.post(f"{server.url}/slow", content=_body(0), timeout=30).status_code == 200
+    baseline = tree_rss_bytes(server.pid)
+    sampler = RssSampler(server.pid)
+    sampler.start()
+    started = time.monotonic()
+    responses = asyncio.run(_flood(server.url))
+    elapsed = time.monotonic() - started
+    sampler.stopped.set()
+    sampler.join()
+
+    failures = [r for r in responses if isinstance(r, BaseException)]
+    assert not failures, f"requests without an answer: {failures[:3]}"
+    statuses = [r.status_code for r in responses]  # type: ignore[union-attr]
+    assert set(statuses) <= {200, 429, 503}, sorted(set(statuses))
+    assert statuses.count(200) >= 4, statuses
+    assert statuses.count(429) >= REQUESTS // 2, statuses  # refused, not queued without end
+    for i, resp in enumerate(responses):
+        assert isinstance(resp, httpx.Response)
+        if resp.status_code == 200:
+            data = resp.json()["data"]
+            assert [d[0] for d in data] == list(range(ROWS_PER_REQUEST))
+            assert [d[1]["y"] for d in data] == [(i * 100.0 + k) * 10 for k in range(16)]
+        else:
+            body = resp.json()
+            assert body["code"] in ("OVERLOADED", "QUEUE_TIMEOUT"), body
+            if resp.status_code == 429:
+                assert int(resp.headers["retry-after"]) >= 1
+    # Refusals are immediate: the whole flood takes about as long as the admitted work.
+    assert elapsed < 20
+    growth = sampler.peak - baseline
+    assert growth < 100 * 1024 * 1024, f"server memory grew by {growth / 1e6:.0f} MB"
+
+    text = httpx.get(f"{server.url}/metrics").text
+    refused = metric_value(text, "neve_server_rejections_total", method="slow")
+    refused += metric_value(text, "neve_server_rejections_total", method="_unknown")
+    assert refused >= statuses.count(429)
+    assert metric_value(text, "neve_server_queue_rows", method="slow") == 0
+    # Still healthy afterwards.
+    assert httpx.post(f"{server.url}/slow", content=_body(7), timeout=30).status_code == 200

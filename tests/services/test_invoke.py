@@ -1,0 +1,158 @@
+"""The batching client behind ServiceManager.invoke, against two real inference servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LinearRegression
+
+from neve.errors import ObjectNotFoundError, ServiceUnavailableError, SignatureError
+from neve.models import load_model, save_model
+from neve.server.launch import start_server
+from neve.services.invoke import ServiceInvoker
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"A": rng.normal(size=200), "B": rng.normal(size=200)})
+    y = 3 * X.A - 2 * X.B
+    path = tmp_path_factory.mktemp("model") / "m"
+    save_model(LinearRegression().fit(X, y), path, sample_input=X)
+    return path
+
+
+@pytest.fixture(scope="module")
+def servers(model_dir):
+    started = [start_server(model_dir, num_workers=1) for _ in range(2)]
+    try:
+        for server in started:
+            server.wait_ready(60)
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def _rows(n: int, seed: int = 1) -> tuple[pd.DataFrame, list[list]]:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"A": rng.normal(size=n), "B": rng.normal(size=n)})
+    return df, [[i, float(a), float(b)] for i, (a, b) in enumerate(df.to_numpy())]
+
+
+def _source(servers):
+    def endpoints(refresh: bool, remaining: float):
+        return [(s.host, s.port) for s in servers if s.is_alive()]
+
+    return endpoints
+
+
+def test_chunks_come_back_in_order_and_equal_in_process(servers, model_dir):
+    df, rows = _rows(250)
+    invoker = ServiceInvoker()
+    try:
+        out = invoker.invoke(
+            label="svc",
+            route="predict",
+            rows=rows,
+            endpoints=_source(servers),
+            chunk_rows=40,
+            timeout_s=60,
+        )
+    finally:
+        invoker.close()
+    expected = load_model(model_dir).call("predict", df)
+    name = expected.columns[0]
+    assert len(out) == 250
+    np.testing.assert_allclose([o[name] for o in out], expected[name].to_numpy(), rtol=1e-9)
+    # 250 rows in chunks of 40: 7 requests, spread over both instances
+    assert invoker.totals.requests == 7
+
+
+def test_service_errors_are_neve_errors(servers):
+    invoker = ServiceInvoker()
+    try:
+        with pytest.raises(SignatureError) as info:
+            invoker.invoke(
+                label="svc",
+                route="predict",
+                rows=[[0, "not a number", 1.0]],
+                endpoints=_source(servers),
+                chunk_rows=None,
+                timeout_s=30,
+            )
+        assert "svc" in info.value.message
+        with pytest.raises(ObjectNotFoundError):
+            invoker.invoke(
+                label="svc",
+                route="nope",
+                rows=[[0, 1.0, 1.0]],
+                endpoints=_source(servers),
+                chunk_rows=None,
+                timeout_s=30,
+            )
+        with pytest.raises(ServiceUnavailableError, match="did not answer in time"):
+            invoker.invoke(
+                label="svc",
+                route="predict",
+                rows=[[0, 1.0, 1.0]],
+                endpoints=lambda refresh, remaining: [("127.0.0.1", 9)],
+                chunk_rows=None,
+                timeout_s=1.0,
+            )
+    finally:
+        invoker.close()
+
+
+def test_killed_instance_costs_no_call(servers, model_dir, tmp_path):
+    """kill -9 one instance while calls run: every call still succeeds (retried elsewhere)."""
+    df, rows = _rows(60, seed=2)
+    expected = load_model(model_dir).call("predict", df).iloc[:, 0].to_numpy()
+    invoker = ServiceInvoker()
+    failures: list[BaseException] = []
+    results: list[list[dict]] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                results.append(
+                    invoker.invoke(
+                        label="svc",
+                        route="predict",
+                        rows=rows,
+                        endpoints=stale_source,
+                        chunk_rows=10,
+                        timeout_s=30,
+                    )
+                )
+            except BaseException as exc:  # noqa: BLE001 (counted)
+                failures.append(exc)
+
+    def stale_source(refresh: bool, remaining: float):
+        # Like the catalog before the supervisor notices: the dead instance is still listed.
+        return [(s.host, s.port) for s in servers]
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    victim = servers[1]
+    os.killpg(victim.pid, signal.SIGKILL)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    invoker.close()
+    assert not failures, failures[:3]
+    assert len(results) > 3
+    # the dead instance was tried and every such attempt was retried on the live one
+    assert invoker.totals.failed_attempts >= 1
+    for out in results:
+        np.testing.assert_allclose([next(iter(o.values())) for o in out], expected, rtol=1e-9)
