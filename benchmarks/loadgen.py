@@ -159,7 +159,5 @@ async def run_load(
     return result
 
 
-def load(
-    host: str, port: int, path: str, bodies: list[bytes], **kwargs: object
-) -> LoadResult:
+def load(host: str, port: int, path: str, bodies: list[bytes], **kwargs: object) -> LoadResult:
     return asyncio.run(run_load(host, port, path, bodies, **kwargs))  # type: ignore[arg-type]

@@ -34,7 +34,9 @@ N_FEATURES = 20
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--num-workers", type=int, default=None, help="server workers")
+    parser.add_argument(
+        "--num-workers", type=int, default=os.cpu_count(), help="server workers (default: cpus)"
+    )
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--max-batch-rows", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of each query (best)")
@@ -122,7 +124,10 @@ def main() -> int:
         service_s = best(f"SELECT sum(rf_svc_predict({cols})) FROM t")
         model_rate = args.rows / model_s
         service_rate = args.rows / service_s
-        print(f"rows: {args.rows:,}  cpus: {os.cpu_count()}  python: {sys.version.split()[0]}")
+        print(
+            f"rows: {args.rows:,}  cpus: {os.cpu_count()}  server workers: {args.num_workers}  "
+            f"instances: {args.instances}  python: {sys.version.split()[0]}"
+        )
         print(f"{'path':<32}{'seconds':>10}{'rows/s':>14}")
         print(f"{'warehouse model function':<32}{model_s:>10.2f}{model_rate:>14,.0f}")
         print(f"{'service function':<32}{service_s:>10.2f}{service_rate:>14,.0f}")

@@ -95,7 +95,7 @@ def run_in_process(f: Forecast) -> pd.DataFrame:
     step("run the model in this process (warehouse mode)")
     result = f.version.run(f.test[FEATURES], function_name="predict")
     result["actual"] = f.test["sales"].to_numpy()
-    print(result.round(2).to_string(index=False))
+    print(result.astype("float64").round(2).to_string(index=False))
     expected = f.model.predict(f.test[FEATURES])
     assert np.allclose(result["output_feature_0"], expected, rtol=1e-5)
     print(f"in-process forecasts match the trained model for {len(result)} days")

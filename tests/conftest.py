@@ -67,3 +67,72 @@ def control_plane(neve_home: Path) -> Iterator:
     finally:
         session.close()
         daemon.stop(neve_home)
+
+
+def stop_account_processes(home: Path, timeout_s: float = 20.0) -> None:
+    """Stop the control plane of ``home`` and kill any process still working for that account
+    (service instances and build jobs are detached on purpose, so a failed test could leave
+    them behind). Use it in the teardown of every fixture that starts a daemon."""
+    import psutil
+
+    from neve.control import daemon
+
+    home = Path(home).resolve()
+    daemon.stop(home, timeout_s=timeout_s)
+    needle = str(home) + os.sep  # "/x/home-1/" must not match "/x/home-10"
+    me = os.getpid()
+    leftovers = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.info["pid"] == me:
+            continue
+        try:
+            mine = any(needle in part + os.sep for part in proc.info["cmdline"] or []) or (
+                (proc.environ().get("NEVE_HOME", "") + os.sep).startswith(needle)
+            )
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if mine:
+            leftovers.append(proc)
+    for proc in leftovers:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(leftovers, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def shared_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One real control plane daemon for a whole test module, on its own temp account, and an
+    admin ``Session`` on it (``session.account_home`` is the account directory). Tests that
+    stop or kill the daemon must use their own account instead."""
+    import neve
+
+    home = tmp_path_factory.mktemp("shared-neve-home")
+    session = None
+    try:
+        session = neve.connect(home)
+        yield session
+    finally:
+        if session is not None:
+            session.close()
+        stop_account_processes(home)
+
+
+@pytest.fixture
+def account_homes(tmp_path: Path) -> Iterator:
+    """A factory of fresh account directories; each one's daemon and leftover processes are
+    stopped at teardown, whatever the test did to them."""
+    homes: list[Path] = []
+
+    def make(name: str = "home") -> Path:
+        home = tmp_path / f"{name}-{len(homes)}"
+        home.mkdir()
+        homes.append(home)
+        return home
+
+    try:
+        yield make
+    finally:
+        for home in homes:
+            stop_account_processes(home)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,66 +25,24 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 import neve
-from neve.client.transport import Transport
-
-
-class _AdminContext:
-    """Sets the caller's context as the daemon's auth middleware does (admin: this harness has
-    no login; the daemon path is tested with neve.connect)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            from neve.context import admin_context
-
-            scope.setdefault("state", {})["ctx"] = admin_context()
-        await self.app(scope, receive, send)
-
-
-class _Session:
-    def __init__(self, transport: Transport, home: Path) -> None:
-        self._transport = transport
-        self.account_home = home
-        self.current_role = "ACCOUNTADMIN"
-        self.current_database = None
-        self.current_schema = None
 
 
 @pytest.fixture(scope="module")
 def served_account(tmp_path_factory):
-    """The registry routes on a real uvicorn server (loopback, OS-picked port) over an account."""
-    import socket
-    import time
-
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
-
+    """A session on a real control plane daemon (neve.connect on a fresh account directory),
+    and an ``Account`` on the same directory to check what the catalog and store hold."""
+    from neve.control import daemon
     from neve.control.account import Account
-    from neve.control.routes.registry import routes
 
     home = tmp_path_factory.mktemp("neve-home")
+    session = neve.connect(home)
     account = Account.open(str(home))
-    account.security.bootstrap()
-    app = Starlette(routes=routes, middleware=[Middleware(_AdminContext)])
-    app.state.account = account
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    transport = Transport(f"http://127.0.0.1:{sock.getsockname()[1]}", token="unused")
-    yield _Session(transport, home), account
-    transport.close()
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-    account.close()
+    try:
+        yield session, account
+    finally:
+        session.close()
+        account.close()
+        daemon.stop(home)
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,12 @@ from neve.config import load_settings
 from neve.context import admin_context
 
 LIMITS = {
-    "http_header_timeout_secs": 1.5,
+    "http_header_timeout_secs": 1.0,
     "http_keep_alive_secs": 2,
     "http_max_header_bytes": 8192,
     "ingress_max_body_bytes": 65536,
-    "ingress_body_timeout_secs": 1.5,
-    "ingress_wake_timeout_secs": 4,
+    "ingress_body_timeout_secs": 1.0,
+    "ingress_wake_timeout_secs": 2,
 }
 
 

@@ -280,7 +280,7 @@ def test_oversized_bodies_are_413(control, callers, http):
 
 @pytest.mark.usefixtures("service", "nothing_admitted")
 def test_slowloris_headers_are_cut_off_with_408(control):
-    """Partial headers, then silence: closed after http_header_timeout_secs (1.5 s here)."""
+    """Partial headers, then silence: closed after http_header_timeout_secs (1 s here)."""
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", control.port), timeout=10) as sock:
         sock.sendall(b"POST /svc/ml.apps.svc/predict HTTP/1.1\r\nHost: x\r\n")
@@ -289,7 +289,7 @@ def test_slowloris_headers_are_cut_off_with_408(control):
         answer = sock.recv(4096)
         closed = sock.recv(4096) == b""
     assert status_of(answer) == 408 and closed
-    assert 1.2 < time.monotonic() - started < 5
+    assert 0.9 < time.monotonic() - started < 4
     # a connection that sends nothing at all is closed too
     answer, took = raw_http(control.port, b"")
     assert took < 5
@@ -297,7 +297,7 @@ def test_slowloris_headers_are_cut_off_with_408(control):
 
 @pytest.mark.usefixtures("service", "nothing_admitted")
 def test_slow_body_is_cut_off_with_408(control, callers):
-    """Headers at once, body trickled: the body must arrive within 1.5 s here."""
+    """Headers at once, body trickled: the body must arrive within 1 s here."""
     head = (
         b"POST /svc/ml.apps.svc/predict HTTP/1.1\r\nHost: x\r\n"
         + f"Authorization: Bearer {callers['admin'].token}\r\n".encode()

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from neve.catalog import models as m
+from neve.context import RequestContext
 from neve.errors import (
     AuthenticationError,
     InvalidArgumentError,
@@ -22,6 +23,7 @@ from neve.errors import (
     PermissionDeniedError,
 )
 from neve.security import keypair
+from neve.security.manager import ACCOUNT
 from neve.security.tokens import token_sha256
 
 
@@ -38,6 +40,10 @@ def test_bootstrap_is_idempotent_and_builds_the_role_hierarchy(account, sec):
         assert sec.effective_roles(s, "ACCOUNTADMIN") == {"ACCOUNTADMIN", "SYSADMIN", "PUBLIC"}
         assert sec.effective_roles(s, "SYSADMIN") == {"SYSADMIN", "PUBLIC"}
         assert sec.usable_roles(s, "ADMIN") == {"ACCOUNTADMIN", "SYSADMIN", "PUBLIC"}
+        sysadmin = RequestContext(user="ADMIN", role="SYSADMIN")
+        assert sec.has_privilege(s, sysadmin, "CREATE DATABASE", ACCOUNT)
+        assert sec.has_privilege(s, sysadmin, "CREATE COMPUTE POOL", ACCOUNT)
+        assert not sec.has_privilege(s, sysadmin, "CREATE USER", ACCOUNT)
 
 
 def test_local_admin_token_authenticates_as_admin_and_is_stored_hashed(account, sec):
@@ -282,3 +288,20 @@ def test_client_context_header_and_role_restricted_tokens(sec, admin):
             sec.authenticate_request(bearer(pat, **header))
     with pytest.raises(InvalidArgumentError, match="not valid JSON"):
         sec.authenticate_request(bearer(pat, **{"X-Neve-Context": "{nope"}))
+
+
+def test_repeated_wrong_passwords_lock_the_user_name(account, sec, admin):
+    sec.create_user(admin, "henry", password="henry's password")
+    throttle = sec.login_throttle
+    throttle.max_failures, throttle.lockout_s = 2, 0.5  # (defaults 5 and 60 s: settings)
+    with pytest.raises(AuthenticationError, match="incorrect"):
+        sec.login("henry", "guess")
+    sec.login("henry", "henry's password")  # a success resets the count
+    for _ in range(2):
+        with pytest.raises(AuthenticationError, match="incorrect"):
+            sec.login("henry", "guess")
+    # locked: even the right password is refused, without being checked
+    with pytest.raises(AuthenticationError, match="too many failed logins for user HENRY"):
+        sec.login("henry", "henry's password")
+    time.sleep(0.6)  # the lock lapses
+    assert sec.login("henry", "henry's password").startswith("nvs_")

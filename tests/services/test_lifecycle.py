@@ -1,5 +1,5 @@
 """Services end to end on loopback: create (2 instances), invoke, idempotency, logs, kill -9,
-suspend and auto-resume, auto-suspend, scale, model-in-use refusal, drop without orphans.
+scale, auto-suspend, model-in-use refusal, auto-resume, SQL suspend and drop, ownership.
 
 The tests of this module run in order on one service (``SVC``) to share its build and start.
 """
@@ -12,12 +12,20 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import select
 from svc_helpers import MODEL, POOL, REPO, alive, process_tree
 
 from neve.catalog import models as m
-from neve.errors import InvalidArgumentError, ObjectExistsError, ObjectInUseError
+from neve.errors import (
+    InvalidArgumentError,
+    ObjectExistsError,
+    ObjectInUseError,
+    ObjectNotFoundError,
+    PermissionDeniedError,
+    SignatureError,
+)
 from neve.models import load_model
 
 SVC = "ML.REG.LIN_SVC"
@@ -70,10 +78,19 @@ def test_create_two_instances_and_invoke(env):
     assert row["inference_endpoint"].endswith("-local.neve.localhost")
     out = services.invoke(env.ctx, SVC, "predict", _rows(env.test_df))
     np.testing.assert_allclose([next(iter(o.values())) for o in out], _expected(env), rtol=1e-9)
-    # the SQL function of the method exists with the service
-    with env.account.catalog.transaction() as s:
-        names = set(s.scalars(select(m.Function.name)))
-    assert "LIN_SVC_PREDICT" in names
+    # the method is a SQL function of the schema, answered by the service
+    result = env.sql("SELECT LIN_SVC_PREDICT(1.5, -2.0) AS y")
+    expected = (
+        load_model(env.model_dir)
+        .call("predict", pd.DataFrame({"A": [1.5], "B": [-2.0]}))
+        .iloc[0, 0]
+    )
+    assert result.rows[0][0] == pytest.approx(expected)
+    # bad calls get the service's own error, naming what is wrong
+    with pytest.raises(ObjectNotFoundError, match="has no method 'explain'; methods: predict"):
+        services.invoke(env.ctx, SVC, "explain", _rows(env.test_df))
+    with pytest.raises(SignatureError):
+        services.invoke(env.ctx, SVC, "predict", [[0, "x", 1.0]])
 
 
 def test_same_arguments_neither_rebuild_nor_restart(env):
@@ -166,32 +183,7 @@ def test_kill_9_instance_is_restarted_and_calls_keep_succeeding(env):
     assert "instance 0 failed" in events and "instance 0 restarted" in events
 
 
-def test_suspend_then_a_call_resumes(env):
-    services = env.account.services
-    pids = set().union(*(process_tree(int(c["pid"])) for c in _instances(env)))
-    row = services.alter_service(env.ctx, SVC, suspend=True)
-    assert row["status"] == "SUSPENDED" and row["target_instances"] == 0
-    assert not any(alive(p) for p in pids), "a suspended service holds no processes"
-    out = services.invoke(env.ctx, SVC, "predict", _rows(env.test_df), timeout_s=120)
-    np.testing.assert_allclose([next(iter(o.values())) for o in out], _expected(env))
-    assert services.describe_service(env.ctx, SVC)["status"] == "RUNNING"
-
-
-def test_auto_suspend_after_idle_then_resume(env):
-    services = env.account.services
-    services.alter_service(env.ctx, SVC, auto_suspend_secs=2)
-    _wait(
-        lambda: services.describe_service(env.ctx, SVC)["status"] == "SUSPENDED",
-        30,
-        "auto-suspend",
-    )
-    assert "auto-suspended" in services.describe_service(env.ctx, SVC)["status_reason"]
-    services.alter_service(env.ctx, SVC, auto_suspend_secs=0)  # off again
-    out = services.invoke(env.ctx, SVC, "predict", _rows(env.test_df), timeout_s=120)
-    assert len(out) == len(env.test_df)
-
-
-def test_scale_down_and_up(env):
+def test_scale_down(env):
     services = env.account.services
     _wait(lambda: services.describe_service(env.ctx, SVC)["current_instances"] == 2, 120, "2 ready")
     gone = int(next(c for c in _instances(env) if c["instance_id"] == "1")["pid"])
@@ -201,7 +193,24 @@ def test_scale_down_and_up(env):
         services.alter_service(env.ctx, SVC, min_instances=3, max_instances=2)
 
 
+def test_auto_suspend_after_idle(env):
+    services = env.account.services
+    pids = set().union(*(process_tree(int(c["pid"])) for c in _instances(env)))
+    assert pids
+    services.alter_service(env.ctx, SVC, auto_suspend_secs=2)
+    _wait(
+        lambda: services.describe_service(env.ctx, SVC)["status"] == "SUSPENDED",
+        30,
+        "auto-suspend",
+    )
+    row = services.describe_service(env.ctx, SVC)
+    assert "auto-suspended" in row["status_reason"] and row["target_instances"] == 0
+    assert not any(alive(p) for p in pids), "a suspended service holds no processes"
+    services.alter_service(env.ctx, SVC, auto_suspend_secs=0)  # off again
+
+
 def test_model_in_use_cannot_be_deleted(env):
+    """Suspended services hold on to their model version too."""
     registry = env.account.registry
     with pytest.raises(ObjectInUseError) as info:
         registry.delete_model(env.ctx, MODEL)
@@ -210,14 +219,101 @@ def test_model_in_use_cannot_be_deleted(env):
         registry.delete_version(env.ctx, MODEL, "V1")
 
 
-def test_drop_leaves_no_process(env):
+def test_a_call_resumes_a_suspended_service(env):
     services = env.account.services
-    pids = set().union(*(process_tree(int(c["pid"])) for c in _instances(env) if c["pid"]))
-    assert pids
-    services.drop_service(env.ctx, SVC)
+    assert services.describe_service(env.ctx, SVC)["status"] == "SUSPENDED"
+    out = services.invoke(env.ctx, SVC, "predict", _rows(env.test_df), timeout_s=120)
+    np.testing.assert_allclose([next(iter(o.values())) for o in out], _expected(env))
+    row = services.describe_service(env.ctx, SVC)
+    assert row["status"] == "RUNNING" and row["current_instances"] == 1
+
+
+def test_sql_suspend_then_drop(env):
+    services = env.account.services
+    pids = set().union(*(process_tree(int(c["pid"])) for c in _instances(env)))
+    env.sql(f"ALTER SERVICE {SVC} SUSPEND")
+    assert services.describe_service(env.ctx, SVC)["status"] == "SUSPENDED"
     assert not any(alive(p) for p in pids)
+    env.sql(f"DROP SERVICE {SVC}")
     assert services.show_services(env.ctx) == []
     with env.account.catalog.transaction() as s:
         assert s.scalar(select(m.Function.id).where(m.Function.name == "LIN_SVC_PREDICT")) is None
         assert s.scalar(select(m.PoolAllocation.id)) is None
+        assert s.scalar(select(m.ServiceInstance.id)) is None
     services.drop_service(env.ctx, SVC, if_exists=True)  # no error the second time
+
+
+def test_non_blocking_create_then_owner_loses_the_model(env):
+    """A role that owns a model deploys it (block=False returns at once); when the model's
+    ownership moves away, the service keeps running until its next restart, then FAILS."""
+    from neve.context import RequestContext
+
+    sec, admin = env.account.security, env.ctx
+    sec.bootstrap()
+    sec.create_role(admin, "ENG")
+    sec.grant_role(admin, "ENG", to_user="ADMIN")
+    for privilege, kind, name in [
+        ("USAGE", "DATABASE", "ML"),
+        ("USAGE", "SCHEMA", "ML.REG"),
+        ("CREATE MODEL", "SCHEMA", "ML.REG"),
+        ("CREATE SERVICE", "SCHEMA", "ML.REG"),
+        ("USAGE", "COMPUTE POOL", POOL),
+        ("READ", "IMAGE REPOSITORY", REPO),
+    ]:
+        sec.grant(admin, privilege, kind, name, "ENG")
+    eng = RequestContext(user="ADMIN", role="ENG", database="ML", schema="REG")
+    env.account.registry.log_model(
+        eng, "ML", "REG", "ENG_LIN", "V1", env.model_dir, conda_dependencies=["scikit-learn"]
+    )
+    services = env.account.services
+    t0 = time.perf_counter()
+    row = services.create_service(
+        eng,
+        model="ENG_LIN",
+        version="V1",
+        service_name="ENG_SVC",
+        compute_pool=POOL,
+        image_repo=REPO,
+        num_workers=1,
+        block=False,
+    )
+    assert time.perf_counter() - t0 < 5
+    assert row["status"] in ("PENDING", "BUILDING", "STARTING")
+    assert row["owner"] == "ENG"
+    _wait(
+        lambda: services.describe_service(eng, "ENG_SVC")["status"] == "RUNNING",
+        120,
+        "ENG_SVC running",
+    )
+    # a role without ownership of the model may not deploy it
+    sec.create_role(admin, "OTHER")
+    for privilege, kind, name in [
+        ("USAGE", "DATABASE", "ML"),
+        ("USAGE", "SCHEMA", "ML.REG"),
+        ("USAGE", "MODEL", "ML.REG.ENG_LIN"),  # may use it, but does not own it
+    ]:
+        sec.grant(admin, privilege, kind, name, "OTHER")
+    with pytest.raises(PermissionDeniedError, match="only the owner of model"):
+        services.create_service(
+            RequestContext(user="ADMIN", role="OTHER", database="ML", schema="REG"),
+            model="ENG_LIN",
+            version="V1",
+            service_name="OTHER_SVC",
+            compute_pool=POOL,
+            image_repo=REPO,
+        )
+    sec.grant_ownership(admin, "MODEL", "ML.REG.ENG_LIN", "SYSADMIN", copy_current_grants=False)
+    # still running: access is checked at the next (re)start
+    out = services.invoke(eng, "ENG_SVC", "predict", _rows(env.test_df))
+    assert len(out) == len(env.test_df)
+    [inst] = services.show_containers(eng, "ENG_SVC")
+    tree = process_tree(int(inst["pid"]))
+    os.killpg(int(inst["pid"]), signal.SIGKILL)
+    row = _wait(
+        lambda: (r := services.describe_service(eng, "ENG_SVC"))["status"] == "FAILED" and r,
+        60,
+        "ENG_SVC to fail",
+    )
+    assert "no longer has access to model ML.REG.ENG_LIN" in row["status_reason"]
+    assert row["target_instances"] == 0 and not any(alive(p) for p in tree)
+    services.drop_service(eng, "ENG_SVC")

@@ -106,6 +106,25 @@ def test_model_statements(registry) -> None:
     registry("DROP MODEL IF EXISTS service_only")
     with pytest.raises(ObjectNotFoundError):
         registry("DROP MODEL service_only")
-    assert [r[shown.columns.index("name")] for r in registry("SHOW MODELS").rows] == [
-        "CLASSIFIER"
+    assert [r[shown.columns.index("name")] for r in registry("SHOW MODELS").rows] == ["CLASSIFIER"]
+
+
+def test_concurrent_queries_each_get_their_own_functions(registry, saved) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    frame = registry.frame
+    expected = {k: load_model(saved[k]).call("predict", frame).iloc[:, 0].sum() for k in (0, 1)}
+    queries = [
+        (
+            k,
+            f"SELECT sum(MODEL(classifier, {'FIRST' if k == 0 else 'LAST'})!predict(a, b)) "
+            "FROM features",
+        )
+        for k in (0, 1, 0, 1, 0, 1)
     ]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(
+            pool.map(lambda q: (q[0], registry.account.sql.execute(registry.ctx, q[1])), queries)
+        )
+    for k, result in results:
+        assert result.rows == [[expected[k]]]

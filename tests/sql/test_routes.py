@@ -130,17 +130,20 @@ def test_arrow_format_and_table_helpers(api) -> None:
 def test_cli_runs_statements_and_the_shell_keeps_context(api, monkeypatch) -> None:
     from typer.testing import CliRunner
 
+    from neve.cli import _common
     from neve.cli import sql as cli
 
-    monkeypatch.setattr(cli, "_connect", lambda: api)
-    monkeypatch.setattr(cli.console, "width", 200)
+    monkeypatch.setattr(cli, "_connect", lambda ctx: api)
+    monkeypatch.setattr(_common.console, "width", 200)
+    from neve.cli.main import app as neve_app
+
     runner = CliRunner()
-    out = runner.invoke(cli.app, ["CREATE DATABASE ml"])
+    out = runner.invoke(neve_app, ["sql", "CREATE DATABASE ml"])
     assert out.exit_code == 0, out.output
     assert "Database ML successfully created." in out.output
-    out = runner.invoke(cli.app, ["SHOW DATABASES"])
+    out = runner.invoke(neve_app, ["sql", "SHOW DATABASES"])
     assert out.exit_code == 0 and "ACCOUNTADMIN" in out.output and "1 row" in out.output
-    out = runner.invoke(cli.app, ["SELECT * FROM nowhere"])
+    out = runner.invoke(neve_app, ["sql", "SELECT * FROM nowhere"])
     assert out.exit_code == 1
     assert "no current database" in out.output
     # the shell: statements end at ';' across lines, USE carries over to the next statement

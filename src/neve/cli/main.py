@@ -1,70 +1,146 @@
-"""The ``neve`` command. Each component contributes a typer sub-app from ``neve.cli.<name>``."""
+"""The ``neve`` command. Each component contributes a typer sub-app from ``neve.cli.<name>``.
+
+    neve [--home DIR] [--url URL] [--role ROLE] [--user NAME] [--token TOKEN] COMMAND ...
+
+``--home``/``NEVE_HOME`` picks the local account; ``--url``/``NEVE_URL`` a remote control plane,
+with ``--user`` (password from ``NEVE_PASSWORD``, else asked for) or ``--token``/``NEVE_TOKEN``;
+``--role``/``NEVE_ROLE`` the role to use. Sub-commands connect with
+``neve.cli._common.get_session(ctx)``, or ``neve.connect()``, which reads the same variables.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from neve.errors import NeveError
+from neve.cli._common import CliOptions, NeveGroup, console, get_session, print_rows
 
 app = typer.Typer(
     name="neve",
+    cls=NeveGroup,
     help="neve: a self-hosted model registry and model-serving platform.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold tokens and passwords
 )
-_err = Console(stderr=True)
 
-# (module, command name) of every sub-app; a module not built into this version is skipped.
-SUBCOMMANDS = [
-    ("server", "server"),
-    ("models", "models"),
-    ("pools", "pools"),
-    ("images", "images"),
-    ("services", "services"),
-    ("sql", "sql"),
-    ("users", "users"),
-]
+# Sub-apps, each ``app`` in ``neve/cli/<module>.py``. A module that this version does not have is
+# skipped; one that exists and fails to import is a bug and the error surfaces.
+SUBCOMMANDS = (
+    "server",
+    "models",
+    "pools",
+    "images",
+    "repos",
+    "integrations",
+    "services",
+    "jobs",
+    "sql",
+    "users",
+    "roles",
+    "grants",
+    "tokens",
+)
 _HERE = Path(__file__).parent
-for _module, _name in SUBCOMMANDS:
-    if (_HERE / f"{_module}.py").exists():
-        app.add_typer(importlib.import_module(f"neve.cli.{_module}").app, name=_name)
+for _name in SUBCOMMANDS:
+    if (_HERE / f"{_name}.py").exists():
+        app.add_typer(importlib.import_module(f"neve.cli.{_name}").app, name=_name)
+
+# Global option -> the environment variable neve.connect() reads.
+_ENV = {"home": "NEVE_HOME", "url": "NEVE_URL", "role": "NEVE_ROLE", "user": "NEVE_USER"}
 
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     home: Annotated[
-        Path | None, typer.Option("--home", help="account directory (NEVE_HOME)")
+        Path | None,
+        typer.Option("--home", envvar="NEVE_HOME", help="Account directory (default ~/.neve)."),
     ] = None,
     url: Annotated[
-        str | None, typer.Option("--url", help="a remote control plane (NEVE_URL)")
+        str | None,
+        typer.Option("--url", envvar="NEVE_URL", help="A remote control plane's URL."),
+    ] = None,
+    role: Annotated[
+        str | None, typer.Option("--role", envvar="NEVE_ROLE", help="Role to use.")
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user", envvar="NEVE_USER", help="User for --url (password: NEVE_PASSWORD)."
+        ),
     ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", help="token for --url (NEVE_TOKEN)")
+        str | None,
+        typer.Option("--token", envvar="NEVE_TOKEN", help="Token for --url.", show_default=False),
     ] = None,
 ) -> None:
-    # Sub-commands connect with neve.connect(), which reads these variables.
-    if home is not None:
-        os.environ["NEVE_HOME"] = str(home.expanduser().resolve())
-    if url is not None:
-        os.environ["NEVE_URL"] = url
+    opts = CliOptions(
+        home=home.expanduser().resolve() if home else None,
+        url=url,
+        role=role,
+        user=user,
+        token=token,
+    )
+    ctx.obj = opts
+    # Sub-commands that call neve.connect() themselves get the same account and server; the
+    # variables are restored when the command ends (the CLI may run inside another process).
+    values = {"home": str(opts.home) if opts.home else None, "url": url, "role": role}
+    values["user"] = user
+    saved = {var: os.environ.get(var) for var in [*_ENV.values(), "NEVE_TOKEN"]}
+    for key, var in _ENV.items():
+        if values[key] is not None:
+            os.environ[var] = values[key]
     if token is not None:
         os.environ["NEVE_TOKEN"] = token
+    ctx.call_on_close(lambda: _restore(saved))
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+@app.command()
+def whoami(ctx: typer.Context) -> None:
+    """Connect and show who you are: user, role, current database and schema, server."""
+    session = get_session(ctx)
+    me = session.whoami()
+    print_rows(
+        ["user", "role", "database", "schema", "roles", "url"],
+        [
+            [
+                me.get("user"),
+                me.get("role"),
+                me.get("database"),
+                me.get("schema"),
+                ", ".join(me.get("roles") or []),
+                session.url,
+            ]
+        ],
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print neve's version."""
+    import neve
+
+    console.print(f"neve {neve.__version__}")
 
 
 def run() -> None:
-    """Console entry point: a NeveError prints one red line, not a traceback."""
-    try:
+    """Console entry point (``neve``)."""
+    with contextlib.suppress(KeyboardInterrupt):
         app()
-    except NeveError as err:
-        _err.print(f"[red]error:[/red] {err.message}")
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -69,9 +69,16 @@ def _registry(session: Any, database: str | None, schema: str | None) -> Any:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return ", ".join(str(v) for v in value)
     if isinstance(value, list | dict):
         return json.dumps(value, default=str)
-    return str(value)
+    if hasattr(value, "isoformat"):  # a pandas/datetime timestamp: to the second
+        value = value.isoformat()
+    text = str(value)
+    if len(text) >= 19 and text[4] == "-" and text[10] in "T ":
+        return text[:10] + " " + text[11:19]
+    return text
 
 
 def _table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
@@ -198,19 +205,16 @@ def list_models(database: DatabaseOpt = None, schema: SchemaOpt = None) -> None:
         rows = session._transport.call("GET", "/api/v1/models", params=params)
     except NeveError as exc:
         raise _fail(exc) from None
-    _table(
-        rows,
-        [
-            "created_on",
-            "database_name",
-            "schema_name",
-            "name",
-            "default_version_name",
-            "versions",
-            "owner",
-            "comment",
-        ],
-    )
+    for row in rows:
+        row["model"] = ".".join(_quoted(row[k]) for k in ("database_name", "schema_name", "name"))
+        row["default"] = row.get("default_version_name")
+    _table(rows, ["model", "default", "versions", "owner", "created_on", "comment"])
+
+
+def _quoted(name: str) -> str:
+    from neve.identifiers import quote
+
+    return quote(name)
 
 
 @app.command("versions")
@@ -224,18 +228,9 @@ def versions(model: str, database: DatabaseOpt = None, schema: SchemaOpt = None)
     except NeveError as exc:
         raise _fail(exc) from None
     rows = frame.to_dict("records")
-    _table(
-        rows,
-        [
-            "created_on",
-            "name",
-            "aliases",
-            "is_default_version",
-            "functions",
-            "target_platforms",
-            "comment",
-        ],
-    )
+    for row in rows:
+        row["default"] = "yes" if row.get("is_default_version") else ""
+    _table(rows, ["name", "default", "aliases", "functions", "target_platforms", "created_on"])
 
 
 @app.command("show")

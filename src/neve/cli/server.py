@@ -1,58 +1,121 @@
-"""``neve server start|stop|status``: the account's control plane daemon."""
+"""``neve server start|stop|restart|status|logs``: the account's control plane daemon.
+
+You rarely need these: ``neve.connect()`` and every other ``neve`` command start the control
+plane in the background when none runs. Stopping it leaves services running; the next start
+reattaches to them.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from neve.config import default_home
+from neve.cli._common import console, options, print_rows
 from neve.control import daemon
 
 app = typer.Typer(
-    help="Start, stop and inspect the control plane of an account.", no_args_is_help=True
+    help="Start, stop and inspect the account's control plane daemon.",
+    no_args_is_help=True,
+    add_completion=False,
 )
-console = Console()
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="account directory (NEVE_HOME)")]
-
-
-def _home(home: Path | None) -> Path:
-    return (home or default_home()).expanduser().resolve()
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for it to answer.")]
 
 
 @app.command()
-def start(home: HomeOpt = None, timeout: float = 60.0) -> None:
-    """Start the control plane in the background (no-op when it already runs)."""
-    h = _home(home)
-    with console.status(f"starting the neve control plane for {h}"):
-        info = daemon.ensure_running(h, timeout_s=timeout)
-    console.print(f"[green]running[/green] pid {info['pid']} at {info['url']} (account {h})")
+def start(
+    ctx: typer.Context,
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="Run in this process (logs to the terminal too).")
+    ] = False,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default: a free one).")] = None,
+    timeout: TimeoutOpt = daemon.DEFAULT_START_TIMEOUT_S,
+) -> None:
+    """Start the control plane in the background (nothing to do when it runs already)."""
+    home = options(ctx).resolved_home
+    if foreground:
+        from neve.control.serve import serve
+
+        raise typer.Exit(serve(home, host=host, port=port))
+    already = daemon.running(home)
+    if already is not None:
+        console.print(f"already running: pid {already['pid']} at {already['url']} ({home})")
+        return
+    with console.status(f"starting the neve control plane for {home}"):
+        info = daemon.ensure_running(home, timeout_s=timeout, host=host, port=port)
+    console.print(f"[green]started[/green]: pid {info['pid']} at {info['url']} ({home})")
 
 
 @app.command()
-def stop(home: HomeOpt = None) -> None:
-    """Stop the control plane. Running services keep running; it reattaches on restart."""
-    h = _home(home)
-    if daemon.stop(h):
-        console.print(f"stopped the control plane for {h}")
+def stop(
+    ctx: typer.Context,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait before SIGKILL.")
+    ] = daemon.DEFAULT_STOP_TIMEOUT_S,
+) -> None:
+    """Stop the control plane. Services keep running; the next start reattaches to them."""
+    home = options(ctx).resolved_home
+    info = daemon.read_info(home)
+    if daemon.stop(home, timeout_s=timeout):
+        console.print(f"stopped the control plane (pid {info['pid']}) of {home}")
     else:
-        console.print(f"no control plane runs for {h}")
+        console.print(f"no control plane runs for {home}")
 
 
 @app.command()
-def status(home: HomeOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Whether the control plane runs, and where."""
-    info = daemon.status(_home(home))
+def restart(ctx: typer.Context, timeout: TimeoutOpt = daemon.DEFAULT_START_TIMEOUT_S) -> None:
+    """Stop the control plane if it runs, then start it."""
+    home = options(ctx).resolved_home
+    daemon.stop(home)
+    with console.status(f"starting the neve control plane for {home}"):
+        info = daemon.ensure_running(home, timeout_s=timeout)
+    console.print(f"[green]started[/green]: pid {info['pid']} at {info['url']} ({home})")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+) -> None:
+    """Whether the control plane runs, where, and since when (exit status 1 when it does not)."""
+    info = daemon.status(options(ctx).resolved_home)
     if as_json:
         typer.echo(json.dumps(info))
     elif info["running"]:
+        print_rows(
+            ["state", "pid", "url", "version", "started_on", "uptime_s", "home"],
+            [
+                [
+                    "running",
+                    info["pid"],
+                    info["url"],
+                    info.get("version"),
+                    info.get("started_on"),
+                    info.get("uptime_s"),
+                    info["home"],
+                ]
+            ],
+        )
+    elif info.get("pid"):
         console.print(
-            f"[green]running[/green] pid {info['pid']} at {info['url']} since {info['started_on']}"
+            f"[yellow]not responding[/yellow]: pid {info['pid']} holds {info['home']} but does "
+            f"not answer at {info.get('url')}; see {info['log']} or `neve server stop`"
         )
     else:
-        console.print(f"[yellow]not running[/yellow] (account {info['home']})")
+        console.print(f"[yellow]not running[/yellow] ({info['home']})")
+    if not info["running"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.")] = 50,
+) -> None:
+    """The end of the control plane's log."""
+    typer.echo(daemon.log_tail(options(ctx).resolved_home, lines))

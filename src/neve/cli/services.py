@@ -33,20 +33,7 @@ err_console = Console(stderr=True)
 
 DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", help="Database name.")]
 SchemaOpt = Annotated[str | None, typer.Option("--schema", "-s", help="Schema name.")]
-LIST_COLUMNS = [
-    "name",
-    "database_name",
-    "schema_name",
-    "status",
-    "compute_pool",
-    "current_instances",
-    "target_instances",
-    "min_instances",
-    "max_instances",
-    "model_name",
-    "model_version",
-    "inference_endpoint",
-]
+LIST_COLUMNS = ["service", "status", "instances", "compute_pool", "model", "ingress"]
 
 
 def _connect() -> Any:
@@ -98,8 +85,8 @@ def _cell(value: Any) -> str:
 
 def _table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
     table = Table(title=title, header_style="bold")
-    for col in columns:
-        table.add_column(col, overflow="fold")
+    for i, col in enumerate(columns):
+        table.add_column(col, overflow="fold", no_wrap=i == 0)
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     console.print(table)
@@ -262,7 +249,21 @@ def list_services(
         rows = api.call("GET", "/api/v1/services", params=params)
     except NeveError as exc:
         raise _fail(exc) from None
-    _table(rows, LIST_COLUMNS)
+    _table(
+        [
+            {
+                "service": f"{r['database_name']}.{r['schema_name']}.{r['name']}",
+                "status": r["status"],
+                "instances": f"{r['current_instances']}/{r['target_instances']} "
+                f"(min {r['min_instances']}, max {r['max_instances']})",
+                "compute_pool": r["compute_pool"],
+                "model": f"{r['model_name']} {r['model_version']}",
+                "ingress": r.get("inference_endpoint") or "",
+            }
+            for r in rows
+        ],
+        LIST_COLUMNS,
+    )
 
 
 @app.command("describe")

@@ -11,11 +11,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 app = typer.Typer(help="Run SQL statements against the neve account.", add_completion=False)
 console = Console()
-err_console = Console(stderr=True)
 
 
 class SqlShell:
@@ -38,17 +36,9 @@ class SqlShell:
 
 
 def render(body: dict, *, max_rows: int | None = None) -> None:
-    columns = body.get("columns") or []
-    rows = body.get("rows") or []
-    table = Table(show_lines=False, header_style="bold")
-    for col in columns:
-        table.add_column(str(col), overflow="fold")
-    shown = rows if max_rows is None else rows[:max_rows]
-    for row in shown:
-        table.add_row(*("NULL" if v is None else str(v) for v in row))
-    console.print(table)
-    suffix = f" (showing {len(shown)})" if len(shown) < len(rows) else ""
-    console.print(f"[dim]{len(rows)} row{'s' if len(rows) != 1 else ''}{suffix}[/dim]")
+    from neve.cli._common import print_rows
+
+    print_rows(body.get("columns") or [], body.get("rows") or [], max_rows=max_rows)
 
 
 def statement_complete(buffer: str) -> bool:
@@ -65,14 +55,16 @@ def statement_complete(buffer: str) -> bool:
     return bool(tokens) and tokens[-1].token_type == TokenType.SEMICOLON
 
 
-def _connect() -> Any:
-    import neve
+def _connect(ctx: typer.Context) -> Any:
+    from neve.cli._common import get_session
 
-    return neve.connect()
+    return get_session(ctx)
 
 
 def _print_error(exc: Exception) -> None:
-    err_console.print(f"[red]error:[/red] {getattr(exc, 'message', None) or exc}")
+    from neve.cli._common import print_error
+
+    print_error(exc)
 
 
 def interactive(shell: SqlShell, *, max_rows: int | None) -> None:
@@ -107,6 +99,7 @@ def interactive(shell: SqlShell, *, max_rows: int | None) -> None:
 
 @app.callback(invoke_without_command=True)
 def sql(
+    ctx: typer.Context,
     statement: Annotated[
         str | None, typer.Argument(help="SQL to run; omit it for an interactive shell")
     ] = None,
@@ -116,7 +109,7 @@ def sql(
     from neve.errors import NeveError
 
     try:
-        shell = SqlShell(_connect())
+        shell = SqlShell(_connect(ctx))
     except NeveError as exc:
         _print_error(exc)
         raise typer.Exit(1) from None

@@ -54,20 +54,24 @@ def _options(
     _state.update(url=url, token=token, role=role)
 
 
-def _transport() -> Any:
+def _transport(*, public: bool = False) -> Any:
     from neve.client.transport import Transport
 
     if _state.get("url"):
-        return Transport(_state["url"], _state.get("token") or "")
+        token = _state.get("token")
+        if not token and not public:
+            err_console.print("[red]error:[/red] --url needs --token (or NEVE_TOKEN)")
+            raise typer.Exit(code=2)
+        return Transport(_state["url"], token or "none")  # login is public: any token will do
     import neve
     from neve.client.warehouse import _transport as session_transport
 
     return session_transport(neve.connect())
 
 
-def _call(method: str, path: str, **kwargs: Any) -> Any:
+def _call(method: str, path: str, *, public: bool = False, **kwargs: Any) -> Any:
     headers = {"X-Neve-Role": _state["role"]} if _state.get("role") else None
-    return _transport().call(method, path, headers=headers, **kwargs)
+    return _transport(public=public).call(method, path, headers=headers, **kwargs)
 
 
 def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -101,7 +105,7 @@ def _password(prompt: bool, from_stdin: bool) -> str | None:
     return None
 
 
-# -- users ------------------------------------------------------------------------------------------
+# -- users ----------------------------------------------------------------------------------------
 
 
 @app.command("create")
@@ -193,7 +197,7 @@ def login(
     if secret is None:
         secret = typer.prompt("Password", hide_input=True)
     body = {"user": user, "password": secret} | ({"role": role} if role else {})
-    result = _run(_call, "POST", "/api/v1/login", json=body)
+    result = _run(_call, "POST", "/api/v1/login", json=body, public=True)
     err_console.print(
         f"user {result['user']}, role {result['role']}, expires {result['expires_on']}"
     )
@@ -249,7 +253,7 @@ def make_jwt(
     )
 
 
-# -- roles and grants -------------------------------------------------------------------------------
+# -- roles and grants -----------------------------------------------------------------------------
 
 
 @roles_app.command("create")
@@ -376,7 +380,7 @@ def show_grants(
     _table(rows, columns)
 
 
-# -- tokens -----------------------------------------------------------------------------------------
+# -- tokens ---------------------------------------------------------------------------------------
 
 
 @tokens_app.command("create")

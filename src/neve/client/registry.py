@@ -75,9 +75,14 @@ class _Client:
         self.transport = transport
 
     def headers(self) -> dict[str, str]:
-        role = getattr(self.session, "current_role", None)
-        role = role() if callable(role) else role
-        return {"X-Neve-Context": json.dumps({"role": role})} if role else {}
+        """The session's current role/database/schema as the ``X-Neve-Context`` header."""
+        context = getattr(self.session, "context", None)
+        if callable(context):
+            ctx = dict(context())
+        else:
+            role = getattr(self.session, "current_role", None)
+            ctx = {"role": role} if role else {}
+        return {"X-Neve-Context": json.dumps(ctx)} if ctx else {}
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = {**self.headers(), **(kwargs.pop("headers", None) or {})}

@@ -1,28 +1,56 @@
 """``neve.connect()`` and the ``Session``: the user's handle on an account.
 
 On the embedded default (no ``url``), ``connect`` attaches to the control plane serving the
-account directory (``NEVE_HOME``, default ``~/.neve``) or starts one in the background, and
-logs in as the local admin with the token file only the account's owner can read. With ``url``
-it logs in to a remote control plane with a password, a token, or a key-pair JWT.
+account directory (``home``, else ``NEVE_HOME``, else ``~/.neve``) or starts one in the
+background, and logs in as the local admin with the token file only the account's owner can
+read. If that daemon goes away (stopped, killed, machine rebooted), the session's next call
+starts or finds the new one and carries on. With ``url`` it logs in to a (remote) control plane
+with a password, a token, or a key-pair JWT.
+
+Every request carries the session's context as ``X-Neve-Role``, ``X-Neve-Database`` and
+``X-Neve-Schema``, so the server-side ``RequestContext`` is the session's; ``use_role`` /
+``use_database`` / ``use_schema`` (or the SQL ``USE`` statements) change it, checked by the
+server.
+
+``session.sql(text)`` runs the statement(s) at once and returns a ``SqlResult``: ``.collect()``
+gives ``Row`` objects (tuples whose values can also be read by column name), ``.to_pandas()`` a
+DataFrame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pandas as pd
 
 from neve.client.transport import Transport
-from neve.config import default_home
-from neve.errors import AuthenticationError, InvalidArgumentError
+from neve.errors import (
+    AuthenticationError,
+    InvalidArgumentError,
+    NeveError,
+    ServiceUnavailableError,
+)
+from neve.identifiers import ident, quote, split_name
+
+ROLE_HEADER = "X-Neve-Role"
+DATABASE_HEADER = "X-Neve-Database"
+SCHEMA_HEADER = "X-Neve-Schema"
+
+
+# -- results ----------------------------------------------------------------------------------------
 
 
 class Row(tuple):
-    """A result row: a tuple whose values can also be read by column name (case-insensitive)."""
+    """A result row: a tuple whose values can also be read by column name.
+
+    ``row[0]``, ``row["NAME"]`` and ``row.NAME`` all work; names match exactly first, then
+    case-insensitively (SHOW output uses lower-case names, unquoted SQL names are upper-case).
+    """
 
     _fields: tuple[str, ...] = ()
 
@@ -31,15 +59,27 @@ class Row(tuple):
         row._fields = tuple(fields)
         return row
 
+    def __reduce__(self) -> tuple:  # picklable (the default would drop the field names)
+        return (Row, (tuple(self), self._fields))
+
+    def _index(self, name: str) -> int:
+        fields = self._fields
+        if name in fields:
+            return fields.index(name)
+        folded = name.upper()
+        for i, field_name in enumerate(fields):
+            if field_name.upper() == folded:
+                return i
+        raise KeyError(f"no column {name!r}; columns: {', '.join(fields)}")
+
     def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
         if isinstance(key, str):
-            for i, name in enumerate(self._fields):
-                if name == key or name.upper() == key.upper():
-                    return tuple.__getitem__(self, i)
-            raise KeyError(f"no column {key!r}; columns: {list(self._fields)}")
+            return tuple.__getitem__(self, self._index(key))
         return tuple.__getitem__(self, key)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
@@ -48,120 +88,249 @@ class Row(tuple):
     def as_dict(self) -> dict[str, Any]:
         return dict(zip(self._fields, self, strict=True))
 
+    asDict = as_dict  # noqa: N815 (the reference's spelling)
+
     def __repr__(self) -> str:
-        return (
-            "Row(" + ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self, strict=True)) + ")"
-        )
+        pairs = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self, strict=True))
+        return f"Row({pairs})"
 
 
 class SqlResult:
-    """The result of ``session.sql(text)``; nothing runs until ``collect()``/``to_pandas()``."""
+    """What a SQL statement returned: ``columns``, ``types`` and ``rows`` (lists of values)."""
 
-    def __init__(self, session: Session, text: str) -> None:
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidArgumentError("sql text must be a non-empty string")
-        self._session = session
-        self._text = text
-        self._result: dict | None = None
-
-    def _run(self) -> dict:
-        if self._result is None:
-            self._result = self._session._transport.call(
-                "POST", "/api/v1/sql", json={"sql": self._text, "context": self._session.context()}
-            )
-            ctx = self._result.get("context") or {}
-            self._session._apply_context(ctx)
-        return self._result
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self._run()["columns"])
+    def __init__(self, body: dict[str, Any], text: str) -> None:
+        self.text = text
+        self.columns: list[str] = [str(c) for c in body.get("columns") or []]
+        self.types: list[str] = list(body.get("types") or [])
+        self.rows: list[list[Any]] = [list(r) for r in body.get("rows") or []]
+        self.stats: dict[str, Any] = dict(body.get("stats") or {})
 
     def collect(self) -> list[Row]:
-        res = self._run()
-        cols = res["columns"]
-        return [Row(r, cols) for r in res["rows"]]
+        return [Row(r, self.columns) for r in self.rows]
+
+    def first(self) -> Row | None:
+        return Row(self.rows[0], self.columns) if self.rows else None
 
     def to_pandas(self) -> pd.DataFrame:
-        res = self._run()
-        return pd.DataFrame(res["rows"], columns=res["columns"])
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+    def show(self, n: int = 10) -> None:
+        """Print the first ``n`` rows."""
+        print(self.to_pandas().head(n).to_string(index=False))
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.collect())
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"SqlResult({len(self.rows)} rows, columns={self.columns})"
+
+
+# -- transport --------------------------------------------------------------------------------------
+
+
+class SessionTransport(Transport):
+    """A ``Transport`` that sends the session's context headers, and can follow a restarted
+    control plane (``reconnect`` returns the current ``(url, token)``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        context_headers: Callable[[], dict[str, str]],
+        reconnect: Callable[[], tuple[str, str]] | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        super().__init__(base_url, token, timeout=timeout)
+        self._context_headers = context_headers
+        self._reconnect = reconnect
+        if reconnect is not None:
+            # The local daemon may be restarted between two calls. Without pooled connections
+            # a call to a daemon that is gone fails to *connect* (nothing was sent, so it is
+            # safe to send again to the new one); a pooled connection would fail mid-request,
+            # where a retry could apply a change twice. On loopback a connection costs ~0.1 ms.
+            self._client.close()
+            self._client = httpx.Client(
+                base_url=self.base_url,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=httpx.Timeout(timeout, connect=10.0),
+                limits=httpx.Limits(max_keepalive_connections=0),
+                trust_env=False,  # loopback: never through a proxy
+            )
+
+    def retarget(self, base_url: str, token: str) -> None:
+        """Point this transport at another URL and token (a restarted daemon)."""
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._client.base_url = httpx.URL(self.base_url)
+        self._client.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, *, headers: dict | None = None, **kwargs: Any) -> Any:
+        merged = {**self._context_headers(), **(headers or {})}
+        try:
+            return super().call(method, path, headers=merged, **kwargs)
+        except ServiceUnavailableError as exc:
+            # Only when the request never reached a server (nothing ran): safe to send again.
+            if self._reconnect is None or not isinstance(exc.__cause__, httpx.ConnectError):
+                raise
+            self.retarget(*self._reconnect())
+        except AuthenticationError:
+            if self._reconnect is None:
+                raise
+            url, token = self._reconnect()
+            if (url.rstrip("/"), token) == (self.base_url, self.token):
+                raise  # the credentials are current: the server means it
+            self.retarget(url, token)
+        return super().call(method, path, headers=merged, **kwargs)
+
+
+# -- the session ------------------------------------------------------------------------------------
+
 
 class Session:
-    """A connection to one neve account, with a current role, database and schema."""
+    """A connection to one neve account, with a current role, database and schema.
+
+    Build it with ``neve.connect()``. Other modules add thin methods here (a call to the REST
+    API or a SQL statement each); ``_transport.call(method, path, json=...)`` sends a request
+    with this session's credentials and context.
+    """
 
     def __init__(
         self,
         transport: Transport,
         *,
         url: str,
-        account_home: Path | None,
+        account_home: Path | None = None,
+        user: str | None = None,
         role: str | None = None,
         database: str | None = None,
         schema: str | None = None,
+        logout_on_close: bool = False,
     ) -> None:
         self._transport = transport
-        self.url = url
+        self.url = url.rstrip("/")
         self.account_home = account_home
+        self.current_user = user
         self.current_role = role
         self.current_database = database
         self.current_schema = schema
-        self._refresh_headers()
+        self._logout_on_close = logout_on_close
+        self._closed = False
 
-    # -- context ------------------------------------------------------------------------------
+    # -- context ----------------------------------------------------------------------------------
     def context(self) -> dict[str, str]:
-        return {
-            k: v
-            for k, v in (
-                ("role", self.current_role),
-                ("database", self.current_database),
-                ("schema", self.current_schema),
-            )
-            if v
-        }
+        """The current role, database and schema (those that are set)."""
+        current = (
+            ("role", self.current_role),
+            ("database", self.current_database),
+            ("schema", self.current_schema),
+        )
+        return {k: v for k, v in current if v}
 
-    def _refresh_headers(self) -> None:
-        self._transport._client.headers["X-Neve-Context"] = orjson.dumps(self.context()).decode()
+    def context_headers(self) -> dict[str, str]:
+        """The headers that make the server-side context this session's."""
+        headers = {}
+        for header, value in (
+            (ROLE_HEADER, self.current_role),
+            (DATABASE_HEADER, self.current_database),
+            (SCHEMA_HEADER, self.current_schema),
+        ):
+            if value:
+                headers[header] = quote(value)  # names are normalized: quote keeps their case
+        return headers
 
     def _apply_context(self, ctx: dict[str, Any]) -> None:
-        self.current_role = ctx.get("role") or self.current_role
-        self.current_database = ctx.get("database", self.current_database)
-        self.current_schema = ctx.get("schema", self.current_schema)
-        self._refresh_headers()
+        """Adopt the context the server reports (after USE statements)."""
+        if ctx.get("role"):
+            self.current_role = ctx["role"]
+        if "database" in ctx:
+            self.current_database = ctx["database"]
+        if "schema" in ctx:
+            self.current_schema = ctx["schema"]
 
     def use_role(self, role: str) -> None:
-        self.sql(f"USE ROLE {role}").collect()
+        """USE ROLE: only a role granted to the user (the server checks)."""
+        self.sql(f"USE ROLE {quote(ident(role, kind='role name'))}")
 
     def use_database(self, database: str) -> None:
-        self.sql(f"USE DATABASE {database}").collect()
+        """USE DATABASE (it must exist); the current schema becomes its PUBLIC schema if any."""
+        self.sql(f"USE DATABASE {quote(ident(database, kind='database name'))}")
 
     def use_schema(self, schema: str) -> None:
-        self.sql(f"USE SCHEMA {schema}").collect()
+        """USE SCHEMA ``schema`` or ``database.schema`` (it must exist)."""
+        parts = split_name(schema)
+        if not 1 <= len(parts) <= 2:
+            raise InvalidArgumentError(f"invalid schema name {schema!r}: use schema or db.schema")
+        names = [
+            ident(p, kind="schema name" if i == len(parts) - 1 else "database name")
+            for i, p in enumerate(parts)
+        ]
+        self.sql("USE SCHEMA " + ".".join(quote(n) for n in names))
 
-    # -- SQL and the warehouse ------------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        """The server's view of this session: user, role, database, schema, usable roles."""
+        return self._transport.call("GET", "/api/v1/session")
+
+    # -- SQL and the warehouse --------------------------------------------------------------------
     def sql(self, text: str) -> SqlResult:
-        """A SQL statement (query or management statement); run it with ``.collect()``."""
-        return SqlResult(self, text)
+        """Run SQL (a query, a management statement, or several separated by ``;``) now.
 
-    def write_pandas(self, df: pd.DataFrame, table_name: str, **kwargs: Any) -> Any:
+        The result holds what the last statement returned; USE statements change this
+        session's role, database or schema.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidArgumentError("SQL text must be a non-empty string")
+        body = self._transport.call("POST", "/api/v1/sql", json={"sql": text})
+        if isinstance(body.get("context"), dict):
+            self._apply_context(body["context"])
+        return SqlResult(body, text)
+
+    def write_pandas(
+        self,
+        df: pd.DataFrame,
+        table_name: str,
+        *,
+        database: str | None = None,
+        schema: str | None = None,
+        auto_create_table: bool = True,
+        overwrite: bool = False,
+    ) -> Any:
+        """Append ``df`` to a warehouse table (created from its columns when missing)."""
         from neve.client import warehouse
 
-        return warehouse.write_pandas(self, df, table_name, **kwargs)
+        if (database or schema) and len(split_name(table_name)) > 1:
+            raise InvalidArgumentError(
+                f"table name {table_name!r} is qualified already; do not also pass "
+                "database= or schema="
+            )
+        if database and not schema:
+            schema = self.current_schema
+            if not schema:
+                raise InvalidArgumentError(
+                    f"write_pandas({table_name!r}, database={database!r}) needs schema= too "
+                    "(no current schema)"
+                )
+        name = ".".join(p for p in (database, schema, table_name) if p)
+        return warehouse.write_pandas(
+            self, df, name, auto_create_table=auto_create_table, overwrite=overwrite
+        )
 
     def create_dataframe(self, df: pd.DataFrame, **kwargs: Any) -> Any:
+        """Upload ``df`` as a new warehouse table (``table_name=`` to name it)."""
         from neve.client import warehouse
 
         return warehouse.create_dataframe(self, df, **kwargs)
 
     def table(self, name: str) -> Any:
+        """A warehouse table: ``to_pandas()``, ``collect()``, ``count()``, ``drop()``."""
         from neve.client import warehouse
 
         return warehouse.table(self, name)
 
-    # -- objects --------------------------------------------------------------------------------
+    # -- objects ----------------------------------------------------------------------------------
     def create_compute_pool(
         self,
         name: str,
@@ -176,10 +345,12 @@ class Session:
         """``CREATE COMPUTE POOL`` from Python (same statement, same checks)."""
         if not isinstance(min_nodes, int) or not isinstance(max_nodes, int):
             raise InvalidArgumentError("min_nodes and max_nodes must be integers")
+        family = str(instance_family).replace("'", "''")
         text = (
-            f"CREATE COMPUTE POOL {'IF NOT EXISTS ' if if_not_exists else ''}{name} "
+            f"CREATE COMPUTE POOL {'IF NOT EXISTS ' if if_not_exists else ''}"
+            f"{quote(ident(name, kind='compute pool name'))} "
             f"MIN_NODES = {min_nodes} MAX_NODES = {max_nodes} "
-            f"INSTANCE_FAMILY = '{instance_family}' AUTO_RESUME = {str(bool(auto_resume)).upper()}"
+            f"INSTANCE_FAMILY = '{family}' AUTO_RESUME = {str(bool(auto_resume)).upper()}"
         )
         if comment:
             text += " COMMENT = '" + comment.replace("'", "''") + "'"
@@ -188,7 +359,7 @@ class Session:
     def create_token(
         self, name: str, *, days_to_expiry: int | None = None, role: str | None = None
     ) -> str:
-        """A programmatic access token for the current user (for HTTP calls to the ingress)."""
+        """A programmatic access token for the current user (e.g. for calls to the ingress)."""
         body: dict[str, Any] = {"name": name}
         if days_to_expiry is not None:
             body["days_to_expiry"] = days_to_expiry
@@ -203,6 +374,13 @@ class Session:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
+        """End the session (a password login's token is revoked; the control plane keeps running)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._logout_on_close:
+            with contextlib.suppress(NeveError):
+                self._transport.call("POST", "/api/v1/logout")
         self._transport.close()
 
     def __enter__(self) -> Session:
@@ -212,98 +390,155 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Session(url={self.url!r}, role={self.current_role!r}, database={self.current_database!r}, schema={self.current_schema!r})"
+        return (
+            f"Session(url={self.url!r}, user={self.current_user!r}, role={self.current_role!r}, "
+            f"database={self.current_database!r}, schema={self.current_schema!r})"
+        )
+
+
+# -- connect ----------------------------------------------------------------------------------------
 
 
 def connect(
-    home: str | Path | None = None,
+    home: str | os.PathLike | None = None,
     *,
     url: str | None = None,
     user: str | None = None,
     password: str | None = None,
     token: str | None = None,
     private_key: str | bytes | None = None,
-    account: str = "local",
+    account: str | None = None,
     role: str | None = None,
     database: str | None = None,
     schema: str | None = None,
-    timeout_s: float = 60.0,
+    timeout_s: float | None = None,
 ) -> Session:
-    """Connect to a neve account.
+    """Connect to a neve account and return a ``Session``.
 
-    - ``neve.connect()``: the embedded default. Uses the account in ``home`` (``NEVE_HOME`` or
-      ``~/.neve``), starting its control plane in the background when none runs, as local admin.
-    - ``neve.connect(url=..., user=..., password=...)`` or ``token=...``: a remote control plane
-      (``NEVE_URL`` / ``NEVE_TOKEN`` in the environment do the same).
-      ``private_key`` (PEM text) signs a key-pair JWT for ``user`` in ``account``.
+    - ``neve.connect()`` / ``neve.connect(home)``: the embedded default. The account in
+      ``home`` (else ``NEVE_HOME``, else ``~/.neve``); its control plane is started in the
+      background when none runs (``timeout_s`` bounds the wait, default 120 s). Logs in as the
+      local admin, or as ``user`` with ``password``.
+    - ``neve.connect(url=..., user=..., password=...)``, ``token=...`` (a session token, a
+      programmatic access token or a key-pair JWT), or ``user=..., private_key=PEM`` (signs a
+      key-pair JWT for ``account``, by default the server's): a control plane at ``url``.
+      ``NEVE_URL``, ``NEVE_TOKEN``, ``NEVE_USER`` and ``NEVE_PASSWORD`` supply these when the
+      arguments are not given.
+    - ``role``, ``database``, ``schema``: the session's initial context (``NEVE_ROLE`` too);
+      the role must be granted to the user.
     """
-    import os
+    from neve.control import daemon
 
-    url = url or os.environ.get("NEVE_URL") or None
-    token = token or (os.environ.get("NEVE_TOKEN") if url else None) or None
+    env = os.environ
+    url = url or env.get("NEVE_URL") or None
+    role = role or env.get("NEVE_ROLE") or None
+    if url is not None:  # credentials from the environment only go to an explicit server
+        token = token or env.get("NEVE_TOKEN") or None
+        user = user or env.get("NEVE_USER") or None
+        password = password or env.get("NEVE_PASSWORD") or None
+    wait_s = daemon.DEFAULT_START_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    database = ident(database, kind="database name") if database else None
+    schema = ident(schema, kind="schema name") if schema else None
     account_home: Path | None = None
-    if url is None:
-        from neve.control import daemon
+    logout_on_close = False
 
-        account_home = Path(home).expanduser().resolve() if home else default_home()
-        info = daemon.ensure_running(account_home, timeout_s=timeout_s)
-        url = info["url"]
-        if token is None and user is None:
-            token = (account_home / daemon.TOKEN_FILE).read_text().strip()
-    assert url is not None
-    url = url.rstrip("/")
-    if token is None:
-        token = _login(
-            url, user=user, password=password, private_key=private_key, account=account, role=role
-        )
+    if url is None:
+        from neve.config import load_settings
+
+        account_home = load_settings(home).home
+
+        def endpoint() -> tuple[str, str]:
+            info = daemon.ensure_running(account_home, timeout_s=wait_s)
+            base = str(info["url"]).rstrip("/")
+            if user is None and token is None:
+                return base, daemon.read_token(account_home)
+            return base, token or _login(base, user, password, private_key, account, role)
+
+        base_url, credential = endpoint()
+        reconnect: Callable[[], tuple[str, str]] | None = endpoint
+        logout_on_close = user is not None and token is None and private_key is None
+    else:
+        base_url = url.rstrip("/")
+        if token is not None:
+            credential = token
+        else:
+            credential = _login(base_url, user, password, private_key, account, role)
+            logout_on_close = private_key is None
+        reconnect = None
+
+    session: Session | None = None
+    transport = SessionTransport(
+        base_url,
+        credential,
+        context_headers=lambda: session.context_headers() if session is not None else {},
+        reconnect=reconnect,
+    )
     session = Session(
-        Transport(url, token),
-        url=url,
+        transport,
+        url=base_url,
         account_home=account_home,
-        role=role,
+        role=ident(role, kind="role name") if role else None,
         database=database,
         schema=schema,
+        logout_on_close=logout_on_close,
     )
-    who = session._transport.call("GET", "/api/v1/session")
-    session.current_role = role or who.get("role")
-    session._refresh_headers()
+    try:
+        who = session.whoami()  # checks the credentials and the role now, not at first use
+    except BaseException:
+        session.close()
+        raise
+    session.current_user = who.get("user")
+    session._apply_context({"role": who.get("role")})
     return session
 
 
 def _login(
     url: str,
-    *,
     user: str | None,
     password: str | None,
     private_key: str | bytes | None,
-    account: str,
+    account: str | None,
     role: str | None,
 ) -> str:
+    """A bearer credential for ``user``: a key-pair JWT, or a session token from a password."""
     if not user:
         raise InvalidArgumentError(
-            "connect(url=...) needs user= with password= or private_key=, or token="
+            f"connecting to {url} needs user= with password= or private_key=, or token= "
+            "(or NEVE_USER / NEVE_PASSWORD / NEVE_TOKEN)"
         )
     if private_key is not None:
         from neve.security.keypair import make_jwt
 
         pem = private_key.decode() if isinstance(private_key, bytes) else private_key
-        return make_jwt(pem, account=account, user=user)
+        return make_jwt(pem, account=account or _server_account(url), user=user)
     if password is None:
-        raise InvalidArgumentError(
-            f"connect: no password, token or private_key given for user {user}"
-        )
+        raise InvalidArgumentError(f"no password, token or private_key given for user {user}")
+    body: dict[str, Any] = {"user": user, "password": password}
+    if role:
+        body["role"] = role
     try:
-        resp = httpx.post(
-            f"{url}/api/v1/login",
-            json={"user": user, "password": password, **({"role": role} if role else {})},
-            timeout=30,
-        )
+        resp = httpx.post(f"{url}/api/v1/login", json=body, timeout=30.0)
     except httpx.HTTPError as exc:
-        raise AuthenticationError(f"cannot reach {url} to log in: {exc}") from exc
+        raise ServiceUnavailableError(f"cannot reach the control plane at {url}: {exc}") from exc
+    try:
+        answer = resp.json()
+    except ValueError:
+        answer = {"message": resp.text[:500]}
     if resp.status_code != 200:
-        try:
-            msg = resp.json().get("message", resp.text)
-        except ValueError:
-            msg = resp.text
-        raise AuthenticationError(f"login as {user} failed: {msg}")
-    return resp.json()["token"]
+        from neve.errors import error_from_dict
+
+        if not isinstance(answer, dict):
+            answer = {"message": str(answer)}
+        answer.setdefault("type", "AuthenticationError" if resp.status_code == 401 else None)
+        raise error_from_dict(answer)
+    return str(answer["token"])
+
+
+def _server_account(url: str) -> str:
+    """The account name the server at ``url`` expects in key-pair JWTs (from its health)."""
+    try:
+        return str(httpx.get(f"{url}/api/v1/health", timeout=10.0).json()["account"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise ServiceUnavailableError(
+            f"cannot read the account name of the control plane at {url}; pass account=: {exc}"
+        ) from exc

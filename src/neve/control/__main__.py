@@ -1,27 +1,28 @@
-"""``python -m neve.control --home DIR``: run the control plane daemon in the foreground."""
+"""``python -m neve.control [--home DIR] [--host H] [--port P]``: run the control plane daemon.
+
+It runs in the foreground of this process; ``neve.connect()`` and ``neve server start`` start it
+detached, in its own session, with its output appended to ``<home>/logs/control.log``.
+Exit status: 0 after a clean stop, 17 when another daemon already serves the account, 1 on a
+failure (the log says why).
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from pathlib import Path
 
-from neve.config import default_home
-from neve.control.daemon import serve
+from neve.control.serve import serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m neve.control", description=__doc__)
-    parser.add_argument("--home", type=Path, default=None, help="account directory (NEVE_HOME)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    parser = argparse.ArgumentParser(
+        prog="python -m neve.control", description="Run the neve control plane daemon."
     )
-    home = (args.home or default_home()).expanduser().resolve()
-    return serve(home)
+    parser.add_argument("--home", default=None, help="account directory (default: NEVE_HOME)")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    args = parser.parse_args(argv)
+    return serve(args.home, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

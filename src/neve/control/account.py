@@ -7,6 +7,8 @@ are checked in one place whichever surface a call came from.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,34 @@ class Account:
         self.settings = settings or load_settings()
         self.settings.home.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.settings.resolved_catalog_url)
+        #: ``(interval_s, fn, name)`` registered with ``periodic``; the daemon's supervisor runs them.
+        self.periodic_tasks: list[tuple[float, Callable[[], object], str]] = []
+        self._periodic_lock = threading.Lock()
+
+    def periodic(
+        self, interval_s: float, fn: Callable[[], object], *, name: str | None = None
+    ) -> None:
+        """Have the control plane daemon call ``fn()`` every ``interval_s`` seconds.
+
+        Managers register their housekeeping here (typically in ``__init__``). Only a daemon
+        serving this account runs the tasks (``neve.control.supervisor``); an ``Account`` opened
+        in a test or a script just keeps the list. A task that raises is logged and runs again.
+        """
+        from neve.errors import InvalidArgumentError
+
+        if not callable(fn):
+            raise InvalidArgumentError(f"periodic task must be callable, got {type(fn).__name__}")
+        if (
+            isinstance(interval_s, bool)
+            or not isinstance(interval_s, int | float)
+            or interval_s <= 0
+        ):
+            raise InvalidArgumentError(
+                f"periodic task interval must be a number of seconds > 0, got {interval_s!r}"
+            )
+        label = name or getattr(fn, "__qualname__", None) or repr(fn)
+        with self._periodic_lock:
+            self.periodic_tasks.append((float(interval_s), fn, label))
 
     @classmethod
     def open(cls, home: str | None = None) -> Account:
@@ -69,7 +99,7 @@ class Account:
         return SqlEngine(self)
 
     def close(self) -> None:
-        for name in ("services", "compute", "sql"):
+        for name in ("services", "environments", "compute", "sql"):
             mgr = self.__dict__.get(name)
             if mgr is not None and hasattr(mgr, "close"):
                 mgr.close()

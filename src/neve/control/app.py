@@ -1,22 +1,43 @@
-"""The control plane's ASGI application: REST API + SQL endpoint + ingress gateway.
+"""The control plane's ASGI application: REST API, SQL endpoint and ingress gateway on one port.
 
-``create_app(account)`` mounts the ``routes`` of every component module in
-``neve.control.routes``, behind one authentication middleware that turns the request's
-credentials into a ``RequestContext`` (``request.state.ctx``). Ingress traffic (the service
-hosts and ``/svc/...`` paths) is dispatched to the gateway before any of that.
+``create_app(account)`` is a Starlette app with, outermost first:
+
+1. the ingress dispatch (when this version has ``neve.gateway``): requests for a service
+   ingress host (``*-<account>.<ingress_domain>``) or a ``/svc/...`` path go to the gateway,
+   which authenticates and authorizes them itself;
+2. the authentication middleware: every other request except the public paths (health,
+   OpenAPI document, login) must carry credentials; ``account.security.authenticate_request``
+   turns them into the ``RequestContext`` in ``request.state.ctx`` (role, database and schema
+   from ``X-Neve-Role`` / ``X-Neve-Database`` / ``X-Neve-Schema``), or the request gets a 401;
+3. the ``routes`` of each component module in ``neve.control.routes`` that this version has.
+
+Every error answers JSON ``{"code", "message", "type"}``: a ``NeveError`` with its own status,
+an unknown route 404, a wrong method 405, a bug 500 (logged with its traceback, never sent).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import neve
@@ -26,82 +47,156 @@ from neve.errors import AuthenticationError, NeveError
 if TYPE_CHECKING:
     from neve.control.account import Account
 
-API_PREFIX = "/api/v1"
-COMPONENT_ROUTES = ["registry", "compute", "environments", "services", "sql", "security"]
-_ROUTES_DIR = Path(__file__).parent / "routes"
+log = logging.getLogger("neve.control")
 
+API_PREFIX = "/api/v1"
+HEALTH_PATH = f"{API_PREFIX}/health"
+OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
+#: Component route modules, in mount order; each exports ``routes`` (and maybe ``PUBLIC_PATHS``).
+COMPONENT_ROUTES = ("registry", "compute", "environments", "services", "sql", "security")
+_ROUTES_DIR = Path(__file__).parent / "routes"
+_GATEWAY_APP = Path(neve.__file__).parent / "gateway" / "app.py"
 
 
 def component_routes() -> tuple[list[BaseRoute], set[str]]:
-    """Routes of every component module present, and the paths they declare public."""
+    """The routes of every component module present, and the paths they declare public.
+
+    A component is skipped only when its module file is absent from this version; a module that
+    exists but fails to import is a bug and its ImportError propagates.
+    """
     routes: list[BaseRoute] = []
     public: set[str] = set()
     for name in COMPONENT_ROUTES:
         if not (_ROUTES_DIR / f"{name}.py").exists():
-            continue  # a component not built into this version
+            continue
         module = importlib.import_module(f"neve.control.routes.{name}")
         routes.extend(module.routes)
         public |= set(getattr(module, "PUBLIC_PATHS", ()))
     return routes, public
 
 
-async def health(request: Request) -> object:
-    """Liveness of the control plane (no authentication)."""
-    return json_response({"status": "ok", "version": neve.__version__, "pid": _pid()})
+# -- built-in endpoints -----------------------------------------------------------------------------
 
 
-async def openapi(request: Request) -> object:
-    """The OpenAPI document of the REST API."""
-    return json_response(openapi_document(request.app.routes))
+async def health(request: Request) -> Response:
+    """Liveness of the control plane: status, version, pid (no authentication)."""
+    state = request.app.state
+    return json_response(
+        {
+            "status": "ok",
+            "version": neve.__version__,
+            "pid": os.getpid(),
+            "daemon_id": state.daemon_id,
+            "account": state.account.settings.account_name,
+            "started_on": state.started_on,
+            "uptime_s": round(time.monotonic() - state.started_monotonic, 3),
+        }
+    )
 
 
-def openapi_document(routes: list[BaseRoute]) -> dict:
-    """OpenAPI 3 from the routes: one operation per method, described by its docstring."""
-    paths: dict[str, dict] = {}
-    for route in routes:
-        if not isinstance(route, Route) or not route.include_in_schema:
-            continue
-        doc = (route.endpoint.__doc__ or route.name or "").strip()
-        summary = doc.splitlines()[0] if doc else route.name
-        for method in sorted((route.methods or set()) - {"HEAD"}):
-            op = {
-                "operationId": f"{route.name}_{method.lower()}",
-                "summary": summary,
-                "description": doc,
-                "responses": {
-                    "200": {"description": "success (JSON)"},
-                    "4XX": {"description": 'error: {"code", "message", "type"}'},
-                },
-            }
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document of this REST API (no authentication)."""
+    return json_response(request.app.state.schemas.get_schema(request.app.routes))
+
+
+class ApiSchemaGenerator(SchemaGenerator):
+    """OpenAPI from the routes' docstrings.
+
+    A docstring with a YAML part after ``---`` supplies the operation as Starlette documents it;
+    otherwise its first line is the summary and the rest the description. Path parameters come
+    from the route's template; every operation may answer the JSON error body.
+    """
+
+    _PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
+
+    def parse_docstring(self, func_or_method: Callable[..., Any]) -> dict[str, Any]:
+        if "---" not in (func_or_method.__doc__ or ""):
+            return {}  # a plain docstring is prose, not YAML
+        try:
+            return super().parse_docstring(func_or_method)
+        except Exception:  # a malformed YAML block must not break the whole document
+            log.warning("bad OpenAPI YAML in the docstring of %s", func_or_method.__qualname__)
+            return {}
+
+    def get_schema(self, routes: list[BaseRoute]) -> dict[str, Any]:
+        schema = dict(self.base_schema)
+        paths: dict[str, dict[str, Any]] = {}
+        for endpoint in self.get_endpoints(routes):
+            operation = dict(self.parse_docstring(endpoint.func))
+            doc = inspect.getdoc(endpoint.func) or ""
+            prose = doc.split("---")[0].strip()
+            name = getattr(endpoint.func, "__name__", "endpoint")
+            operation.setdefault("summary", prose.splitlines()[0] if prose else name)
+            if prose:
+                operation.setdefault("description", prose)
+            operation.setdefault("operationId", f"{name}_{endpoint.http_method}")
             params = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                for name in route.param_convertors
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in self._PARAM.findall(endpoint.path)
             ]
             if params:
-                op["parameters"] = params
-            paths.setdefault(route.path, {})[method.lower()] = op
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "neve control plane", "version": neve.__version__},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
-        "paths": paths,
-    }
+                operation.setdefault("parameters", params)
+            operation.setdefault(
+                "responses",
+                {
+                    "200": {"description": "success (JSON)"},
+                    "default": {
+                        "description": "error",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    },
+                },
+            )
+            paths.setdefault(endpoint.path, {})[endpoint.http_method] = operation
+        schema["paths"] = paths
+        return schema
 
 
-def _pid() -> int:
-    import os
+def _schema_generator() -> ApiSchemaGenerator:
+    return ApiSchemaGenerator(
+        {
+            "openapi": "3.0.3",
+            "info": {
+                "title": "neve control plane",
+                "version": neve.__version__,
+                "description": (
+                    "REST API of a neve account. Authenticate with `Authorization: Bearer "
+                    "<token>` (POST /api/v1/login, a programmatic access token, or a key-pair "
+                    "JWT); `X-Neve-Role`, `X-Neve-Database` and `X-Neve-Schema` set the "
+                    "caller's role and current database and schema. Each ingress-enabled "
+                    "service documents its own routes at /svc/<service>/openapi.json."
+                ),
+            },
+            "components": {
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "schemas": {
+                    "Error": {
+                        "type": "object",
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                        },
+                        "required": ["code", "message"],
+                    }
+                },
+            },
+            "security": [{"bearer": []}],
+        }
+    )
 
-    return os.getpid()
+
+# -- authentication ---------------------------------------------------------------------------------
 
 
 class AuthenticationMiddleware:
-    """Sets ``scope["state"]["ctx"]`` from the Authorization header; 401 JSON when missing/bad."""
+    """Sets ``scope["state"]["ctx"]`` from the request's credentials; 401 JSON without them."""
 
     def __init__(self, app: ASGIApp, account: Account, public_paths: set[str]) -> None:
         self.app = app
         self.account = account
-        self.public_paths = public_paths
+        self.public_paths = frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public_paths:
@@ -109,35 +204,115 @@ class AuthenticationMiddleware:
             return
         headers = Headers(scope=scope)
         try:
+            # token lookups hit the catalog: off the event loop
             ctx = await run_in_threadpool(self.account.security.authenticate_request, headers)
-        except NeveError as err:
-            if not isinstance(err, AuthenticationError) and err.http_status >= 500:
-                raise
-            await error_response(err)(scope, receive, send)
+        except NeveError as err:  # 401, or 400 for a malformed X-Neve-Database etc.
+            response = error_response(err)
+            if isinstance(err, AuthenticationError):
+                response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
             return
         scope.setdefault("state", {})["ctx"] = ctx
         await self.app(scope, receive, send)
 
 
-def create_app(account: Account) -> ASGIApp:
+# -- errors -----------------------------------------------------------------------------------------
+
+_HTTP_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+}
+
+
+async def _neve_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NeveError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no such API route: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    response = json_response(
+        {
+            "code": _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}"),
+            "message": message,
+            "type": "NeveError",
+        },
+        status=exc.status_code,
+    )
+    for key, value in (exc.headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    ctx = getattr(request.state, "ctx", None)
+    request_id = getattr(ctx, "request_id", None) or "-"
+    log.error(
+        "request_id=%s %s %s failed", request_id, request.method, request.url.path, exc_info=exc
+    )
+    return json_response(
+        {
+            "code": "INTERNAL",
+            "message": (
+                f"internal error in the control plane ({type(exc).__name__}, request id "
+                f"{request_id}); see its log"
+            ),
+            "type": "NeveError",
+        },
+        status=500,
+    )
+
+
+# -- the app ----------------------------------------------------------------------------------------
+
+
+def create_app(account: Account, *, daemon_id: str | None = None) -> Starlette:
+    """The control plane app for ``account`` (``daemon_id`` identifies the serving daemon)."""
     routes, public = component_routes()
-    base_routes: list[BaseRoute] = [
-        Route(f"{API_PREFIX}/health", health, methods=["GET"], include_in_schema=False),
-        Route(f"{API_PREFIX}/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+    public |= {HEALTH_PATH, OPENAPI_PATH}
+    builtin: list[BaseRoute] = [
+        Route(HEALTH_PATH, health, methods=["GET"], include_in_schema=False),
+        Route(OPENAPI_PATH, openapi, methods=["GET"], include_in_schema=False),
     ]
-    app = Starlette(routes=base_routes + routes)
-    app.state.account = account
-
-    async def neve_error(request: Request, exc: Exception) -> object:
-        assert isinstance(exc, NeveError)
-        return error_response(exc)
-
-    app.add_exception_handler(NeveError, neve_error)
-    public |= {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json"}
-    authed = AuthenticationMiddleware(app, account, public)
-    # the middleware needs app.state too (it is read through scope["app"])
-    if (_ROUTES_DIR.parent.parent / "gateway" / "app.py").exists():
+    middleware: list[Middleware] = []
+    gateway = None
+    if _GATEWAY_APP.exists():
         from neve.gateway.app import IngressDispatch, build_gateway
 
-        return IngressDispatch(authed, build_gateway(account))
-    return authed
+        gateway = build_gateway(account)
+        middleware.append(Middleware(IngressDispatch, gateway=gateway))
+    middleware.append(Middleware(AuthenticationMiddleware, account=account, public_paths=public))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if gateway is not None:
+            await gateway.aclose()  # its pooled connections to service instances
+
+    app = Starlette(
+        routes=builtin + routes,
+        middleware=middleware,
+        exception_handlers={
+            NeveError: _neve_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.account = account
+    app.state.daemon_id = daemon_id
+    app.state.started_on = datetime.now(UTC).isoformat()
+    app.state.started_monotonic = time.monotonic()
+    app.state.schemas = _schema_generator()
+    app.state.gateway = gateway
+    return app

@@ -522,6 +522,44 @@ class EnvironmentManager:
             service_id=service_id,
         )
 
+    def model_version_id(self, ctx: RequestContext, model: str, version: str | None) -> int:
+        """The id of ``model``'s version ``version`` (a name, an alias, or None: the default)."""
+        qn = self._qn(ctx, model, "model")
+        with self.account.catalog.transaction() as s:
+            row = lookup.in_schema(s, m.Model, qn, "model")
+            versions = list(
+                s.scalars(
+                    select(m.ModelVersion)
+                    .where(m.ModelVersion.model_id == row.id)
+                    .order_by(m.ModelVersion.id)
+                )
+            )
+            wanted = ident(version, kind="version name") if version else None
+            if wanted in (None, "DEFAULT"):
+                wanted = row.default_version
+            if wanted == "FIRST" and versions:
+                return versions[0].id
+            if wanted == "LAST" and versions:
+                return versions[-1].id
+            for v in versions:
+                if v.name == wanted or wanted in (v.aliases or []):
+                    return v.id
+            known = ", ".join(v.name for v in versions) or "none"
+            raise ObjectNotFoundError(f"model {qn} has no version {wanted}; versions: {known}")
+
+    def build_model_image(
+        self,
+        ctx: RequestContext,
+        model: str,
+        version: str | None,
+        *,
+        repo: str,
+        **kwargs: Any,
+    ) -> dict:
+        """``build_image`` for a model version named by model and version name."""
+        version_id = self.model_version_id(ctx, model, version)
+        return self.build_image(ctx, model_version_id=version_id, repo=repo, **kwargs)
+
     def get_job(self, ctx: RequestContext, name: str) -> dict:
         return self.jobs.get_job(ctx, name)
 

@@ -64,12 +64,18 @@ def run_command(
     what: str,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    log_output: bool = True,
 ) -> CommandResult:
-    """Run ``argv``; its output goes to ``log`` (and is returned). Kills it at the deadline."""
+    """Run ``argv``; its output goes to ``log`` (unless ``log_output`` is false) and is returned.
+    Kills it at the deadline."""
     deadline.check(what)
     full_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     full_env.update(env or {})
-    log.write("$ " + " ".join(argv))
+    shown = [
+        "'<inline script>'" if i > 0 and argv[i - 1] == "-c" and "\n" in a else a
+        for i, a in enumerate(argv)
+    ]
+    log.write("$ " + " ".join(shown))
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -86,7 +92,8 @@ def run_command(
         for raw in proc.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
             chunks.append(line)
-            log.write("    " + line)
+            if log_output:
+                log.write("    " + line)
 
     reader = threading.Thread(target=pump, name=f"build-output-{proc.pid}", daemon=True)
     reader.start()

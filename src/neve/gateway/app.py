@@ -30,6 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -48,6 +49,7 @@ from neve.errors import (
     ServiceUnavailableError,
 )
 from neve.gateway.balancer import Address, LeastOutstanding
+from neve.gateway.cache import TtlCache
 from neve.gateway.limits import GatewayLimits
 from neve.gateway.openapi import ingress_openapi
 from neve.gateway.targets import CatalogIngressTargets, IngressTarget, IngressTargets
@@ -102,6 +104,14 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
 }
+# The headers authentication reads: the cache key of an authenticated context.
+AUTH_HEADERS = (
+    "authorization",
+    "x-neve-role",
+    "x-neve-database",
+    "x-neve-schema",
+    "x-neve-context",
+)
 RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
 _SEGMENT_OK = re.compile(r'^[A-Za-z0-9_$."\- ]+$')
 
@@ -145,8 +155,13 @@ class Gateway:
         self.balancer = LeastOutstanding()
         self._client: httpx.AsyncClient | None = None
         self._wakes: dict[int, asyncio.Future[IngressTarget]] = {}
+        # who a credential is, and which service (authorized) a caller reaches: see cache.py
+        self._auth_cache = TtlCache(ttl=self.limits.auth_cache_secs)
+        self._target_cache = TtlCache(ttl=self.limits.auth_cache_secs)
         self.domain = account.settings.ingress_domain.lower().strip(".")
-        self.account_suffix = "-" + account.settings.account_name.lower()
+        # as ServiceManager names hosts: the account name as one DNS label
+        label = re.sub(r"[^a-z0-9-]", "-", account.settings.account_name.lower()).strip("-")
+        self.account_suffix = "-" + (label or "account")
 
     # -- wiring -----------------------------------------------------------------------------------
     @property
@@ -263,10 +278,13 @@ class Gateway:
             service_name, route = self._split_service_path(scope)
         route = _check_route(route, scope)
 
-        ctx = await anyio.to_thread.run_sync(self.account.security.authenticate_request, headers)
+        ctx = await self._authenticate(headers)
         ctx = ctx.with_(request_id=request_id)
         info.update(user=ctx.user, role=ctx.role)
-        target = await anyio.to_thread.run_sync(self._authorized_target, ctx, by_host, service_name)
+        target_key = TtlCache.key(
+            ctx.user, ctx.role, ctx.database, ctx.schema, by_host, service_name
+        )
+        target = await self._target(ctx, by_host, service_name, target_key)
         info["service"] = target.qualified_name
 
         method = scope["method"]
@@ -279,9 +297,38 @@ class Gateway:
         body = await self._read_body(receive, headers)
         if not target.ready:
             target = await self._wake(ctx, target)
-        status = await self._forward(scope, send, ctx, target, route, body, request_id, info)
+            self._target_cache.put(target_key, target, self.account.security.generation)
+        try:
+            status = await self._forward(scope, send, ctx, target, route, body, request_id, info)
+        except NeveError:
+            self._target_cache.discard(target_key)  # look the service up afresh next time
+            raise
         self._touch(target.service_id)
         return status
+
+    async def _authenticate(self, headers: Headers) -> RequestContext:
+        """``SecurityManager.authenticate`` with a short cache (hit: no thread, no catalog)."""
+        security = self.account.security
+        generation = security.generation  # read first: a change during the look-up voids it
+        key = TtlCache.key(*(headers.get(h) for h in AUTH_HEADERS))
+        cached = self._auth_cache.get(key, generation)
+        if cached is not None:
+            return cached
+        ctx, expires = await anyio.to_thread.run_sync(security.authenticate, headers)
+        remaining = (expires - datetime.now(UTC)).total_seconds()
+        self._auth_cache.put(key, ctx, generation, ttl=remaining)
+        return ctx
+
+    async def _target(
+        self, ctx: RequestContext, host: str | None, name: str | None, key: str
+    ) -> IngressTarget:
+        generation = self.account.security.generation
+        cached = self._target_cache.get(key, generation)
+        if cached is not None:
+            return cached
+        target = await anyio.to_thread.run_sync(self._authorized_target, ctx, host, name)
+        self._target_cache.put(key, target, generation)
+        return target
 
     # -- checks before any routing ----------------------------------------------------------------
     def _check_headers(self, scope: Scope) -> None:
@@ -585,21 +632,21 @@ class Gateway:
         services = self.targets
         if hasattr(services, "service_methods") and not isinstance(services, CatalogIngressTargets):
             try:
-                return dict(services.service_methods(ctx, target.qualified_name))  # type: ignore[attr-defined]
+                methods = services.service_methods  # type: ignore[attr-defined]
+                return dict(methods(ctx, target.qualified_name))
             except NeveError:
                 pass
         return CatalogIngressTargets(self.account).service_methods(ctx, target.service_id)
 
-    @staticmethod
     async def _send_error(
-        send: Send, err: NeveError, request_id: str, status: int | None = None
+        self, send: Send, err: NeveError, request_id: str, status: int | None = None
     ) -> int:
         status = status or err.http_status
         extra: dict[str, str] = dict(getattr(err, "headers", {}) or {})
         if isinstance(err, AuthenticationError):
             extra["www-authenticate"] = 'Bearer realm="neve"'
         if status in {429, 503}:
-            extra.setdefault("retry-after", "5")
+            extra.setdefault("retry-after", str(self.limits.retry_after_secs))
         try:
             await _send_json(send, status, err.to_dict(), request_id, extra)
         except Exception:  # the response had already started; nothing more can be said

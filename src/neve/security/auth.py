@@ -40,6 +40,7 @@ from neve.errors import (
 )
 from neve.identifiers import ident
 from neve.security import keypair, passwords
+from neve.security.throttle import LoginThrottle
 from neve.security.tokens import (
     LOCAL,
     MAX_TOKEN_LENGTH,
@@ -138,6 +139,7 @@ class AuthenticationMixin:
     """Login, tokens and request authentication (part of ``SecurityManager``)."""
 
     account: Account
+    login_throttle: LoginThrottle
 
     # bootstrap, effective_roles, usable_roles, _user, _may_manage_user: SecurityManager
 
@@ -190,11 +192,14 @@ class AuthenticationMixin:
             raise denied from None
         if not isinstance(password, str) or len(password) > passwords.MAX_PASSWORD_LENGTH:
             raise denied
+        self.login_throttle.check(name)
         with self.account.catalog.transaction() as s:
             row = s.scalar(select(m.User).where(m.User.name == name))
             ok = passwords.verify_password(row.password_hash if row else None, password)
             if row is None or not ok:
+                self.login_throttle.failed(name)
                 raise denied
+            self.login_throttle.succeeded(name)
             if row.disabled:
                 raise AuthenticationError(f"user {name} is disabled")
             if passwords.needs_rehash(row.password_hash or ""):
@@ -213,6 +218,7 @@ class AuthenticationMixin:
     def logout(self, token: str) -> None:
         """Revoke a session token (its own holder may always do this)."""
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             row = s.scalar(select(m.Token).where(m.Token.token_sha256 == token_sha256(token)))
             if row is not None:
                 row.revoked = True
@@ -294,6 +300,7 @@ class AuthenticationMixin:
     def revoke_token(self, ctx: RequestContext, name: str, *, user: str | None = None) -> None:
         token_name = ident(name, kind="token name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             owner = self._token_user(s, ctx, user)
             rows = s.scalars(
                 select(m.Token).where(
@@ -329,6 +336,10 @@ class AuthenticationMixin:
     # -- authenticating a request -----------------------------------------------------------------
     def authenticate_request(self, headers: Mapping[str, str]) -> RequestContext:
         """The caller's context from HTTP headers, or ``AuthenticationError`` (401)."""
+        return self.authenticate(headers)[0]
+
+    def authenticate(self, headers: Mapping[str, str]) -> tuple[RequestContext, datetime]:
+        """Like ``authenticate_request``, plus when the credential expires (for caches)."""
         token = bearer_token(_header(headers, "authorization"))
         context = context_header(_header(headers, CONTEXT_HEADER))
         role_wanted = _header(headers, ROLE_HEADER) or context.get("role")
@@ -336,23 +347,25 @@ class AuthenticationMixin:
         schema = _header(headers, SCHEMA_HEADER) or context.get("schema")
         with self.account.catalog.transaction() as s:
             if looks_like_jwt(token):
-                user, restriction = self._user_from_jwt(s, token), None
+                user, expires = self._user_from_jwt(s, token)
+                restriction = None
             else:
-                user, restriction = self._user_from_token(s, token)
+                user, restriction, expires = self._user_from_token(s, token)
             role = self._pick_role(s, user, role_wanted, restriction=restriction)
-        return RequestContext(
+        ctx = RequestContext(
             user=user.name,
             role=role,
             database=ident(database, kind="database name") if database else None,
             schema=ident(schema, kind="schema name") if schema else None,
             request_id=request_id_from(headers),
         )
+        return ctx, expires
 
     def authenticate_token(self, token: str) -> RequestContext:
         """Context for a bare token (no headers): the session's role, no current database."""
         return self.authenticate_request({"authorization": f"Bearer {token}"})
 
-    def _user_from_token(self, s: Session, token: str) -> tuple[m.User, str | None]:
+    def _user_from_token(self, s: Session, token: str) -> tuple[m.User, str | None, datetime]:
         row = s.scalar(select(m.Token).where(m.Token.token_sha256 == token_sha256(token)))
         if row is None:
             raise AuthenticationError("invalid token")
@@ -363,9 +376,9 @@ class AuthenticationMixin:
         user = s.get(m.User, row.user_id)
         if user is None or user.disabled:
             raise AuthenticationError("the token's user is disabled or no longer exists")
-        return user, row.role
+        return user, row.role, aware(row.expires_on)
 
-    def _user_from_jwt(self, s: Session, token: str) -> m.User:
+    def _user_from_jwt(self, s: Session, token: str) -> tuple[m.User, datetime]:
         subject = keypair.unverified_subject(token)
         account_name = self.account.settings.account_name
         if subject.account.upper() != account_name.upper():
@@ -378,10 +391,10 @@ class AuthenticationMixin:
         if user is None or not user.rsa_public_key:
             # Same message for "no such user" and "no key": do not reveal which users exist.
             raise AuthenticationError(f"key-pair authentication failed for user {subject.user}")
-        keypair.verify_jwt(token, user.rsa_public_key, subject)
+        claims = keypair.verify_jwt(token, user.rsa_public_key, subject)
         if user.disabled:
             raise AuthenticationError(f"user {user.name} is disabled")
-        return user
+        return user, datetime.fromtimestamp(claims["exp"], UTC)
 
     def _pick_role(
         self, s: Session, user: m.User, wanted: str | None, *, restriction: str | None

@@ -132,8 +132,8 @@ def unverified_subject(token: str) -> JwtSubject:
     return JwtSubject(account=account, user=user, fingerprint=fingerprint)
 
 
-def verify_jwt(token: str, public_pem: str, subject: JwtSubject) -> None:
-    """Raise ``AuthenticationError`` unless ``token`` is a valid, current JWT for that key."""
+def verify_jwt(token: str, public_pem: str, subject: JwtSubject) -> dict:
+    """The claims of ``token``; ``AuthenticationError`` unless it is valid and current."""
     if subject.fingerprint is not None and subject.fingerprint != public_key_fingerprint(
         public_pem
     ):
@@ -159,3 +159,4 @@ def verify_jwt(token: str, public_pem: str, subject: JwtSubject) -> None:
         raise AuthenticationError(
             f"JWT lifetime exceeds {MAX_JWT_LIFETIME_SECS} seconds; issue a shorter-lived JWT"
         )
+    return claims

@@ -22,7 +22,7 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, event, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -59,6 +59,7 @@ from neve.security.privileges import (
     privileges_for_grant,
     satisfying,
 )
+from neve.security.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -74,6 +75,8 @@ __all__ = [
 
 # ACCOUNTADMIN > SYSADMIN > PUBLIC: each role on the left inherits the one on its right.
 SYSTEM_ROLES = (ACCOUNTADMIN, SYSADMIN, PUBLIC)
+# What SYSADMIN may do on the account from the start (ACCOUNTADMIN may revoke it).
+SYSADMIN_ACCOUNT_PRIVILEGES = ("CREATE DATABASE", "CREATE COMPUTE POOL")
 _UNSET: Any = object()
 
 
@@ -82,6 +85,28 @@ class SecurityManager(AuthenticationMixin):
         self.account = account
         self._bootstrapped = False
         self._bootstrap_lock = threading.Lock()
+        extra = account.settings.extra
+        self.login_throttle = LoginThrottle(
+            max_failures=int(extra.get("login_max_failures", 5)),
+            lockout_s=float(extra.get("login_lockout_secs", 60)),
+        )
+        # The system roles and the admin user exist before anything asks about them.
+        self.bootstrap()
+        # Incremented after every committed change to users, roles, grants, ownership, tokens.
+        self.generation = 0
+        self._generation_lock = threading.Lock()
+
+    # -- change tracking --------------------------------------------------------------------------
+    def _changed_on_commit(self, s: Session) -> None:
+        """Bump ``generation`` once ``s`` commits: caches of security answers (the gateway's)
+        drop everything they read before. After the commit, so nothing re-caches old state."""
+        if not s.info.get("neve_security_changed"):
+            s.info["neve_security_changed"] = True
+            event.listen(s, "after_commit", self._bump, once=True)
+
+    def _bump(self, _session: Session | None = None) -> None:
+        with self._generation_lock:
+            self.generation += 1
 
     # -- bootstrap --------------------------------------------------------------------------------
     def bootstrap(self, *, admin_password: str | None = None) -> None:
@@ -110,6 +135,27 @@ class SecurityManager(AuthenticationMixin):
                 s.add(m.Role(name=name, owner_role=ACCOUNTADMIN, comment=comment))
         for child, parent in ((SYSADMIN, ACCOUNTADMIN), (PUBLIC, SYSADMIN)):
             self._add_role_grant(s, child, "ROLE", parent, granted_by=ACCOUNTADMIN)
+        for privilege in SYSADMIN_ACCOUNT_PRIVILEGES:  # SYSADMIN builds databases and pools
+            if (
+                s.scalar(
+                    select(m.Grant.id).where(
+                        m.Grant.privilege == privilege,
+                        m.Grant.object_type == ACCOUNT,
+                        m.Grant.object_id == 0,
+                        m.Grant.grantee_role == SYSADMIN,
+                    )
+                )
+                is None
+            ):
+                s.add(
+                    m.Grant(
+                        privilege=privilege,
+                        object_type=ACCOUNT,
+                        object_id=0,
+                        grantee_role=SYSADMIN,
+                        granted_by=ACCOUNTADMIN,
+                    )
+                )
         admin = s.scalar(select(m.User).where(m.User.name == ADMIN_USER))
         if admin is None:
             admin = m.User(name=ADMIN_USER, default_role=ACCOUNTADMIN, comment="local admin")
@@ -260,6 +306,7 @@ class SecurityManager(AuthenticationMixin):
             )
 
     def on_drop(self, s: Session, obj: Any) -> None:
+        self._changed_on_commit(s)
         s.execute(
             delete(m.Grant).where(
                 m.Grant.object_type == object_type(obj), m.Grant.object_id == object_id(obj)
@@ -335,6 +382,7 @@ class SecurityManager(AuthenticationMixin):
         """ALTER USER ... SET. A user may change their own password, key and default role."""
         user_name = ident(name, kind="user name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             user = self._user(s, user_name)
             # Users may change their own credentials; everything else needs ownership.
             self_service = user.name == ctx.user and disabled is _UNSET and comment is _UNSET
@@ -373,6 +421,7 @@ class SecurityManager(AuthenticationMixin):
     def drop_user(self, ctx: RequestContext, name: str, *, if_exists: bool = False) -> None:
         user_name = ident(name, kind="user name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             user = s.scalar(select(m.User).where(m.User.name == user_name))
             if user is None:
                 if if_exists:
@@ -470,6 +519,7 @@ class SecurityManager(AuthenticationMixin):
         """DROP ROLE: objects the role owned pass to the role that drops it (as the reference)."""
         role_name = ident(name, kind="role name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             role = s.scalar(select(m.Role).where(m.Role.name == role_name))
             if role is None:
                 if if_exists:
@@ -532,6 +582,7 @@ class SecurityManager(AuthenticationMixin):
             raise InvalidArgumentError("GRANT ROLE needs exactly one of to_user or to_role")
         role_name = ident(role, kind="role name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             granted = self._role(s, role_name)
             self._require_role_admin(s, ctx, granted)
             if to_user is not None:
@@ -558,13 +609,14 @@ class SecurityManager(AuthenticationMixin):
             raise InvalidArgumentError("REVOKE ROLE needs exactly one of from_user or from_role")
         role_name = ident(role, kind="role name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             granted = self._role(s, role_name)
             self._require_role_admin(s, ctx, granted)
             if from_user is not None:
                 grantee_type, grantee = "USER", self._user(s, ident(from_user, kind="user name"))
             else:
                 grantee_type = "ROLE"
-                grantee = self._role(s, ident(from_role, kind="role name"))  # type: ignore[arg-type]
+                grantee = self._role(s, ident(str(from_role), kind="role name"))
             row = s.scalar(
                 select(m.RoleGrant).where(
                     m.RoleGrant.role == role_name,
@@ -612,6 +664,7 @@ class SecurityManager(AuthenticationMixin):
         privs = privileges_for_grant(privilege, kind)
         grantee = ident(to_role, kind="role name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             obj = resolve(s, ctx, kind, object_name)
             self._role(s, grantee)
             roles = self._roles(s, ctx)
@@ -666,6 +719,7 @@ class SecurityManager(AuthenticationMixin):
         privs = privileges_for_grant(privilege, kind)
         grantee = ident(from_role, kind="role name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             obj = resolve(s, ctx, kind, object_name)
             self._role(s, grantee)
             roles = self._roles(s, ctx)
@@ -707,6 +761,7 @@ class SecurityManager(AuthenticationMixin):
             raise InvalidArgumentError("ownership of the account cannot be transferred")
         new_owner = ident(to_role, kind="role name")
         with self.account.catalog.transaction() as s:
+            self._changed_on_commit(s)
             obj = resolve(s, ctx, kind, object_name)
             self._role(s, new_owner)
             self.require_owner(s, ctx, obj)

@@ -122,6 +122,7 @@ def owned_by(s: Session, role: str) -> list[Any]:
     """Every object whose owner is ``role`` (for SHOW GRANTS TO ROLE and DROP ROLE)."""
     found: list[Any] = []
     for cls in OBJECT_TYPES:
-        if hasattr(cls, "owner_role"):  # service functions are owned through their service
-            found.extend(s.scalars(select(cls).where(cls.owner_role == role)))  # type: ignore[attr-defined]
+        owner = getattr(cls, "owner_role", None)  # functions are owned through their service
+        if owner is not None:
+            found.extend(s.scalars(select(cls).where(owner == role)))
     return found

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ from neve.server.config import (
 
 APP = "neve.server.app:create_app"
 SUPERVISED_ENV = "NEVE_SERVER_SUPERVISED"  # the same name as in neve.server.app
-STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start
+STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start (and ours)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -105,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from neve.server.supervisor import (
+        REUSE_PORT,
+        ReusePortSupervisor,
+        bind_anchor,
+        failed_to_start,
+    )
+
     metrics_dir = tempfile.mkdtemp(prefix="neve-server-metrics-")
     os.environ[CONFIG_ENV] = config.to_env()
     os.environ[SUPERVISED_ENV] = "1"
@@ -130,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         # Model loading can hold the GIL for a while; do not take a busy worker for a hung one.
         timeout_worker_healthcheck=30,
     )
-    supervisor = None
+    supervisor: Multiprocess | None = None
     try:
-        sock = bind_socket(config.host, config.port)
-        port = sock.getsockname()[1]
+        try:
+            anchor = bind_anchor(config.host, config.port)
+        except OSError as exc:
+            print(f"neve.server: cannot listen on {config.host}:{config.port}: {exc}", flush=True)
+            return STARTUP_FAILURE
+        port = anchor.getsockname()[1]
         if args.port_file:
             _write_atomically(Path(args.port_file), f"{port}\n")
         print(
@@ -141,35 +151,19 @@ def main(argv: list[str] | None = None) -> int:
             f"with {config.num_workers} worker(s) (pid {os.getpid()})",
             flush=True,
         )
-        # uvicorn's supervisor, also for one worker: it restarts a worker that dies.
-        supervisor = Multiprocess(uv_config, sockets=[sock])
+        # uvicorn's supervisor (also for one worker: it restarts a worker that dies). On Linux
+        # every worker gets its own SO_REUSEPORT socket, so connections spread over workers.
+        if REUSE_PORT:
+            supervisor = ReusePortSupervisor(uv_config, anchor)
+        else:
+            supervisor = Multiprocess(uv_config, sockets=[anchor])
         supervisor.run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    if supervisor is not None and any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+    if supervisor is not None and failed_to_start(supervisor):
         print("neve.server: a worker failed to start (see the log above); exiting", flush=True)
         return STARTUP_FAILURE
     return 0
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket the workers share.
-
-    Created with ``proto=IPPROTO_TCP`` (uvicorn's own ``bind_socket`` passes 0): asyncio sets
-    TCP_NODELAY only on accepted sockets whose ``proto`` says TCP, and without it every
-    response written in two parts (headers, body) waits ~40 ms for the client's delayed ACK.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        print(f"neve.server: cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(STARTUP_FAILURE) from None
-    sock.set_inheritable(True)
-    return sock
 
 
 def _write_atomically(path: Path, text: str) -> None:

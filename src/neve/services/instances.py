@@ -21,7 +21,7 @@ from neve.compute.backends.base import InstanceHandle, InstanceSpec
 from neve.compute.families import instance_family
 from neve.compute.resources import DEFAULT_CPU, DEFAULT_MEMORY_GB, ResourceRequest
 from neve.context import RequestContext
-from neve.errors import InvalidArgumentError, ObjectNotFoundError, ResourceError
+from neve.errors import BuildError, InvalidArgumentError, ObjectNotFoundError, ResourceError
 from neve.identifiers import QualifiedName
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ log = logging.getLogger("neve.services")
 PROBE_TIMEOUT_S = 2.0
 #: How long an instance's server may take to bind its port (model loading comes after).
 START_TIMEOUT_S = 60.0
+#: Build job statuses after which the image is usable.
+BUILD_OK = ("DONE", "SKIPPED")
 _QUEUE_LINE = re.compile(r"^neve_server_queue_rows(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
 
@@ -146,10 +148,40 @@ class InstanceRuntime:
 
     # -- image ------------------------------------------------------------------------------------
     def build_image(self, ctx: RequestContext, ref: ServiceRef, *, force_rebuild: bool) -> int:
-        raise NotImplementedError  # filled in against account.environments
+        """Build (or reuse) the service's image as a MODEL_BUILD_ job; return the image id."""
+        envs = self.account.environments
+        spec = ref.spec
+        job = envs.build_image(
+            ctx,
+            model_version_id=ref.model_version_id,
+            repo=spec["image_repo"],
+            external_access_integrations=tuple(
+                spec.get("build_external_access_integrations") or ()
+            ),
+            force_rebuild=force_rebuild,
+            gpu=spec.get("device") == "cuda",
+            pool=spec.get("image_build_compute_pool"),
+            service_id=ref.id,
+        )
+        name = job["name"]
+        done = envs.wait_job(name)
+        if done.get("status") not in BUILD_OK or done.get("image_id") is None:
+            log_tail = "\n".join(str(envs.job_logs(ctx, name, 20)).splitlines()[-20:])
+            raise BuildError(
+                f"service {ref.qn}: image build {name} {done.get('status')}: "
+                f"{done.get('status_reason') or 'no reason recorded'}; full log: "
+                f"neve services logs {name} (or CALL SYSTEM$GET_SERVICE_LOGS('{name}', 0, "
+                f"'model-build')); end of the log:\n{log_tail}"
+            )
+        return int(done["image_id"])
 
     def python_of(self, ref: ServiceRef) -> str:
-        raise NotImplementedError
+        """The python executable of the service's image."""
+        with self.account.catalog.transaction() as s:
+            image = s.get(m.Image, ref.image_id) if ref.image_id is not None else None
+            if image is None:
+                raise ObjectNotFoundError(f"service {ref.qn}: its image is not built")
+            return str(self.account.environments.image_python(image))
 
     def model_dir_of(self, ref: ServiceRef) -> Path:
         """The model version's files (from the registry's artifact store)."""

@@ -339,12 +339,12 @@ class ServiceManager:
         self, pool: m.ComputePool, resources: Any, version_row: m.ModelVersion, qn: QualifiedName
     ) -> None:
         """Refuse at once what can never run: too big for a node, GPU on a CPU pool or model."""
+        self.runtime.check_fits(pool, resources, label=f"service {qn}")
         if resources.gpu and not version_row.gpu_capable:
             raise InvalidArgumentError(
                 f"service {qn}: gpu_requests={resources.gpu} but model type "
                 f"{version_row.model_type} runs only on CPU; omit gpu_requests"
             )
-        self.runtime.check_fits(pool, resources, label=f"service {qn}")
 
     @staticmethod
     def _register_functions(s: Session, svc: m.Service, version_row: m.ModelVersion) -> None:

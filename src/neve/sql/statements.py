@@ -227,20 +227,15 @@ def _one(row: dict | list[dict]) -> SqlResult:
     return SqlResult.from_dicts(row)
 
 
-def _method(manager: Any, label: str, *names: str) -> Callable[..., Any]:
-    """The manager's method for a statement (first of ``names`` that exists)."""
-    for name in names:
-        fn = getattr(manager, name, None)
-        if fn is not None:
-            return fn
-    raise NotSupportedError(f"{label} is not available in this build ({type(manager).__name__})")
-
-
 def _lower_props(props: dict[str, Any]) -> dict[str, Any]:
     return {k.lower(): v for k, v in props.items()}
 
 
-def _scope_kwargs(st: Statement) -> dict[str, Any]:
+def _scope_kwargs(st: Statement, *, account: bool = False) -> dict[str, Any]:
+    """Manager keywords of ``IN DATABASE d | IN SCHEMA s | IN COMPUTE POOL p | IN ACCOUNT``.
+
+    ``IN ACCOUNT`` means "no scope" for managers without an ``in_account`` flag.
+    """
     scope = st.args.get("scope")
     if scope == "DATABASE":
         return {"in_database": st.args["scope_name"]}
@@ -248,7 +243,7 @@ def _scope_kwargs(st: Statement) -> dict[str, Any]:
         return {"in_schema": st.args["scope_name"]}
     if scope == "COMPUTE POOL":
         return {"in_compute_pool": st.args["scope_name"]}
-    if scope == "ACCOUNT":
+    if scope == "ACCOUNT" and account:
         return {"in_account": True}
     return {}
 
@@ -498,24 +493,20 @@ def _show_grants(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
 @handles("CREATE COMPUTE POOL")
 def _create_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
-    compute = engine.account.compute
-    fn = _method(compute, st.kind, "create_pool", "create_compute_pool")
-    fn(ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props))
-    return _status(
-        f"Compute pool {ident(st.name or '', kind='compute pool name')} successfully created."
+    row = engine.account.compute.create_pool(
+        ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props)
     )
+    return _status(f"Compute pool {quote(row['name'])} successfully created.")
 
 
 @handles("DROP COMPUTE POOL")
 def _drop_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.compute, st.kind, "drop_pool", "drop_compute_pool")
-    fn(ctx, st.name or "", if_exists=st.if_exists)
+    engine.account.compute.drop_pool(ctx, st.name or "", if_exists=st.if_exists)
     return _status(f"{ident(st.name or '', kind='compute pool name')} successfully dropped.")
 
 
 @handles("ALTER COMPUTE POOL")
 def _alter_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.compute, st.kind, "alter_pool", "alter_compute_pool")
     action = st.args["action"]
     kwargs: dict[str, Any] = {}
     if action == "SUSPEND":
@@ -526,22 +517,18 @@ def _alter_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRes
         kwargs["stop_all"] = True
     else:
         kwargs.update(_lower_props(st.props))
-    if st.if_exists:
-        kwargs["if_exists"] = True
-    fn(ctx, st.name or "", **kwargs)
+    engine.account.compute.alter_pool(ctx, st.name or "", if_exists=st.if_exists, **kwargs)
     return _status("Statement executed successfully.")
 
 
 @handles("SHOW COMPUTE POOLS")
 def _show_pools(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.compute, st.kind, "show_pools", "show_compute_pools")
-    return _result(st.kind, fn(ctx), st.like)
+    return _result(st.kind, engine.account.compute.show_pools(ctx), st.like)
 
 
 @handles("DESCRIBE COMPUTE POOL")
 def _describe_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.compute, st.kind, "describe_pool", "describe_compute_pool")
-    return _one(fn(ctx, st.name or ""))
+    return _one(engine.account.compute.describe_pool(ctx, st.name or ""))
 
 
 # -- image repositories, network rules, integrations ---------------------------------------------
@@ -550,102 +537,76 @@ def _describe_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sql
 @handles("CREATE IMAGE REPOSITORY")
 def _create_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
-    fn = _method(
-        engine.account.environments, st.kind, "create_image_repository", "create_repository"
+    engine.account.environments.create_image_repository(
+        ctx, st.name or "", if_not_exists=st.if_not_exists, comment=st.props.get("COMMENT")
     )
-    fn(ctx, st.name or "", if_not_exists=st.if_not_exists, comment=st.props.get("COMMENT"))
     return _status("Statement executed successfully.")
 
 
 @handles("DROP IMAGE REPOSITORY")
 def _drop_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.environments, st.kind, "drop_image_repository", "drop_repository")
-    fn(ctx, st.name or "", if_exists=st.if_exists)
+    engine.account.environments.drop_image_repository(ctx, st.name or "", if_exists=st.if_exists)
     return _status("Statement executed successfully.")
 
 
 @handles("SHOW IMAGE REPOSITORIES")
 def _show_repos(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(
-        engine.account.environments, st.kind, "show_image_repositories", "show_repositories"
-    )
-    return _result(st.kind, fn(ctx, **_scope_kwargs(st)), st.like)
+    rows = engine.account.environments.show_image_repositories(ctx, **_scope_kwargs(st))
+    return _result(st.kind, rows, st.like)
 
 
 @handles("DESCRIBE IMAGE REPOSITORY")
 def _describe_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(
-        engine.account.environments,
-        st.kind,
-        "describe_image_repository",
-        "describe_repository",
-    )
-    return _one(fn(ctx, st.name or ""))
+    return _one(engine.account.environments.describe_image_repository(ctx, st.name or ""))
 
 
 @handles("SHOW IMAGES")
 def _show_images(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.environments, st.kind, "show_images")
-    return _result(st.kind, fn(ctx, st.name or ""), st.like)
+    return _result(st.kind, engine.account.environments.show_images(ctx, st.name or ""), st.like)
 
 
 @handles("CREATE NETWORK RULE")
 def _create_rule(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
-    fn = _method(engine.account.environments, st.kind, "create_network_rule")
-    fn(ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props))
+    engine.account.environments.create_network_rule(
+        ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props)
+    )
     return _status("Statement executed successfully.")
 
 
 @handles("DROP NETWORK RULE")
 def _drop_rule(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.environments, st.kind, "drop_network_rule")
-    fn(ctx, st.name or "", if_exists=st.if_exists)
+    engine.account.environments.drop_network_rule(ctx, st.name or "", if_exists=st.if_exists)
     return _status("Statement executed successfully.")
 
 
 @handles("SHOW NETWORK RULES")
 def _show_rules(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.environments, st.kind, "show_network_rules")
-    return _result(st.kind, fn(ctx, **_scope_kwargs(st)), st.like)
+    rows = engine.account.environments.show_network_rules(ctx, **_scope_kwargs(st))
+    return _result(st.kind, rows, st.like)
 
 
 @handles("CREATE INTEGRATION")
 def _create_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
-    fn = _method(
-        engine.account.environments,
-        st.kind,
-        "create_external_access_integration",
-        "create_integration",
+    row = engine.account.environments.create_external_access_integration(
+        ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props)
     )
-    fn(ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props))
-    return _status(
-        f"Integration {ident(st.name or '', kind='integration name')} successfully created."
-    )
+    return _status(f"Integration {quote(row['name'])} successfully created.")
 
 
 @handles("DROP INTEGRATION")
 def _drop_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(
-        engine.account.environments,
-        st.kind,
-        "drop_external_access_integration",
-        "drop_integration",
+    engine.account.environments.drop_external_access_integration(
+        ctx, st.name or "", if_exists=st.if_exists
     )
-    fn(ctx, st.name or "", if_exists=st.if_exists)
     return _status("Statement executed successfully.")
 
 
 @handles("SHOW INTEGRATIONS")
 def _show_integrations(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(
-        engine.account.environments,
-        st.kind,
-        "show_external_access_integrations",
-        "show_integrations",
-    )
-    return _result(st.kind, fn(ctx), st.like)
+    rows = engine.account.environments.show_external_access_integrations(ctx)
+    return _result(st.kind, rows, st.like)
 
 
 # -- services ------------------------------------------------------------------------------------
@@ -653,9 +614,7 @@ def _show_integrations(engine: SqlEngine, ctx: RequestContext, st: Statement) ->
 
 @handles("SHOW SERVICES")
 def _show_services(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    scope = _scope_kwargs(st)
-    scope.pop("in_account", None)  # no scope: every service the role may see
-    rows = engine.account.services.show_services(ctx, **scope)
+    rows = engine.account.services.show_services(ctx, **_scope_kwargs(st))
     return _result(st.kind, rows, st.like)
 
 
@@ -751,20 +710,18 @@ def _json_default(obj: Any) -> Any:
 
 @handles("SHOW MODELS")
 def _show_models(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.registry, st.kind, "show_models")
-    return _result(st.kind, fn(ctx, **_scope_kwargs(st)), st.like)
+    rows = engine.account.registry.show_models(ctx, **_scope_kwargs(st, account=True))
+    return _result(st.kind, rows, st.like)
 
 
 @handles("SHOW VERSIONS")
 def _show_versions(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.registry, st.kind, "show_versions")
-    return _result(st.kind, fn(ctx, st.name or ""), st.like)
+    return _result(st.kind, engine.account.registry.show_versions(ctx, st.name or ""), st.like)
 
 
 @handles("DROP MODEL")
 def _drop_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.registry, st.kind, "delete_model", "drop_model")
-    fn(ctx, st.name or "", if_exists=st.if_exists)
+    engine.account.registry.delete_model(ctx, st.name or "", if_exists=st.if_exists)
     return _status("Statement executed successfully.")
 
 
@@ -773,27 +730,23 @@ def _alter_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
     registry = engine.account.registry
     if st.if_exists:
         try:
-            _method(registry, "DESCRIBE MODEL", "describe_model", "get_model")(ctx, st.name or "")
+            registry.describe_model(ctx, st.name or "")
         except ObjectNotFoundError:
             return _status("Statement executed successfully.")
     if st.args["action"] == "DROP VERSION":
-        fn = _method(registry, "ALTER MODEL ... DROP VERSION", "delete_version", "drop_version")
-        fn(ctx, st.name or "", st.args["version"])
+        registry.delete_version(ctx, st.name or "", st.args["version"])
     else:
         props = st.props
         if "DEFAULT_VERSION" in props:
-            fn = _method(registry, "ALTER MODEL ... SET DEFAULT_VERSION", "set_default_version")
-            fn(ctx, st.name or "", props["DEFAULT_VERSION"])
+            registry.set_default_version(ctx, st.name or "", props["DEFAULT_VERSION"])
         if "COMMENT" in props:
-            fn = _method(registry, "ALTER MODEL ... SET COMMENT", "set_model_comment")
-            fn(ctx, st.name or "", props["COMMENT"])
+            registry.set_model_comment(ctx, st.name or "", props["COMMENT"])
     return _status("Statement executed successfully.")
 
 
 @handles("DESCRIBE MODEL")
 def _describe_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    fn = _method(engine.account.registry, st.kind, "describe_model")
-    return _one(fn(ctx, st.name or ""))
+    return _one(engine.account.registry.describe_model(ctx, st.name or ""))
 
 
 # -- tables and functions ------------------------------------------------------------------------
@@ -922,5 +875,8 @@ def _alter_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sq
         else:
             for key in st.args["unset"]:
                 options.pop(key, None)
+            spec_rows = (service.spec or {}).get("max_batch_rows") if service else None
+            if "MAX_BATCH_ROWS" in st.args["unset"] and spec_rows:
+                options["MAX_BATCH_ROWS"] = int(spec_rows)  # back to the service's own value
         fn.options = options
     return _status(f"Function {fn.name} successfully altered.")

@@ -52,6 +52,8 @@ FAMILY_LABEL = "neve.io/instance-family"
 POOL_LABEL = "neve.io/pool"
 #: Seconds a method call on a live actor may take before we stop waiting (it is threaded).
 CALL_TIMEOUT_S = 10.0
+#: Seconds a live actor takes to answer at most (else it is treated as unreachable).
+REACH_TIMEOUT_S = 3.0
 #: Seconds an actor may wait for a node with room before the start fails.
 MIN_PLACEMENT_TIMEOUT_S = 60.0
 LOG_PUMP_INTERVAL_S = 0.5
@@ -95,14 +97,14 @@ class RayBackend(ComputeBackend):
     # -- connection -------------------------------------------------------------------------------
     @property
     def ray(self) -> Any:
-        """The ``ray`` module, connected to this pool's cluster."""
-        if self._ray is None:
+        """The ``ray`` module, connected to this pool's cluster (again, if it was dropped)."""
+        ray = self._ray
+        if ray is None or not ray.is_initialized():
             with self._lock:
-                if self._ray is None:
-                    ray = import_ray(self.address)
-                    connect(self.address, self.pool.runs_dir)
-                    self._ray = ray
-        return self._ray
+                ray = import_ray(self.address)
+                connect(self.address, self.pool.runs_dir)
+                self._ray = ray
+        return ray
 
     def _log_probe(self) -> tuple[str, str]:
         """A file with a random token: a node that reads it back sees our filesystem."""
@@ -416,11 +418,16 @@ class RayBackend(ComputeBackend):
             self._pump.untrack(name)
             return
         ray = self.ray
-        try:
-            ray.get(actor.stop.remote(timeout), timeout=timeout + CALL_TIMEOUT_S)
-        except ray.exceptions.RayError:
-            pass  # already dead or unreachable: killing the actor is all that is left
-        self._pump.flush(name)
+        # A graceful stop only when the actor answers at once: one on a lost node would make us
+        # wait for Ray to give up on it. Killing the actor takes its server down with it.
+        ready, _ = ray.wait([actor.info.remote()], timeout=REACH_TIMEOUT_S)
+        if ready:
+            try:
+                ray.get(ready[0])
+                ray.get(actor.stop.remote(timeout), timeout=timeout + CALL_TIMEOUT_S)
+            except ray.exceptions.RayError:
+                pass  # already dead or unreachable: killing the actor is all that is left
+            self._pump.flush(name)
         self._kill(name, actor)
 
     def _kill(self, name: str | None, actor: Any) -> None:

@@ -299,7 +299,8 @@ def stop_local_cluster(runs_dir: Path, timeout: float = 30.0) -> bool:
         info = json.loads(record.read_text())
     except (OSError, ValueError):
         return False
-    disconnect()
+    if _connected_to is not None and _same_cluster(_connected_to, f"127.0.0.1:{info['port']}"):
+        disconnect()
     pid = int(info["pid"])
     stopped = False
     if _pid_alive(pid):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from neve.compute.backends.ray_actor import pack_tree, pth_references, site_dirs
 
 #: How many ``.pth`` hops are followed from the image (image -> base -> ...).
 MAX_TREES = 16
+FINGERPRINT_TTL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,23 +65,24 @@ class TreeShipper:
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
-        self._fingerprints: dict[tuple[str, int], tuple[str, int, int]] = {}
+        # path -> (when computed, fingerprint): reused for a short while, so that starting N
+        # instances walks a big environment once, while a changed tree is noticed soon.
+        self._fingerprints: dict[str, tuple[float, tuple[str, int, int]]] = {}
         self._refs: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._pack_locks: dict[str, threading.Lock] = {}
 
     def tree(self, path: str | os.PathLike) -> Tree:
         real = os.path.realpath(path)
-        try:
-            stamp = os.stat(real).st_mtime_ns
-        except OSError:
-            stamp = 0
+        now = time.monotonic()
         with self._lock:
-            cached = self._fingerprints.get((real, stamp))
-        if cached is None:
+            entry = self._fingerprints.get(real)
+        if entry is not None and now - entry[0] < FINGERPRINT_TTL_S:
+            cached = entry[1]
+        else:
             cached = tree_fingerprint(real)
             with self._lock:
-                self._fingerprints[(real, stamp)] = cached
+                self._fingerprints[real] = (now, cached)
         fingerprint, files, size = cached
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(real).name)[:64] or "tree"
         return Tree(

@@ -32,9 +32,8 @@ small directories are compressed, large weights are not) holding
 "python_version", "comment", "metrics", "options", "target_platforms", "tags"}`` (all optional).
 One archive keeps the metadata and the files in one request, so nothing is half-uploaded.
 
-An ``X-Neve-Context`` header (JSON ``{"role", "database", "schema"}``) switches the role (only
-to one granted to the user) and sets the current database/schema for names that are not
-qualified, as on ``/api/v1/sql``.
+The caller's role comes from the authentication middleware (``X-Neve-Role`` or the
+``X-Neve-Context`` header the session sends), as for every route.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -73,23 +71,8 @@ LOG_FIELDS = {
 
 
 def _ctx(call: Call) -> RequestContext:
-    ctx = call.ctx
-    header = call.request.headers.get("x-neve-context")
-    if not header:
-        return ctx
-    try:
-        wanted = orjson.loads(header)
-    except orjson.JSONDecodeError:
-        raise InvalidArgumentError("X-Neve-Context header is not valid JSON") from None
-    if not isinstance(wanted, dict):
-        raise InvalidArgumentError("X-Neve-Context must be an object {role, database, schema}")
-    changes = {k: wanted[k] for k in ("database", "schema") if wanted.get(k)}
-    if changes:
-        ctx = ctx.with_(**changes)
-    role = wanted.get("role")
-    if role and role != ctx.role:
-        ctx = call.account.security.use_role(ctx, role)  # only a role granted to the user
-    return ctx
+    # The authentication middleware has applied X-Neve-Role / X-Neve-Context already.
+    return call.ctx
 
 
 def _model(call: Call) -> QualifiedName:

@@ -3,7 +3,7 @@
 ``PUBLIC_PATHS`` are the paths the authentication middleware must let through without a token
 (only the login itself); every other route here runs with ``request.state.ctx`` set.
 
-    POST   /api/v1/login                 {"user", "password", "role"?} -> {"token", "expires_on", ...}
+    POST   /api/v1/login                 {"user", "password", "role"?} -> {"token", "expires_on"}
     POST   /api/v1/logout                revoke the session token the request carries
     GET    /api/v1/session               who am I: {"user", "role", "database", "schema", "roles"}
     POST   /api/v1/session/role          {"role"} -> checks USE ROLE (send it as X-Neve-Role after)
@@ -93,6 +93,7 @@ async def login(request: Request) -> Response:
 
 @endpoint
 def logout(call: Call) -> dict:
+    """Revoke the session token this request carries."""
     token = bearer_token(call.request.headers.get("authorization"))
     call.account.security.logout(token)
     return {"status": "logged out"}
@@ -100,6 +101,7 @@ def logout(call: Call) -> dict:
 
 @endpoint
 def whoami(call: Call) -> dict:
+    """Who the credentials are: user, role, current database/schema, usable roles."""
     ctx = call.ctx
     with call.account.catalog.transaction() as s:
         roles = sorted(call.account.security.usable_roles(s, ctx.user))
@@ -115,6 +117,7 @@ def whoami(call: Call) -> dict:
 
 @endpoint
 def use_role(call: Call) -> dict:
+    """Check USE ROLE {"role"} (then send the role as X-Neve-Role)."""
     body = _pick(_body(call), {"role"}, what="USE ROLE")
     ctx = call.account.security.use_role(call.ctx, str(_required(body, "role", what="USE ROLE")))
     return {"user": ctx.user, "role": ctx.role}
@@ -122,6 +125,9 @@ def use_role(call: Call) -> dict:
 
 @endpoint(status=201)
 def create_token(call: Call) -> dict:
+    """Create a programmatic access token {"name", "days_to_expiry", "role", "user"}.
+
+    The secret is in the answer and nowhere else (the catalog keeps its SHA-256)."""
     body = _pick(_body(call), {"name", "days_to_expiry", "role", "user", "comment"}, what="a token")
     kwargs: dict[str, Any] = {k: body[k] for k in ("role", "user", "comment") if k in body}
     if "days_to_expiry" in body:
@@ -133,22 +139,26 @@ def create_token(call: Call) -> dict:
 
 @endpoint
 def list_tokens(call: Call) -> list[dict]:
+    """List programmatic access tokens (?user=) without their secrets."""
     return call.account.security.list_tokens(call.ctx, user=call.query.get("user"))
 
 
 @endpoint
 def revoke_token(call: Call) -> dict:
+    """Revoke a programmatic access token (?user=)."""
     call.account.security.revoke_token(call.ctx, call.path["name"], user=call.query.get("user"))
     return {"status": f"token {call.path['name']} revoked"}
 
 
 @endpoint
 def show_users(call: Call) -> list[dict]:
+    """SHOW USERS."""
     return call.account.security.show_users(call.ctx)
 
 
 @endpoint(status=201)
 def create_user(call: Call) -> dict:
+    """CREATE USER {"name", "password", "rsa_public_key", "default_role", "comment", "disabled"}."""
     body = _pick(
         _body(call),
         {
@@ -170,11 +180,13 @@ def create_user(call: Call) -> dict:
 
 @endpoint
 def describe_user(call: Call) -> dict:
+    """DESCRIBE USER."""
     return call.account.security.describe_user(call.ctx, call.path["name"])
 
 
 @endpoint
 def alter_user(call: Call) -> dict:
+    """ALTER USER {"password", "rsa_public_key", "default_role", "disabled", "comment"}."""
     body = _pick(
         _body(call),
         {"password", "rsa_public_key", "default_role", "disabled", "comment"},
@@ -185,6 +197,7 @@ def alter_user(call: Call) -> dict:
 
 @endpoint
 def drop_user(call: Call) -> dict:
+    """DROP USER (?if_exists=true)."""
     if_exists = call.query.get("if_exists", "").lower() in {"1", "true", "yes"}
     call.account.security.drop_user(call.ctx, call.path["name"], if_exists=if_exists)
     return {"status": f"user {call.path['name']} dropped"}
@@ -192,11 +205,13 @@ def drop_user(call: Call) -> dict:
 
 @endpoint
 def show_roles(call: Call) -> list[dict]:
+    """SHOW ROLES."""
     return call.account.security.show_roles(call.ctx)
 
 
 @endpoint(status=201)
 def create_role(call: Call) -> dict:
+    """CREATE ROLE {"name", "comment", "if_not_exists"}."""
     body = _pick(_body(call), {"name", "comment", "if_not_exists"}, what="CREATE ROLE")
     name = str(_required(body, "name", what="CREATE ROLE"))
     return call.account.security.create_role(
@@ -206,6 +221,7 @@ def create_role(call: Call) -> dict:
 
 @endpoint
 def drop_role(call: Call) -> dict:
+    """DROP ROLE (?if_exists=true); objects it owned pass to the caller's role."""
     if_exists = call.query.get("if_exists", "").lower() in {"1", "true", "yes"}
     call.account.security.drop_role(call.ctx, call.path["name"], if_exists=if_exists)
     return {"status": f"role {call.path['name']} dropped"}
@@ -213,6 +229,7 @@ def drop_role(call: Call) -> dict:
 
 @endpoint
 def grant_role(call: Call) -> dict:
+    """GRANT ROLE {name} TO {"to_user"} or {"to_role"}."""
     body = _pick(_body(call), {"to_user", "to_role"}, what="GRANT ROLE")
     call.account.security.grant_role(call.ctx, call.path["name"], **body)
     return {"status": "granted"}
@@ -220,6 +237,7 @@ def grant_role(call: Call) -> dict:
 
 @endpoint
 def revoke_role(call: Call) -> dict:
+    """REVOKE ROLE {name} FROM {"from_user"} or {"from_role"}."""
     body = _pick(_body(call), {"from_user", "from_role"}, what="REVOKE ROLE")
     call.account.security.revoke_role(call.ctx, call.path["name"], **body)
     return {"status": "revoked"}
@@ -227,6 +245,7 @@ def revoke_role(call: Call) -> dict:
 
 @endpoint
 def show_grants(call: Call) -> list[dict]:
+    """SHOW GRANTS (?to_role=, ?of_role=, ?to_user=, ?on_type=&on_name=)."""
     q = call.query
     on = (q["on_type"], q.get("on_name")) if "on_type" in q else None
     return call.account.security.show_grants(
@@ -240,6 +259,9 @@ def show_grants(call: Call) -> list[dict]:
 
 @endpoint(status=201)
 def grant(call: Call) -> dict:
+    """GRANT {"privilege", "object_type", "object_name", "to_role", "with_grant_option"}.
+
+    Privilege OWNERSHIP transfers ownership ("copy_current_grants", default true)."""
     body = _pick(
         _body(call),
         {
@@ -279,6 +301,7 @@ def grant(call: Call) -> dict:
 
 @endpoint
 def revoke(call: Call) -> dict:
+    """REVOKE {"privilege", "object_type", "object_name", "from_role", "grant_option_only"}."""
     body = _pick(
         _body(call),
         {"privilege", "object_type", "object_name", "from_role", "grant_option_only"},

@@ -1,0 +1,55 @@
+"""Run each example as a user would (a subprocess, on its own fresh NEVE_HOME) and check its output.
+
+Each example connects with ``neve.connect()``, which starts a control plane daemon for the
+account directory; the test stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent
+
+
+def run_example(name: str, home: Path, timeout: float = 240) -> str:
+    from neve.control import daemon
+
+    env = {**os.environ, "NEVE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(EXAMPLES / name)],
+            env=env,
+            cwd=EXAMPLES.parent,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        daemon.stop(home)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{output[-4000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_xgboost_forecast(tmp_path: Path) -> None:
+    out = run_example("xgboost_forecast.py", tmp_path / "home")
+    assert "logged ML.REGISTRY.SALES_FORECAST version V1" in out
+    assert "target platforms: ['WAREHOUSE', 'SERVICE']" in out
+    assert "xgboost==" in out and "PREDICT" in out
+    assert "in-process forecasts match the trained model for 14 days" in out
+    assert "output_feature_0" in out and "actual" in out
+
+
+@pytest.mark.slow
+def test_sentence_embeddings(tmp_path: Path) -> None:
+    out = run_example("sentence_embeddings.py", tmp_path / "home")
+    assert "logged ML.REGISTRY.MINILM_EMBEDDINGS version V1" in out
+    assert "4 sentences -> embedding dimension: 384" in out
+    assert "ENCODE" in out
+    assert "in-process embeddings match the original model" in out

@@ -1,0 +1,149 @@
+"""What every ``neve`` sub-command shares: the global options, the session, tables, errors.
+
+In a command::
+
+    from neve.cli._common import get_session, print_rows
+
+    @app.command()
+    def show(ctx: typer.Context) -> None:
+        result = get_session(ctx).sql("SHOW COMPUTE POOLS")
+        print_rows(result.columns, result.rows)
+
+``get_session(ctx)`` connects once per command line with the global options (``--home``,
+``--url``, ``--role``, ``--user``, ``--token``) and closes the session when the command ends.
+A ``NeveError`` escaping a command prints ``error: <message>`` in red and exits 1 (no
+traceback): ``NeveGroup``, the root command's class, catches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from neve.errors import NeveError
+
+if TYPE_CHECKING:
+    from neve.client.session import Session
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class CliOptions:
+    """The global options of one ``neve`` command line (``ctx.find_root().obj``)."""
+
+    home: Path | None = None
+    url: str | None = None
+    role: str | None = None
+    user: str | None = None
+    token: str | None = None
+    session: Session | None = None
+
+    @property
+    def resolved_home(self) -> Path:
+        from neve.config import default_home
+
+        return self.home.expanduser().resolve() if self.home else default_home()
+
+
+def options(ctx: click.Context | None = None) -> CliOptions:
+    """The global options (defaults when the command runs outside the ``neve`` root)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is None:
+        return CliOptions()
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliOptions):
+        root.obj = CliOptions()
+    return root.obj
+
+
+def get_session(ctx: click.Context | None = None) -> Session:
+    """A session for this command line, connected with the global options (made once)."""
+    import neve
+
+    opts = options(ctx)
+    if opts.session is not None:
+        return opts.session
+    password = os.environ.get("NEVE_PASSWORD")
+    if opts.user and not password and not opts.token and sys.stdin.isatty():
+        password = typer.prompt(f"password for {opts.user}", hide_input=True)
+    opts.session = neve.connect(
+        opts.home,
+        url=opts.url,
+        user=opts.user,
+        password=password,
+        token=opts.token,
+        role=opts.role,
+    )
+    root = (ctx or click.get_current_context()).find_root()
+    root.call_on_close(_closer(opts))
+    return opts.session
+
+
+def _closer(opts: CliOptions):  # noqa: ANN202
+    def close() -> None:
+        if opts.session is not None:
+            opts.session.close()
+            opts.session = None
+
+    return close
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "[dim]NULL[/dim]"
+    if isinstance(value, dict | list):
+        return escape(json.dumps(value, default=str))
+    return escape(str(value))
+
+
+def print_rows(
+    columns: list[str],
+    rows: list[list[Any]] | list[tuple],
+    *,
+    title: str | None = None,
+    max_rows: int | None = None,
+) -> None:
+    """Print a result as a table, then the row count."""
+    table = Table(title=title, header_style="bold")
+    for col in columns:
+        table.add_column(escape(str(col)), overflow="fold")
+    shown = rows if max_rows is None else rows[:max_rows]
+    for row in shown:
+        table.add_row(*(_cell(v) for v in row))
+    console.print(table)
+    more = f" (showing {len(shown)})" if len(shown) < len(rows) else ""
+    console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}{more}[/dim]")
+
+
+def print_error(exc: BaseException) -> None:
+    message = getattr(exc, "message", None) or str(exc)
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+
+
+def fail(exc: BaseException) -> typer.Exit:
+    """Print ``exc`` as an error line; ``raise fail(exc)`` ends the command with status 1."""
+    print_error(exc)
+    return typer.Exit(code=1)
+
+
+class NeveGroup(TyperGroup):
+    """The root command: a ``NeveError`` from any sub-command is one red line and status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NeveError as exc:
+            raise fail(exc) from None

@@ -1,0 +1,204 @@
+"""``neve pools``: create, list, inspect, alter, suspend, resume and drop compute pools.
+
+neve pools create cpu_pool --family CPU_X64_S --min 1 --max 2
+neve pools list [--like 'cpu%']
+neve pools describe cpu_pool
+neve pools set cpu_pool [--min N] [--max N] [--auto-resume/--no-auto-resume]
+                        [--auto-suspend-secs S] [--comment TEXT]
+neve pools suspend|resume cpu_pool
+neve pools drop cpu_pool [--if-exists]
+neve pools families
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Compute pools: where service instances run.", add_completion=False, no_args_is_help=True
+)
+console = Console()
+err_console = Console(stderr=True)
+
+LIST_COLUMNS = [
+    "name",
+    "state",
+    "instance_family",
+    "min_nodes",
+    "max_nodes",
+    "active_nodes",
+    "idle_nodes",
+    "num_services",
+    "auto_resume",
+    "owner",
+]
+
+
+def connect() -> Any:
+    """The session's REST transport (it sends the session's role/database/schema)."""
+    import neve
+    from neve.client.warehouse import _transport
+
+    return _transport(neve.connect())
+
+
+def call(method: str, path: str, **kwargs: Any) -> Any:
+    """One request to the control plane; a neve error ends the command with a red line."""
+    from neve.errors import NeveError
+
+    try:
+        return connect().call(method, path, **kwargs)
+    except NeveError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def path_name(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def table(rows: list[dict], columns: list[str], *, title: str | None = None) -> None:
+    out = Table(title=title, header_style="bold")
+    shown = [c for c in columns if any(c in r for r in rows)] or columns
+    for col in shown:
+        out.add_column(col, overflow="fold")
+    for row in rows:
+        out.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in shown))
+    console.print(out)
+    console.print(f"[dim]{len(rows)} row{'s' if len(rows) != 1 else ''}[/dim]")
+
+
+def properties(row: dict, *, skip: tuple[str, ...] = ()) -> None:
+    out = Table(show_header=False, box=None)
+    out.add_column(style="bold")
+    out.add_column(overflow="fold")
+    for key, value in row.items():
+        if key not in skip:
+            out.add_row(key, "" if value is None else str(value))
+    console.print(out)
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Pool name.")],
+    family: Annotated[str, typer.Option("--family", "-f", help="Instance family, e.g. CPU_X64_S.")],
+    min_nodes: Annotated[int, typer.Option("--min", help="MIN_NODES.")] = 1,
+    max_nodes: Annotated[int, typer.Option("--max", help="MAX_NODES.")] = 1,
+    auto_resume: Annotated[bool, typer.Option(help="Resume on the next placement.")] = True,
+    auto_suspend_secs: Annotated[
+        int, typer.Option(help="Suspend after this long idle (0: never).")
+    ] = 3600,
+    suspended: Annotated[bool, typer.Option(help="Create it suspended.")] = False,
+    backend: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray address (backend ray).")] = None,
+    comment: Annotated[str | None, typer.Option(help="Comment.")] = None,
+    if_not_exists: Annotated[bool, typer.Option(help="No error if it exists.")] = False,
+) -> None:
+    """CREATE COMPUTE POOL."""
+    body = {
+        "name": name,
+        "instance_family": family,
+        "min_nodes": min_nodes,
+        "max_nodes": max_nodes,
+        "auto_resume": auto_resume,
+        "auto_suspend_secs": auto_suspend_secs,
+        "initially_suspended": suspended,
+        "backend": backend,
+        "address": address,
+        "comment": comment,
+        "if_not_exists": if_not_exists,
+    }
+    row = call("POST", "/api/v1/compute-pools", json=body)
+    console.print(
+        f"Compute pool [bold]{row['name']}[/bold] is {row['state']} "
+        f"({row['instance_family']}, {row['min_nodes']}..{row['max_nodes']} nodes)."
+    )
+
+
+@app.command("list")
+def list_pools(
+    like: Annotated[str | None, typer.Option(help="SQL LIKE pattern on the name.")] = None,
+) -> None:
+    """SHOW COMPUTE POOLS."""
+    table(
+        call("GET", "/api/v1/compute-pools", params={"like": like} if like else None), LIST_COLUMNS
+    )
+
+
+@app.command("describe")
+def describe(name: Annotated[str, typer.Argument(help="Pool name.")]) -> None:
+    """DESCRIBE COMPUTE POOL, with each node's free resources."""
+    row = call("GET", f"/api/v1/compute-pools/{path_name(name)}")
+    properties(row, skip=("nodes",))
+    nodes = row.get("nodes") or []
+    if nodes:
+        table(nodes, ["name", "state", "free_cpu", "free_memory_gb", "free_gpu", "holders"],
+              title="nodes")  # fmt: skip
+
+
+def _alter(name: str, body: dict[str, Any]) -> dict:
+    return call("PATCH", f"/api/v1/compute-pools/{path_name(name)}", json=body)
+
+
+@app.command("set")
+def set_properties(
+    name: Annotated[str, typer.Argument(help="Pool name.")],
+    min_nodes: Annotated[int | None, typer.Option("--min", help="MIN_NODES.")] = None,
+    max_nodes: Annotated[int | None, typer.Option("--max", help="MAX_NODES.")] = None,
+    auto_resume: Annotated[bool | None, typer.Option(help="AUTO_RESUME.")] = None,
+    auto_suspend_secs: Annotated[int | None, typer.Option(help="AUTO_SUSPEND_SECS.")] = None,
+    comment: Annotated[str | None, typer.Option(help="COMMENT.")] = None,
+) -> None:
+    """ALTER COMPUTE POOL ... SET."""
+    body = {
+        k: v
+        for k, v in {
+            "min_nodes": min_nodes,
+            "max_nodes": max_nodes,
+            "auto_resume": auto_resume,
+            "auto_suspend_secs": auto_suspend_secs,
+            "comment": comment,
+        }.items()
+        if v is not None
+    }
+    row = _alter(name, body)
+    console.print(f"Compute pool {row['name']}: {row['min_nodes']}..{row['max_nodes']} nodes.")
+
+
+@app.command("suspend")
+def suspend(name: Annotated[str, typer.Argument(help="Pool name.")]) -> None:
+    """ALTER COMPUTE POOL ... SUSPEND (its services are suspended first)."""
+    console.print(f"Compute pool {_alter(name, {'suspend': True})['name']} is SUSPENDED.")
+
+
+@app.command("resume")
+def resume(name: Annotated[str, typer.Argument(help="Pool name.")]) -> None:
+    """ALTER COMPUTE POOL ... RESUME."""
+    row = _alter(name, {"resume": True})
+    console.print(f"Compute pool {row['name']} is {row['state']}.")
+
+
+@app.command("drop")
+def drop(
+    name: Annotated[str, typer.Argument(help="Pool name.")],
+    if_exists: Annotated[bool, typer.Option(help="No error if it does not exist.")] = False,
+) -> None:
+    """DROP COMPUTE POOL (refused while services use it)."""
+    params = {"if_exists": "true"} if if_exists else None
+    result = call("DELETE", f"/api/v1/compute-pools/{path_name(name)}", params=params)
+    console.print("Dropped." if result.get("dropped") else "Nothing to drop.")
+
+
+@app.command("families")
+def families() -> None:
+    """The instance families and the size of one node of each."""
+    table(
+        call("GET", "/api/v1/instance-families"),
+        ["name", "vcpu", "memory_gb", "gpu", "gpu_type", "description"],
+    )

@@ -1,0 +1,309 @@
+"""The control plane daemon process: ``python -m neve.control --home DIR`` runs ``serve``.
+
+Start-up, in order (one daemon per account: the first step fails fast for a second one):
+
+1. take ``<home>/control.lock`` (``flock``); held until the process ends, released by the
+   kernel even on SIGKILL;
+2. log to ``<home>/logs/control.log``;
+3. ``account.security.bootstrap()`` (admin user, system roles);
+4. build every manager this version has, so a broken module fails the start loudly and every
+   manager's ``account.periodic`` hooks are registered;
+5. ``account.services.recover()``: reattach to the instances recorded in the catalog, or
+   restart them;
+6. write the local admin token (0600), serve the REST API, SQL endpoint and ingress gateway
+   with uvicorn on ``host:port`` (bound right after step 1; port 0: a free one), and once it
+   answers write ``control.json``; start the supervisor (``services.reconcile`` and the
+   periodic hooks).
+
+SIGTERM or SIGINT stops it cleanly: uvicorn drains requests (bounded), the supervisor stops,
+the token is revoked, ``control.json`` and the token file are removed, the managers close.
+Service instances keep running: they are the account's, and the next daemon reattaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import neve
+from neve.config import Settings, load_settings
+from neve.control.daemon import (
+    ALREADY_RUNNING,
+    LOCK_FILE,
+    _remove_files,
+    info_path,
+    log_path,
+    read_info,
+    token_path,
+    write_atomic,
+)
+from neve.control.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from neve.control.account import Account
+
+log = logging.getLogger("neve.control")
+
+_PACKAGE = Path(neve.__file__).parent
+#: Account managers the daemon builds at start-up, when this version has their module.
+MANAGERS = (
+    ("security", "security/manager.py"),
+    ("registry", "registry/manager.py"),
+    ("environments", "environments/manager.py"),
+    ("compute", "compute/manager.py"),
+    ("services", "services/manager.py"),
+    ("sql", "sql/engine.py"),
+)
+DEFAULT_RECONCILE_INTERVAL_S = 5.0
+TOKEN_PURGE_INTERVAL_S = 3600.0
+DEFAULT_SHUTDOWN_TIMEOUT_S = 15
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"
+
+
+def serve(
+    home: str | os.PathLike | None = None, *, host: str | None = None, port: int | None = None
+) -> int:
+    """Run the control plane for ``home`` in this process until SIGTERM/SIGINT; an exit status."""
+    settings = load_settings(home)
+    root = settings.home
+    lock_fd = _take_lock(root / LOCK_FILE)
+    if lock_fd is None:
+        holder = read_info(root)
+        where = f" (pid {holder['pid']} at {holder['url']})" if holder else ""
+        print(f"neve: a control plane already serves {root}{where}", file=sys.stderr)
+        return ALREADY_RUNNING
+    handler = _setup_logging(log_path(root))
+    daemon = ControlDaemon(settings, host=host, port=port)
+    try:
+        with daemon.signal_handlers():
+            return daemon.run()
+    except SystemExit as exc:  # uvicorn exits this way when it cannot start
+        log.error("the control plane could not start (exit status %s)", exc.code)
+        return exc.code if isinstance(exc.code, int) and exc.code else 1
+    except Exception:
+        log.exception("the control plane failed")
+        return 1
+    finally:
+        log.info("control plane stopped (pid %d)", os.getpid())
+        os.close(lock_fd)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _take_lock(path: Path) -> int | None:
+    """An fd holding an exclusive ``flock`` on ``path``, or None when another process holds it.
+
+    The fd is not inherited by child processes (service instances), so the lock dies with us.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def _setup_logging(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    if sys.stderr.isatty():  # in the foreground (`neve server start --foreground`): echo it
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(console)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one migration banner per start
+    return handler
+
+
+def _url_host(host: str) -> str:
+    """The host clients on this machine use to reach a server bound to ``host``."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+class ControlDaemon:
+    """One run of the daemon (see the module docstring)."""
+
+    def __init__(self, settings: Settings, *, host: str | None, port: int | None) -> None:
+        self.settings = settings
+        self.home = settings.home
+        self.host = host or settings.control_host
+        self.port = settings.control_port if port is None else int(port)
+        self.daemon_id = uuid.uuid4().hex
+        self.stop_requested = threading.Event()
+        self.server: uvicorn.Server | None = None
+        self.scheme = "http"
+
+    # -- signals ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def signal_handlers(self) -> Iterator[None]:
+        """SIGTERM/SIGINT request a clean stop at any phase.
+
+        While serving, uvicorn installs its own handlers and, once drained, re-raises the signal
+        it caught with the previous handler restored: ours, so the re-raise does not kill the
+        process before the cleanup below has run.
+        """
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.stop_requested.is_set():
+            log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stop_requested.set()
+        if self.server is not None:
+            self.server.should_exit = True
+
+    # -- run --------------------------------------------------------------------------------------
+    def run(self) -> int:
+        from neve.control.account import Account
+
+        log.info(
+            "starting neve %s control plane for %s (pid %d)",
+            neve.__version__,
+            self.home,
+            os.getpid(),
+        )
+        sock = self._bind()  # first: a taken port fails the start at once, with a clear log
+        account = Account(self.settings)
+        supervisor = Supervisor(account)
+        token: str | None = None
+        try:
+            self._start_up(account, supervisor)
+            if self.stop_requested.is_set():
+                return 0
+            token = account.security.local_admin_token()
+            write_atomic(token_path(self.home), token, mode=0o600)
+            self.server = self._server(account)
+            return asyncio.run(self._serve(sock, supervisor))
+        finally:
+            supervisor.stop()
+            if token is not None:
+                with contextlib.suppress(Exception):  # the catalog may be the reason we stop
+                    account.security.logout(token)
+            _remove_files(self.home, self.daemon_id)
+            account.close()
+            sock.close()
+
+    def _start_up(self, account: Account, supervisor: Supervisor) -> None:
+        account.security.bootstrap()
+        for name, module_file in MANAGERS:
+            if (_PACKAGE / module_file).exists():
+                getattr(account, name)  # builds it: registers its periodic hooks
+        if (_PACKAGE / "services/manager.py").exists():
+            services = account.services
+            recover = getattr(services, "recover", None)
+            if callable(recover):
+                log.info("recovering services from the catalog")
+                try:
+                    recover()
+                except Exception:  # the API must still come up to let the user repair things
+                    log.exception("recovering services failed; serving the API anyway")
+            reconcile = getattr(services, "reconcile", None)
+            if callable(reconcile):
+                interval = float(
+                    self.settings.extra.get(
+                        "control_reconcile_interval_secs", DEFAULT_RECONCILE_INTERVAL_S
+                    )
+                )
+                supervisor.every(interval, reconcile, "services.reconcile")
+        purge = getattr(account.security, "purge_expired_tokens", None)
+        if callable(purge):
+            supervisor.every(TOKEN_PURGE_INTERVAL_S, purge, "security.purge_expired_tokens")
+
+    def _bind(self) -> socket.socket:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror}"
+            ) from None
+        return sock
+
+    def _server(self, account: Account) -> uvicorn.Server:
+        import uvicorn
+
+        from neve.control.app import create_app
+
+        extra = self.settings.extra
+        options: dict[str, Any] = {
+            "log_config": None,  # keep our logging set-up: uvicorn's loggers go to control.log
+            "access_log": bool(extra.get("control_access_log", False)),
+            "lifespan": "on",
+            "timeout_graceful_shutdown": int(
+                extra.get("control_shutdown_timeout_secs", DEFAULT_SHUTDOWN_TIMEOUT_S)
+            ),
+            "server_header": False,
+        }
+        if (_PACKAGE / "gateway/limits.py").exists():
+            from neve.gateway.limits import uvicorn_options
+
+            options.update(uvicorn_options(self.settings))  # header limits, slowloris guard, TLS
+        self.scheme = "https" if options.get("ssl_certfile") else "http"
+        app = create_app(account, daemon_id=self.daemon_id)
+        return uvicorn.Server(uvicorn.Config(app, **options))
+
+    async def _serve(self, sock: socket.socket, supervisor: Supervisor) -> int:
+        server = self.server
+        assert server is not None
+        if self.stop_requested.is_set():
+            server.should_exit = True
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if not server.started:
+            await serving  # raises what stopped it (SystemExit on a start-up failure)
+            return 0 if self.stop_requested.is_set() else 1
+        port = sock.getsockname()[1]
+        info = {
+            "pid": os.getpid(),
+            "url": f"{self.scheme}://{_url_host(self.host)}:{port}",
+            "host": self.host,
+            "port": port,
+            "version": neve.__version__,
+            "started_on": datetime.now(UTC).isoformat(),
+            "daemon_id": self.daemon_id,
+            "home": str(self.home),
+        }
+        write_atomic(info_path(self.home), json.dumps(info, indent=2) + "\n")
+        supervisor.start()
+        log.info("serving %s at %s (pid %d)", self.home, info["url"], info["pid"])
+        await serving
+        return 0

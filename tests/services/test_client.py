@@ -1,0 +1,121 @@
+"""The user's path through the client: ``neve.connect()`` (a real control-plane daemon),
+``mv.create_service`` with progress, ``mv.run(..., service_name=...)`` equal to the in-process
+run, ``list_services``, the CLI, a daemon restart that leaves the instances running (and
+reattaches to them), and ``delete_service`` leaving no process behind."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from svc_helpers import alive, process_tree
+from typer.testing import CliRunner
+
+SVC = "LIN_SVC"
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    import neve
+    from neve.control import daemon
+
+    home = tmp_path_factory.mktemp("client-home")
+    (home / "settings.toml").write_text("service_supervisor_interval_secs = 0.3\n")
+    saved = os.environ.get("NEVE_HOME")
+    os.environ["NEVE_HOME"] = str(home)
+    sess = neve.connect(str(home))
+    try:
+        yield sess
+    finally:
+        try:
+            sess.close()
+        finally:
+            daemon.stop(home)
+            if saved is None:
+                os.environ.pop("NEVE_HOME", None)
+            else:
+                os.environ["NEVE_HOME"] = saved
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({"A": rng.normal(size=200), "B": rng.normal(size=200)})
+    return train, 2 * train.A + train.B
+
+
+def test_client_path(session, data):
+    from sklearn.linear_model import LinearRegression
+
+    import neve
+    from neve.cli.services import app as services_cli
+    from neve.control import daemon
+
+    train, y = data
+    reg = neve.Registry(session, database_name="ml", schema_name="reg")
+    mv = reg.log_model(
+        LinearRegression().fit(train, y),
+        model_name="lin",
+        version_name="v1",
+        conda_dependencies=["scikit-learn"],
+        sample_input_data=train,
+    )
+    session.sql(
+        "CREATE COMPUTE POOL IF NOT EXISTS cli_pool MIN_NODES = 1 MAX_NODES = 1 "
+        "INSTANCE_FAMILY = 'CPU_X64_S'"
+    ).collect()
+    session.sql("CREATE IMAGE REPOSITORY IF NOT EXISTS ml.reg.images").collect()
+
+    seen: list[str] = []
+    handle = mv.create_service(
+        service_name=SVC,
+        service_compute_pool="cli_pool",
+        image_repo="images",
+        max_instances=2,
+        num_workers=1,
+        ingress_enabled=True,
+        progress=lambda row: seen.append(row["status"]),
+    )
+    assert handle.status() == "RUNNING" and seen[-1] == "RUNNING"
+
+    test = train.head(25)
+    remote = mv.run(test, function_name="predict", service_name=SVC)
+    local = mv.run(test, function_name="predict")
+    pd.testing.assert_frame_equal(remote, local)
+
+    listed = mv.list_services()
+    assert list(listed["status"]) == ["RUNNING"] and list(listed["instances"]) == [2]
+    assert listed["inference_endpoint"][0].endswith(".neve.localhost")
+
+    runner = CliRunner()
+    result = runner.invoke(services_cli, ["list", "--database", "ml"])
+    assert result.exit_code == 0, result.output
+    assert SVC in result.output and "RUNNING" in result.output
+    result = runner.invoke(
+        services_cli, ["logs", f"ml.reg.{SVC}", "--instance", "1", "--last", "5"]
+    )
+    assert result.exit_code == 0 and "neve.server" in result.output, result.output
+    result = runner.invoke(services_cli, ["scale", f"ml.reg.{SVC}", "--min", "3", "--max", "2"])
+    assert result.exit_code == 1 and "MIN_INSTANCES (3) is greater" in result.output
+
+    # Stopping the control plane does not stop the service; the next daemon reattaches.
+    instances = handle.describe()["instances"]
+    pids = [int(i["pid"]) for i in instances]
+    assert daemon.stop(session.account_home)
+    assert all(alive(p) for p in pids)
+    again = mv.run(test, function_name="predict", service_name=SVC)  # starts a new daemon
+    pd.testing.assert_frame_equal(again, local)
+    after = handle.describe()["instances"]
+    assert [int(i["pid"]) for i in after] == pids
+    assert [i["restart_count"] for i in after] == [0, 0]
+
+    tree = set().union(*(process_tree(p) for p in pids))
+    mv.delete_service(SVC)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in tree)
+    assert mv.list_services().empty
