@@ -55,7 +55,7 @@ def minilm_model(path: Path) -> None:
 
 
 def mib(n: float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+    return f"{n / 2**10:,.1f} KiB" if n < 2**20 else f"{n / 2**20:,.1f} MiB"
 
 
 def flat_venv_size(requirements: list[str], work: Path) -> tuple[float, int]:

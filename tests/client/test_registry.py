@@ -91,6 +91,12 @@ def test_log_run_and_browse(reg, model, data, served_account) -> None:
         mv.run(test, function_name="PREDICT")["output_feature_0"], model.predict(test)
     )
 
+    # positional input (a numpy array, a list of rows) is matched to the signature by position
+    np.testing.assert_allclose(
+        mv.run(test.to_numpy())["output_feature_0"], model.predict(test), rtol=1e-12
+    )
+    assert list(mv.run([[1.0, 2.0]]).columns) == ["a", "b", "output_feature_0"]
+
     functions = mv.show_functions()
     assert functions[["name", "target_method"]].values.tolist() == [["PREDICT", "predict"]]
     assert [f["name"] for f in functions["signature"][0]["inputs"]] == ["a", "b"]

@@ -30,11 +30,18 @@ def daemons_for(home: Path) -> list[psutil.Process]:
     return found
 
 
-def wait_dead(pid: int, timeout_s: float = 30.0) -> None:
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_dead(info: dict, timeout_s: float = 30.0) -> None:
+    """Until the daemon's process is gone and its port refuses connections (a SIGKILLed
+    multi-threaded process shows as a zombie a moment before its sockets are closed)."""
     deadline = time.monotonic() + timeout_s
-    while daemon.pid_alive(pid):
-        daemon._reap(pid)
-        assert time.monotonic() < deadline, f"pid {pid} still alive after {timeout_s}s"
+    while daemon.pid_alive(info["pid"]) or port_open(info["port"]):
+        daemon._reap(info["pid"])
+        assert time.monotonic() < deadline, f"daemon {info['pid']} still alive after {timeout_s}s"
         time.sleep(0.05)
 
 
@@ -72,7 +79,7 @@ def test_concurrent_connects_start_one_daemon_that_survives_sigkill_and_stops_cl
     session.sql("CREATE DATABASE survivor")
 
     os.kill(info["pid"], signal.SIGKILL)
-    wait_dead(info["pid"])
+    wait_dead(info)
     assert daemon.running(home) is None  # the stale control.json is not believed
     # The same session carries on: its next call starts a new daemon, catalog intact.
     names = [r["name"] for r in session.sql("SHOW DATABASES").collect()]
@@ -88,7 +95,7 @@ def test_concurrent_connects_start_one_daemon_that_survives_sigkill_and_stops_cl
 
     # SIGTERM: a clean exit removes control.json and the token file, and revokes the token.
     os.kill(restarted["pid"], signal.SIGTERM)
-    wait_dead(restarted["pid"])
+    wait_dead(restarted)
     assert not (home / daemon.INFO_FILE).exists()
     assert not (home / daemon.TOKEN_FILE).exists()
     assert "control plane stopped" in daemon.log_tail(home, 5)

@@ -203,7 +203,10 @@ def _pypi_integration(account: Account, ctx: RequestContext, name: str, hosts: l
 def test_layered_image_adds_only_what_the_base_lacks(built: Built) -> None:
     account, ctx = built.account, built.ctx
     env = account.environments
-    version_id = _log(account, ctx, built.tmp, "clf_requests", pip_requirements=["requests"])
+    version_id = _log(
+        account, ctx, built.tmp, "clf_requests",
+        pip_requirements=["requests"], conda_dependencies=["py-xgboost"],
+    )  # fmt: skip
     # Allowed in case this machine's uv cache lacks requests; with a warm cache it stays offline.
     pypi = _pypi_integration(account, ctx, "pypi", ["pypi.org:443", "files.pythonhosted.org:443"])
     job = env.build_image(
@@ -211,16 +214,19 @@ def test_layered_image_adds_only_what_the_base_lacks(built: Built) -> None:
     )
     done = env.wait_job(job["name"], timeout=300)
     assert done["status"] == "DONE", env.job_logs(ctx, job["name"])
+    assert "xgboost==3.2.0" in done["requirements"]  # the conda name, mapped to PyPI's
+    logs = env.job_logs(ctx, job["name"])
+    assert "no conda client is configured" in logs and "py-xgboost -> xgboost" in logs
     names = {p.split("==")[0] for p in done["installed"]}
     assert "requests" in names
-    assert not names & {"idna", "numpy", "scikit-learn"}, names  # those come from the base
+    assert not names & {"idna", "numpy", "scikit-learn", "xgboost"}, names  # from the base
+    script = "import requests, idna; print(requests.__file__); print(idna.__file__)"
     out = subprocess.run(
-        [done["python"], "-c", "import requests, sklearn; print(requests.__file__); print(sklearn.__file__)"],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    requests_file, sklearn_file = out.stdout.split()
+        [done["python"], "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    requests_file, idna_file = out.stdout.split()
     assert requests_file.startswith(done["image_path"])  # in the model layer
-    assert sklearn_file.startswith(done["base_path"])  # shared from the base
+    assert idna_file.startswith(done["base_path"])  # shared from the base
 
 
 def test_build_refused_without_an_integration_allowing_the_needed_host(built: Built) -> None:
@@ -321,6 +327,11 @@ def test_build_timeout_kills_the_build(fresh) -> None:
     assert not any(images.glob("base-*")) and not list((images / ".tmp").iterdir())
     assert _processes_mentioning(str(images)) == []  # uv was killed with its process group
     assert "FAILED" in env.job_logs(ctx, job["name"], last_n=3)
+
+    job = env.build_image(ctx, model_version_id=version_id, repo=REPO)
+    cancelled = env.cancel_job(ctx, job["name"])
+    assert cancelled["status"] == "CANCELLED" and cancelled["image_status"] == "FAILED"
+    assert _processes_mentioning(str(images)) == []
 
 
 def test_killed_build_leaves_no_ready_image(fresh, tmp_path: Path) -> None:

@@ -1,9 +1,8 @@
 """Shared pieces of the gateway tests: a model, a threaded uvicorn server, catalog rows, counters.
 
-The HTTP app served here is the security REST routes plus the ingress gateway behind
-``IngressDispatch``, with the same authentication step the control plane runs before its
-routes (``SecurityManager.authenticate_request``), on the uvicorn options the daemon uses
-(``neve.gateway.limits.uvicorn_options``). Model classes defined here travel by value inside
+The HTTP app served here is the control plane's own (``neve.control.app.create_app``: REST API,
+SQL endpoint, ingress gateway behind ``IngressDispatch``) on the uvicorn options the daemon
+uses (``neve.gateway.limits.uvicorn_options``). Model classes defined here travel by value inside
 the pickle, so the inference server subprocess loads them without importing the tests.
 """
 
@@ -13,21 +12,15 @@ import socket
 import threading
 import time
 import urllib.request
-from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import uvicorn
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 
 import neve
 from neve.catalog import models as m
-from neve.control.routes._base import error_response
-from neve.control.routes.security import PUBLIC_PATHS, routes
-from neve.errors import NeveError
+from neve.control.app import create_app
 from neve.gateway.app import Gateway, IngressDispatch
 from neve.gateway.limits import uvicorn_options
 
@@ -77,35 +70,43 @@ def save_scorer(path) -> dict:
     return {name: sig.to_dict() for name, sig in signatures.items()}
 
 
-class AuthenticateFirst:
-    """The control plane's authentication step: ctx into request.state, 401 otherwise."""
+class GatewayLifespan:
+    """The control plane app, closing the gateway's connection pool when the server stops."""
 
-    def __init__(self, app: Any, account: Any) -> None:
+    def __init__(self, app: Any, gateway: Gateway) -> None:
         self.app = app
-        self.account = account
+        self.gateway = gateway
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
-            try:
-                ctx = await run_in_threadpool(
-                    self.account.security.authenticate_request, Headers(scope=scope)
-                )
-            except NeveError as err:
-                await error_response(err)(scope, receive, send)
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
                 return
-            scope.setdefault("state", {})["ctx"] = ctx
-        await self.app(scope, receive, send)
 
 
-def control_app(account: Any, gateway: Gateway) -> IngressDispatch:
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        await gateway.aclose()
+def control_app(account: Any, gateway: Gateway) -> GatewayLifespan:
+    """The real control plane app (REST API + SQL + ingress) with ``gateway`` as its ingress.
 
-    api = Starlette(routes=routes, lifespan=lifespan)
-    api.state.account = account
-    return IngressDispatch(AuthenticateFirst(api, account), gateway)
+    The tests' services are catalog rows pointing at servers the tests started, so the gateway
+    here resolves them with ``CatalogIngressTargets`` instead of the ServiceManager (which would
+    try to start processes for them).
+    """
+    app = create_app(account)
+    swapped = 0
+    for middleware in app.user_middleware:  # the stack is built on the first request
+        if middleware.cls is IngressDispatch:
+            middleware.kwargs["gateway"] = gateway
+            swapped += 1
+    assert swapped == 1, "the control plane app carries the ingress"
+    app.state.gateway = gateway
+    return GatewayLifespan(app, gateway)
 
 
 class ThreadServer:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from neve.catalog import models as m
-from neve.context import admin_context
+from neve.context import RequestContext, admin_context
 from neve.security import keypair
 from neve.security.tokens import token_sha256
 
@@ -322,3 +322,28 @@ def test_slow_body_is_cut_off_with_408(control, callers):
     assert status_of(answer) == 408, answer[:200]
     assert b"REQUEST_TIMEOUT" in answer
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.usefixtures("service")
+def test_revocations_apply_at_once_despite_the_gateways_cache(gw_account, http, admitted):
+    """Token and grant look-ups are cached briefly; a revocation empties that cache."""
+    sec, admin = gw_account.security, admin_context()
+    sec.create_role(admin, "short_lived")
+    sec.create_user(admin, "temp_user", default_role="short_lived")
+    sec.grant_role(admin, "short_lived", to_user="temp_user")
+    for kind, name in (("DATABASE", "ML"), ("SCHEMA", "ML.APPS"), ("SERVICE", "ML.APPS.SVC")):
+        sec.grant(admin, "USAGE", kind, name, "short_lived")
+    temp = RequestContext(user="TEMP_USER", role="SHORT_LIVED")
+    pat = sec.create_token(temp, "temp_pat")["token"]
+    headers = {"Authorization": f"Bearer {pat}"}
+    for _ in range(2):  # the second call is answered from the cache
+        assert http.post("/svc/ml.apps.svc/predict", json=BODY, headers=headers).status_code == 200
+
+    before = admitted()
+    sec.revoke(admin, "USAGE", "SERVICE", "ML.APPS.SVC", "short_lived")
+    assert http.post("/svc/ml.apps.svc/predict", json=BODY, headers=headers).status_code == 403
+    sec.grant(admin, "USAGE", "SERVICE", "ML.APPS.SVC", "short_lived")
+    assert http.post("/svc/ml.apps.svc/predict", json=BODY, headers=headers).status_code == 200
+    sec.revoke_token(temp, "temp_pat")
+    assert http.post("/svc/ml.apps.svc/predict", json=BODY, headers=headers).status_code == 401
+    assert admitted() == before + 1  # only the call made while USAGE was held again

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from gateway_harness import INGRESS_HOST, add_service, free_port, server_requests, set_instances
 
+from neve.catalog import models as m
 from neve.context import admin_context
 from neve.security import keypair
 
@@ -34,7 +35,7 @@ def test_seed_style_client_gets_a_token_and_calls_encode(base_url, service, call
     assert rows[1][1]["embedding"][:2] == [14.0, 3.0]
 
 
-def test_host_form_path_forms_and_header_forms(service, callers, http):
+def test_host_form_path_forms_and_header_forms(gw_account, service, callers, http):
     caller = callers["caller"]
     body = {"data": [[0, 1.0], [1, 2.5]]}
     expected = [[0, {"score": 3.0}], [1, {"score": 6.0}]]
@@ -52,6 +53,13 @@ def test_host_form_path_forms_and_header_forms(service, callers, http):
         resp = http.post(path, json=body, headers=headers)
         assert resp.status_code == 200, (path, resp.text)
         assert resp.json()["data"] == expected
+    # the call was recorded for auto-suspend (written off the request path)
+    with gw_account.catalog.transaction() as s:
+        deadline = time.monotonic() + 5
+        while s.get(m.Service, service).last_request_on is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            s.expire_all()
+        assert s.get(m.Service, service).last_request_on is not None
 
 
 def test_keypair_jwt_and_programmatic_access_token(gw_account, service, callers, http):

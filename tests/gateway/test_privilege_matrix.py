@@ -1,9 +1,11 @@
 """The privilege matrix: for each operation x role, the expected allow/deny, on every surface.
 
-Rows are operations, columns are roles; each operation is written once per surface ("api": the
-manager methods the client and SQL engine call, "http": raw HTTP to the REST API and the
-ingress). To add a surface (the SQL engineer's ``sql``), give ``Op`` a field for it and add one
-``run_<surface>`` entry to ``SURFACES``: every row is then checked there too.
+Rows are operations, columns are roles; each operation is written once per surface: "api" (the
+manager methods every surface ends in), "http" (raw HTTP to the REST API and the ingress),
+"sql" (the statement, run by the SQL engine) and "client" (the same statement through the Python
+client, ``neve.connect(url=..., token=...).sql(...)``, over HTTP). An operation without a SQL form
+(calling the ingress, tokens) is checked on api and http only. To add a surface, give ``Op`` a
+field for it and add one ``run_<surface>`` entry to ``SURFACES``.
 
 Roles: ADMIN (ACCOUNTADMIN); OWNER (APP_OWNER: owns service ML.APPS.MATRIX_SVC); CALLER
 (APP_CALLER: USAGE on it); OUTSIDER (USAGE on the database and schema only); NOBODY (PUBLIC).
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from gateway_harness import add_service
 
+import neve
 from neve.context import RequestContext, admin_context
 from neve.errors import PermissionDeniedError
 
@@ -31,8 +34,9 @@ _unique = itertools.count()
 @dataclass
 class Actor:
     name: str
-    ctx: RequestContext  # for the api surface
+    ctx: RequestContext  # for the api and sql surfaces
     headers: dict[str, str]  # for the http surface
+    session: Any = None  # for the client surface: neve.connect(url=..., token=...)
 
 
 @dataclass
@@ -52,8 +56,8 @@ class Op:
     allowed: set[str]  # roles that may do it; every other role must be refused
     api: Callable[[Env, Actor], Any]
     http: Callable[[Env, Actor], httpx.Response]
+    sql: Callable[[], str] | None = None  # the statement (a function: names may be fresh)
     undo: Callable[[Env, str], None] | None = None  # run as admin after an allowed attempt
-    tag: dict = field(default_factory=dict)
 
 
 def fresh(prefix: str) -> str:
@@ -84,6 +88,7 @@ OPS = [
         "show grants on the service",
         {"ADMIN", "OWNER", "CALLER"},
         api=lambda env, a: env.sec.show_grants(a.ctx, on=("SERVICE", SERVICE)),
+        sql=lambda: f"SHOW GRANTS ON SERVICE {SERVICE}",
         http=lambda env, a: env.http.get(
             "/api/v1/grants", params={"on_type": "SERVICE", "on_name": SERVICE}, headers=a.headers
         ),
@@ -92,6 +97,7 @@ OPS = [
         "grant MONITOR on the service",
         {"ADMIN", "OWNER"},
         api=lambda env, a: env.sec.grant(a.ctx, "MONITOR", "SERVICE", SERVICE, "PUBLIC"),
+        sql=lambda: f"GRANT MONITOR ON SERVICE {SERVICE} TO ROLE PUBLIC",
         http=lambda env, a: env.http.post(
             "/api/v1/grants",
             json={
@@ -110,6 +116,7 @@ OPS = [
         "transfer ownership of the service (to its owner)",
         {"ADMIN", "OWNER"},
         api=lambda env, a: env.sec.grant_ownership(a.ctx, "SERVICE", SERVICE, "APP_OWNER"),
+        sql=lambda: f"GRANT OWNERSHIP ON SERVICE {SERVICE} TO ROLE APP_OWNER COPY CURRENT GRANTS",
         http=lambda env, a: env.http.post(
             "/api/v1/grants",
             json={
@@ -125,6 +132,7 @@ OPS = [
         "create a role",
         {"ADMIN"},
         api=lambda env, a: env.sec.create_role(a.ctx, fresh("m_role")),
+        sql=lambda: f"CREATE ROLE {fresh('m_role')}",
         http=lambda env, a: env.http.post(
             "/api/v1/roles", json={"name": fresh("m_role")}, headers=a.headers
         ),
@@ -133,6 +141,7 @@ OPS = [
         "create a user",
         {"ADMIN"},
         api=lambda env, a: env.sec.create_user(a.ctx, fresh("m_user")),
+        sql=lambda: f"CREATE USER {fresh('m_user')}",
         http=lambda env, a: env.http.post(
             "/api/v1/users", json={"name": fresh("m_user")}, headers=a.headers
         ),
@@ -141,6 +150,7 @@ OPS = [
         "grant role APP_CALLER to a user",
         {"ADMIN"},
         api=lambda env, a: env.sec.grant_role(a.ctx, "APP_CALLER", to_user="m_target"),
+        sql=lambda: "GRANT ROLE APP_CALLER TO USER m_target",
         http=lambda env, a: env.http.post(
             "/api/v1/roles/APP_CALLER/grants", json={"to_user": "m_target"}, headers=a.headers
         ),
@@ -168,6 +178,7 @@ OPS = [
         "show grants to role APP_CALLER",
         {"ADMIN", "CALLER"},
         api=lambda env, a: env.sec.show_grants(a.ctx, to_role="APP_CALLER"),
+        sql=lambda: "SHOW GRANTS TO ROLE APP_CALLER",
         http=lambda env, a: env.http.get(
             "/api/v1/grants", params={"to_role": "APP_CALLER"}, headers=a.headers
         ),
@@ -191,7 +202,34 @@ def run_http(env: Env, op: Op, actor: Actor) -> bool:
     return True
 
 
-SURFACES: dict[str, Callable[[Env, Op, Actor], bool]] = {"api": run_api, "http": run_http}
+def run_sql(env: Env, op: Op, actor: Actor) -> bool:
+    try:
+        env.account.sql.execute(actor.ctx, op.sql())  # type: ignore[misc]
+    except PermissionDeniedError:
+        return False
+    return True
+
+
+def run_client(env: Env, op: Op, actor: Actor) -> bool:
+    try:
+        actor.session.sql(op.sql())  # type: ignore[misc]
+    except PermissionDeniedError:  # the server's 403, re-raised by the client as the same class
+        return False
+    return True
+
+
+SURFACES: dict[str, Callable[[Env, Op, Actor], bool]] = {
+    "api": run_api,
+    "http": run_http,
+    "sql": run_sql,
+    "client": run_client,
+}
+CASES = [
+    pytest.param(op, surface, id=f"{op.name}-{surface}")
+    for op in OPS
+    for surface in SURFACES
+    if surface in ("api", "http") or op.sql is not None
+]
 
 
 @pytest.fixture(scope="module")
@@ -229,12 +267,19 @@ def env(gw_account, backends, signatures, base_url) -> Env:
         ctx = sec.authenticate_token(token)
         assert ctx.role == (role or "PUBLIC")
         actors[label] = Actor(label, ctx, {"Authorization": f"Bearer {token}"})
-    with httpx.Client(base_url=base_url, trust_env=False, timeout=30) as client:
-        yield Env(gw_account, client, actors)
+    for actor in actors.values():
+        token = actor.headers["Authorization"].split(" ", 1)[1]
+        actor.session = neve.connect(url=base_url, token=token)
+        assert actor.session.whoami()["role"] == actor.ctx.role
+    try:
+        with httpx.Client(base_url=base_url, trust_env=False, timeout=30) as client:
+            yield Env(gw_account, client, actors)
+    finally:
+        for actor in actors.values():
+            actor.session.close()
 
 
-@pytest.mark.parametrize("surface", sorted(SURFACES))
-@pytest.mark.parametrize("op", OPS, ids=[op.name for op in OPS])
+@pytest.mark.parametrize(("op", "surface"), CASES)
 def test_privilege_matrix(env: Env, op: Op, surface: str):
     got = {}
     for role in ROLES:

@@ -66,10 +66,10 @@ def linear_truth(a: float, b: float, c: float) -> float:
     return a + 2 * b + 3 * c + 0.5
 
 
-def serve(model_dir: Path, **opts: object) -> ServerProcess:
+def serve(model_dir: Path, *, all_workers: bool = False, **opts: object) -> ServerProcess:
     server = start_server(model_dir, **opts)  # type: ignore[arg-type]
     try:
-        server.wait_ready(timeout=90)
+        server.wait_ready(timeout=120, all_workers=all_workers)
     except BaseException:
         server.stop()
         raise

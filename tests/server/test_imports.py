@@ -41,7 +41,7 @@ def test_serving_never_imports_control_plane_packages(linear_dir: Path, tmp_path
             """
         )
     )
-    server = serve(linear_dir, num_workers=2, env={"PYTHONPATH": str(hook_dir)})
+    server = serve(linear_dir, num_workers=1, env={"PYTHONPATH": str(hook_dir)})
     try:
         body = orjson.dumps({"data": [[0, 1.0, 2.0, 3.0]]})
         assert httpx.post(f"{server.url}/predict", content=body).status_code == 200

@@ -21,7 +21,7 @@ from neve.server import ServerProcess
 
 @pytest.fixture(scope="module")
 def server(linear_dir: Path) -> Iterator[ServerProcess]:
-    srv = serve(linear_dir, num_workers=2)
+    srv = serve(linear_dir, num_workers=2, all_workers=True)
     yield srv
     srv.stop()
 
@@ -45,6 +45,12 @@ def test_each_worker_is_a_process_with_its_own_model(server: ServerProcess) -> N
     assert len(workers) == 2 and server.pid not in workers
     served = _ready_pids(server.url)
     assert served <= set(workers) and len(served) >= 1
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["workers"] == 2 and ready["workers_ready"] == 2
+    # Each worker listens on its own socket: fresh connections reach both (not a guarantee of
+    # the kernel's hash for any one connection, but 60 connections all landing on one worker
+    # would mean the connections are not spread).
+    assert len(served) == 2
 
 
 def test_killed_worker_is_replaced_and_server_keeps_answering(server: ServerProcess) -> None:

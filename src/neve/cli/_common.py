@@ -128,6 +128,16 @@ def print_rows(
     console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}{more}[/dim]")
 
 
+def print_record(record: dict[str, Any], *, title: str | None = None) -> None:
+    """Print one object as a two-column table of its properties."""
+    table = Table(title=title, show_header=False)
+    table.add_column("property", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in record.items():
+        table.add_row(escape(str(key)), _cell(value))
+    console.print(table)
+
+
 def print_error(exc: BaseException) -> None:
     message = getattr(exc, "message", None) or str(exc)
     err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from neve.cli._common import CliOptions, NeveGroup, console, get_session, print_rows
+from neve.cli._common import CliOptions, NeveGroup, console, get_session, print_record
 
 app = typer.Typer(
     name="neve",
@@ -114,18 +114,15 @@ def whoami(ctx: typer.Context) -> None:
     """Connect and show who you are: user, role, current database and schema, server."""
     session = get_session(ctx)
     me = session.whoami()
-    print_rows(
-        ["user", "role", "database", "schema", "roles", "url"],
-        [
-            [
-                me.get("user"),
-                me.get("role"),
-                me.get("database"),
-                me.get("schema"),
-                ", ".join(me.get("roles") or []),
-                session.url,
-            ]
-        ],
+    print_record(
+        {
+            "user": me.get("user"),
+            "role": me.get("role"),
+            "database": me.get("database"),
+            "schema": me.get("schema"),
+            "roles": ", ".join(me.get("roles") or []),
+            "url": session.url,
+        }
     )
 
 

@@ -132,7 +132,6 @@ class Registry:
         model: Any,
         model_name: str,
         version_name: str | None = None,
-        *,
         conda_dependencies: list[str] | None = None,
         pip_requirements: list[str] | None = None,
         python_version: str | None = None,
@@ -300,7 +299,9 @@ class Model:
 
     def version(self, version_or_alias: str) -> ModelVersion:
         """A version by name or alias (also DEFAULT, FIRST, LAST)."""
-        row = self._client.call("GET", f"{self._path}/versions/{_seg_raw(version_or_alias)}")
+        row = self._client.call(
+            "GET", f"{self._path}/versions/{_seg_name(version_or_alias, 'version name or alias')}"
+        )
         return ModelVersion(self, row["name"], row)
 
     def first(self) -> ModelVersion:
@@ -315,13 +316,13 @@ class Model:
 
     @default.setter
     def default(self, version: str | ModelVersion) -> None:
-        name = version.version_name if isinstance(version, ModelVersion) else version
-        if isinstance(version, ModelVersion):
-            name = quote(name)
+        name = quote(version.version_name) if isinstance(version, ModelVersion) else version
         self._client.call("PATCH", self._path, json={"default_version": name})
 
     def delete_version(self, version_name: str) -> None:
-        self._client.call("DELETE", f"{self._path}/versions/{_seg_raw(version_name)}")
+        self._client.call(
+            "DELETE", f"{self._path}/versions/{_seg_name(version_name, 'version name')}"
+        )
 
     @property
     def comment(self) -> str | None:
@@ -336,7 +337,7 @@ class Model:
     # -- tags -------------------------------------------------------------------------------------
     def set_tag(self, tag_name: str, tag_value: Any) -> None:
         self._client.call(
-            "PUT", f"{self._path}/tags/{_seg_raw(tag_name)}", json={"value": tag_value}
+            "PUT", f"{self._path}/tags/{_seg_name(tag_name, 'tag name')}", json={"value": tag_value}
         )
 
     def get_tag(self, tag_name: str) -> Any:
@@ -344,17 +345,15 @@ class Model:
         return self.show_tags().get(ident(tag_name, kind="tag name"))
 
     def unset_tag(self, tag_name: str) -> None:
-        self._client.call("DELETE", f"{self._path}/tags/{_seg_raw(tag_name)}")
+        self._client.call("DELETE", f"{self._path}/tags/{_seg_name(tag_name, 'tag name')}")
 
     def show_tags(self) -> dict[str, Any]:
         return self._client.call("GET", self._path + "/tags")
 
 
-def _seg_raw(text: str) -> str:
-    """A name as the user wrote it (the server normalizes it), as one URL path segment."""
-    if not isinstance(text, str):
-        raise InvalidArgumentError(f"expected a name, got {type(text).__name__}")
-    return url_quote(text, safe="")
+def _seg_name(text: str, kind: str) -> str:
+    """A name as the user wrote it, checked and normalized here, as one URL path segment."""
+    return _seg(ident(text, kind=kind))
 
 
 class _LoadedCache:
@@ -499,10 +498,10 @@ class ModelVersion(ServiceMixin):
         self._client.call("DELETE", self._path + "/metrics", params={"name": metric_name})
 
     def set_alias(self, alias_name: str) -> None:
-        self._client.call("PUT", f"{self._path}/aliases/{_seg_raw(alias_name)}")
+        self._client.call("PUT", f"{self._path}/aliases/{_seg_name(alias_name, 'alias')}")
 
     def unset_alias(self, alias_name: str) -> None:
-        self._client.call("DELETE", f"{self._model._path}/aliases/{_seg_raw(alias_name)}")
+        self._client.call("DELETE", f"{self._model._path}/aliases/{_seg_name(alias_name, 'alias')}")
 
     # -- files ------------------------------------------------------------------------------------
     def _download(self, destination: Path) -> str:
@@ -562,7 +561,6 @@ class ModelVersion(ServiceMixin):
     def run(
         self,
         X: Any,
-        *,
         function_name: str | None = None,
         service_name: str | None = None,
         **service_options: Any,
@@ -570,7 +568,8 @@ class ModelVersion(ServiceMixin):
         """Call a method; return the input columns followed by the output columns.
 
         Without ``service_name`` the model runs in this process (it must target WAREHOUSE);
-        with it, the call goes to that service.
+        with it, the call goes to that service. ``X`` is a DataFrame (columns matched to the
+        signature by name), or a list / numpy array (matched by position).
         """
         if service_name is not None:
             runner = getattr(self, "_run_on_service", None)
@@ -595,35 +594,47 @@ class ModelVersion(ServiceMixin):
                 "mv.create_service(service_name=..., service_compute_pool=..., image_repo=...), "
                 "then mv.run(data, function_name=..., service_name=...)"
             )
-        method = self._function(info, function_name)
-        from neve.models.signature import to_dataframe
-
-        try:
-            data = X if isinstance(X, pd.DataFrame) else to_dataframe(X)
-        except SignatureError as exc:
-            raise _rebuild(exc, f"{self._label}: {exc.message}") from None
+        method, signature = self._function(info["methods"], function_name)
+        data = self._input_frame(X, signature)
         loaded = _LOADED.get(info["artifact_sha256"], self._local_dir(info))
         try:
             out = loaded.call(method, data)
         except NeveError as exc:
             raise _rebuild(exc, f"{self._label}: {exc.message}") from None
         keep = [c for c in data.columns if c not in set(out.columns)]
-        return pd.concat([data[keep], out], axis=1)
+        result = pd.concat([data[keep].reset_index(drop=True), out.reset_index(drop=True)], axis=1)
+        result.index = data.index
+        return result
 
-    def _function(self, info: dict, function_name: str | None) -> str:
-        """The target method a function name means (case-insensitive, '-' for '_')."""
-        methods = list(self.show_functions()["target_method"])
+    def _input_frame(self, X: Any, signature: dict) -> pd.DataFrame:
+        """``X`` as a DataFrame; positional input (list, array) gets the signature's names."""
+        from neve.models.signature import to_dataframe
+
+        positional = not isinstance(X, pd.DataFrame) or not all(
+            isinstance(c, str) for c in X.columns
+        )
+        try:
+            data = to_dataframe(X)
+        except SignatureError as exc:
+            raise _rebuild(exc, f"{self._label}: {exc.message}") from None
+        names = [f["name"] for f in signature.get("inputs", [])]
+        if positional and len(names) == len(data.columns):
+            data = data.set_axis(names, axis=1)
+        return data
+
+    def _function(self, methods: dict[str, dict], function_name: str | None) -> tuple[str, dict]:
+        """(target method, signature) a function name means (case-insensitive, '-' for '_')."""
         if function_name is None:
             if len(methods) == 1:
-                return next(iter(methods))
+                return next(iter(methods.items()))
             raise InvalidArgumentError(
                 f"{self._label} has several functions ({', '.join(sorted(methods))}): pass "
                 "function_name=..."
             )
         wanted = function_name.upper().replace("-", "_")
-        for method in methods:
+        for method, signature in methods.items():
             if method.upper() == wanted:
-                return method
+                return method, signature
         raise ObjectNotFoundError(
             f"{self._label} has no function {function_name!r}; functions: "
             f"{', '.join(sorted(methods)) or 'none'}"

@@ -173,10 +173,27 @@ class SessionTransport(Transport):
         try:
             return super().call(method, path, headers=merged, **kwargs)
         except ServiceUnavailableError as exc:
-            # Only when the request never reached a server (nothing ran): safe to send again.
-            if self._reconnect is None or not isinstance(exc.__cause__, httpx.ConnectError):
+            cause = exc.__cause__
+            if (
+                self._reconnect is None
+                or not isinstance(cause, httpx.TransportError)
+                or isinstance(cause, httpx.TimeoutException)
+            ):
                 raise
-            self.retarget(*self._reconnect())
+            if not isinstance(cause, httpx.ConnectError):
+                # The connection broke after the request was sent: the daemon died during it
+                # (or a proxy cut it). Only a request that changes nothing may be sent again.
+                if self._server_answers():
+                    raise
+                self.retarget(*self._reconnect())
+                if method.upper() not in ("GET", "HEAD", "OPTIONS"):
+                    raise ServiceUnavailableError(
+                        f"the control plane stopped while handling {method} {path}; a new one "
+                        f"runs at {self.base_url}, but the request may or may not have been "
+                        "applied: check, then repeat it"
+                    ) from exc
+            else:  # the request never reached a server (nothing ran): safe to send again
+                self.retarget(*self._reconnect())
         except AuthenticationError:
             if self._reconnect is None:
                 raise
@@ -185,6 +202,12 @@ class SessionTransport(Transport):
                 raise  # the credentials are current: the server means it
             self.retarget(url, token)
         return super().call(method, path, headers=merged, **kwargs)
+
+    def _server_answers(self) -> bool:
+        try:
+            return self._client.get("/api/v1/health", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 # -- the session ------------------------------------------------------------------------------------

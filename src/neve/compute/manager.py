@@ -45,6 +45,7 @@ from neve.errors import (
     ResourceError,
 )
 from neve.identifiers import ident, quote
+from neve.security.objects import ACCOUNT
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -186,7 +187,7 @@ class ComputeManager:
             address = address or "auto"
         try:
             with self._lock, self.account.catalog.transaction() as s:
-                self.security.require(s, ctx, "CREATE COMPUTE POOL", "ACCOUNT")
+                self.security.require(s, ctx, "CREATE COMPUTE POOL", ACCOUNT)
                 existing = s.scalar(select(m.ComputePool).where(m.ComputePool.name == pool_name))
                 if existing is not None:
                     if if_not_exists:

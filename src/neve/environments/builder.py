@@ -59,7 +59,7 @@ _CACHE_MISS = re.compile(
     re.IGNORECASE,
 )
 _MISSING_NAME = re.compile(
-    r"(?:Because |and |all of:\s*|, )([A-Za-z0-9][A-Za-z0-9._-]*)(?:[<>=!~][^ ]*)? "
+    r"(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?(?:[<>=!~][^ ]*)? "
     r"(?:was not found in the cache|needs to be downloaded from a registry)"
 )
 

@@ -667,7 +667,7 @@ class BuildJobs:
             "image_path": image.path,
             "size_bytes": int(image.size_bytes or 0),
             "status": image.status,
-            "build_seconds": image.build_seconds,
+            "build_seconds": None if image.build_seconds is None else round(image.build_seconds, 2),
             "repository": str(repo),
             "model": inputs.get("model"),
             "version": inputs.get("version"),
@@ -768,9 +768,10 @@ def _clean_tmp(root: Path) -> None:
         if not base.is_dir():
             continue
         for entry in base.iterdir():
-            if sub == TMP_DIR and _builder_alive(entry.name):
-                continue
-            _kill_users(entry)
+            if sub == TMP_DIR:
+                if _builder_alive(entry.name):
+                    continue
+                _kill_users(entry)  # a uv orphaned by a killed build still writing there
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

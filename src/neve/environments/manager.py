@@ -37,6 +37,7 @@ from neve.errors import (
     PermissionDeniedError,
 )
 from neve.identifiers import QualifiedName, ident, qualify, split_name
+from neve.security.objects import ACCOUNT
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -137,6 +138,7 @@ class EnvironmentManager:
         try:
             with self.account.catalog.transaction() as s:
                 sch = lookup.schema(s, qn.database, qn.schema)
+                self.security.require(s, ctx, "CREATE IMAGE REPOSITORY", sch)
                 existing = s.scalar(
                     select(m.ImageRepository).where(
                         m.ImageRepository.schema_id == sch.id, m.ImageRepository.name == qn.name
@@ -146,7 +148,6 @@ class EnvironmentManager:
                     if if_not_exists:
                         return self._repo_row(s, qn, existing)
                     raise ObjectExistsError(f"image repository {qn} already exists")
-                self.security.require(s, ctx, "CREATE IMAGE REPOSITORY", sch)
                 repo = m.ImageRepository(
                     schema_id=sch.id,
                     name=qn.name,
@@ -288,6 +289,7 @@ class EnvironmentManager:
         try:
             with self.account.catalog.transaction() as s:
                 sch = lookup.schema(s, qn.database, qn.schema)
+                self.security.require(s, ctx, "CREATE NETWORK RULE", sch)
                 existing = s.scalar(
                     select(m.NetworkRule).where(
                         m.NetworkRule.schema_id == sch.id, m.NetworkRule.name == qn.name
@@ -297,7 +299,6 @@ class EnvironmentManager:
                     if if_not_exists:
                         return self._rule_row(qn, existing)
                     raise ObjectExistsError(f"network rule {qn} already exists")
-                self.security.require(s, ctx, "CREATE NETWORK RULE", sch)
                 rule = m.NetworkRule(
                     schema_id=sch.id,
                     name=qn.name,
@@ -409,7 +410,7 @@ class EnvironmentManager:
             )
         try:
             with self.account.catalog.transaction() as s:
-                self.security.require(s, ctx, "CREATE INTEGRATION", "ACCOUNT")
+                self.security.require(s, ctx, "CREATE INTEGRATION", ACCOUNT)
                 existing = s.scalar(
                     select(m.ExternalAccessIntegration).where(
                         m.ExternalAccessIntegration.name == integ_name

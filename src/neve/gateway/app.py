@@ -52,7 +52,12 @@ from neve.gateway.balancer import Address, LeastOutstanding
 from neve.gateway.cache import TtlCache
 from neve.gateway.limits import GatewayLimits
 from neve.gateway.openapi import ingress_openapi
-from neve.gateway.targets import CatalogIngressTargets, IngressTarget, IngressTargets
+from neve.gateway.targets import (
+    TOUCH_INTERVAL_SECS,
+    CatalogIngressTargets,
+    IngressTarget,
+    IngressTargets,
+)
 from neve.identifiers import qualify
 from neve.security.auth import request_id_from
 
@@ -155,6 +160,7 @@ class Gateway:
         self.balancer = LeastOutstanding()
         self._client: httpx.AsyncClient | None = None
         self._wakes: dict[int, asyncio.Future[IngressTarget]] = {}
+        self._touched: dict[int, float] = {}
         # who a credential is, and which service (authorized) a caller reaches: see cache.py
         self._auth_cache = TtlCache(ttl=self.limits.auth_cache_secs)
         self._target_cache = TtlCache(ttl=self.limits.auth_cache_secs)
@@ -296,8 +302,8 @@ class Gateway:
 
         body = await self._read_body(receive, headers)
         if not target.ready:
+            self._target_cache.discard(target_key)  # its state is changing: do not reuse it
             target = await self._wake(ctx, target)
-            self._target_cache.put(target_key, target, self.account.security.generation)
         try:
             status = await self._forward(scope, send, ctx, target, route, body, request_id, info)
         except NeveError:
@@ -593,6 +599,12 @@ class Gateway:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _touch(self, service_id: int) -> None:
+        # at most once a second per service: auto-suspend needs the minute, not the request
+        now = time.monotonic()
+        if now - self._touched.get(service_id, -TOUCH_INTERVAL_SECS) < TOUCH_INTERVAL_SECS:
+            return
+        self._touched[service_id] = now
+
         async def touch() -> None:
             try:
                 await anyio.to_thread.run_sync(self.targets.touch, service_id)

@@ -622,13 +622,17 @@ class RegistryManager:
     def describe_version(
         self, ctx: RequestContext, model: str | QualifiedName, version: str
     ) -> dict:
-        """The version's SHOW VERSIONS row plus ``platform_reasons`` (why not WAREHOUSE)."""
+        """The version's SHOW VERSIONS row plus ``platform_reasons`` (why not WAREHOUSE) and
+        ``methods`` ({target method: signature}), all a caller needs to run it."""
         qn = self._qn(ctx, model)
         with self.account.catalog.transaction() as s:
             row = self._readable_model(s, ctx, qn)
             v = self._version(s, row, qn, version)
             out = self._version_row(s, qn, row, v)
             out["platform_reasons"] = self._platform_reasons(v)
+            out["methods"] = {
+                method: spec.get("signature", spec) for method, spec in (v.signatures or {}).items()
+            }
             return out
 
     def show_functions(

@@ -34,7 +34,10 @@ from neve.server.config import (
 )
 
 APP = "neve.server.app:create_app"
-SUPERVISED_ENV = "NEVE_SERVER_SUPERVISED"  # the same name as in neve.server.app
+SUPERVISED_ENV = "NEVE_SERVER_SUPERVISED"  # the same names as in neve.server.app
+STATE_DIR_ENV = (
+    "NEVE_SERVER_STATE_DIR"  # metrics/ (prometheus) and workers/ (one file per ready worker)
+)
 STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start (and ours)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -111,11 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         failed_to_start,
     )
 
-    metrics_dir = tempfile.mkdtemp(prefix="neve-server-metrics-")
+    state_dir = Path(tempfile.mkdtemp(prefix="neve-server-"))
+    (state_dir / "metrics").mkdir()
+    (state_dir / "workers").mkdir()
     os.environ[CONFIG_ENV] = config.to_env()
     os.environ[SUPERVISED_ENV] = "1"
+    os.environ[STATE_DIR_ENV] = str(state_dir)
     # Workers inherit these: prometheus-client reads the directory when it is imported.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state_dir / "metrics")
     # N workers share the CPUs: one BLAS/OpenMP/torch thread pool per worker of cpus/N threads
     # avoids oversubscription (unless the environment already says otherwise).
     threads = str(max(1, cpu_count() // config.num_workers))
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             supervisor = Multiprocess(uv_config, sockets=[anchor])
         supervisor.run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
     if supervisor is not None and failed_to_start(supervisor):
         print("neve.server: a worker failed to start (see the log above); exiting", flush=True)
         return STARTUP_FAILURE

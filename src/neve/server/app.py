@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -52,6 +53,8 @@ from neve.server.config import ServerConfig
 log = logging.getLogger("neve.server")
 #: Set by ``python -m neve.server`` for its workers (a worker then exits on startup failure).
 SUPERVISED_ENV = "NEVE_SERVER_SUPERVISED"
+#: The supervisor's scratch directory; ``workers/<pid>`` exists while that worker is ready.
+STATE_DIR_ENV = "NEVE_SERVER_STATE_DIR"
 STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start
 JSON = "application/json"
 UNKNOWN_METHOD = "_unknown"  # metrics label for requests to no method (bounded cardinality)
@@ -106,6 +109,7 @@ class ServerState:
         gc.collect()
         gc.freeze()
         self.ready = True
+        self._mark_ready(True)
         log.info(
             "worker %d loaded %s model from %s in %.2f s; methods: %s",
             os.getpid(),
@@ -117,10 +121,34 @@ class ServerState:
 
     async def stop(self) -> None:
         self.ready = False
+        self._mark_ready(False)
         for batcher in self.batchers.values():
             await batcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _mark_ready(self, ready: bool) -> None:
+        state = os.environ.get(STATE_DIR_ENV)
+        if not state:
+            return
+        marker = Path(state) / "workers" / str(os.getpid())
+        with contextlib.suppress(OSError):
+            if ready:
+                marker.touch()
+            else:
+                marker.unlink(missing_ok=True)
+
+    def workers_ready(self) -> int:
+        """Workers of this server whose model is loaded (1 when not run by the supervisor)."""
+        state = os.environ.get(STATE_DIR_ENV)
+        if not state:
+            return int(self.ready)
+        count = 0
+        with contextlib.suppress(OSError):
+            for marker in (Path(state) / "workers").iterdir():
+                if marker.name.isdigit() and _pid_alive(int(marker.name)):
+                    count += 1
+        return count
 
     def resolve(self, segment: str) -> str:
         method = self.routes.get(segment) or self.routes.get(segment.lower())
@@ -219,6 +247,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                 finally:
                     state.admission.release_bytes(reserved)
             else:
+                # A full queue refuses at once, before the body is read and parsed.
+                state.batchers[method].refuse_if_full()
                 body, reserved = await state.read_body(request, method)
                 try:
                     payload = protocol.loads(body)
@@ -362,6 +392,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                 "model_type": state.model.model_type,
                 "methods": list(state.batchers),
                 "loaded_in_s": round(state.loaded_in_s, 3),
+                "workers": config.num_workers,
+                "workers_ready": state.workers_ready(),
             }
         )
 
@@ -454,6 +486,16 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     )
     app.state.server = state
     return app
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -6,7 +6,8 @@ flood costs no memory beyond what is queued. An admitted request is cut into chu
 ``max_batch_rows`` rows and appended to its method's FIFO queue.
 
 The batcher task takes the first chunk, then keeps taking whole chunks until the batch holds
-``max_batch_rows`` rows or ``batch_timeout`` has passed, and runs ``LoadedModel.call`` on the
+``max_batch_rows`` rows or ``batch_timeout`` has passed (it does not wait for more once the
+batch is half full, and never waits past the timeout), and runs ``LoadedModel.call`` on the
 concatenated rows in a thread, so the event loop keeps admitting and refusing requests while the
 model works. Results are split back by row offsets, so chunks are never reordered or mixed.
 A chunk still queued after ``queue_timeout`` is dropped and its request answered 503.
@@ -147,6 +148,21 @@ class MethodBatcher:
 
     # ---------------------------------------------------------------- admission
 
+    def refuse_if_full(self) -> None:
+        """Raise 429 when not even one more row fits (cheap: no need to parse the request)."""
+        if self.admission.queued_rows >= self.admission.max_queue_rows:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        admission = self.admission
+        metrics.REJECTIONS.labels(self.method, "queue_full").inc()
+        err = OverloadedError(
+            f"method {self.method!r}: server is busy ({admission.queued_rows} rows queued, "
+            f"limit {admission.max_queue_rows}); retry later"
+        )
+        err.retry_after_s = admission.retry_after_s()  # type: ignore[attr-defined]
+        raise err
+
     async def submit(self, request: ServiceRequest) -> OutputColumns:
         """Queue ``request``'s rows and wait for their outputs (or raise 413/429/503/500)."""
         n = request.n_rows
@@ -160,13 +176,7 @@ class MethodBatcher:
                 f"at once ({admission.max_queue_rows}); split it into smaller requests"
             )
         if admission.queued_rows + n > admission.max_queue_rows:
-            metrics.REJECTIONS.labels(self.method, "queue_full").inc()
-            err = OverloadedError(
-                f"method {self.method!r}: server is busy ({admission.queued_rows} rows queued, "
-                f"limit {admission.max_queue_rows}); retry later"
-            )
-            err.retry_after_s = admission.retry_after_s()  # type: ignore[attr-defined]
-            raise err
+            self._refuse()
         loop = asyncio.get_running_loop()
         step = self.max_batch_rows
         chunks = [
@@ -258,8 +268,10 @@ class MethodBatcher:
                     break
                 self._take(batch)
                 continue
+            # A batch already half full gains little from waiting; its requests would only
+            # pay the timeout in latency (a lone 1000-row request, say).
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or 2 * batch.rows >= self.max_batch_rows:
                 break
             self._wakeup.clear()
             try:

@@ -111,9 +111,11 @@ class ServerProcess:
     def is_alive(self) -> bool:
         return self.process.poll() is None
 
-    def wait_ready(self, timeout: float = 60.0) -> dict:
+    def wait_ready(self, timeout: float = 60.0, *, all_workers: bool = False) -> dict:
         """Wait until ``GET /ready`` answers 200 and return its body.
 
+        The first worker with a loaded model makes the server ready; ``all_workers=True`` waits
+        until every worker has loaded it (``workers_ready == workers`` in the body).
         Raises ``ServiceUnavailableError`` (with the log's tail) when the server exits first or
         is not ready within ``timeout`` seconds.
         """
@@ -129,8 +131,14 @@ class ServerProcess:
             try:
                 with urllib.request.urlopen(f"{self.url}/ready", timeout=2.0) as resp:
                     if resp.status == 200:
-                        return json.loads(resp.read())
-                    last_error = f"/ready answered {resp.status}"
+                        body = json.loads(resp.read())
+                        if not all_workers or body.get("workers_ready", 0) >= body.get(
+                            "workers", 1
+                        ):
+                            return body
+                        last_error = f"{body.get('workers_ready')}/{body.get('workers')} ready"
+                    else:
+                        last_error = f"/ready answered {resp.status}"
             except urllib.error.HTTPError as exc:
                 last_error = f"/ready answered {exc.code}"
             except (OSError, ValueError) as exc:  # refused while loading, reset, timeout

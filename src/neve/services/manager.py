@@ -31,6 +31,7 @@ from neve.catalog import models as m
 from neve.context import RequestContext, admin_context
 from neve.errors import (
     InvalidArgumentError,
+    InvalidStateError,
     NeveError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -263,6 +264,10 @@ class ServiceManager:
                 select(m.Service).where(m.Service.schema_id == sch.id, m.Service.name == qn.name)
             )
             if existing is not None:
+                if existing.status == states.DELETING:
+                    raise InvalidStateError(
+                        f"service {qn} is being dropped; create it again once it is gone"
+                    )
                 old = (existing.spec or {}).get("create_args") or {}
                 diff = differences(old, key)
                 if diff:
@@ -790,9 +795,7 @@ class ServiceManager:
     def _recover_service(self, ctx: RequestContext, sid: int, status: str) -> None:
         lc = self.lifecycle
         if status == states.DELETING:
-            self._drop_by_id(sid, reason="drop interrupted by a restart") if lc.set_status(
-                sid, states.DELETING, "finishing the drop"
-            ) else None
+            self._drop_by_id(sid, reason="finishing a drop interrupted by a restart")
             return
         if status in (states.PENDING, states.BUILDING):
             lc.provision(ctx, sid, force_rebuild=False)

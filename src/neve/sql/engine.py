@@ -183,11 +183,13 @@ class SqlEngine:
         with warehouse.cursor() as cur:
             registered: list[str] = []
             try:
+                # built outside the lock: a model function loads its model here
+                udf_fns = [self._make_udf(ctx, call, errors) for call in planned.calls]
                 with warehouse.lock:
-                    for call in planned.calls:
+                    for call, fn in zip(planned.calls, udf_fns, strict=True):
                         cur.create_function(
                             call.udf_name,
-                            self._make_udf(ctx, call, errors),
+                            fn,
                             call.params,
                             call.return_type,
                             type="arrow",

@@ -427,7 +427,11 @@ class RayBackend(ComputeBackend):
                 ray.get(actor.stop.remote(timeout), timeout=timeout + CALL_TIMEOUT_S)
             except ray.exceptions.RayError:
                 pass  # already dead or unreachable: killing the actor is all that is left
-            self._pump.flush(name)
+            if self._pump.flush(name):
+                try:  # the instance log holds it all now: the node's copy can go
+                    ray.get(actor.discard_log.remote(), timeout=REACH_TIMEOUT_S)
+                except ray.exceptions.RayError:
+                    pass
         self._kill(name, actor)
 
     def _kill(self, name: str | None, actor: Any) -> None:
@@ -474,12 +478,20 @@ class LogPump:
             with self._lock:
                 self._tracked.pop(name, None)
 
-    def flush(self, name: str | None) -> None:
-        """Pull what is left of one instance's log (before it is stopped)."""
+    def flush(self, name: str | None) -> bool:
+        """Pull what is left of one instance's log (before it is stopped); False: not tracked."""
         with self._lock:
             entry = self._tracked.get(name) if name else None
-        if entry is not None:
+        if entry is None:
+            return False
+        for _ in range(64):  # up to 64 MiB left unread: pull until nothing new comes
             self._pull({name: entry})
+            with self._lock:
+                latest = self._tracked.get(name)
+            if latest is None or latest[2] == entry[2]:
+                break
+            entry = latest
+        return True
 
     def stop(self) -> None:
         self._stop.set()

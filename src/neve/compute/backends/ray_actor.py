@@ -375,6 +375,14 @@ class InstanceActor:
             return b"", offset
         return data, offset + len(data)
 
+    def discard_log(self) -> None:
+        """Remove the node-local log once the control plane holds all of it (after a stop)."""
+        if not self.shared_logs:
+            try:
+                self.log_path.unlink()
+            except OSError:
+                pass
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

@@ -44,6 +44,7 @@ SHIP_MODES = ("auto", "always")
 DEFAULT_SHIP_LIMIT_MB = 2048
 DEFAULT_UNREACHABLE_GRACE_S = 30.0
 AUTO_START_TIMEOUT_S = 90.0
+STARTED_LINE = "Ray runtime started."
 _OPTIONS = ("ship", "ship_limit_mb", "cache_dir", "namespace", "unreachable_grace_s")
 
 _connect_lock = threading.Lock()
@@ -277,7 +278,8 @@ def ensure_local_cluster(runs_dir: Path, *, num_cpus: int | None = None) -> str:
             start_new_session=True,  # outlives the control plane; stop_local_cluster ends it
         )
     deadline = time.monotonic() + AUTO_START_TIMEOUT_S
-    while not _port_open("127.0.0.1", port):
+    # Up when `ray start` says so (its GCS port opens before the node's raylet is there).
+    while not (_port_open("127.0.0.1", port) and STARTED_LINE in _tail(log_path, 200)):
         if process.poll() is not None or time.monotonic() >= deadline:
             _kill_group(process.pid)
             raise ServiceUnavailableError(
@@ -305,16 +307,37 @@ def stop_local_cluster(runs_dir: Path, timeout: float = 30.0) -> bool:
     stopped = False
     if _pid_alive(pid):
         try:
-            os.killpg(pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+            # To the leader only: `ray start --block` then stops its processes in order (a
+            # SIGTERM to each of them at once leaves the GCS and the leader hanging).
+            os.kill(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        _kill_group(pid)
         stopped = True
+    # Ray's processes share the session `ray start` led (start_new_session): wait for all of
+    # them, then kill what is left, so nothing of the cluster outlives the stop.
+    deadline = time.monotonic() + timeout
+    while _session_members(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for member in _session_members(pid):
+        try:
+            os.kill(member, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     record.unlink(missing_ok=True)
     return stopped
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) == sid and _pid_alive(int(entry)):
+                members.append(int(entry))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return members
 
 
 def _kill_group(pid: int) -> None:
