@@ -396,6 +396,10 @@ def targets(cells: list[Cell], inproc: dict[str, dict[int, float]]) -> None:
 # ------------------------------------------------------------------------------------------ main
 
 
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "server_throughput")
@@ -408,7 +412,10 @@ def main() -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     neve_workers = args.neve_workers or default_num_workers("cpu")
-    print(f"cpus: {os.cpu_count()}, neve workers: {neve_workers}, cell duration: {args.duration} s")
+    print(
+        f"cpus: {os.cpu_count()}, neve workers: {neve_workers}, cell duration: {args.duration} s, "
+        f"load average at start: {_load()}"
+    )
 
     # Models ---------------------------------------------------------------------------------
     forest, X = train_forest()
@@ -515,6 +522,7 @@ def main() -> int:
                 server.stop()
 
     print_table(cells, inproc, f"mlflow-{args.mlflow_workers}w")
+    print(f"load average at the end: {_load()} (a shared machine: other work competes for CPU)")
     targets(cells, inproc)
     (out / "results.json").write_text(
         json.dumps({"inprocess": inproc, "cells": [asdict(c) for c in cells]}, indent=2)

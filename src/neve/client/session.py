@@ -23,10 +23,9 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import pandas as pd
 
 from neve.client.transport import Transport
 from neve.errors import (
@@ -36,6 +35,9 @@ from neve.errors import (
     ServiceUnavailableError,
 )
 from neve.identifiers import ident, quote, split_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROLE_HEADER = "X-Neve-Role"
 DATABASE_HEADER = "X-Neve-Database"
@@ -112,6 +114,8 @@ class SqlResult:
         return Row(self.rows[0], self.columns) if self.rows else None
 
     def to_pandas(self) -> pd.DataFrame:
+        import pandas as pd  # only when asked for: `neve` commands start faster without it
+
         return pd.DataFrame(self.rows, columns=self.columns)
 
     def show(self, n: int = 10) -> None:
@@ -159,6 +163,9 @@ class SessionTransport(Transport):
                 timeout=httpx.Timeout(timeout, connect=10.0),
                 limits=httpx.Limits(max_keepalive_connections=0),
                 trust_env=False,  # loopback: never through a proxy
+                # with TLS configured the local daemon's certificate names the public host,
+                # not 127.0.0.1; locally the token file's permissions are what protect access
+                verify=False,
             )
 
     def retarget(self, base_url: str, token: str) -> None:

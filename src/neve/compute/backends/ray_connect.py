@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -323,6 +324,8 @@ def stop_local_cluster(runs_dir: Path, timeout: float = 30.0) -> bool:
             os.kill(member, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    if info.get("temp_dir") and Path(info["temp_dir"]).name.startswith("neve-ray-"):
+        shutil.rmtree(info["temp_dir"], ignore_errors=True)
     record.unlink(missing_ok=True)
     return stopped
 
