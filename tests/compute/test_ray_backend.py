@@ -186,6 +186,13 @@ def test_address_forms_parse():
     )
     gcs = RayAddress.parse("localhost:6379", pool="P")
     assert (gcs.kind, gcs.target, gcs.loopback) == ("gcs", "127.0.0.1:6379", True)
+    # what CREATE COMPUTE POOL can call before storing the pool
+    assert RayBackend.check_address("'ray://head:10001?ship=always'", pool="P") == (
+        "ray://head:10001?ship=always"
+    )
+    assert RayBackend.check_address(None, pool="P") == "auto"
+    with pytest.raises(InvalidArgumentError, match="compute pool P"):
+        RayBackend.check_address("ray://head", pool="P")
 
 
 # -- placement and serving --------------------------------------------------------------------------

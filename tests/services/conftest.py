@@ -43,6 +43,7 @@ def env(tmp_path_factory) -> Iterator[Env]:
     # A fast supervisor and short waits keep the module quick on 2 cores.
     (home / "settings.toml").write_text(
         "service_supervisor_interval_secs = 0.3\nservice_start_timeout_secs = 120\n"
+        "service_scale_down_idle_secs = 2\n"
     )
     saved = os.environ.get("NEVE_HOME")
     os.environ["NEVE_HOME"] = str(home)

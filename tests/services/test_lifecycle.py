@@ -317,3 +317,50 @@ def test_non_blocking_create_then_owner_loses_the_model(env):
     assert "no longer has access to model ML.REG.ENG_LIN" in row["status_reason"]
     assert row["target_instances"] == 0 and not any(alive(p) for p in tree)
     services.drop_service(eng, "ENG_SVC")
+
+
+def test_autoscale_on_queue_depth(env):
+    """min 1 < max 2: a deep queue on the one instance brings a second; idle queues take it
+    away again (the supervisor reads neve_server_queue_rows from /metrics)."""
+    import httpx
+
+    services = env.account.services
+    name = "ML.REG.AUTO_SVC"
+    row = services.create_service(
+        env.ctx,
+        **{**CREATE, "service_name": name, "ingress_enabled": False},
+        min_instances=1,
+        max_batch_rows=1,  # one row per model call: big requests queue for a while
+    )
+    assert (row["min_instances"], row["max_instances"], row["target_instances"]) == (1, 2, 1)
+    [inst] = row["instances"]
+    rng = np.random.default_rng(5)
+    body = {"data": [[i, *rng.normal(size=2).tolist()] for i in range(4000)]}
+    url = f"http://{inst['host']}:{inst['port']}/predict"
+
+    def flood() -> None:
+        with httpx.Client(timeout=120) as client:
+            while services.describe_service(env.ctx, name)["target_instances"] < 2:
+                client.post(url, json=body)
+
+    threads = [threading.Thread(target=flood) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        _wait(
+            lambda: services.describe_service(env.ctx, name)["current_instances"] == 2,
+            120,
+            "a second instance",
+        )
+    finally:
+        for t in threads:
+            t.join(120)
+    events = services.get_service_logs(env.ctx, name, 0, "events", None)
+    assert "scaling up 1 -> 2 (queue depth" in events
+    _wait(
+        lambda: services.describe_service(env.ctx, name)["target_instances"] == 1,
+        60,
+        "scale-down when idle",
+    )
+    assert "scaling down 2 -> 1" in services.get_service_logs(env.ctx, name, 0, "events", None)
+    services.drop_service(env.ctx, name)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from neve.cli._common import console, options, print_rows
+from neve.cli._common import console, options, print_record
 from neve.control import daemon
 
 app = typer.Typer(
@@ -87,19 +87,13 @@ def status(
     if as_json:
         typer.echo(json.dumps(info))
     elif info["running"]:
-        print_rows(
-            ["state", "pid", "url", "version", "started_on", "uptime_s", "home"],
-            [
-                [
-                    "running",
-                    info["pid"],
-                    info["url"],
-                    info.get("version"),
-                    info.get("started_on"),
-                    info.get("uptime_s"),
-                    info["home"],
-                ]
-            ],
+        print_record(
+            {
+                "state": "running",
+                **{k: info.get(k) for k in ("pid", "url", "version", "started_on", "uptime_s")},
+                "home": info["home"],
+                "log": info["log"],
+            }
         )
     elif info.get("pid"):
         console.print(

@@ -11,7 +11,8 @@ One pass (``Supervisor.reconcile``) looks at each service that should have proce
   service FAILS with that reason (it kept running until then, as on the reference platform);
 - when ``min_instances < max_instances``, scales on queue depth (``/metrics``): up by one when
   the average queued rows per ready instance stay above ``SCALE_UP_QUEUE_ROWS`` for two passes,
-  down by one when the queues stayed empty for ``SCALE_DOWN_IDLE_S``;
+  down by one when the queues stayed empty for ``SCALE_DOWN_IDLE_S`` (account settings
+  ``service_scale_up_queue_rows`` / ``service_scale_down_idle_secs``);
 - suspends a service that got no request for ``auto_suspend_secs``.
 
 Only one process supervises an account at a time: the loop holds an exclusive ``flock`` on
@@ -69,6 +70,8 @@ def autoscale_decision(
     queued_rows: float,
     busy_passes: int,
     idle_for_s: float,
+    scale_up_queue_rows: float = SCALE_UP_QUEUE_ROWS,
+    scale_down_idle_s: float = SCALE_DOWN_IDLE_S,
 ) -> int:
     """The instance count the queues ask for (``current`` when nothing should change)."""
     if min_instances >= max_instances:
@@ -77,9 +80,9 @@ def autoscale_decision(
         return min_instances
     if current > max_instances:
         return max_instances
-    if ready and queued_rows / ready > SCALE_UP_QUEUE_ROWS and busy_passes >= 2:
+    if ready and queued_rows / ready > scale_up_queue_rows and busy_passes >= 2:
         return min(max_instances, current + 1)
-    if queued_rows == 0 and idle_for_s >= SCALE_DOWN_IDLE_S and current > max(min_instances, 1):
+    if queued_rows == 0 and idle_for_s >= scale_down_idle_s and current > max(min_instances, 1):
         return current - 1
     return current
 
@@ -138,6 +141,11 @@ class Supervisor:
         self.interval_s = float(
             self.account.settings.extra.get("service_supervisor_interval_secs", DEFAULT_INTERVAL_S)
         )
+        extra = self.account.settings.extra
+        self.scale_up_queue_rows = float(
+            extra.get("service_scale_up_queue_rows", SCALE_UP_QUEUE_ROWS)
+        )
+        self.scale_down_idle_s = float(extra.get("service_scale_down_idle_secs", SCALE_DOWN_IDLE_S))
         self.lock = SupervisorLock(self.account.settings.home / "run" / "services-supervisor.lock")
         self._pass_lock = threading.Lock()
         self._health: dict[tuple[int, int], InstanceHealth] = {}
@@ -359,7 +367,7 @@ class Supervisor:
             queued += rows or 0.0
         state = self._scale.setdefault(sid, ScaleState())
         now = time.monotonic()
-        if ready and queued / len(ready) > SCALE_UP_QUEUE_ROWS:
+        if ready and queued / len(ready) > self.scale_up_queue_rows:
             state.busy_passes += 1
         else:
             state.busy_passes = 0
@@ -373,6 +381,8 @@ class Supervisor:
             queued_rows=queued,
             busy_passes=state.busy_passes,
             idle_for_s=now - state.idle_since,
+            scale_up_queue_rows=self.scale_up_queue_rows,
+            scale_down_idle_s=self.scale_down_idle_s,
         )
         if want != len(instances):
             state.busy_passes = 0

@@ -94,6 +94,12 @@ class RayBackend(ComputeBackend):
         self._probe: tuple[str, str] | None = None
         self._pump = LogPump(self)
 
+    @classmethod
+    def check_address(cls, address: str | None, *, pool: str) -> str:
+        """Validate a pool's ``ADDRESS`` (at CREATE COMPUTE POOL); return it normalized."""
+        parsed = RayAddress.parse(address, pool=pool)
+        return (address or "auto").strip().strip("'\"") if parsed.kind != "auto" else "auto"
+
     # -- connection -------------------------------------------------------------------------------
     @property
     def ray(self) -> Any:

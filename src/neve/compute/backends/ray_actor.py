@@ -164,7 +164,7 @@ class InstanceActor:
     ``model_dir`` (paths on the control plane), ``trees`` (``{path: {"key", "fingerprint",
     "shippable"}}``), ``ship`` (``auto`` | ``always``), ``cache_dir``, ``log_path`` and
     ``log_probe`` (``[path, token]``: the control plane's log directory is visible here when the
-    file holds the token), ``env``, ``num_gpus``, ``start_timeout_s``.
+    file holds the token), ``env``, ``host`` (None: the node's IP) and ``start_timeout_s``.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -182,7 +182,6 @@ class InstanceActor:
         self._process: subprocess.Popen[bytes] | None = None
         self._spawned = threading.Event()
         self._exit_code: int | None = None
-        self._stopping = False
         self.port: int | None = None
         self._log_acked = 0  # log bytes the control plane has confirmed it holds
         self.local_paths: dict[str, str] = {}
@@ -239,7 +238,10 @@ class InstanceActor:
             tmp = final.with_name(f"{key}.tmp-{uuid.uuid4().hex[:8]}")
             tmp.mkdir(parents=True)
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-                tar.extractall(tmp, filter="tar")
+                try:  # keeps the venv's symlinks (bin/python -> the base interpreter)
+                    tar.extractall(tmp, filter="tar")
+                except TypeError:  # a Python before 3.11.4 has no extraction filters
+                    tar.extractall(tmp)  # noqa: S202 - our own archive, made by pack_tree
             fresh[key] = tmp
             self.local_paths[by_key[key]] = str(final)
         # Every original root -> where it lives on this node (in place or unpacked).
@@ -392,7 +394,6 @@ class InstanceActor:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the server (it drains and stops its workers), then kill its process group."""
-        self._stopping = True
         with self._lock:
             process = self._process
         if process is None:
