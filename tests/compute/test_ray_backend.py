@@ -91,6 +91,9 @@ def expected(model_dir: Path) -> list[float]:
 def make_backend(
     work: Path, address: str, *, family: str = "CPU_X64_XS", name: str = "RAY_POOL"
 ) -> RayBackend:
+    if "://" not in address.split("?")[0] and "cache_dir=" not in address:
+        # keep the nodes' scratch space (port files, logs, unpacked trees) in this test's dir
+        address += ("&" if "?" in address else "?") + f"cache_dir={work / 'node-scratch'}"
     pool = PoolInfo(
         name=name,
         family=instance_family(family),

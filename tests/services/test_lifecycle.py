@@ -335,7 +335,7 @@ def test_autoscale_on_queue_depth(env):
     assert (row["min_instances"], row["max_instances"], row["target_instances"]) == (1, 2, 1)
     [inst] = row["instances"]
     rng = np.random.default_rng(5)
-    body = {"data": [[i, *rng.normal(size=2).tolist()] for i in range(4000)]}
+    body = {"data": [[i, *rng.normal(size=2).tolist()] for i in range(1500)]}
     url = f"http://{inst['host']}:{inst['port']}/predict"
 
     def flood() -> None:
