@@ -35,6 +35,9 @@ def main() -> int:
 
     step("connect (starts the control plane in the background if none runs)")
     session = neve.connect()
+    session.sql("CREATE DATABASE IF NOT EXISTS ml").collect()
+    session.sql("CREATE SCHEMA IF NOT EXISTS ml.registry").collect()
+    session.use_schema("ml.registry")
     reg = neve.Registry(session, database_name="ml", schema_name="registry")
 
     step("log the model")
@@ -85,7 +88,8 @@ def main() -> int:
     url = f"{session.url}/svc/ML.REGISTRY.{svc.upper()}/predict"
     body = {"data": [[i, float(a), float(b)] for i, (a, b) in enumerate(test.to_numpy())]}
     resp = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    print("ingress:", endpoint["ingress_url"], "->", resp.status_code, resp.json())
+    print("ingress host:", endpoint["ingress_url"])
+    print("POST", url, "->", resp.status_code, resp.json())
 
     step("suspend, then call again: the call resumes it")
     session.sql(f"ALTER SERVICE {svc} SUSPEND").collect()
@@ -93,6 +97,7 @@ def main() -> int:
 
     step("delete the service")
     mv.delete_service(svc)
+    reg.delete_model(name)
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s (account: {session.account_home})")
     session.close()
     return 0
