@@ -87,22 +87,24 @@ def test_keypair_jwt_and_programmatic_access_token(gw_account, service, callers,
 
 
 def test_request_ids_are_kept_or_made_and_logged(service, callers, http, caplog):
+    caplog.set_level(logging.INFO, logger="neve.gateway")
     headers = callers["caller"].headers
-    with caplog.at_level(logging.INFO, logger="neve.gateway"):
-        given = http.post(
-            "/svc/ml.apps.svc/predict",
-            json={"data": [[0, 1.0]]},
-            headers={**headers, "X-Request-Id": "trace-abc-123"},
-        )
-        made = http.post("/svc/ml.apps.svc/predict", json={"data": [[0, 1.0]]}, headers=headers)
-        refused = http.post("/svc/ml.apps.svc/predict", json={"data": [[0, 1.0]]})
+    given = http.post(
+        "/svc/ml.apps.svc/predict",
+        json={"data": [[0, 1.0]]},
+        headers={**headers, "X-Request-Id": "trace-abc-123"},
+    )
+    made = http.post("/svc/ml.apps.svc/predict", json={"data": [[0, 1.0]]}, headers=headers)
+    refused = http.post("/svc/ml.apps.svc/predict", json={"data": [[0, 1.0]]})
     assert given.headers["x-request-id"] == "trace-abc-123"
     assert len(made.headers["x-request-id"]) == 32
     assert refused.status_code == 401 and refused.headers["x-request-id"]
-    logged = caplog.text
-    for rid in ("trace-abc-123", made.headers["x-request-id"], refused.headers["x-request-id"]):
-        assert f"request_id={rid}" in logged
-    assert "service=ML.APPS.SVC" in logged and "status=200" in logged
+    ids = ["trace-abc-123", made.headers["x-request-id"], refused.headers["x-request-id"]]
+    deadline = time.monotonic() + 5  # the line is written once the answer has been sent
+    while not all(f"request_id={rid}" in caplog.text for rid in ids):
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.05)
+    assert "service=ML.APPS.SVC" in caplog.text and "status=200" in caplog.text
 
 
 def test_least_outstanding_spreads_load_over_both_instances(service, backends, callers, http):

@@ -50,14 +50,15 @@ def _expected(env):
     return out.iloc[:, 0].to_numpy()
 
 
-def _wait(predicate, timeout: float, what: str):
+def _wait(predicate, timeout: float, what: str, detail=None):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            extra = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
         time.sleep(0.2)
 
 
@@ -259,6 +260,8 @@ def test_non_blocking_create_then_owner_loses_the_model(env):
         ("CREATE SERVICE", "SCHEMA", "ML.REG"),
         ("USAGE", "COMPUTE POOL", POOL),
         ("READ", "IMAGE REPOSITORY", REPO),
+        # WRITE too: a build (not a reuse) needs it, e.g. when the server code changed
+        ("WRITE", "IMAGE REPOSITORY", REPO),
     ]:
         sec.grant(admin, privilege, kind, name, "ENG")
     eng = RequestContext(user="ADMIN", role="ENG", database="ML", schema="REG")
@@ -280,11 +283,16 @@ def test_non_blocking_create_then_owner_loses_the_model(env):
     assert time.perf_counter() - t0 < 5
     assert row["status"] in ("PENDING", "BUILDING", "STARTING")
     assert row["owner"] == "ENG"
-    _wait(
-        lambda: services.describe_service(eng, "ENG_SVC")["status"] == "RUNNING",
+    row = _wait(
+        lambda: (
+            (r := services.describe_service(eng, "ENG_SVC"))["status"] in ("RUNNING", "FAILED")
+            and r
+        ),
         120,
         "ENG_SVC running",
+        lambda: services.describe_service(eng, "ENG_SVC"),
     )
+    assert row["status"] == "RUNNING", row["status_reason"]
     # a role without ownership of the model may not deploy it
     sec.create_role(admin, "OTHER")
     for privilege, kind, name in [

@@ -13,7 +13,11 @@ limits on headers (431) -> service name syntax and path traversal (400) -> authe
 -> the service and USAGE on it (404 / 403) -> method route (404) -> body size and read deadline
 (413 / 408) -> wake a suspended service, bounded (503) -> forward to the ready instance with the
 fewest outstanding requests, retrying another instance when one fails before answering ->
-stream the answer back (429 + Retry-After pass through). Every answer carries ``X-Request-Id``.
+stream the answer back (429 + Retry-After pass through). Every answer carries ``X-Request-Id``,
+and one log line per request (logger ``neve.gateway``) names it with the user, role, service,
+status, instance and latency. Who a token is and which service a caller may reach are cached
+for ``ingress_auth_cache_secs`` (1 s); a change made through the SecurityManager (a revoked
+token or grant) empties the cache at once.
 
 Wiring into the control plane (one server carries both)::
 
@@ -46,6 +50,7 @@ from neve.errors import (
     InvalidArgumentError,
     NeveError,
     ObjectNotFoundError,
+    PayloadTooLargeError,
     ServiceUnavailableError,
 )
 from neve.gateway.balancer import Address, LeastOutstanding
@@ -670,13 +675,11 @@ def _unquoted(qualified: str) -> str:
     return qualified.replace('"', "")
 
 
-def _too_large(size: int, limit: int) -> HttpError:
+def _too_large(size: int, limit: int) -> PayloadTooLargeError:
     # No "connection: close": the server reads and discards the rest of the body (bounded by
     # GuardedH11Protocol) so that the client, still sending, can read this answer.
-    return HttpError(
-        413,
-        "PAYLOAD_TOO_LARGE",
-        f"request body of {size} bytes exceeds the limit of {limit} bytes; send smaller batches",
+    return PayloadTooLargeError(
+        f"request body of {size} bytes exceeds the limit of {limit} bytes; send smaller batches"
     )
 
 

@@ -361,12 +361,18 @@ class Supervisor:
                 self.lifecycle.scale_to(sid, hi, f"MIN_INSTANCES = MAX_INSTANCES = {hi}")
             return
         ready = [i for i in instances if i.status == states.INSTANCE_READY]
+        state = self._scale.setdefault(sid, ScaleState())
+        now = time.monotonic()
+        if len(ready) < len(instances):
+            # Instances are (re)starting: decide once they serve, and measure idleness from then
+            # (an instance that is still loading must not be scaled away for an empty queue).
+            state.busy_passes = 0
+            state.idle_since = now
+            return
         queued = 0.0
         for inst in ready:
             rows = self.runtime.queue_rows(inst)
             queued += rows or 0.0
-        state = self._scale.setdefault(sid, ScaleState())
-        now = time.monotonic()
         if ready and queued / len(ready) > self.scale_up_queue_rows:
             state.busy_passes += 1
         else:

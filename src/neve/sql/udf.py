@@ -246,20 +246,23 @@ def service_udf(
             arrays = _combine(cols)
             n = len(arrays[0])
             valid = _valid_rows(arrays)
+            positions = np.nonzero(valid)[0].tolist()  # vector position of each row sent
             rows = flat_rows(arrays, valid)
             step = options.max_batch_rows
-            batches = [rows[k : k + step] for k in range(0, len(rows), step)]
+            starts = list(range(0, len(rows), step))
             results: list[dict | None] = [None] * n
-            if len(batches) == 1:
-                answers = [send(batches[0])]
-            else:
-                futures = [pool.submit(send, b) for b in batches]
+            if len(starts) == 1:
+                answers = [send(rows)]
+            elif starts:
+                futures = [pool.submit(send, rows[k : k + step]) for k in starts]
                 answers = [f.result() for f in futures]
-            for batch, answer in zip(batches, answers, strict=True):
+            else:
+                answers = []
+            for start, answer in zip(starts, answers, strict=True):
                 if answer is None:
                     continue
-                for row, out in zip(batch, answer, strict=True):
-                    results[row[0]] = out
+                for pos, out in zip(positions[start : start + step], answer, strict=True):
+                    results[pos] = out
             return build_output(signature, results)
         except BaseException as exc:
             errors.record(exc)

@@ -44,8 +44,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SHIP_MODES = ("auto", "always")
 DEFAULT_SHIP_LIMIT_MB = 2048
 DEFAULT_UNREACHABLE_GRACE_S = 30.0
-AUTO_START_TIMEOUT_S = 90.0
+AUTO_START_TIMEOUT_S = 180.0  # `ray start --head` takes ~10 s idle, ~50 s on a busy 2-core box
 STARTED_LINE = "Ray runtime started."
+CLIENT_ATTEMPTS = 3
 _OPTIONS = ("ship", "ship_limit_mb", "cache_dir", "namespace", "unreachable_grace_s")
 
 _connect_lock = threading.Lock()
@@ -194,14 +195,31 @@ def connect(address: RayAddress, runs_dir: Path) -> str:
             "logging_level": logging.WARNING,
             "ignore_reinit_error": True,
         }
-        try:
-            ray.init(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
-            raise ServiceUnavailableError(
-                f"cannot connect to the Ray cluster at {target}: {exc}"
-            ) from None
+        for attempt in range(CLIENT_ATTEMPTS if address.kind == "client" else 1):
+            try:
+                ray.init(**kwargs)
+                break
+            except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
+                # Ray Client's head starts one server per client on the first free port from
+                # 23000; two starting at once can pick the same one and one fails. Try again.
+                transient = "client server failed" in str(exc)
+                if attempt + 1 < CLIENT_ATTEMPTS and address.kind == "client" and transient:
+                    _shutdown_quietly(ray)
+                    time.sleep(1.0 + attempt)
+                    continue
+                _shutdown_quietly(ray)
+                raise ServiceUnavailableError(
+                    f"cannot connect to the Ray cluster at {target}: {exc}"
+                ) from None
         _connected_to = target
         return target
+
+
+def _shutdown_quietly(ray: Any) -> None:
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - nothing was connected
+        pass
 
 
 def disconnect() -> None:
@@ -283,6 +301,7 @@ def ensure_local_cluster(runs_dir: Path, *, num_cpus: int | None = None) -> str:
     while not (_port_open("127.0.0.1", port) and STARTED_LINE in _tail(log_path, 200)):
         if process.poll() is not None or time.monotonic() >= deadline:
             _kill_group(process.pid)
+            shutil.rmtree(temp_dir, ignore_errors=True)
             raise ServiceUnavailableError(
                 f"could not start a local Ray cluster (ray start --head, log {log_path}):\n"
                 + _tail(log_path)
