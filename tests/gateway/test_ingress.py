@@ -133,7 +133,10 @@ def test_concurrent_requests_go_to_the_instance_with_fewer_in_flight(
             slow = asyncio.create_task(
                 client.post("/svc/ml.apps.svc/slow", json={"data": [[0, 1.0]]}, headers=headers)
             )
-            await asyncio.sleep(0.1)  # the slow call is in flight on one instance
+            deadline = time.monotonic() + 5
+            while not gateway.balancer.outstanding:  # the slow call is in flight on one instance
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.005)
             quick = [
                 await client.post(
                     "/svc/ml.apps.svc/predict", json={"data": [[0, 1.0]]}, headers=headers

@@ -371,8 +371,14 @@ class Session:
         auto_resume: bool = True,
         if_not_exists: bool = False,
         comment: str | None = None,
+        backend: str | None = None,
+        address: str | None = None,
     ) -> list[Row]:
-        """``CREATE COMPUTE POOL`` from Python (same statement, same checks)."""
+        """``CREATE COMPUTE POOL`` from Python (same statement, same checks).
+
+        ``backend="ray"`` with ``address="ray://head:10001"`` (or ``"auto"``) backs the pool with
+        a Ray cluster; the default is the local backend (processes on this machine).
+        """
         if not isinstance(min_nodes, int) or not isinstance(max_nodes, int):
             raise InvalidArgumentError("min_nodes and max_nodes must be integers")
         family = str(instance_family).replace("'", "''")
@@ -382,6 +388,10 @@ class Session:
             f"MIN_NODES = {min_nodes} MAX_NODES = {max_nodes} "
             f"INSTANCE_FAMILY = '{family}' AUTO_RESUME = {str(bool(auto_resume)).upper()}"
         )
+        if backend:
+            text += " BACKEND = '" + str(backend).replace("'", "''") + "'"
+        if address:
+            text += " ADDRESS = '" + str(address).replace("'", "''") + "'"
         if comment:
             text += " COMMENT = '" + comment.replace("'", "''") + "'"
         return self.sql(text).collect()

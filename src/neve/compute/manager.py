@@ -183,8 +183,10 @@ class ComputeManager:
                 f"compute pool {pool_name}: ADDRESS applies to BACKEND = 'ray' only"
             )
         if kind != "local":
-            backend_class(kind)  # refuse now, not at first placement, when it cannot load
-            address = address or "auto"
+            # refuse now, not at first placement, when it cannot load or ADDRESS is malformed
+            cls = backend_class(kind)
+            check = getattr(cls, "check_address", None)
+            address = check(address, pool=pool_name) if check else (address or "auto")
         try:
             with self._lock, self.account.catalog.transaction() as s:
                 self.security.require(s, ctx, "CREATE COMPUTE POOL", ACCOUNT)
