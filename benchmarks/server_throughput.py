@@ -32,6 +32,7 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -60,7 +61,7 @@ N_FEATURES = 20
 BATCHES = (1, 100, 1000)
 CONCURRENCY = (1, 8, 64)
 TARGET_CELL = (1, 16)  # batch 1, concurrency 16: the MLflow comparison target
-ST_MAX_ROWS_IN_FLIGHT = 8000  # skip sentence-transformer cells beyond this (minutes per round)
+ST_MAX_ROWS_IN_FLIGHT = 1000  # skip sentence-transformer cells beyond this (minutes per round)
 WORDS = [
     "model",
     "serving",
@@ -324,11 +325,13 @@ class MlflowServer:
             self.process = subprocess.Popen(
                 cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        wait_http(f"http://{HOST}:{self.port}/ping", self.process, 300, log)
+        try:
+            wait_http(f"http://{HOST}:{self.port}/ping", self.process, 300, log)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        import signal
-
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(20)
@@ -401,6 +404,8 @@ def _load() -> str:
 
 
 def main() -> int:
+    # Ctrl-C or SIGTERM still runs the ``finally`` blocks that stop the servers started here.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "server_throughput")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
