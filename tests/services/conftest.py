@@ -17,6 +17,7 @@ import pytest
 from svc_helpers import DB, POOL, REPO, SCHEMA
 
 from neve.context import RequestContext, admin_context
+from neve.identifiers import QualifiedName
 
 
 @dataclass
@@ -70,7 +71,7 @@ def env(tmp_path_factory) -> Iterator[Env]:
         for row in services.show_services(ctx):
             try:
                 services.drop_service(
-                    ctx, f"{row['database_name']}.{row['schema_name']}.{row['name']}"
+                    ctx, QualifiedName(row["database_name"], row["schema_name"], row["name"])
                 )
             except Exception:  # noqa: BLE001 (best effort: the test already failed)
                 pass

@@ -15,6 +15,8 @@ import pytest
 from svc_helpers import alive, process_tree
 from typer.testing import CliRunner
 
+from neve.identifiers import quote
+
 SVC = "LIN_SVC"
 
 
@@ -32,6 +34,10 @@ def session(tmp_path_factory):
         yield sess
     finally:
         try:
+            # Services outlive the daemon on purpose: drop what a failed test left running.
+            for row in sess.sql("SHOW SERVICES IN ACCOUNT").collect():
+                name = ".".join(quote(row[k]) for k in ("database_name", "schema_name", "name"))
+                sess.sql(f"DROP SERVICE IF EXISTS {name}").collect()
             sess.close()
         finally:
             daemon.stop(home)
