@@ -84,7 +84,7 @@ def main() -> int:
 
     step("call it over HTTP with a token")
     endpoint = session.sql(f"SHOW ENDPOINTS IN SERVICE {svc}").collect()[0]
-    token = session.create_token("demo")
+    token = session.create_token(f"demo_{int(time.time())}")
     url = f"{session.url}/svc/ML.REGISTRY.{svc.upper()}/predict"
     body = {"data": [[i, float(a), float(b)] for i, (a, b) in enumerate(test.to_numpy())]}
     resp = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)

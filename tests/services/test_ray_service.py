@@ -253,10 +253,10 @@ def test_scale_down_suspend_and_auto_resume(env, service, expected):
     services = env.account.services
     env.sql(f"ALTER SERVICE {SVC} SET MIN_INSTANCES = 1 MAX_INSTANCES = 1")
     wait_for(lambda: len(instances(env)) == 1, 60, "the service to scale down to 1 instance")
-    wait_for(lambda: len(server_processes()) == 1, 30, "2 servers to stop")
+    wait_for(lambda: len(server_processes()) == 1, 90, "2 servers to stop")
     env.sql(f"ALTER SERVICE {SVC} SUSPEND")
     assert services.describe_service(env.ctx, SVC)["status"] == "SUSPENDED"
-    wait_for(lambda: not server_processes(), 30, "the last server to stop")
+    wait_for(lambda: not server_processes(), 90, "the last server to stop")
     assert _actors(backend(env)) == []
     # the next call resumes the service and waits for it
     out = services.invoke(env.ctx, SVC, "predict", rows_of(env.test_df), timeout_s=180)
@@ -268,7 +268,7 @@ def test_scale_down_suspend_and_auto_resume(env, service, expected):
 def test_drop_leaves_no_actor_and_no_process(env, service):
     ray_backend = backend(env)
     env.account.services.drop_service(env.ctx, SVC)
-    wait_for(lambda: not server_processes(), 30, "the servers to stop")
+    wait_for(lambda: not server_processes(), 90, "the servers to stop")
     assert _actors(ray_backend) == []
 
 
