@@ -62,7 +62,11 @@ def wait_for(predicate, timeout: float, what: str):
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            running = [" ".join(p.cmdline())[:160] for p in _neve_servers()]
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {what}; neve servers under this "
+                f"test process: {running}"
+            )
         time.sleep(0.25)
 
 
@@ -74,12 +78,32 @@ def values(outputs: list[dict]) -> list[float]:
     return [next(iter(o.values())) for o in outputs]
 
 
-def server_processes() -> list[psutil.Process]:
-    """Inference servers started (through the cluster's nodes) by this test process."""
+def _neve_servers() -> list[psutil.Process]:
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
             if proc.status() != psutil.STATUS_ZOMBIE and "neve.server" in proc.cmdline():
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def server_processes(home) -> list[psutil.Process]:
+    """Inference servers of the account in ``home``, started through the cluster's nodes.
+
+    Filtered by the account directory (their --model-dir lies under it): other test modules in
+    the same pytest process run servers of their own accounts.
+    """
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+            if (
+                proc.status() != psutil.STATUS_ZOMBIE
+                and "neve.server" in cmd
+                and str(home) in " ".join(cmd)
+            ):
                 found.append(proc)
         except psutil.Error:
             continue
@@ -251,12 +275,13 @@ def test_removing_a_node_loses_no_call_and_the_service_recovers(env, cluster, se
 
 def test_scale_down_suspend_and_auto_resume(env, service, expected):
     services = env.account.services
+    assert len(server_processes(env.home)) == 3  # the filter sees this service's servers
     env.sql(f"ALTER SERVICE {SVC} SET MIN_INSTANCES = 1 MAX_INSTANCES = 1")
     wait_for(lambda: len(instances(env)) == 1, 60, "the service to scale down to 1 instance")
-    wait_for(lambda: len(server_processes()) == 1, 90, "2 servers to stop")
+    wait_for(lambda: len(server_processes(env.home)) == 1, 90, "2 servers to stop")
     env.sql(f"ALTER SERVICE {SVC} SUSPEND")
     assert services.describe_service(env.ctx, SVC)["status"] == "SUSPENDED"
-    wait_for(lambda: not server_processes(), 90, "the last server to stop")
+    wait_for(lambda: not server_processes(env.home), 90, "the last server to stop")
     assert _actors(backend(env)) == []
     # the next call resumes the service and waits for it
     out = services.invoke(env.ctx, SVC, "predict", rows_of(env.test_df), timeout_s=180)
@@ -268,7 +293,7 @@ def test_scale_down_suspend_and_auto_resume(env, service, expected):
 def test_drop_leaves_no_actor_and_no_process(env, service):
     ray_backend = backend(env)
     env.account.services.drop_service(env.ctx, SVC)
-    wait_for(lambda: not server_processes(), 90, "the servers to stop")
+    wait_for(lambda: not server_processes(env.home), 90, "the servers to stop")
     assert _actors(ray_backend) == []
 
 
