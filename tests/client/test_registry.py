@@ -24,24 +24,6 @@ from neve.models import directory_digest
 
 
 @pytest.fixture(scope="module")
-def served_account(tmp_path_factory):
-    """A session on a real control plane daemon (neve.connect on a fresh account directory),
-    and an ``Account`` on the same directory to check what the catalog and store hold."""
-    from neve.control import daemon
-    from neve.control.account import Account
-
-    home = tmp_path_factory.mktemp("neve-home")
-    session = neve.connect(home)
-    account = Account.open(str(home))
-    try:
-        yield session, account
-    finally:
-        session.close()
-        account.close()
-        daemon.stop(home)
-
-
-@pytest.fixture(scope="module")
 def data() -> tuple[pd.DataFrame, pd.Series]:
     rng = np.random.default_rng(1)
     x = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})

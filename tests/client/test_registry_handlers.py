@@ -28,24 +28,6 @@ import neve
 
 
 @pytest.fixture(scope="module")
-def served_account(tmp_path_factory):
-    """A session on a real control plane daemon (neve.connect on a fresh account directory),
-    and an ``Account`` on the same directory to check what the catalog and store hold."""
-    from neve.control import daemon
-    from neve.control.account import Account
-
-    home = tmp_path_factory.mktemp("neve-home")
-    session = neve.connect(home)
-    account = Account.open(str(home))
-    try:
-        yield session, account
-    finally:
-        session.close()
-        account.close()
-        daemon.stop(home)
-
-
-@pytest.fixture(scope="module")
 def reg(served_account) -> neve.Registry:
     session, _ = served_account
     return neve.Registry(session, database_name="ml", schema_name="handlers")
