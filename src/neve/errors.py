@@ -123,6 +123,13 @@ class PayloadTooLargeError(NeveError):
     http_status = 413
 
 
+class UnsupportedMediaTypeError(InvalidArgumentError):
+    """A request body in a format the endpoint does not read (its Content-Type)."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+
+
 ERRORS_BY_NAME: dict[str, type[NeveError]] = {
     cls.__name__: cls
     for cls in [
@@ -145,6 +152,7 @@ ERRORS_BY_NAME: dict[str, type[NeveError]] = {
         ServiceUnavailableError,
         OverloadedError,
         PayloadTooLargeError,
+        UnsupportedMediaTypeError,
     ]
 }
 

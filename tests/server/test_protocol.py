@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 from server_helpers import metric_value, serve
 
@@ -106,6 +107,74 @@ def test_vector_output_is_a_json_list_and_vector_input(http: httpx.Client) -> No
 
 def test_empty_data_answers_no_rows(http: httpx.Client) -> None:
     assert post(http, "/predict", {"data": []}).json() == {"data": []}
+
+
+# ------------------------------------------------------------------ Arrow IPC (columnar)
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def arrow_body(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def post_arrow(http: httpx.Client, path: str, table: pa.Table) -> httpx.Response:
+    return http.post(path, content=arrow_body(table), headers={"content-type": ARROW})
+
+
+def read_arrow(resp: httpx.Response) -> pa.Table:
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == ARROW
+    return pa.ipc.open_stream(resp.content).read_all()
+
+
+def test_arrow_columns_in_and_out_equal_the_json_answer(http: httpx.Client) -> None:
+    # upper-case names (as SQL sends them), an extra column, a float32 x and int32 n: all fine
+    table = pa.table(
+        {
+            "N": pa.array([2, 10, 0], pa.int32()),
+            "NAME": ["ab", "xyz", "q"],
+            "X": pa.array([1.5, -1.0, 0.25], pa.float32()),
+            "EXTRA": [True, False, True],
+        }
+    )
+    out = read_arrow(post_arrow(http, "/predict", table))
+    assert out.column_names == ["score", "label"]
+    assert out.column("score").to_pylist() == [5.0, 8.0, 0.5]
+    assert out.column("label").to_pylist() == ["AB", "XYZ", "Q"]
+    rows = [[0, "ab", 1.5, 2], [1, "xyz", -1.0, 10], [2, "q", 0.25, 0]]
+    as_json = post(http, "/predict", {"data": rows}).json()["data"]
+    assert [r[1]["score"] for r in as_json] == out.column("score").to_pylist()
+    # a vector output comes back as a list column; a vector input is read from one
+    vec = read_arrow(post_arrow(http, "/embed", table)).column("vec")
+    assert pa.types.is_list(vec.type)
+    assert vec.to_pylist() == [[1.5, 2.0, 2.0], [-1.0, 10.0, 3.0], [0.25, 0.0, 1.0]]
+    norm = read_arrow(post_arrow(http, "/norm", pa.table({"v": [[3.0, 4.0, 0.0], [0, 0, 2.0]]})))
+    assert norm.column("norm").to_pylist() == [5.0, 2.0]
+    empty = read_arrow(post_arrow(http, "/predict", table.slice(0, 0)))
+    assert empty.num_rows == 0 and empty.column_names == ["score", "label"]
+
+
+def test_arrow_errors_name_the_column_row_and_format(http: httpx.Client) -> None:
+    resp = post_arrow(http, "/predict", pa.table({"name": ["a"], "x": [1.0]}))
+    assert_error(resp, 400, "SIGNATURE_MISMATCH", "Arrow input", "missing column(s) ['n']")
+    bad_n = pa.table({"name": ["a", "b"], "x": [1.0, 2.0], "n": [1.0, 2.5]})
+    assert_error(post_arrow(http, "/predict", bad_n), 400, "SIGNATURE_MISMATCH", "row 1", "whole")
+    bools = pa.table({"name": ["a"], "x": [True], "n": [1]})
+    assert_error(post_arrow(http, "/predict", bools), 400, "SIGNATURE_MISMATCH", "column 'x'")
+    wrong = pa.table({"name": [1], "x": [1.0], "n": [1]})
+    assert_error(post_arrow(http, "/predict", wrong), 400, "SIGNATURE_MISMATCH", "column 'name'")
+    short = pa.table({"v": [[1.0, 2.0]]})
+    assert_error(post_arrow(http, "/norm", short), 400, "SIGNATURE_MISMATCH", "shape [3]")
+    garbage = http.post("/predict", content=b"not arrow", headers={"content-type": ARROW})
+    assert_error(garbage, 400, "INVALID_ARROW", "not an Arrow IPC stream")
+    v2 = http.post("/v2/models/predict/infer", content=b"x", headers={"content-type": ARROW})
+    assert_error(v2, 415, "UNSUPPORTED_MEDIA_TYPE", "JSON only")
+    failing = pa.table({"name": ["a"], "x": [-1.0], "n": [1]})
+    assert_error(post_arrow(http, "/fail", failing), 500, "MODEL_ERROR", "boom")
 
 
 def test_open_inference_protocol(http: httpx.Client) -> None:

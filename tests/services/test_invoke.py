@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from sklearn.linear_model import LinearRegression
 
@@ -73,6 +74,27 @@ def test_chunks_come_back_in_order_and_equal_in_process(servers, model_dir):
     np.testing.assert_allclose([o[name] for o in out], expected[name].to_numpy(), rtol=1e-9)
     # 250 rows in chunks of 40: 7 requests, spread over both instances
     assert invoker.totals.requests == 7
+
+
+def test_arrow_chunks_equal_the_json_answer_and_in_process(servers, model_dir):
+    df, rows = _rows(250, seed=3)
+    invoker = ServiceInvoker()
+    try:
+        common = {"label": "svc", "route": "predict", "endpoints": _source(servers)}
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        out = invoker.invoke_arrow(table=table, chunk_rows=40, timeout_s=60, **common)
+        as_json = invoker.invoke(rows=rows, chunk_rows=40, timeout_s=60, **common)
+        with pytest.raises(SignatureError, match="svc.*column 'A'"):
+            bad = pa.table({"A": ["x"], "B": [1.0]})
+            invoker.invoke_arrow(table=bad, chunk_rows=None, timeout_s=30, **common)
+    finally:
+        invoker.close()
+    expected = load_model(model_dir).call("predict", df)
+    name = expected.columns[0]
+    assert out.num_rows == 250 and out.column_names == [name]
+    np.testing.assert_allclose(out.column(name).to_numpy(), expected[name].to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(out.column(name).to_numpy(), [o[name] for o in as_json], rtol=0)
+    assert invoker.totals.requests == 7 + 7 + 1  # 250 rows in chunks of 40, twice; the bad one
 
 
 def test_service_errors_are_neve_errors(servers):

@@ -141,6 +141,10 @@ def test_nulls_unknown_names_and_usage_privilege(env) -> None:
     account = env["account"]
     account.sql.write_table(env["ctx"], "gaps", pa.table({"a": [1.0, None], "b": [1.0, 2.0]}))
     assert run(env, "SELECT clf_svc_predict(a, b) FROM gaps").rows == [[1], [None]]
+    # a STRUCT result is NULL as a whole for a row that was not sent
+    (first,), (second,) = run(env, "SELECT clf_svc!predict_proba(a, b) FROM gaps").rows
+    assert set(first) == {"output_feature_0", "output_feature_1"} and second is None
+    assert first["output_feature_0"] + first["output_feature_1"] == pytest.approx(1.0)
     with pytest.raises(ObjectNotFoundError, match="has no method 'explain'"):
         run(env, "SELECT clf_svc!explain(a, b) FROM gaps")
     with pytest.raises(ObjectNotFoundError, match=r"function ML\.PUBLIC\.NOPE_PREDICT"):
@@ -159,12 +163,15 @@ def test_nulls_unknown_names_and_usage_privilege(env) -> None:
 
 def test_function_options_and_service_errors(env) -> None:
     from neve.errors import ModelExecutionError
+    from neve.models import load_model
 
     frame = pd.DataFrame({"a": np.arange(10.0), "b": np.arange(10.0)})
     env["account"].sql.write_table(env["ctx"], "ten", pa.Table.from_pandas(frame))
     run(env, "ALTER FUNCTION clf_svc_predict SET MAX_BATCH_ROWS = 3")
     result = run(env, "SELECT clf_svc_predict(a, b) FROM ten")
     assert len(result.rows) == 10 and result.stats == {"batches": 4, "rows": 10}
+    expected = load_model(env["model_dir"]).call("predict", frame.rename(columns=str.upper))
+    assert col(result, result.columns[0]) == expected.iloc[:, 0].tolist()
     shown = run(env, "SHOW FUNCTIONS LIKE 'clf_svc_pred%'")
     assert col(shown, "name") == ["CLF_SVC_PREDICT", "CLF_SVC_PREDICT_PROBA"]
     options = col(shown, "options")[0]

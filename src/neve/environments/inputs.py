@@ -39,6 +39,7 @@ SERVER_PACKAGES = (
     "uvicorn",
     "prometheus-client",
     "orjson",
+    "pyarrow",
     "numpy",
     "pandas",
     "cloudpickle",

@@ -224,6 +224,12 @@ def coerce_input(df: pd.DataFrame, sig: ModelSignature, *, method: str) -> pd.Da
     Column names match case-insensitively (SQL callers upper-case them). Raises ``SignatureError``
     naming the method, the column and (for a bad value) the row.
     """
+    if _already_typed(df, sig.inputs):
+        # Every column exists under its exact name with its exact numeric dtype (the inference
+        # server and SQL UDFs build such frames): nothing to convert, and rebuilding the frame
+        # costs about 1.4 ms per 2048 x 20 call.
+        names = sig.input_names
+        return df if list(df.columns) == names else df[names]
     by_upper = {str(c).upper(): c for c in df.columns}
     cols: dict[str, Any] = {}
     missing = []
@@ -239,6 +245,16 @@ def coerce_input(df: pd.DataFrame, sig: ModelSignature, *, method: str) -> pd.Da
             f"got {[str(c) for c in df.columns]}"
         )
     return pd.DataFrame(cols, index=df.index)
+
+
+def _already_typed(df: pd.DataFrame, inputs: list[FeatureSpec]) -> bool:
+    dtypes = df.dtypes
+    for feat in inputs:
+        if feat.shape or (feat.type not in NUMERIC and feat.type != "BOOL"):
+            return False
+        if feat.name not in dtypes.index or dtypes[feat.name] != np.dtype(DTYPES[feat.type]):
+            return False
+    return df.columns.is_unique
 
 
 def _coerce_column(col: pd.Series, feat: FeatureSpec, *, method: str) -> pd.Series:

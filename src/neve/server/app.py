@@ -45,6 +45,7 @@ from neve.errors import (
     ObjectNotFoundError,
     OverloadedError,
     PayloadTooLargeError,
+    UnsupportedMediaTypeError,
 )
 from neve.server import metrics, protocol
 from neve.server.batching import Admission, MethodBatcher
@@ -232,37 +233,49 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         v2: bool = False,
         early_method: str | None = None,
     ) -> Response:
-        """The one path every inference request takes, whatever its protocol."""
+        """The one path every inference request takes, whatever its protocol.
+
+        A service-function request (``early_method`` known from the path) may be an Arrow IPC
+        stream instead of JSON; it is answered in the same format.
+        """
         started = time.perf_counter()
         method = early_method or UNKNOWN_METHOD
         status = 200
         rows = 0
+        media_type = JSON
         try:
-            if early_method is None:
-                # V2: the method may be named inside the body, so read it first.
-                body, reserved = await state.read_body(request, UNKNOWN_METHOD)
-                try:
-                    payload = protocol.loads(body)
-                    method = method_of(payload)
-                finally:
-                    state.admission.release_bytes(reserved)
-            else:
+            arrow = protocol.is_arrow(request.headers.get("content-type"))
+            if arrow and early_method is None:
+                raise UnsupportedMediaTypeError(
+                    f"{request.url.path} reads JSON only; send Arrow IPC streams to POST /<method>"
+                )
+            if early_method is not None:
                 # A full queue refuses at once, before the body is read and parsed.
                 state.batchers[method].refuse_if_full()
-                body, reserved = await state.read_body(request, method)
-                try:
+            body, reserved = await state.read_body(request, method)
+            try:
+                if arrow:
+                    inputs = state.model.methods[method].signature.inputs
+                    parsed, extra = protocol.parse_arrow_request(body, inputs, method), None
+                else:
                     payload = protocol.loads(body)
-                finally:
-                    state.admission.release_bytes(reserved)
-            # JSON booleans are rare in numeric rows; without any, parsing takes its fast path.
-            bools = b"true" in body or b"false" in body
+                    if early_method is None:
+                        # V2: the method may be named inside the body.
+                        method = method_of(payload)
+                    # JSON booleans are rare in numeric rows; without any, parsing is faster.
+                    bools = b"true" in body or b"false" in body
+                    parsed, extra = parse(payload, method, bools)
+                    del payload
+            finally:
+                state.admission.release_bytes(reserved)
             del body
-            parsed, extra = parse(payload, method, bools)
-            del payload
             out = await state.batchers[method].submit(parsed)
-            content = encode(method, extra, parsed, out)
+            if arrow:
+                content, media_type = protocol.encode_arrow_response(out), protocol.ARROW_STREAM
+            else:
+                content = encode(method, extra, parsed, out)
             rows = parsed.n_rows
-            response = Response(content, media_type=JSON)
+            response = Response(content, media_type=media_type)
         except NeveError as err:
             status = err.http_status
             headers = None

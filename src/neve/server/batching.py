@@ -167,7 +167,8 @@ class MethodBatcher:
         """Queue ``request``'s rows and wait for their outputs (or raise 413/429/503/500)."""
         n = request.n_rows
         if n == 0:
-            return OutputColumns(list(self.output_names), [[] for _ in self.output_names])
+            empty = np.empty(0, dtype=object)
+            return OutputColumns(list(self.output_names), [empty for _ in self.output_names])
         admission = self.admission
         if n > admission.max_queue_rows:
             metrics.REJECTIONS.labels(self.method, "too_large").inc()

@@ -30,7 +30,13 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from neve.errors import InvalidArgumentError, NeveError, SignatureError
+from neve.errors import (
+    InvalidArgumentError,
+    ModelExecutionError,
+    NeveError,
+    SignatureError,
+    UnsupportedMediaTypeError,
+)
 from neve.models.signature import DTYPES, NUMERIC, FeatureSpec
 
 _INT_TYPES = {t for t in NUMERIC if "INT" in t}
@@ -69,10 +75,14 @@ class ServiceRequest:
 
 @dataclass(slots=True)
 class OutputColumns:
-    """A model call's answer as JSON-ready columns (lists), in signature output order."""
+    """A model call's answer: one numpy array per output column, in the frame's order.
+
+    Columns stay numpy until a response is encoded, so each wire format converts them once
+    (JSON: ``tolist``; Arrow: zero-copy for numbers).
+    """
 
     names: list[str]
-    columns: list[list[Any]]
+    columns: list[np.ndarray]
 
     def slice(self, start: int, stop: int) -> OutputColumns:
         return OutputColumns(self.names, [c[start:stop] for c in self.columns])
@@ -82,7 +92,9 @@ class OutputColumns:
         if len(parts) == 1:
             return parts[0]
         names = parts[0].names
-        return cls(names, [[v for p in parts for v in p.columns[j]] for j in range(len(names))])
+        return cls(
+            names, [np.concatenate([p.columns[j] for p in parts]) for j in range(len(names))]
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,23 +553,23 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def output_columns(frame: pd.DataFrame) -> OutputColumns:
-    """A method's output frame -> lists of JSON-ready values (vectors stay numpy rows).
+    """A method's output frame -> one numpy array per column (no copy for plain dtypes)."""
+    names = [str(c) for c in frame.columns]
+    return OutputColumns(names, [frame.iloc[:, j].to_numpy() for j in range(len(names))])
+
+
+def json_ready(col: np.ndarray) -> list[Any]:
+    """One output column as JSON-ready values (vectors stay numpy rows).
 
     Numeric columns become Python numbers in one ``tolist`` call; a vector column keeps its
     per-row numpy arrays, which orjson writes as JSON lists without building Python floats.
     """
-    names = [str(c) for c in frame.columns]
-    return OutputColumns(names, [_json_ready(frame.iloc[:, j]) for j in range(len(names))])
-
-
-def _json_ready(col: pd.Series) -> list[Any]:
     kind = col.dtype.kind
     if kind in "biuf":
-        return col.to_numpy().tolist()
+        return col.tolist()
     if kind == "M":
-        return [None if pd.isna(v) else v.isoformat() for v in col]
-    values = col.tolist()
-    return [_plain(v) for v in values]
+        return [None if pd.isna(v) else pd.Timestamp(v).isoformat() for v in col]
+    return [_plain(v) for v in col.tolist()]
 
 
 def _plain(v: Any) -> Any:
@@ -577,7 +589,7 @@ def _plain(v: Any) -> Any:
 
 
 def encode_service_response(index: list[Any], out: OutputColumns) -> bytes:
-    names, cols = out.names, out.columns
+    names, cols = out.names, [json_ready(c) for c in out.columns]
     if len(names) == 1:
         name = names[0]
         data = [[i, {name: v}] for i, v in zip(index, cols[0], strict=True)]
@@ -586,6 +598,103 @@ def encode_service_response(index: list[Any], out: OutputColumns) -> bytes:
             [i, dict(zip(names, vals, strict=True))] for i, *vals in zip(index, *cols, strict=True)
         ]
     return dumps({"data": data})
+
+
+# --------------------------------------------------------------------------------------------
+# Arrow IPC: the columnar form of the service-function format
+#
+# A body of Content-Type ``application/vnd.apache.arrow.stream`` holds one column per signature
+# input (matched by name, case-insensitively; extra columns ignored) and is answered with a
+# stream of one column per output, row for row: no row indices, no JSON numbers to print and
+# parse. SQL service functions use it; JSON stays the format of every other caller.
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def is_arrow(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.split(";")[0].strip().lower() == ARROW_STREAM
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is in every image's base
+        raise UnsupportedMediaTypeError(
+            f"this server has no pyarrow and cannot read {ARROW_STREAM}; send JSON"
+        ) from None
+    return pa
+
+
+def parse_arrow_request(body: bytes, inputs: list[FeatureSpec], method: str) -> ServiceRequest:
+    """An Arrow IPC stream body -> typed columns, validated as the JSON forms are."""
+    pa = _pyarrow()
+    if not body:
+        raise InvalidArgumentError(
+            f"method {method!r}: request body is empty: send an Arrow IPC stream",
+            code="INVALID_ARROW",
+        )
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidArgumentError(
+            f"method {method!r}: request body is not an Arrow IPC stream: {exc}",
+            code="INVALID_ARROW",
+        ) from None
+    names = table.column_names
+    exact = {c: i for i, c in enumerate(names)}
+    upper = {c.upper(): i for i, c in enumerate(names)}
+    positions = [exact.get(f.name, upper.get(f.name.upper())) for f in inputs]
+    missing = [f.name for f, p in zip(inputs, positions, strict=True) if p is None]
+    if missing:
+        raise SignatureError(
+            f"method {method!r}: Arrow input is missing column(s) {missing}; expected "
+            f"{[f.name for f in inputs]}, got {names}"
+        )
+    n = table.num_rows
+    index = list(range(n))
+    cols = [
+        _arrow_column(pa, table.column(p), feat, method, index)
+        for p, feat in zip(positions, inputs, strict=True)
+    ]
+    return ServiceRequest(index, cols, n)
+
+
+def _arrow_column(
+    pa: Any, col: Any, feat: FeatureSpec, method: str, index: list[Any]
+) -> np.ndarray:
+    t = col.type
+    if not feat.shape and col.null_count == 0:
+        numeric_ok = feat.type in NUMERIC and (pa.types.is_integer(t) or pa.types.is_floating(t))
+        if numeric_ok or (feat.type == "BOOL" and pa.types.is_boolean(t)):
+            return to_column(col.to_numpy(), feat, method, index, bools=False)
+    if feat.type == "TIMESTAMP_NTZ" and not feat.shape and pa.types.is_timestamp(t):
+        if col.null_count and not feat.nullable:
+            first = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+            raise _null_value(method, first, index, feat)
+        return col.cast(pa.timestamp("ns")).to_numpy().astype("M8[ns]")
+    # Nulls, tensors, strings and mixed kinds: the per-value checks of the JSON path.
+    return to_column(col.to_pylist(), feat, method, index)
+
+
+def encode_arrow_response(out: OutputColumns) -> bytes:
+    """Output columns -> an Arrow IPC stream of one record batch."""
+    pa = _pyarrow()
+    arrays = []
+    for name, col in zip(out.names, out.columns, strict=True):
+        try:
+            if col.dtype.kind in "biufM":
+                arrays.append(pa.array(col))
+            else:  # strings, vectors (per-row arrays), nullable extension values
+                arrays.append(pa.array(col, from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ModelExecutionError(
+                f"output {name!r} cannot be sent as Arrow ({col.dtype}): {exc}"
+            ) from None
+    batch = pa.RecordBatch.from_arrays(arrays, names=out.names)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,12 +811,13 @@ def encode_v2_response(
 ) -> bytes:
     specs = {f.name: f for f in outputs}
     tensors = []
-    for name, values in zip(out.names, out.columns, strict=True):
+    for name, column in zip(out.names, out.columns, strict=True):
         if requested is not None and name not in requested:
             continue
         feat = specs.get(name)
         datatype = V2_DATATYPES.get(feat.type, "BYTES") if feat else "BYTES"
         shape: list[int] = [n_rows]
+        values = json_ready(column)
         data: Any = values
         if values and isinstance(values[0], np.ndarray | list):
             block = _as_array(values)

@@ -1,4 +1,8 @@
-"""The client behind ``ServiceManager.invoke``: FLAT rows to a service's instances, in batches.
+"""The client behind ``ServiceManager.invoke``: rows to a service's instances, in batches.
+
+Two wire formats carry the same service-function protocol: FLAT JSON rows (``invoke``, one
+output dict per row back) and Arrow IPC streams of columns (``invoke_arrow``, a table of output
+columns back; what SQL service functions send, with no per-value Python work on either side).
 
 Rows are split into chunks of the service's ``max_batch_rows`` and the chunks are sent
 concurrently (one shared, pooled ``httpx.Client``; keep-alive connections per instance) to the
@@ -22,6 +26,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pyarrow as pa
 
 from neve.errors import (
     ERRORS_BY_NAME,
@@ -56,6 +61,57 @@ class InvokeStats:
     requests: int = 0
     retries: int = 0
     failed_attempts: int = 0
+
+
+class _WireFormat:
+    """How a payload of rows is cut into chunks, put on the wire and read back."""
+
+    content_type = "application/json"
+
+    def chunks(self, payload: Any, size: int) -> list[Any]:
+        return [payload[i : i + size] for i in range(0, len(payload), size)]
+
+    def encode(self, chunk: Any) -> bytes:
+        return orjson.dumps({"data": chunk}, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
+
+    def decode(self, label: str, chunk: Any, content: bytes) -> Any:
+        return _outputs(label, chunk, content)
+
+    def join(self, parts: list[Any]) -> Any:
+        return [out for part in parts for out in part]
+
+
+class _ArrowFormat(_WireFormat):
+    content_type = "application/vnd.apache.arrow.stream"
+
+    def chunks(self, payload: pa.Table, size: int) -> list[pa.Table]:
+        return [payload.slice(i, size) for i in range(0, payload.num_rows, size)]
+
+    def encode(self, chunk: pa.Table) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, chunk.schema) as writer:
+            writer.write_table(chunk)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, label: str, chunk: pa.Table, content: bytes) -> pa.Table:
+        try:
+            table = pa.ipc.open_stream(pa.py_buffer(content)).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ModelExecutionError(
+                f"service {label} answered with a body that is not an Arrow stream: {exc}"
+            ) from None
+        if table.num_rows != chunk.num_rows:
+            raise ModelExecutionError(
+                f"service {label} answered {table.num_rows} rows for {chunk.num_rows} rows sent"
+            )
+        return table
+
+    def join(self, parts: list[pa.Table]) -> pa.Table:
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
+JSON_ROWS = _WireFormat()
+ARROW_COLUMNS = _ArrowFormat()
 
 
 class ServiceInvoker:
@@ -93,35 +149,61 @@ class ServiceInvoker:
         """Send ``rows`` (FLAT, each starting with its row index) to ``POST /<route>``."""
         if not rows:
             return []
+        return self._invoke(JSON_ROWS, label, route, rows, endpoints, chunk_rows, timeout_s)
+
+    def invoke_arrow(
+        self,
+        *,
+        label: str,
+        route: str,
+        table: pa.Table,
+        endpoints: EndpointSource,
+        chunk_rows: int | None,
+        timeout_s: float,
+    ) -> pa.Table:
+        """Send ``table`` (one column per method input) as Arrow; a table of outputs back."""
+        if table.num_rows == 0:
+            raise InvalidArgumentError(f"service {label}: no rows to send")
+        return self._invoke(ARROW_COLUMNS, label, route, table, endpoints, chunk_rows, timeout_s)
+
+    def _invoke(
+        self,
+        wire: _WireFormat,
+        label: str,
+        route: str,
+        payload: Any,
+        endpoints: EndpointSource,
+        chunk_rows: int | None,
+        timeout_s: float,
+    ) -> Any:
         deadline = time.monotonic() + timeout_s
         size = max(1, int(chunk_rows or DEFAULT_CHUNK_ROWS))
-        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        chunks = wire.chunks(payload, size)
         if len(chunks) == 1:
-            return self._send_chunk(label, route, chunks[0], endpoints, deadline)
+            return self._send_chunk(wire, label, route, chunks[0], endpoints, deadline)
         futures = [
-            self._pool.submit(self._send_chunk, label, route, chunk, endpoints, deadline)
+            self._pool.submit(self._send_chunk, wire, label, route, chunk, endpoints, deadline)
             for chunk in chunks
         ]
-        out: list[dict] = []
         try:
-            for fut in futures:
-                out.extend(fut.result())
+            return wire.join([fut.result() for fut in futures])
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
-        return out
 
     # -- one chunk --------------------------------------------------------------------------------
     def _send_chunk(
         self,
+        wire: _WireFormat,
         label: str,
         route: str,
-        chunk: list[list],
+        chunk: Any,
         endpoints: EndpointSource,
         deadline: float,
-    ) -> list[dict]:
-        body = orjson.dumps({"data": chunk}, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
+    ) -> Any:
+        body = wire.encode(chunk)
+        headers = {"Content-Type": wire.content_type, "Accept": wire.content_type}
         excluded: set[Address] = set()
         refresh = False
         last_error: str | None = None
@@ -149,7 +231,7 @@ class ServiceInvoker:
                     resp = self._http.post(
                         f"http://{address[0]}:{address[1]}/{route}",
                         content=body,
-                        headers={"Content-Type": "application/json"},
+                        headers=headers,
                         timeout=httpx.Timeout(max(0.05, remaining), connect=min(5.0, remaining)),
                     )
             except httpx.TimeoutException as exc:
@@ -170,7 +252,7 @@ class ServiceInvoker:
                 continue
             status = resp.status_code
             if status == 200:
-                return _outputs(label, chunk, resp.content)
+                return wire.decode(label, chunk, resp.content)
             if status in (429, 503):
                 last_error = f"HTTP {status} from {address[0]}:{address[1]}"
                 self._count(retries=1)

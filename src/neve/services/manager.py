@@ -64,6 +64,8 @@ from neve.services.views import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from neve.control.account import Account
 
 log = logging.getLogger("neve.services")
@@ -682,6 +684,32 @@ class ServiceManager:
         timeout_s: float = 300,
     ) -> list[dict]:
         """FLAT rows ``[[idx, a, b, ...], ...]`` -> one output dict per row, in order."""
+        return self.invoker.invoke(
+            rows=rows, timeout_s=timeout_s, **self._target(ctx, name, method)
+        )
+
+    def invoke_arrow(
+        self,
+        ctx: RequestContext,
+        name: str | QualifiedName,
+        method: str,
+        table: pa.Table,
+        *,
+        timeout_s: float = 300,
+    ) -> pa.Table:
+        """A table of one column per method input -> a table of its outputs, row for row.
+
+        The columnar twin of :meth:`invoke` (Arrow IPC on the wire); SQL service functions
+        call it.
+        """
+        return self.invoker.invoke_arrow(
+            table=table, timeout_s=timeout_s, **self._target(ctx, name, method)
+        )
+
+    def _target(
+        self, ctx: RequestContext, name: str | QualifiedName, method: str
+    ) -> dict[str, Any]:
+        """Where an invoke goes, after the USAGE check: label, route, endpoints, chunk rows."""
         with self.account.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self.security.require(s, ctx, "USAGE", svc)
@@ -694,14 +722,7 @@ class ServiceManager:
         def endpoints(refresh: bool, remaining: float) -> list[tuple[str, int]]:
             return self._ready_addresses(ctx, sid, refresh=refresh, timeout_s=remaining)
 
-        return self.invoker.invoke(
-            label=str(qn),
-            route=route,
-            rows=rows,
-            endpoints=endpoints,
-            chunk_rows=chunk,
-            timeout_s=timeout_s,
-        )
+        return {"label": str(qn), "route": route, "endpoints": endpoints, "chunk_rows": chunk}
 
     def _ready_addresses(
         self, ctx: RequestContext, sid: int, *, refresh: bool, timeout_s: float

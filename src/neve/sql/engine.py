@@ -110,7 +110,8 @@ class SqlEngine:
         self._warehouse_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(SERVICE_CALL_THREADS, thread_name_prefix="neve-sqlfn")
         self.models = ModelCache()
-        #: How service functions reach a service; ``account.services.invoke`` unless replaced.
+        #: How service functions reach a service; ``account.services.invoke_arrow`` unless
+        #: replaced.
         self.service_caller: udfs.ServiceCaller | None = None
 
     # -- resources --------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ class SqlEngine:
     def _caller(self) -> udfs.ServiceCaller:
         if self.service_caller is not None:
             return self.service_caller
-        return self.account.services.invoke
+        return self.account.services.invoke_arrow
 
     def model_loader(self, version: Any) -> Callable[[], Any]:
         """Loads a model version's files (found by the registry) in this process."""

@@ -3,7 +3,9 @@
 DuckDB hands an Arrow UDF one vector (up to 2048 rows) per call, from several threads at once
 for tables with several row groups. A service-function UDF splits its vector into batches of
 ``MAX_BATCH_ROWS`` and sends them concurrently (a bounded thread pool shared by the engine) over
-the service-function protocol; a model-function UDF calls the loaded model once per vector.
+the service-function protocol as Arrow IPC streams: DuckDB's columns go to the service and its
+output columns come back without a Python object per value. A model-function UDF calls the
+loaded model once per vector.
 
 Rows with a NULL argument are not sent: their result is NULL (SQL's usual strictness). The first
 error raised inside a UDF is kept in :class:`QueryErrors` so the engine re-raises the neve error
@@ -57,17 +59,17 @@ RETRYABLE = (ServiceUnavailableError, OverloadedError, TimeoutError, ConnectionE
 
 
 class ServiceCaller(Protocol):
-    """``account.services.invoke``'s shape: FLAT rows in, one output dict per row out."""
+    """``account.services.invoke_arrow``'s shape: a table of inputs in, a table of outputs out."""
 
     def __call__(
         self,
         ctx: RequestContext,
         name: str,
         method: str,
-        rows: list[list],
+        table: pa.Table,
         *,
         timeout_s: float = 300,
-    ) -> list[dict]: ...
+    ) -> pa.Table: ...
 
 
 @dataclass
@@ -133,7 +135,7 @@ def build_output(signature: ModelSignature, results: list[dict | None]) -> pa.Ar
     """Arrow output of a UDF from one output dict (or None) per row."""
     outputs = signature.outputs
     first = next((r for r in results if r), None)
-    keys = _key_map(outputs, first)
+    keys = _key_map(outputs, list(first) if first else None)
     if len(outputs) == 1:
         key = keys[0]
         return _to_arrow(
@@ -149,7 +151,7 @@ def build_output(signature: ModelSignature, results: list[dict | None]) -> pa.Ar
     )
 
 
-def _key_map(outputs: list[FeatureSpec], sample: dict | None) -> list[str]:
+def _key_map(outputs: list[FeatureSpec], sample: list[str] | None) -> list[str]:
     """The key of each output in the service's answer (exact name, else case-insensitive)."""
     if not sample:
         return [f.name for f in outputs]
@@ -176,21 +178,6 @@ def _valid_rows(cols: list[pa.Array]) -> np.ndarray:
     return valid
 
 
-_FLOAT_TYPES = (pa.float64(), pa.float32())
-
-
-def flat_rows(arrays: list[pa.Array], valid: np.ndarray) -> list[list]:
-    """FLAT protocol rows ``[index, arg1, arg2, ...]`` for the valid rows of a vector."""
-    if arrays and all(a.type in _FLOAT_TYPES and a.null_count == 0 for a in arrays):
-        # all-float fast path: one numpy tolist() instead of a Python zip over every value
-        matrix = np.column_stack([a.to_numpy(zero_copy_only=False) for a in arrays]).tolist()
-        for i, row in enumerate(matrix):
-            row.insert(0, i)
-        return matrix
-    values = [a.to_pylist() for a in arrays]
-    return [[i, *vals] for i, vals in enumerate(zip(*values, strict=True)) if valid[i]]
-
-
 def with_arity(fn: Callable[..., pa.Array], n: int) -> Callable[..., pa.Array]:
     """DuckDB counts a UDF's parameters: give ``fn(*cols)`` a signature of exactly ``n``."""
     fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -215,18 +202,21 @@ def service_udf(
     pool: ThreadPoolExecutor,
     errors: QueryErrors,
 ) -> Callable[..., pa.Array]:
-    """An Arrow UDF that scores its vectors through ``caller`` (the service's invoke)."""
+    """An Arrow UDF that scores its vectors through ``caller`` (the service's invoke_arrow)."""
+    names = signature.input_names
+    outputs = signature.outputs
+    types = [arrow_type(f) for f in outputs]
 
-    def send(rows: list[list]) -> list[dict] | None:
+    def send(batch: pa.Table) -> pa.Table | None:
         attempt = 0
         while True:
             try:
-                errors.count(len(rows))
-                out = caller(ctx, service, method, rows, timeout_s=options.batch_timeout_secs)
-                if len(out) != len(rows):
+                errors.count(batch.num_rows)
+                out = caller(ctx, service, method, batch, timeout_s=options.batch_timeout_secs)
+                if out.num_rows != batch.num_rows:
                     raise ModelExecutionError(
-                        f"service {service} answered {len(out)} rows for a batch of {len(rows)} "
-                        f"(function {function})"
+                        f"service {service} answered {out.num_rows} rows for a batch of "
+                        f"{batch.num_rows} (function {function})"
                     )
                 return out
             except RETRYABLE:
@@ -244,31 +234,72 @@ def service_udf(
     def udf(*cols: pa.Array) -> pa.Array:
         try:
             arrays = _combine(cols)
-            n = len(arrays[0])
             valid = _valid_rows(arrays)
-            positions = np.nonzero(valid)[0].tolist()  # vector position of each row sent
-            rows = flat_rows(arrays, valid)
+            table = pa.Table.from_arrays(arrays, names=names)
+            if not valid.all():  # rows with a NULL argument are not sent; their result is NULL
+                table = table.filter(pa.array(valid))
             step = options.max_batch_rows
-            starts = list(range(0, len(rows), step))
-            results: list[dict | None] = [None] * n
-            if len(starts) == 1:
-                answers = [send(rows)]
-            elif starts:
-                futures = [pool.submit(send, rows[k : k + step]) for k in starts]
-                answers = [f.result() for f in futures]
+            batches = [table.slice(k, step) for k in range(0, table.num_rows, step)]
+            if len(batches) == 1:
+                answers = [send(batches[0])]
             else:
-                answers = []
-            for start, answer in zip(starts, answers, strict=True):
-                if answer is None:
-                    continue
-                for pos, out in zip(positions[start : start + step], answer, strict=True):
-                    results[pos] = out
-            return build_output(signature, results)
+                answers = [f.result() for f in [pool.submit(send, b) for b in batches]]
+            return _assemble(outputs, types, batches, answers, valid)
         except BaseException as exc:
             errors.record(exc)
             raise
 
-    return with_arity(udf, len(signature.inputs))
+    return with_arity(udf, len(names))
+
+
+def _assemble(
+    outputs: list[FeatureSpec],
+    types: list[pa.DataType],
+    batches: list[pa.Table],
+    answers: list[pa.Table | None],
+    valid: np.ndarray,
+) -> pa.Array:
+    """One UDF result from the answer of each batch: NULL for unsent rows and failed batches."""
+    sample = next((a for a in answers if a is not None), None)
+    keys = _key_map(outputs, sample.column_names if sample is not None else None)
+    columns = []
+    for key, typ in zip(keys, types, strict=True):
+        pieces: list[pa.Array] = []
+        for a, b in zip(answers, batches, strict=True):
+            if a is None:
+                pieces.append(pa.nulls(b.num_rows, typ))
+            else:
+                pieces.extend(_cast(a.column(key), typ).chunks)
+        columns.append(pa.chunked_array(pieces, type=typ).combine_chunks())
+    null_rows = np.zeros(0, dtype=bool)
+    if any(a is None for a in answers):
+        null_rows = np.concatenate(
+            [np.full(b.num_rows, a is None) for a, b in zip(answers, batches, strict=True)]
+        )
+    if not valid.all():
+        # Spread the answered rows back over the vector; NULL where a row was not sent.
+        take = pa.array(np.cumsum(valid) - 1, mask=~valid)
+        columns = [c.take(take) for c in columns]
+        spread = np.ones(len(valid), dtype=bool)
+        if null_rows.size:
+            spread[valid] = null_rows
+        else:
+            spread[valid] = False
+        null_rows = spread
+    if len(outputs) == 1:
+        return columns[0]
+    fields = [pa.field(f.name, t) for f, t in zip(outputs, types, strict=True)]
+    mask = pa.array(null_rows, type=pa.bool_()) if null_rows.any() else None
+    return pa.StructArray.from_arrays(columns, fields=fields, mask=mask)
+
+
+def _cast(values: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
+    if values.type == typ:
+        return values
+    try:
+        return values.cast(typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return values.cast(typ, safe=False)
 
 
 def model_udf(
