@@ -10,7 +10,10 @@ uv, or reused), writes a table of ``--rows`` random rows and times, on the same 
 - ``SELECT sum(rf_svc_predict(F0, ..., F19)) FROM t``         (the service, batched over HTTP)
 
 and prints rows/s of each and their ratio (target: service >= 0.5x the model function). The two
-results are compared on the first rows as well. Everything runs in a temporary NEVE_HOME that is
+results are compared on the first rows as well. Two more lines show what the wire format costs
+without DuckDB: the same rows sent by ``ServiceManager.invoke_arrow`` (Arrow IPC columns, what
+service functions use) and by ``ServiceManager.invoke`` (JSON rows, the format of the
+service-function protocol); ``--no-wire`` skips them. Everything runs in a temporary NEVE_HOME that is
 removed afterwards (pass --home to keep it and reuse the built image).
 """
 
@@ -41,6 +44,9 @@ def main() -> int:
     parser.add_argument("--max-batch-rows", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of each query (best)")
     parser.add_argument("--home", default=None, help="NEVE_HOME to use (default: a temp dir)")
+    parser.add_argument(
+        "--no-wire", action="store_true", help="skip the invoke lines (Arrow vs JSON, no SQL)"
+    )
     args = parser.parse_args()
 
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="neve-bench-sql-"))
@@ -122,17 +128,32 @@ def main() -> int:
 
         model_s = best(f"SELECT sum(MODEL(rf, v1)!predict({cols})) FROM t")
         service_s = best(f"SELECT sum(rf_svc_predict({cols})) FROM t")
+        wire: list[tuple[str, float]] = []
+        if not args.no_wire:
+            services = account.services
+            table = pa.Table.from_pandas(data[columns], preserve_index=False)
+            rows = [[i, *r] for i, r in enumerate(data[columns].to_numpy().tolist())]
+            start = time.perf_counter()
+            services.invoke_arrow(ctx, "BENCH.PUBLIC.RF_SVC", "predict", table)
+            wire.append(("invoke, Arrow columns (no SQL)", time.perf_counter() - start))
+            start = time.perf_counter()
+            services.invoke(ctx, "BENCH.PUBLIC.RF_SVC", "predict", rows)
+            wire.append(("invoke, JSON rows (no SQL)", time.perf_counter() - start))
         model_rate = args.rows / model_s
         service_rate = args.rows / service_s
         print(
             f"rows: {args.rows:,}  cpus: {os.cpu_count()}  server workers: {args.num_workers}  "
             f"instances: {args.instances}  python: {sys.version.split()[0]}"
         )
-        print(f"{'path':<32}{'seconds':>10}{'rows/s':>14}")
-        print(f"{'warehouse model function':<32}{model_s:>10.2f}{model_rate:>14,.0f}")
-        print(f"{'service function':<32}{service_s:>10.2f}{service_rate:>14,.0f}")
+        print(f"{'path':<34}{'seconds':>10}{'rows/s':>14}")
+        print(f"{'warehouse model function':<34}{model_s:>10.2f}{model_rate:>14,.0f}")
+        print(f"{'service function':<34}{service_s:>10.2f}{service_rate:>14,.0f}")
+        for label, seconds in wire:
+            print(f"{label:<34}{seconds:>10.2f}{args.rows / seconds:>14,.0f}")
         ratio = service_rate / model_rate
         print(f"service / model function: {ratio:.2f}x (target >= 0.50x)")
+        if wire:
+            print(f"invoke Arrow / JSON: {wire[1][1] / wire[0][1]:.2f}x")
         return 0
     finally:
         try:

@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pyarrow as pa
 import pytest
 from gateway_harness import INGRESS_HOST, add_service, free_port, server_requests, set_instances
 
@@ -60,6 +61,23 @@ def test_host_form_path_forms_and_header_forms(gw_account, service, callers, htt
             time.sleep(0.05)
             s.expire_all()
         assert s.get(m.Service, service).last_request_on is not None
+
+
+def test_arrow_columns_pass_through_the_ingress(service, callers, http):
+    """An HTTP client may send an Arrow IPC stream of columns and get one back."""
+    table = pa.table({"X": [1.0, 2.5]})  # upper-case as SQL sends it
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    arrow = "application/vnd.apache.arrow.stream"
+    resp = http.post(
+        "/svc/ml.apps.svc/predict",
+        content=sink.getvalue().to_pybytes(),
+        headers={"Authorization": f"Bearer {callers['caller'].token}", "Content-Type": arrow},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == arrow
+    assert pa.ipc.open_stream(resp.content).read_all().to_pydict() == {"score": [3.0, 6.0]}
 
 
 def test_keypair_jwt_and_programmatic_access_token(gw_account, service, callers, http):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pyarrow as pa
 from server_helpers import serve
 
 # (not "rich": scikit-learn itself probes for it, optionally)
@@ -47,6 +48,15 @@ def test_serving_never_imports_control_plane_packages(linear_dir: Path, tmp_path
         assert httpx.post(f"{server.url}/predict", content=body).status_code == 200
         v2 = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}
         assert httpx.post(f"{server.url}/v2/models/model/infer", json=v2).status_code == 200
+        table = pa.table({"a": [1.0], "b": [2.0], "c": [3.0]})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        arrow = {"content-type": "application/vnd.apache.arrow.stream"}
+        resp = httpx.post(
+            f"{server.url}/predict", content=sink.getvalue().to_pybytes(), headers=arrow
+        )
+        assert resp.status_code == 200, resp.text
         assert httpx.get(f"{server.url}/metrics").status_code == 200
         assert httpx.get(f"{server.url}/methods").status_code == 200
     finally:
