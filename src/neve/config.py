@@ -28,6 +28,8 @@ class Settings:
     ingress_domain: str = "neve.localhost"
     build_timeout_secs: int = 3600
     token_ttl_secs: int = 4 * 3600
+    #: Largest model archive ``log_model`` may upload to the control plane (413 above it).
+    max_model_upload_bytes: int = 20 * 1024**3
     extra: dict = field(default_factory=dict)
 
     @property

@@ -2,9 +2,11 @@
 
 ``Registry(session, database_name="ml", schema_name="registry").log_model(model, ...)`` saves
 the model in THIS process (``neve.models.save_model``: signatures inferred from the sample
-input, dependencies pinned to what is installed here), uploads the directory to the control
-plane as one tar archive, and returns a ``ModelVersion``. Everything else is a REST call
-(``neve.control.routes.registry``).
+input, dependencies pinned to what is installed here), packs the directory into one tar file
+in a temporary directory and streams that file to the control plane (with its size and
+SHA-256), and returns a ``ModelVersion``. Everything else is a REST call
+(``neve.control.routes.registry``). Neither side holds a whole model archive in memory:
+downloads are extracted as they arrive too.
 
 ``ModelVersion.run(data)`` without ``service_name`` runs the method in this process ("warehouse"
 mode): the version's files are downloaded once into the account's cache, keyed and verified by
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from neve.models import LoadedModel
 
 ARTIFACT_SHA_HEADER = "X-Neve-Artifact-Sha256"
+UPLOAD_SHA_HEADER = "X-Neve-Upload-Sha256"
 _LOADED_MAX = 8
 
 
@@ -164,20 +167,21 @@ class Registry:
                 raise InvalidArgumentError(f"{label}: options[{key!r}] has the wrong type")
         conda = _as_list(conda_dependencies, "conda_dependencies")
         pip = _as_list(pip_requirements, "pip_requirements")
-        try:
-            handler = handler_for_model(model)
-            # Pinned here: this process is where the model was trained and tested.
-            pinned = pin_dependencies(
-                handler.requirements(model),
-                conda,
-                pip,
-                relax_version=bool(opts.get("relax_version")),
-            )
-            with tempfile.TemporaryDirectory(prefix="neve-log-") as tmp:
-                work = Path(tmp)
+        with tempfile.TemporaryDirectory(prefix="neve-log-") as tmp:
+            work = Path(tmp)
+            try:
+                handler = handler_for_model(model)
+                # Pinned here: this process is where the model was trained and tested.
+                pinned = pin_dependencies(
+                    handler.requirements(model),
+                    conda,
+                    pip,
+                    relax_version=bool(opts.get("relax_version")),
+                )
+                payload = work / "payload"
                 save_model(
                     model,
-                    work / "model",
+                    payload / "model",
                     sample_input=sample_input_data,
                     signatures=signatures,
                     target_methods=opts.get("target_methods"),
@@ -197,16 +201,22 @@ class Registry:
                     "target_platforms": target_platforms,
                     "tags": tags,
                 }
-                (work / "request.json").write_text(json.dumps(_jsonable(request, label)))
-                body, media_type = archive.pack_bytes(work)
-        except NeveError as exc:
-            raise _rebuild(exc, f"cannot log {label}: {exc.message}") from None
-        row = self._client.call(
-            "POST",
-            self._path(name) + "/versions",
-            content=body,
-            headers={"Content-Type": media_type},
-        )
+                (payload / "request.json").write_text(json.dumps(_jsonable(request, label)))
+                # a file, not bytes: memory stays flat whatever the weights weigh
+                packed = archive.pack_file(payload, work / "upload.tar")
+            except NeveError as exc:
+                raise _rebuild(exc, f"cannot log {label}: {exc.message}") from None
+            shutil.rmtree(payload)  # the archive holds it: do not keep the disk twice
+            row = self._client.call(
+                "POST",
+                self._path(name) + "/versions",
+                content=archive.FileChunks(packed.path),
+                headers={
+                    "Content-Type": packed.media_type,
+                    "Content-Length": str(packed.size),
+                    UPLOAD_SHA_HEADER: packed.sha256,
+                },
+            )
         return ModelVersion(Model(self, name), row["name"], row)
 
     def _refuse_existing_version(self, model: str, version: str, label: str) -> None:
@@ -509,8 +519,13 @@ class ModelVersion(ServiceMixin):
         from neve.models import directory_digest
         from neve.registry import archive
 
-        body = self._client.call("GET", self._path + "/artifact", raw=True)
-        archive.unpack(body, destination, what=f"{self._label} artifact")
+        what = f"{self._label} artifact"
+        self._client.call(
+            "GET",
+            self._path + "/artifact",
+            # extracted as it arrives: the archive is never held whole in memory
+            stream_to=lambda chunks: archive.unpack_stream(chunks, destination, what=what),
+        )
         return directory_digest(destination)
 
     def _local_dir(self, info: dict | None = None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -27,12 +28,19 @@ class Transport:
         *,
         json: Any = None,
         params: dict | None = None,
-        content: bytes | None = None,
+        content: bytes | Iterable[bytes] | None = None,
         headers: dict | None = None,
         timeout: float | None = None,
         raw: bool = False,
+        stream_to: Callable[[Iterator[bytes]], Any] | None = None,
     ) -> Any:
-        """Send one request; return parsed JSON (or bytes when ``raw``); raise the server's error."""
+        """Send one request; return parsed JSON (or bytes when ``raw``); raise the server's error.
+
+        ``content`` may be an iterable of chunks (``neve.registry.archive.FileChunks``): the
+        body is then streamed, never held whole; set ``Content-Length`` in ``headers`` when it
+        is known (else it goes chunked). With ``stream_to`` a successful response body is not
+        read here: ``stream_to(chunks)`` consumes it as it arrives and its result is returned.
+        """
         kwargs: dict[str, Any] = {"params": params, "headers": headers}
         if json is not None:
             kwargs["content"] = orjson.dumps(json, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -42,7 +50,13 @@ class Transport:
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
-            resp = self._client.request(method, path, **kwargs)
+            if stream_to is None:
+                resp = self._client.request(method, path, **kwargs)
+            else:
+                with self._client.stream(method, path, **kwargs) as resp:
+                    if resp.status_code < 400:
+                        return stream_to(resp.iter_bytes())
+                    resp.read()  # an error: a small JSON body
         except httpx.TransportError as exc:
             raise ServiceUnavailableError(
                 f"cannot reach the neve control plane at {self.base_url}: {exc}"

@@ -10,13 +10,17 @@ alias (``set_alias``), and by the system aliases DEFAULT, FIRST and LAST.
 
 Logging a version (``log_model``) is all-or-nothing: the version directory goes into the
 artifact store and the catalog rows are inserted in one transaction; if anything fails the rows
-roll back and the files are removed again.
+roll back and the files are removed again. ``log_model_archive`` does the same from an
+uploaded archive file (``model/`` plus ``request.json``), unpacked next to it and moved, not
+copied, into the store.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +43,7 @@ from neve.errors import (
 )
 from neve.identifiers import QualifiedName, ident, qualify, quote, split_name
 from neve.models import directory_digest, read_manifest
+from neve.registry import archive
 from neve.registry.artifacts import ArtifactStore
 from neve.security.objects import ACCOUNT
 
@@ -57,6 +62,21 @@ KNOWN_OPTIONS = {
 }
 #: Services in these statuses no longer hold on to their model version.
 RELEASED_SERVICE_STATUSES = ("DELETED",)
+#: In an uploaded archive: the saved model directory and the log_model arguments (JSON).
+ARCHIVE_MODEL_DIR = "model"
+ARCHIVE_REQUEST_FILE = "request.json"
+#: Keys ``request.json`` may hold (the keyword arguments of ``log_model``).
+ARCHIVE_REQUEST_FIELDS = {
+    "version_name",
+    "conda_dependencies",
+    "pip_requirements",
+    "python_version",
+    "comment",
+    "metrics",
+    "options",
+    "target_platforms",
+    "tags",
+}
 DEFAULT_SCHEMA = "PUBLIC"
 _AUTO_NAME = re.compile(r"^V(\d+)$")
 
@@ -83,6 +103,25 @@ def _string_list(value: Any, what: str) -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise InvalidArgumentError(f"{what} must be a list of strings, got {value!r}")
     return [v.strip() for v in value]
+
+
+def _archive_request(file: Path, what: str) -> dict:
+    """The ``request.json`` of an uploaded archive (absent: all defaults), checked."""
+    if not file.is_file():
+        return {}
+    try:
+        request = json.loads(file.read_text())
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{what}: {file.name} is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise InvalidArgumentError(f"{what}: {file.name} must hold a JSON object")
+    unknown = set(request) - ARCHIVE_REQUEST_FIELDS
+    if unknown:
+        raise InvalidArgumentError(
+            f"{what}: unknown field(s) {', '.join(sorted(unknown))} in {file.name}; allowed: "
+            f"{', '.join(sorted(ARCHIVE_REQUEST_FIELDS))}"
+        )
+    return request
 
 
 def _is_unique_violation(exc: IntegrityError) -> bool:
@@ -267,6 +306,54 @@ class RegistryManager:
                         f"model {qn} version {version} was created concurrently"
                     ) from None
         raise AssertionError("unreachable")
+
+    def log_model_archive(
+        self,
+        ctx: RequestContext,
+        database: str | None,
+        schema: str | None,
+        model_name: str,
+        archive_path: Path,
+        *,
+        max_unpacked_bytes: int | None = None,
+    ) -> dict:
+        """Register an uploaded tar[.gz] file holding ``model/`` (a saved model directory) and
+        ``request.json`` (``log_model``'s arguments, all optional) as a new version.
+
+        The archive is unpacked into a temporary directory beside it (the same filesystem as
+        the account, so the files are renamed into a local store, not copied), at most
+        ``max_unpacked_bytes`` of files; the temporary directory is always removed again.
+        """
+        parts = ((database, "database name"), (schema, "schema name"), (model_name, "model name"))
+        what = "model upload for " + ".".join(quote(ident(n, kind=k)) for n, k in parts if n)
+        work = Path(tempfile.mkdtemp(prefix="unpack-", dir=archive_path.parent))
+        try:
+            content = archive.unpack(
+                archive_path, work / "content", what=what, max_bytes=max_unpacked_bytes
+            )
+            request = _archive_request(content / ARCHIVE_REQUEST_FILE, what)
+            model_dir = content / ARCHIVE_MODEL_DIR
+            if not model_dir.is_dir():
+                raise InvalidArgumentError(f"{what} has no {ARCHIVE_MODEL_DIR}/ directory")
+            return self.log_model(
+                ctx,
+                database,
+                schema,
+                model_name,
+                request.get("version_name"),
+                model_dir,
+                conda_dependencies=request.get("conda_dependencies"),
+                pip_requirements=request.get("pip_requirements"),
+                python_version=request.get("python_version"),
+                comment=request.get("comment"),
+                metrics=request.get("metrics"),
+                options=request.get("options"),
+                target_platforms=request.get("target_platforms"),
+                tags=request.get("tags"),
+                move_files=True,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def _insert_version(
         self,

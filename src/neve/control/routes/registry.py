@@ -31,6 +31,12 @@ small directories are compressed, large weights are not) holding
 ``request.json``: ``{"version_name", "conda_dependencies", "pip_requirements",
 "python_version", "comment", "metrics", "options", "target_platforms", "tags"}`` (all optional).
 One archive keeps the metadata and the files in one request, so nothing is half-uploaded.
+The body is streamed to a temporary file under ``<NEVE_HOME>/tmp/uploads`` (daemon memory
+stays flat whatever the model's size), at most ``max_model_upload_bytes`` (settings; a larger
+``Content-Length`` is refused before any byte is read, a longer chunked body as soon as it
+passes the limit: 413). With ``X-Neve-Upload-Sha256`` (hex SHA-256 of the archive bytes) a
+body that arrives different is refused (400). The temporary files are removed whatever happens.
+Downloads (``.../artifact``) stream the tar as it is produced.
 
 The caller's role comes from the authentication middleware (``X-Neve-Role`` or the
 ``X-Neve-Context`` header the session sends), as for every route.
@@ -38,17 +44,22 @@ The caller's role comes from the authentication middleware (``X-Neve-Role`` or t
 
 from __future__ import annotations
 
-import json
+import hashlib
+import re
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from starlette.responses import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from neve.config import Settings
 from neve.context import RequestContext
-from neve.control.routes._base import Call, endpoint
-from neve.errors import InvalidArgumentError
+from neve.control.routes._base import Call, endpoint, error_response, json_response
+from neve.errors import InvalidArgumentError, NeveError, PayloadTooLargeError
 from neve.identifiers import QualifiedName, ident, quote
 from neve.registry import archive
 
@@ -56,18 +67,12 @@ PREFIX = "/api/v1/models"
 MODEL = PREFIX + "/{db}/{schema}/{model}"
 VERSION = MODEL + "/versions/{version}"
 SHA_HEADER = "X-Neve-Artifact-Sha256"
-REQUEST_FILE = "request.json"
-LOG_FIELDS = {
-    "version_name",
-    "conda_dependencies",
-    "pip_requirements",
-    "python_version",
-    "comment",
-    "metrics",
-    "options",
-    "target_platforms",
-    "tags",
-}
+UPLOAD_SHA_HEADER = "X-Neve-Upload-Sha256"
+UPLOAD_DIR = "tmp/uploads"  # under the account directory
+ARCHIVE_FILE = "upload.tar"
+#: Received body bytes are hashed and written in batches of this size, off the event loop.
+WRITE_BATCH_BYTES = 1024 * 1024
+_HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _ctx(call: Call) -> RequestContext:
@@ -76,7 +81,10 @@ def _ctx(call: Call) -> RequestContext:
 
 
 def _model(call: Call) -> QualifiedName:
-    p = call.path
+    return _model_name(call.path)
+
+
+def _model_name(p: dict[str, Any]) -> QualifiedName:
     return QualifiedName(
         ident(p["db"], kind="database name"),
         ident(p["schema"], kind="schema name"),
@@ -173,62 +181,108 @@ def show_versions(call: Call) -> list[dict]:
     return call.account.registry.show_versions(_ctx(call), _model(call))
 
 
-@endpoint(raw_body=True, status=201)
-def log_version(call: Call) -> dict:
-    if not call.raw:
-        raise InvalidArgumentError(
-            "logging a model version needs a tar body with model/ and request.json"
-        )
-    account = call.account
-    ctx, qn = _ctx(call), _model(call)
-    work = archive.unpack_temp(
-        call.raw, account.settings.home / "tmp" / "uploads", what="model upload"
-    )
+async def log_version(request: Request) -> Response:
+    """Log a model version from a streamed tar[.gz] body (model/ and request.json)."""
+    account = request.app.state.account
+    ctx: RequestContext = request.state.ctx
     try:
-        request = _log_request(work)
-        model_dir = work / "model"
-        if not model_dir.is_dir():
-            raise InvalidArgumentError("model upload has no model/ directory")
-        return account.registry.log_model(
+        qn = _model_name(request.path_params)
+        work = await _receive_upload(request, account.settings, f"model {qn}")
+    except NeveError as err:
+        return error_response(err)
+    except ClientDisconnect:  # the client is gone; _receive_upload removed what it wrote
+        return Response(status_code=400)
+    try:
+        row = await run_in_threadpool(
+            account.registry.log_model_archive,
             ctx,
             quote(qn.database),  # the manager parses names: hand it identifiers, not values
             quote(qn.schema),
             quote(qn.name),
-            request.get("version_name"),
-            model_dir,
-            conda_dependencies=request.get("conda_dependencies"),
-            pip_requirements=request.get("pip_requirements"),
-            python_version=request.get("python_version"),
-            comment=request.get("comment"),
-            metrics=request.get("metrics"),
-            options=request.get("options"),
-            target_platforms=request.get("target_platforms"),
-            tags=request.get("tags"),
-            move_files=True,
+            work / ARCHIVE_FILE,
+            max_unpacked_bytes=account.settings.max_model_upload_bytes,
         )
+    except NeveError as err:
+        return error_response(err)
     finally:
-        shutil.rmtree(work.parent, ignore_errors=True)
+        await run_in_threadpool(shutil.rmtree, work, True)
+    return json_response(row, status=201)
 
 
-def _log_request(work: Path) -> dict:
-    file = work / REQUEST_FILE
-    if not file.is_file():
-        return {}
+def _too_large(label: str, limit: int, size: int | None = None) -> PayloadTooLargeError:
+    what = f"is {archive.format_bytes(size)}, over" if size is not None else "is larger than"
+    return PayloadTooLargeError(
+        f"upload of {label} {what} the account's limit of {archive.format_bytes(limit)}; an "
+        "administrator can raise it with max_model_upload_bytes in settings.toml"
+    )
+
+
+async def _receive_upload(request: Request, settings: Settings, label: str) -> Path:
+    """Stream the request body into ``<home>/tmp/uploads/upload-*/upload.tar``; return that
+    directory (the caller removes it). Size limit and checksum are checked on the way; on any
+    failure nothing is left behind."""
+    limit = int(settings.max_model_upload_bytes)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidArgumentError(f"invalid Content-Length {declared!r}")
+        if int(declared) > limit:  # refused before reading a byte
+            raise _too_large(label, limit, int(declared))
+    expected = request.headers.get(UPLOAD_SHA_HEADER)
+    if expected is not None:
+        expected = expected.strip().lower()
+        if not _HEX_SHA256.match(expected):
+            raise InvalidArgumentError(
+                f"{UPLOAD_SHA_HEADER} must be 64 hex digits (SHA-256), got {expected[:80]!r}"
+            )
+    parent = settings.home / UPLOAD_DIR
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="upload-", dir=parent))
     try:
-        request = json.loads(file.read_text())
-    except ValueError as exc:
-        raise InvalidArgumentError(
-            f"model upload: {REQUEST_FILE} is not valid JSON: {exc}"
-        ) from None
-    if not isinstance(request, dict):
-        raise InvalidArgumentError(f"model upload: {REQUEST_FILE} must hold a JSON object")
-    unknown = set(request) - LOG_FIELDS
-    if unknown:
-        raise InvalidArgumentError(
-            f"model upload: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
-            f"{', '.join(sorted(LOG_FIELDS))}"
-        )
-    return request
+        size, digest = await _write_body(request, work / ARCHIVE_FILE, limit, label)
+        if size == 0:
+            raise InvalidArgumentError(
+                f"logging a version of {label} needs a tar body with model/ and request.json"
+            )
+        if expected is not None and digest != expected:
+            raise InvalidArgumentError(
+                f"upload of {label} arrived damaged: its SHA-256 is {digest}, the client sent "
+                f"{expected} ({UPLOAD_SHA_HEADER}); send it again"
+            )
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work
+
+
+async def _write_body(request: Request, path: Path, limit: int, label: str) -> tuple[int, str]:
+    """Write the body to ``path`` in batches (disk and hashing in a worker thread); return its
+    size and SHA-256. Past ``limit`` bytes: 413 without reading the rest."""
+    sha = hashlib.sha256()
+    size = 0
+    batch: list[bytes] = []
+    batch_len = 0
+    with path.open("wb") as fh:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(label, limit)
+            batch.append(chunk)
+            batch_len += len(chunk)
+            if batch_len >= WRITE_BATCH_BYTES:
+                await run_in_threadpool(_write_batch, fh, sha, batch)
+                batch, batch_len = [], 0
+        if batch:
+            await run_in_threadpool(_write_batch, fh, sha, batch)
+    return size, sha.hexdigest()
+
+
+def _write_batch(fh: IO[bytes], sha: Any, batch: list[bytes]) -> None:
+    for chunk in batch:
+        sha.update(chunk)
+        fh.write(chunk)
 
 
 @endpoint
@@ -266,8 +320,13 @@ def download_artifact(call: Call) -> Response:
     registry, ctx, qn = call.account.registry, _ctx(call), _model(call)
     info = registry.describe_version(ctx, qn, call.path["version"])
     directory = registry.version_dir(ctx, qn, info["name"])
-    body, media_type = archive.pack_bytes(directory)
-    return Response(body, media_type=media_type, headers={SHA_HEADER: info["artifact_sha256"]})
+    compress = archive.should_compress(directory)
+    # produced chunk by chunk as the client reads (starlette iterates it in a worker thread)
+    return StreamingResponse(
+        archive.iter_pack(directory, compress=compress),
+        media_type=archive.media_type(compress),
+        headers={SHA_HEADER: info["artifact_sha256"]},
+    )
 
 
 @endpoint
