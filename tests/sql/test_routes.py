@@ -133,7 +133,7 @@ def test_cli_runs_statements_and_the_shell_keeps_context(api, monkeypatch) -> No
     from neve.cli import _common
     from neve.cli import sql as cli
 
-    monkeypatch.setattr(cli, "_connect", lambda ctx: api)
+    monkeypatch.setattr(cli, "get_session", lambda ctx: api)
     monkeypatch.setattr(_common.console, "width", 200)
     from neve.cli.main import app as neve_app
 

@@ -22,7 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 console = Console()
 err_console = Console(stderr=True)
+
+#: ``--database``/``--schema`` of commands that name an object ``name`` rather than ``db.schema.name``.
+DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", help="Database name.")]
+SchemaOpt = Annotated[str | None, typer.Option("--schema", "-s", help="Schema name.")]
 
 
 @dataclass

@@ -22,25 +22,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from neve.cli._common import DatabaseOpt, SchemaOpt, fail, get_session
+
 app = typer.Typer(
     help="Log, list, inspect and delete models in the registry.", add_completion=False
 )
 console = Console()
-err_console = Console(stderr=True)
-
-DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", help="Database name.")]
-SchemaOpt = Annotated[str | None, typer.Option("--schema", "-s", help="Schema name.")]
-
-
-def _connect() -> Any:
-    import neve
-
-    return neve.connect()
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {getattr(exc, 'message', None) or exc}")
-    return typer.Exit(code=1)
 
 
 def _split(
@@ -133,6 +120,7 @@ def _metrics(items: list[str]) -> dict[str, Any]:
 
 @app.command("log")
 def log(
+    ctx: typer.Context,
     model_file: Annotated[Path, typer.Argument(help="Pickled model object (.pkl/.joblib).")],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name (db.schema.name ok).")],
     version: Annotated[str | None, typer.Option("--version", "-v", help="Version name.")] = None,
@@ -170,7 +158,7 @@ def log(
         options: dict[str, Any] = {"relax_version": relax_version} if relax_version else {}
         if target_method:
             options["target_methods"] = list(target_method)
-        session = _connect()
+        session = get_session(ctx)
         mv = _registry(session, database, schema).log_model(
             model,
             model_name=model_name,
@@ -185,7 +173,7 @@ def log(
             options=options,
         )
     except (NeveError, OSError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(
         f"logged [bold]{mv.fully_qualified_model_name}[/bold] version "
         f"[bold]{mv.version_name}[/bold] (target platforms: {', '.join(mv.target_platforms)})"
@@ -193,18 +181,18 @@ def log(
 
 
 @app.command("list")
-def list_models(database: DatabaseOpt = None, schema: SchemaOpt = None) -> None:
+def list_models(ctx: typer.Context, database: DatabaseOpt = None, schema: SchemaOpt = None) -> None:
     """SHOW MODELS: in a schema, a database, or (neither given) every one you may use."""
     from neve.errors import NeveError
 
     try:
-        session = _connect()
+        session = get_session(ctx)
         params = {k: v for k, v in (("database", database), ("schema", schema)) if v}
         if not params:
             params["in_account"] = "true"
         rows = session._transport.call("GET", "/api/v1/models", params=params)
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     for row in rows:
         row["model"] = ".".join(_quoted(row[k]) for k in ("database_name", "schema_name", "name"))
         row["default"] = row.get("default_version_name")
@@ -218,15 +206,20 @@ def _quoted(name: str) -> str:
 
 
 @app.command("versions")
-def versions(model: str, database: DatabaseOpt = None, schema: SchemaOpt = None) -> None:
+def versions(
+    ctx: typer.Context,
+    model: str,
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
     """SHOW VERSIONS IN MODEL."""
     from neve.errors import NeveError
 
     try:
         database, schema, name = _split(model, database, schema)
-        frame = _registry(_connect(), database, schema).get_model(name).show_versions()
+        frame = _registry(get_session(ctx), database, schema).get_model(name).show_versions()
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     rows = frame.to_dict("records")
     for row in rows:
         row["default"] = "yes" if row.get("is_default_version") else ""
@@ -235,6 +228,7 @@ def versions(model: str, database: DatabaseOpt = None, schema: SchemaOpt = None)
 
 @app.command("show")
 def show(
+    ctx: typer.Context,
     model: str,
     version: Annotated[
         str | None, typer.Option("--version", "-v", help="Version or alias (default: DEFAULT).")
@@ -247,12 +241,12 @@ def show(
 
     try:
         database, schema, name = _split(model, database, schema)
-        m = _registry(_connect(), database, schema).get_model(name)
+        m = _registry(get_session(ctx), database, schema).get_model(name)
         mv = m.version(version or "DEFAULT")
         info = mv._describe()
         functions = mv.show_functions().to_dict("records")
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(
         f"[bold]{mv.fully_qualified_model_name}[/bold] version [bold]{mv.version_name}[/bold]"
     )
@@ -290,6 +284,7 @@ def _feature(spec: dict) -> str:
 
 @app.command("delete")
 def delete(
+    ctx: typer.Context,
     model: str,
     version: Annotated[
         str | None, typer.Option("--version", "-v", help="Delete only this version.")
@@ -306,11 +301,11 @@ def delete(
         raise typer.Exit(code=1)
     try:
         database, schema, name = _split(model, database, schema)
-        registry = _registry(_connect(), database, schema)
+        registry = _registry(get_session(ctx), database, schema)
         if version:
             registry.get_model(name).delete_version(version)
         else:
             registry.delete_model(name)
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"deleted {what}")

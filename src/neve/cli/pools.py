@@ -18,11 +18,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from neve.cli._common import fail
+
 app = typer.Typer(
     help="Compute pools: where service instances run.", add_completion=False, no_args_is_help=True
 )
 console = Console()
-err_console = Console(stderr=True)
 
 LIST_COLUMNS = [
     "name",
@@ -53,8 +54,7 @@ def call(method: str, path: str, **kwargs: Any) -> Any:
     try:
         return connect().call(method, path, **kwargs)
     except NeveError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
 
 
 def path_name(name: str) -> str:

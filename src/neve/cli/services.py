@@ -24,27 +24,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from neve.cli._common import DatabaseOpt, SchemaOpt, fail, get_session
+
 app = typer.Typer(
     help="Create, list, inspect, scale, suspend, resume and delete services.",
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
 
-DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", help="Database name.")]
-SchemaOpt = Annotated[str | None, typer.Option("--schema", "-s", help="Schema name.")]
 LIST_COLUMNS = ["service", "status", "instances", "compute_pool", "model", "ingress"]
-
-
-def _connect() -> Any:
-    import neve
-
-    return neve.connect()
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {getattr(exc, 'message', None) or exc}")
-    return typer.Exit(code=1)
 
 
 class _Api:
@@ -153,6 +141,7 @@ def _now() -> str:
 
 @app.command("create")
 def create(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model: db.schema.name or name")],
     version: Annotated[str, typer.Option("--version", "-v", help="Version name or alias.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Service name.")],
@@ -186,7 +175,7 @@ def create(
     from neve.identifiers import split_name
 
     try:
-        session = _connect()
+        session = get_session(ctx)
         parts = split_name(model)
         db = parts[0] if len(parts) == 3 else database
         sch = parts[-2] if len(parts) >= 2 else schema
@@ -216,7 +205,7 @@ def create(
             handle = mv.create_service(**kwargs, block=True, progress=view)
         row = handle.describe()
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"[green]service {handle} is RUNNING[/green]")
     if row.get("inference_endpoint"):
         console.print(f"ingress host: {row['inference_endpoint']}")
@@ -226,6 +215,7 @@ def create(
 
 @app.command("list")
 def list_services(
+    ctx: typer.Context,
     database: DatabaseOpt = None,
     schema: SchemaOpt = None,
     pool: Annotated[str | None, typer.Option("--pool", help="Only this compute pool.")] = None,
@@ -245,10 +235,10 @@ def list_services(
         if v
     }
     try:
-        api = _Api(_connect(), None, None)
+        api = _Api(get_session(ctx), None, None)
         rows = api.call("GET", "/api/v1/services", params=params)
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     _table(
         [
             {
@@ -268,6 +258,7 @@ def list_services(
 
 @app.command("describe")
 def describe(
+    ctx: typer.Context,
     service: Annotated[str, typer.Argument(help="db.schema.name or name")],
     database: DatabaseOpt = None,
     schema: SchemaOpt = None,
@@ -276,52 +267,53 @@ def describe(
     from neve.errors import NeveError
 
     try:
-        api = _Api(_connect(), database, schema)
+        api = _Api(get_session(ctx), database, schema)
         row = api.call("GET", api.path(service))
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     _describe(row)
 
 
-def _alter(service: str, database: str | None, schema: str | None, body: dict) -> dict:
-    api = _Api(_connect(), database, schema)
-    return api.call("PATCH", api.path(service), json=body)
+def _alter(
+    ctx: typer.Context, service: str, database: str | None, schema: str | None, body: dict
+) -> dict:
+    """ALTER SERVICE: the service's row after the change; a neve error ends the command."""
+    from neve.errors import NeveError
+
+    try:
+        api = _Api(get_session(ctx), database, schema)
+        return api.call("PATCH", api.path(service), json=body)
+    except NeveError as exc:
+        raise fail(exc) from None
 
 
 @app.command("suspend")
 def suspend(
+    ctx: typer.Context,
     service: Annotated[str, typer.Argument()],
     database: DatabaseOpt = None,
     schema: SchemaOpt = None,
 ) -> None:
     """ALTER SERVICE ... SUSPEND: stop every instance (the next call resumes it)."""
-    from neve.errors import NeveError
-
-    try:
-        row = _alter(service, database, schema, {"suspend": True})
-    except NeveError as exc:
-        raise _fail(exc) from None
+    row = _alter(ctx, service, database, schema, {"suspend": True})
     console.print(f"service {row.get('qualified_name')} is {row.get('status')}")
 
 
 @app.command("resume")
 def resume(
+    ctx: typer.Context,
     service: Annotated[str, typer.Argument()],
     database: DatabaseOpt = None,
     schema: SchemaOpt = None,
 ) -> None:
     """ALTER SERVICE ... RESUME: start the instances again."""
-    from neve.errors import NeveError
-
-    try:
-        row = _alter(service, database, schema, {"resume": True})
-    except NeveError as exc:
-        raise _fail(exc) from None
+    row = _alter(ctx, service, database, schema, {"resume": True})
     console.print(f"service {row.get('qualified_name')} is {row.get('status')}")
 
 
 @app.command("scale")
 def scale(
+    ctx: typer.Context,
     service: Annotated[str, typer.Argument()],
     min_instances: Annotated[int | None, typer.Option("--min", help="MIN_INSTANCES")] = None,
     max_instances: Annotated[int | None, typer.Option("--max", help="MAX_INSTANCES")] = None,
@@ -329,19 +321,14 @@ def scale(
     schema: SchemaOpt = None,
 ) -> None:
     """ALTER SERVICE ... SET MIN_INSTANCES / MAX_INSTANCES (autoscales between them)."""
-    from neve.errors import NeveError
-
     if min_instances is None and max_instances is None:
-        raise _fail(ValueError("give --min and/or --max"))
+        raise fail(ValueError("give --min and/or --max"))
     body = {
         k: v
         for k, v in (("min_instances", min_instances), ("max_instances", max_instances))
         if v is not None
     }
-    try:
-        row = _alter(service, database, schema, body)
-    except NeveError as exc:
-        raise _fail(exc) from None
+    row = _alter(ctx, service, database, schema, body)
     console.print(
         f"service {row.get('qualified_name')}: min {row.get('min_instances')}, "
         f"max {row.get('max_instances')}, {row.get('target_instances')} instance(s)"
@@ -350,6 +337,7 @@ def scale(
 
 @app.command("logs")
 def logs(
+    ctx: typer.Context,
     service: Annotated[str, typer.Argument(help="Service, or a build job MODEL_BUILD_xxx")],
     instance: Annotated[int, typer.Option("--instance", "-i")] = 0,
     last: Annotated[int | None, typer.Option("--last", "-n", help="Last N lines.")] = None,
@@ -365,7 +353,7 @@ def logs(
     from neve.errors import NeveError
 
     try:
-        api = _Api(_connect(), database, schema)
+        api = _Api(get_session(ctx), database, schema)
         params: dict[str, Any] = {}
         if last is not None:
             params["last"] = last
@@ -378,12 +366,13 @@ def logs(
             params["container"] = "events" if events else "model-inference"
             body = api.call("GET", api.path(service) + "/logs", params=params)
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(body.get("text", ""), end="", markup=False, highlight=False)
 
 
 @app.command("delete")
 def delete(
+    ctx: typer.Context,
     service: Annotated[str, typer.Argument()],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     database: DatabaseOpt = None,
@@ -395,8 +384,8 @@ def delete(
     if not yes and not typer.confirm(f"drop service {service}?"):
         raise typer.Exit(code=1)
     try:
-        api = _Api(_connect(), database, schema)
+        api = _Api(get_session(ctx), database, schema)
         api.call("DELETE", api.path(service))
     except NeveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"service {service} dropped")

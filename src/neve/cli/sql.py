@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from neve.cli._common import get_session, print_error, print_rows
+
 app = typer.Typer(help="Run SQL statements against the neve account.", add_completion=False)
 console = Console()
 
@@ -36,8 +38,6 @@ class SqlShell:
 
 
 def render(body: dict, *, max_rows: int | None = None) -> None:
-    from neve.cli._common import print_rows
-
     print_rows(body.get("columns") or [], body.get("rows") or [], max_rows=max_rows)
 
 
@@ -53,18 +53,6 @@ def statement_complete(buffer: str) -> bool:
     except SqlSyntaxError:
         return False  # e.g. an unterminated string: keep reading
     return bool(tokens) and tokens[-1].token_type == TokenType.SEMICOLON
-
-
-def _connect(ctx: typer.Context) -> Any:
-    from neve.cli._common import get_session
-
-    return get_session(ctx)
-
-
-def _print_error(exc: Exception) -> None:
-    from neve.cli._common import print_error
-
-    print_error(exc)
 
 
 def interactive(shell: SqlShell, *, max_rows: int | None) -> None:
@@ -94,7 +82,7 @@ def interactive(shell: SqlShell, *, max_rows: int | None) -> None:
         try:
             render(shell.run(text), max_rows=max_rows)
         except NeveError as exc:
-            _print_error(exc)
+            print_error(exc)
 
 
 @app.callback(invoke_without_command=True)
@@ -109,9 +97,9 @@ def sql(
     from neve.errors import NeveError
 
     try:
-        shell = SqlShell(_connect(ctx))
+        shell = SqlShell(get_session(ctx))
     except NeveError as exc:
-        _print_error(exc)
+        print_error(exc)
         raise typer.Exit(1) from None
     if statement is None or statement == "-":
         if statement == "-" or not sys.stdin.isatty():
@@ -122,5 +110,5 @@ def sql(
     try:
         render(shell.run(statement), max_rows=max_rows)
     except NeveError as exc:
-        _print_error(exc)
+        print_error(exc)
         raise typer.Exit(1) from None

@@ -98,6 +98,18 @@ def _bool(value: Any, what: str, pool: str) -> bool:
     raise InvalidArgumentError(f"compute pool {pool}: {what} must be TRUE or FALSE, got {value!r}")
 
 
+def _check_node_range(pool: str, lo: int, hi: int) -> None:
+    """MIN_NODES <= MAX_NODES <= the per-pool limit."""
+    if lo > hi:
+        raise InvalidArgumentError(
+            f"compute pool {pool}: MIN_NODES ({lo}) must not be greater than MAX_NODES ({hi})"
+        )
+    if hi > MAX_NODES_LIMIT:
+        raise InvalidArgumentError(
+            f"compute pool {pool}: MAX_NODES must be <= {MAX_NODES_LIMIT}, got {hi}"
+        )
+
+
 def like_pattern(like: str) -> re.Pattern[str]:
     """SQL LIKE (``%`` any run, ``_`` one character), case-insensitive, as a regex."""
     out = []
@@ -165,15 +177,7 @@ class ComputeManager:
         family = _family(instance_family)
         lo = _int(min_nodes, "MIN_NODES", pool_name, minimum=1)
         hi = _int(max_nodes, "MAX_NODES", pool_name, minimum=1)
-        if lo > hi:
-            raise InvalidArgumentError(
-                f"compute pool {pool_name}: MIN_NODES ({lo}) must not be greater than "
-                f"MAX_NODES ({hi})"
-            )
-        if hi > MAX_NODES_LIMIT:
-            raise InvalidArgumentError(
-                f"compute pool {pool_name}: MAX_NODES must be <= {MAX_NODES_LIMIT}, got {hi}"
-            )
+        _check_node_range(pool_name, lo, hi)
         suspend_secs = _int(auto_suspend_secs, "AUTO_SUSPEND_SECS", pool_name, minimum=0)
         resume = _bool(auto_resume, "AUTO_RESUME", pool_name)
         suspended = _bool(initially_suspended, "INITIALLY_SUSPENDED", pool_name)
@@ -374,15 +378,7 @@ class ComputeManager:
                 if "max_nodes" in props
                 else pool.max_nodes
             )
-            if lo > hi:
-                raise InvalidArgumentError(
-                    f"compute pool {pool_name}: MIN_NODES ({lo}) must not be greater than "
-                    f"MAX_NODES ({hi})"
-                )
-            if hi > MAX_NODES_LIMIT:
-                raise InvalidArgumentError(
-                    f"compute pool {pool_name}: MAX_NODES must be <= {MAX_NODES_LIMIT}, got {hi}"
-                )
+            _check_node_range(pool_name, lo, hi)
             busy = self._busy_nodes(s, pool)
             if len(busy) > hi:
                 raise InvalidStateError(

@@ -42,18 +42,9 @@ class Account:
         serving this account runs the tasks (``neve.control.supervisor``); an ``Account`` opened
         in a test or a script just keeps the list. A task that raises is logged and runs again.
         """
-        from neve.errors import InvalidArgumentError
+        from neve.control.supervisor import check_periodic_task
 
-        if not callable(fn):
-            raise InvalidArgumentError(f"periodic task must be callable, got {type(fn).__name__}")
-        if (
-            isinstance(interval_s, bool)
-            or not isinstance(interval_s, int | float)
-            or interval_s <= 0
-        ):
-            raise InvalidArgumentError(
-                f"periodic task interval must be a number of seconds > 0, got {interval_s!r}"
-            )
+        check_periodic_task(interval_s, fn)
         label = name or getattr(fn, "__qualname__", None) or repr(fn)
         with self._periodic_lock:
             self.periodic_tasks.append((float(interval_s), fn, label))

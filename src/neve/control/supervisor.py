@@ -34,6 +34,16 @@ log = logging.getLogger("neve.control.supervisor")
 ADOPT_INTERVAL_S = 0.5
 
 
+def check_periodic_task(interval_s: float, fn: Callable[[], object]) -> None:
+    """Refuse a task that is not callable, or an interval that is not a number of seconds > 0."""
+    if not callable(fn):
+        raise InvalidArgumentError(f"periodic task must be callable, got {type(fn).__name__}")
+    if isinstance(interval_s, bool) or not isinstance(interval_s, int | float) or interval_s <= 0:
+        raise InvalidArgumentError(
+            f"periodic task interval must be a number of seconds > 0, got {interval_s!r}"
+        )
+
+
 @dataclass
 class PeriodicTask:
     name: str
@@ -68,16 +78,7 @@ class Supervisor:
 
     def every(self, interval_s: float, fn: Callable[[], object], name: str | None = None) -> None:
         """Call ``fn()`` every ``interval_s`` seconds (from the next interval on)."""
-        if not callable(fn):
-            raise InvalidArgumentError(f"periodic task must be callable, got {type(fn).__name__}")
-        if (
-            isinstance(interval_s, bool)
-            or not isinstance(interval_s, int | float)
-            or interval_s <= 0
-        ):
-            raise InvalidArgumentError(
-                f"periodic task interval must be a number of seconds > 0, got {interval_s!r}"
-            )
+        check_periodic_task(interval_s, fn)
         task = PeriodicTask(name or getattr(fn, "__qualname__", repr(fn)), float(interval_s), fn)
         with self._lock:
             self._tasks.append(task)

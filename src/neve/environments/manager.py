@@ -16,9 +16,10 @@ a ``MODEL_BUILD_<random>`` job row, a background thread, a log file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -43,6 +44,16 @@ if TYPE_CHECKING:
     from neve.control.account import Account
 
 REPO_PRIVILEGES = ("READ", "WRITE", "SERVICE READ", "SERVICE WRITE")
+
+_Obj = TypeVar("_Obj")  # an image repository, network rule or integration
+#: What messages call each object class.
+_KIND = {
+    m.ImageRepository: "image repository",
+    m.NetworkRule: "network rule",
+    m.ExternalAccessIntegration: "external access integration",
+}
+#: A SHOW/CREATE row of a schema-level object: (session, its name, the object) -> dict.
+_RowOf = Callable[[Session, QualifiedName, Any], dict]
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -106,6 +117,86 @@ class EnvironmentManager:
     def _in_scope(qn: QualifiedName, db: str | None, sch: str | None) -> bool:
         return (db is None or qn.database == db) and (sch is None or qn.schema == sch)
 
+    def _create_in_schema(
+        self,
+        ctx: RequestContext,
+        qn: QualifiedName,
+        cls: type[_Obj],
+        if_not_exists: bool,
+        row: _RowOf,
+        **fields: Any,
+    ) -> dict:
+        """CREATE <kind> qn: needs CREATE <KIND> on the schema; IF NOT EXISTS returns the existing.
+
+        A concurrent create of the same name surfaces as ``IntegrityError``: callers handle it.
+        """
+        kind = _KIND[cls]
+        with self.account.catalog.transaction() as s:
+            sch = lookup.schema(s, qn.database, qn.schema)
+            self.security.require(s, ctx, f"CREATE {kind.upper()}", sch)
+            existing = s.scalar(select(cls).where(cls.schema_id == sch.id, cls.name == qn.name))
+            if existing is not None:
+                if if_not_exists:
+                    return row(s, qn, existing)
+                raise ObjectExistsError(f"{kind} {qn} already exists")
+            obj = cls(
+                schema_id=sch.id,
+                name=qn.name,
+                owner_role=self.security.owner_role_for_create(ctx),
+                **fields,
+            )
+            s.add(obj)
+            s.flush()
+            return row(s, qn, obj)
+
+    def _owned_for_drop(
+        self,
+        s: Session,
+        ctx: RequestContext,
+        cls: type[_Obj],
+        name: QualifiedName | str,
+        if_exists: bool,
+    ) -> _Obj | None:
+        """The object a DROP names (schema-level by QualifiedName, else account-level), once its
+        owner is checked; None when it does not exist and IF EXISTS was given."""
+        try:
+            if isinstance(name, QualifiedName):
+                obj = lookup.in_schema(s, cls, name, _KIND[cls])
+            else:
+                obj = lookup.account_level(s, cls, name, _KIND[cls])
+        except ObjectNotFoundError:
+            if if_exists:
+                return None
+            raise
+        self.security.require_owner(s, ctx, obj)
+        return obj
+
+    def _show_in_schema(
+        self,
+        ctx: RequestContext,
+        cls: type[_Obj],
+        in_database: str | None,
+        in_schema: str | None,
+        visible: Callable[[Session, RequestContext, _Obj], bool],
+        row: _RowOf,
+    ) -> list[dict]:
+        """SHOW <objects> [IN DATABASE d | IN SCHEMA s]: those in scope that ``visible`` lets
+        the role see, by name."""
+        with self.account.catalog.transaction() as s:
+            db, sch = self._scope(s, ctx, in_database, in_schema)
+            rows = []
+            for obj in s.scalars(select(cls).order_by(cls.name)):
+                qn = lookup.qualified(s, obj.schema_id, obj.name)
+                if self._in_scope(qn, db, sch) and visible(s, ctx, obj):
+                    rows.append(row(s, qn, obj))
+        return rows
+
+    def _may_use(self, s: Session, ctx: RequestContext, obj: Any) -> bool:
+        """The role owns ``obj`` or holds USAGE on it."""
+        return self.security.is_owner(s, ctx, obj) or self.security.has_privilege(
+            s, ctx, "USAGE", obj
+        )
+
     # -- image repositories -----------------------------------------------------------------------
     def repository_url(self, qn: QualifiedName) -> str:
         st = self.account.settings
@@ -136,27 +227,9 @@ class EnvironmentManager:
         """CREATE IMAGE REPOSITORY [IF NOT EXISTS] db.schema.name."""
         qn = self._qn(ctx, name, "image repository")
         try:
-            with self.account.catalog.transaction() as s:
-                sch = lookup.schema(s, qn.database, qn.schema)
-                self.security.require(s, ctx, "CREATE IMAGE REPOSITORY", sch)
-                existing = s.scalar(
-                    select(m.ImageRepository).where(
-                        m.ImageRepository.schema_id == sch.id, m.ImageRepository.name == qn.name
-                    )
-                )
-                if existing is not None:
-                    if if_not_exists:
-                        return self._repo_row(s, qn, existing)
-                    raise ObjectExistsError(f"image repository {qn} already exists")
-                repo = m.ImageRepository(
-                    schema_id=sch.id,
-                    name=qn.name,
-                    owner_role=self.security.owner_role_for_create(ctx),
-                    comment=comment,
-                )
-                s.add(repo)
-                s.flush()
-                return self._repo_row(s, qn, repo)
+            return self._create_in_schema(
+                ctx, qn, m.ImageRepository, if_not_exists, self._repo_row, comment=comment
+            )
         except IntegrityError:
             if if_not_exists:
                 return self.describe_image_repository(ctx, qn)
@@ -169,10 +242,12 @@ class EnvironmentManager:
             self._require_repo_any(s, ctx, repo)
             return self._repo_row(s, qn, repo)
 
+    def _may_see_repo(self, s: Session, ctx: RequestContext, repo: m.ImageRepository) -> bool:
+        return any(self.security.has_privilege(s, ctx, p, repo) for p in REPO_PRIVILEGES)
+
     def _require_repo_any(self, s: Session, ctx: RequestContext, repo: m.ImageRepository) -> None:
-        if any(self.security.has_privilege(s, ctx, p, repo) for p in REPO_PRIVILEGES):
-            return
-        self.security.require(s, ctx, "READ", repo)  # raises, naming what is missing
+        if not self._may_see_repo(s, ctx, repo):
+            self.security.require(s, ctx, "READ", repo)  # raises, naming what is missing
 
     def drop_image_repository(
         self, ctx: RequestContext, name: str | QualifiedName, if_exists: bool = False
@@ -180,13 +255,9 @@ class EnvironmentManager:
         """DROP IMAGE REPOSITORY: refused while services use its images or builds run."""
         qn = self._qn(ctx, name, "image repository")
         with self.account.catalog.transaction() as s:
-            try:
-                repo = lookup.in_schema(s, m.ImageRepository, qn, "image repository")
-            except ObjectNotFoundError:
-                if if_exists:
-                    return False
-                raise
-            self.security.require_owner(s, ctx, repo)
+            repo = self._owned_for_drop(s, ctx, m.ImageRepository, qn, if_exists)
+            if repo is None:
+                return False
             images = s.scalars(select(m.Image).where(m.Image.repository_id == repo.id)).all()
             ids = [i.id for i in images]
             if ids:
@@ -231,16 +302,9 @@ class EnvironmentManager:
         like: str | None = None,
     ) -> list[dict]:
         """SHOW IMAGE REPOSITORIES [LIKE] [IN DATABASE d | IN SCHEMA s]."""
-        with self.account.catalog.transaction() as s:
-            db, sch = self._scope(s, ctx, in_database, in_schema)
-            rows = []
-            for repo in s.scalars(select(m.ImageRepository).order_by(m.ImageRepository.name)):
-                qn = lookup.qualified(s, repo.schema_id, repo.name)
-                if not self._in_scope(qn, db, sch):
-                    continue
-                if not any(self.security.has_privilege(s, ctx, p, repo) for p in REPO_PRIVILEGES):
-                    continue
-                rows.append(self._repo_row(s, qn, repo))
+        rows = self._show_in_schema(
+            ctx, m.ImageRepository, in_database, in_schema, self._may_see_repo, self._repo_row
+        )
         return _like(rows, like)
 
     def show_images(
@@ -258,7 +322,8 @@ class EnvironmentManager:
         return _like(out, like, "image_name")
 
     # -- network rules ----------------------------------------------------------------------------
-    def _rule_row(self, qn: QualifiedName, rule: m.NetworkRule) -> dict:
+    @staticmethod
+    def _rule_row(s: Session, qn: QualifiedName, rule: m.NetworkRule) -> dict:
         return {
             "created_on": _aware(rule.created_on),
             "name": rule.name,
@@ -287,30 +352,17 @@ class EnvironmentManager:
         qn = self._qn(ctx, name, "network rule")
         mode_v, type_v, entries = network.normalize_rule(str(qn), mode, type, value_list)
         try:
-            with self.account.catalog.transaction() as s:
-                sch = lookup.schema(s, qn.database, qn.schema)
-                self.security.require(s, ctx, "CREATE NETWORK RULE", sch)
-                existing = s.scalar(
-                    select(m.NetworkRule).where(
-                        m.NetworkRule.schema_id == sch.id, m.NetworkRule.name == qn.name
-                    )
-                )
-                if existing is not None:
-                    if if_not_exists:
-                        return self._rule_row(qn, existing)
-                    raise ObjectExistsError(f"network rule {qn} already exists")
-                rule = m.NetworkRule(
-                    schema_id=sch.id,
-                    name=qn.name,
-                    mode=mode_v,
-                    type=type_v,
-                    value_list=entries,
-                    owner_role=self.security.owner_role_for_create(ctx),
-                    comment=comment,
-                )
-                s.add(rule)
-                s.flush()
-                return self._rule_row(qn, rule)
+            return self._create_in_schema(
+                ctx,
+                qn,
+                m.NetworkRule,
+                if_not_exists,
+                self._rule_row,
+                mode=mode_v,
+                type=type_v,
+                value_list=entries,
+                comment=comment,
+            )
         except IntegrityError:
             raise ObjectExistsError(f"network rule {qn} already exists") from None
 
@@ -320,13 +372,9 @@ class EnvironmentManager:
         """DROP NETWORK RULE: refused while an integration lists it (naming them)."""
         qn = self._qn(ctx, name, "network rule")
         with self.account.catalog.transaction() as s:
-            try:
-                rule = lookup.in_schema(s, m.NetworkRule, qn, "network rule")
-            except ObjectNotFoundError:
-                if if_exists:
-                    return False
-                raise
-            self.security.require_owner(s, ctx, rule)
+            rule = self._owned_for_drop(s, ctx, m.NetworkRule, qn, if_exists)
+            if rule is None:
+                return False
             users = [
                 i.name
                 for i in s.scalars(select(m.ExternalAccessIntegration))
@@ -348,19 +396,9 @@ class EnvironmentManager:
         in_schema: str | None = None,
         like: str | None = None,
     ) -> list[dict]:
-        with self.account.catalog.transaction() as s:
-            db, sch = self._scope(s, ctx, in_database, in_schema)
-            rows = []
-            for rule in s.scalars(select(m.NetworkRule).order_by(m.NetworkRule.name)):
-                qn = lookup.qualified(s, rule.schema_id, rule.name)
-                if not self._in_scope(qn, db, sch):
-                    continue
-                if not (
-                    self.security.is_owner(s, ctx, rule)
-                    or self.security.has_privilege(s, ctx, "USAGE", rule)
-                ):
-                    continue
-                rows.append(self._rule_row(qn, rule))
+        rows = self._show_in_schema(
+            ctx, m.NetworkRule, in_database, in_schema, self._may_use, self._rule_row
+        )
         return _like(rows, like)
 
     def describe_network_rule(self, ctx: RequestContext, name: str | QualifiedName) -> dict:
@@ -368,7 +406,7 @@ class EnvironmentManager:
         with self.account.catalog.transaction() as s:
             rule = lookup.in_schema(s, m.NetworkRule, qn, "network rule")
             self.security.require(s, ctx, "USAGE", rule)
-            return self._rule_row(qn, rule)
+            return self._rule_row(s, qn, rule)
 
     # -- external access integrations -------------------------------------------------------------
     @staticmethod
@@ -449,18 +487,9 @@ class EnvironmentManager:
     ) -> bool:
         integ_name = ident(name, kind="integration name")
         with self.account.catalog.transaction() as s:
-            integ = s.scalar(
-                select(m.ExternalAccessIntegration).where(
-                    m.ExternalAccessIntegration.name == integ_name
-                )
-            )
+            integ = self._owned_for_drop(s, ctx, m.ExternalAccessIntegration, integ_name, if_exists)
             if integ is None:
-                if if_exists:
-                    return False
-                raise ObjectNotFoundError(
-                    f"external access integration {integ_name} does not exist or not authorized"
-                )
-            self.security.require_owner(s, ctx, integ)
+                return False
             self.security.on_drop(s, integ)
             s.delete(integ)
         return True
@@ -474,8 +503,7 @@ class EnvironmentManager:
                 for i in s.scalars(
                     select(m.ExternalAccessIntegration).order_by(m.ExternalAccessIntegration.name)
                 )
-                if self.security.is_owner(s, ctx, i)
-                or self.security.has_privilege(s, ctx, "USAGE", i)
+                if self._may_use(s, ctx, i)
             ]
         return _like(rows, like)
 
@@ -485,10 +513,7 @@ class EnvironmentManager:
             integ = lookup.account_level(
                 s, m.ExternalAccessIntegration, integ_name, "external access integration"
             )
-            if not (
-                self.security.is_owner(s, ctx, integ)
-                or self.security.has_privilege(s, ctx, "USAGE", integ)
-            ):
+            if not self._may_use(s, ctx, integ):
                 raise PermissionDeniedError(
                     f"insufficient privileges: role {ctx.role} needs USAGE on INTEGRATION "
                     f"{integ_name}"

@@ -650,19 +650,26 @@ def _grant_target(p: _Parser) -> tuple[str, str | None]:
     return kind, p.name(f"a {kind.lower()} name")
 
 
+def _role_grant(p: _Parser, kind: str, preposition: str) -> Statement:
+    """The rest of ``GRANT ROLE r TO USER u | ROLE r2`` (or ``REVOKE ROLE r FROM ...``): the
+    grantee lands in ``to_user``/``to_role`` (``from_user``/``from_role``)."""
+    st = Statement(kind, name=p.name("a role name"))
+    p.expect(preposition)
+    prefix = preposition.lower()
+    if p.accept("USER"):
+        st.args[f"{prefix}_user"] = p.name("a user name")
+    elif p.accept("ROLE"):
+        st.args[f"{prefix}_role"] = p.name("a role name")
+    else:
+        raise p.error(f"expected USER or ROLE after {preposition}")
+    p.end()
+    return st
+
+
 def _grant(p: _Parser) -> Statement:
     p.advance()  # GRANT
     if p.accept("ROLE"):
-        st = Statement("GRANT ROLE", name=p.name("a role name"))
-        p.expect("TO")
-        if p.accept("USER"):
-            st.args["to_user"] = p.name("a user name")
-        elif p.accept("ROLE"):
-            st.args["to_role"] = p.name("a role name")
-        else:
-            raise p.error("expected USER or ROLE after TO")
-        p.end()
-        return st
+        return _role_grant(p, "GRANT ROLE", "TO")
     privs = _privileges(p)
     p.expect("ON")
     if privs == ["OWNERSHIP"]:
@@ -690,16 +697,7 @@ def _grant(p: _Parser) -> Statement:
 def _revoke(p: _Parser) -> Statement:
     p.advance()  # REVOKE
     if p.accept("ROLE"):
-        st = Statement("REVOKE ROLE", name=p.name("a role name"))
-        p.expect("FROM")
-        if p.accept("USER"):
-            st.args["from_user"] = p.name("a user name")
-        elif p.accept("ROLE"):
-            st.args["from_role"] = p.name("a role name")
-        else:
-            raise p.error("expected USER or ROLE after FROM")
-        p.end()
-        return st
+        return _role_grant(p, "REVOKE ROLE", "FROM")
     grant_option_only = p.accept("GRANT", "OPTION", "FOR")
     privs = _privileges(p)
     p.expect("ON")

@@ -219,6 +219,16 @@ def _status(message: str, **changes: Any) -> SqlResult:
     return SqlResult.status(message, **changes)
 
 
+def _executed(**changes: Any) -> SqlResult:
+    """The status of a statement that has no message of its own."""
+    return _status("Statement executed successfully.", **changes)
+
+
+def _dropped(name: str, kind: str) -> SqlResult:
+    """DROP's status: the object's name, normalized as an identifier of ``kind``."""
+    return _status(f"{ident(name, kind=kind)} successfully dropped.")
+
+
 def _one(row: dict | list[dict]) -> SqlResult:
     from neve.sql.engine import SqlResult
 
@@ -342,20 +352,18 @@ def _describe_schema(engine: SqlEngine, ctx: RequestContext, st: Statement) -> S
 
 @handles("USE DATABASE")
 def _use_database(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    changes = objects.use_database(engine.account, ctx, st.name or "")
-    return _status("Statement executed successfully.", **changes)
+    return _executed(**objects.use_database(engine.account, ctx, st.name or ""))
 
 
 @handles("USE SCHEMA")
 def _use_schema(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    changes = objects.use_schema(engine.account, ctx, st.name or "")
-    return _status("Statement executed successfully.", **changes)
+    return _executed(**objects.use_schema(engine.account, ctx, st.name or ""))
 
 
 @handles("USE ROLE")
 def _use_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     new_ctx = engine.account.security.use_role(ctx, st.name or "")
-    return _status("Statement executed successfully.", role=new_ctx.role)
+    return _executed(role=new_ctx.role)
 
 
 # -- users, roles, grants ------------------------------------------------------------------------
@@ -373,7 +381,7 @@ def _create_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
 @handles("DROP ROLE")
 def _drop_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.security.drop_role(ctx, st.name or "", if_exists=st.if_exists)
-    return _status(f"{ident(st.name or '', kind='role name')} successfully dropped.")
+    return _dropped(st.name or "", "role name")
 
 
 @handles("SHOW ROLES")
@@ -401,13 +409,13 @@ def _create_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
 @handles("ALTER USER")
 def _alter_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.security.alter_user(ctx, st.name or "", **_lower_props(st.props))
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("DROP USER")
 def _drop_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.security.drop_user(ctx, st.name or "", if_exists=st.if_exists)
-    return _status(f"{ident(st.name or '', kind='user name')} successfully dropped.")
+    return _dropped(st.name or "", "user name")
 
 
 @handles("SHOW USERS")
@@ -426,7 +434,7 @@ def _grant_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRes
     engine.account.security.grant_role(
         ctx, st.name or "", to_user=st.args.get("to_user"), to_role=st.args.get("to_role")
     )
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("REVOKE ROLE")
@@ -437,7 +445,7 @@ def _revoke_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
         from_user=st.args.get("from_user"),
         from_role=st.args.get("from_role"),
     )
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("GRANT")
@@ -451,7 +459,7 @@ def _grant(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
             st.args["to_role"],
             with_grant_option=st.args.get("with_grant_option", False),
         )
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("GRANT OWNERSHIP")
@@ -463,7 +471,7 @@ def _grant_ownership(engine: SqlEngine, ctx: RequestContext, st: Statement) -> S
         st.args["to_role"],
         copy_current_grants=st.args.get("copy_current_grants", True),
     )
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("REVOKE")
@@ -477,7 +485,7 @@ def _revoke(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
             st.args["from_role"],
             grant_option_only=st.args.get("grant_option_only", False),
         )
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("SHOW GRANTS")
@@ -502,7 +510,7 @@ def _create_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
 @handles("DROP COMPUTE POOL")
 def _drop_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.compute.drop_pool(ctx, st.name or "", if_exists=st.if_exists)
-    return _status(f"{ident(st.name or '', kind='compute pool name')} successfully dropped.")
+    return _dropped(st.name or "", "compute pool name")
 
 
 @handles("ALTER COMPUTE POOL")
@@ -518,7 +526,7 @@ def _alter_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRes
     else:
         kwargs.update(_lower_props(st.props))
     engine.account.compute.alter_pool(ctx, st.name or "", if_exists=st.if_exists, **kwargs)
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("SHOW COMPUTE POOLS")
@@ -540,13 +548,13 @@ def _create_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
     engine.account.environments.create_image_repository(
         ctx, st.name or "", if_not_exists=st.if_not_exists, comment=st.props.get("COMMENT")
     )
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("DROP IMAGE REPOSITORY")
 def _drop_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.environments.drop_image_repository(ctx, st.name or "", if_exists=st.if_exists)
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("SHOW IMAGE REPOSITORIES")
@@ -571,13 +579,13 @@ def _create_rule(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
     engine.account.environments.create_network_rule(
         ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props)
     )
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("DROP NETWORK RULE")
 def _drop_rule(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.environments.drop_network_rule(ctx, st.name or "", if_exists=st.if_exists)
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("SHOW NETWORK RULES")
@@ -600,7 +608,7 @@ def _drop_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> 
     engine.account.environments.drop_external_access_integration(
         ctx, st.name or "", if_exists=st.if_exists
     )
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("SHOW INTEGRATIONS")
@@ -631,23 +639,20 @@ def _alter_service(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sql
         try:
             services.describe_service(ctx, st.name or "")
         except ObjectNotFoundError:
-            return _status("Statement executed successfully.")
+            return _executed()
     if action == "SUSPEND":
         services.alter_service(ctx, st.name or "", suspend=True)
     elif action == "RESUME":
         services.alter_service(ctx, st.name or "", resume=True)
     else:
         services.alter_service(ctx, st.name or "", **_lower_props(st.props))
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("DROP SERVICE")
 def _drop_service(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.services.drop_service(ctx, st.name or "", if_exists=st.if_exists)
-    return _status(
-        f"{ident(st.name.split('.')[-1] if st.name else '', kind='service name')} "
-        "successfully dropped."
-    )
+    return _dropped(st.name.split(".")[-1] if st.name else "", "service name")
 
 
 @handles("SHOW ENDPOINTS")
@@ -722,7 +727,7 @@ def _show_versions(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sql
 @handles("DROP MODEL")
 def _drop_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.registry.delete_model(ctx, st.name or "", if_exists=st.if_exists)
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("ALTER MODEL")
@@ -732,7 +737,7 @@ def _alter_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
         try:
             registry.describe_model(ctx, st.name or "")
         except ObjectNotFoundError:
-            return _status("Statement executed successfully.")
+            return _executed()
     if st.args["action"] == "DROP VERSION":
         registry.delete_version(ctx, st.name or "", st.args["version"])
     else:
@@ -741,7 +746,7 @@ def _alter_model(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
             registry.set_default_version(ctx, st.name or "", props["DEFAULT_VERSION"])
         if "COMMENT" in props:
             registry.set_model_comment(ctx, st.name or "", props["COMMENT"])
-    return _status("Statement executed successfully.")
+    return _executed()
 
 
 @handles("DESCRIBE MODEL")
@@ -864,7 +869,7 @@ def _alter_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sq
             fn = _find_function(s, ctx, st.name or "")
         except ObjectNotFoundError:
             if st.if_exists:
-                return _status("Statement executed successfully.")
+                return _executed()
             raise
         service = s.get(m.Service, fn.service_id) if fn.service_id else None
         if service is not None:

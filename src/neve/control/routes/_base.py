@@ -103,3 +103,31 @@ def endpoint(fn: Callable[[Call], Any] | None = None, *, raw_body: bool = False,
         return handler
 
     return wrap(fn) if fn is not None else wrap
+
+
+def json_body(call: Call) -> dict[str, Any]:
+    """The request's JSON object body ({} when there is none)."""
+    if call.body is None:
+        return {}
+    if not isinstance(call.body, dict):
+        raise InvalidArgumentError("request body must be a JSON object")
+    return call.body
+
+
+def body_fields(call: Call, allowed: set[str], *, what: str) -> dict[str, Any]:
+    """The JSON object body, refusing fields ``what`` does not take."""
+    body = call.body if call.body is not None else {}
+    if not isinstance(body, dict):
+        raise InvalidArgumentError(f"{what}: the request body must be a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise InvalidArgumentError(
+            f"{what}: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
+            f"{', '.join(sorted(allowed))}"
+        )
+    return body
+
+
+def query_flag(call: Call, name: str) -> bool:
+    """A true/false query parameter (``?if_exists=true``); absent is false."""
+    return str(call.query.get(name, "")).lower() in ("1", "true", "yes")

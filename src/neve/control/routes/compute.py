@@ -16,12 +16,10 @@ GET    /api/v1/instance-families              the instance family table
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.routing import Route
 
 from neve.compute.families import FAMILIES
-from neve.control.routes._base import Call, endpoint
+from neve.control.routes._base import Call, body_fields, endpoint, query_flag
 from neve.errors import InvalidArgumentError
 
 CREATE_FIELDS = {
@@ -48,24 +46,6 @@ ALTER_FIELDS = {
     "comment",
     "if_exists",
 }
-
-
-def body_fields(call: Call, allowed: set[str], *, what: str) -> dict[str, Any]:
-    """The JSON object body, refusing fields ``what`` does not take."""
-    body = call.body if call.body is not None else {}
-    if not isinstance(body, dict):
-        raise InvalidArgumentError(f"{what}: the request body must be a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise InvalidArgumentError(
-            f"{what}: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
-            f"{', '.join(sorted(allowed))}"
-        )
-    return body
-
-
-def query_flag(call: Call, name: str) -> bool:
-    return str(call.query.get(name, "")).lower() in ("1", "true", "yes")
 
 
 @endpoint

@@ -30,8 +30,7 @@ from typing import Any
 
 from starlette.routing import Route
 
-from neve.control.routes._base import Call, endpoint
-from neve.control.routes.compute import body_fields, query_flag
+from neve.control.routes._base import Call, body_fields, endpoint, query_flag
 from neve.errors import InvalidArgumentError
 
 

@@ -33,21 +33,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from neve.control.routes._base import Call, endpoint, error_response, json_response
+from neve.control.routes._base import Call, endpoint, error_response, json_body, json_response
 from neve.errors import InvalidArgumentError, NeveError
 from neve.security.auth import bearer_token
 
 LOGIN_PATH = "/api/v1/login"
 PUBLIC_PATHS: frozenset[str] = frozenset({LOGIN_PATH})
 MAX_LOGIN_BODY = 16 * 1024
-
-
-def _body(call: Call) -> dict[str, Any]:
-    if call.body is None:
-        return {}
-    if not isinstance(call.body, dict):
-        raise InvalidArgumentError("request body must be a JSON object")
-    return call.body
 
 
 def _pick(body: dict[str, Any], allowed: set[str], *, what: str) -> dict[str, Any]:
@@ -118,7 +110,7 @@ def whoami(call: Call) -> dict:
 @endpoint
 def use_role(call: Call) -> dict:
     """Check USE ROLE {"role"} (then send the role as X-Neve-Role)."""
-    body = _pick(_body(call), {"role"}, what="USE ROLE")
+    body = _pick(json_body(call), {"role"}, what="USE ROLE")
     ctx = call.account.security.use_role(call.ctx, str(_required(body, "role", what="USE ROLE")))
     return {"user": ctx.user, "role": ctx.role}
 
@@ -128,7 +120,9 @@ def create_token(call: Call) -> dict:
     """Create a programmatic access token {"name", "days_to_expiry", "role", "user"}.
 
     The secret is in the answer and nowhere else (the catalog keeps its SHA-256)."""
-    body = _pick(_body(call), {"name", "days_to_expiry", "role", "user", "comment"}, what="a token")
+    body = _pick(
+        json_body(call), {"name", "days_to_expiry", "role", "user", "comment"}, what="a token"
+    )
     kwargs: dict[str, Any] = {k: body[k] for k in ("role", "user", "comment") if k in body}
     if "days_to_expiry" in body:
         kwargs["days_to_expiry"] = body["days_to_expiry"]
@@ -160,7 +154,7 @@ def show_users(call: Call) -> list[dict]:
 def create_user(call: Call) -> dict:
     """CREATE USER {"name", "password", "rsa_public_key", "default_role", "comment", "disabled"}."""
     body = _pick(
-        _body(call),
+        json_body(call),
         {
             "name",
             "password",
@@ -188,7 +182,7 @@ def describe_user(call: Call) -> dict:
 def alter_user(call: Call) -> dict:
     """ALTER USER {"password", "rsa_public_key", "default_role", "disabled", "comment"}."""
     body = _pick(
-        _body(call),
+        json_body(call),
         {"password", "rsa_public_key", "default_role", "disabled", "comment"},
         what="ALTER USER",
     )
@@ -212,7 +206,7 @@ def show_roles(call: Call) -> list[dict]:
 @endpoint(status=201)
 def create_role(call: Call) -> dict:
     """CREATE ROLE {"name", "comment", "if_not_exists"}."""
-    body = _pick(_body(call), {"name", "comment", "if_not_exists"}, what="CREATE ROLE")
+    body = _pick(json_body(call), {"name", "comment", "if_not_exists"}, what="CREATE ROLE")
     name = str(_required(body, "name", what="CREATE ROLE"))
     return call.account.security.create_role(
         call.ctx, name, comment=body.get("comment"), if_not_exists=bool(body.get("if_not_exists"))
@@ -230,7 +224,7 @@ def drop_role(call: Call) -> dict:
 @endpoint
 def grant_role(call: Call) -> dict:
     """GRANT ROLE {name} TO {"to_user"} or {"to_role"}."""
-    body = _pick(_body(call), {"to_user", "to_role"}, what="GRANT ROLE")
+    body = _pick(json_body(call), {"to_user", "to_role"}, what="GRANT ROLE")
     call.account.security.grant_role(call.ctx, call.path["name"], **body)
     return {"status": "granted"}
 
@@ -238,7 +232,7 @@ def grant_role(call: Call) -> dict:
 @endpoint
 def revoke_role(call: Call) -> dict:
     """REVOKE ROLE {name} FROM {"from_user"} or {"from_role"}."""
-    body = _pick(_body(call), {"from_user", "from_role"}, what="REVOKE ROLE")
+    body = _pick(json_body(call), {"from_user", "from_role"}, what="REVOKE ROLE")
     call.account.security.revoke_role(call.ctx, call.path["name"], **body)
     return {"status": "revoked"}
 
@@ -263,7 +257,7 @@ def grant(call: Call) -> dict:
 
     Privilege OWNERSHIP transfers ownership ("copy_current_grants", default true)."""
     body = _pick(
-        _body(call),
+        json_body(call),
         {
             "privilege",
             "object_type",
@@ -303,7 +297,7 @@ def grant(call: Call) -> dict:
 def revoke(call: Call) -> dict:
     """REVOKE {"privilege", "object_type", "object_name", "from_role", "grant_option_only"}."""
     body = _pick(
-        _body(call),
+        json_body(call),
         {"privilege", "object_type", "object_name", "from_role", "grant_option_only"},
         what="REVOKE",
     )

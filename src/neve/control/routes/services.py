@@ -38,7 +38,7 @@ import orjson
 from starlette.routing import Route
 
 from neve.context import RequestContext
-from neve.control.routes._base import Call, endpoint
+from neve.control.routes._base import Call, body_fields, endpoint, query_flag
 from neve.errors import InvalidArgumentError
 from neve.identifiers import QualifiedName, ident
 
@@ -107,23 +107,6 @@ def _service(call: Call) -> QualifiedName:
     )
 
 
-def _body(call: Call, allowed: set[str], *, what: str) -> dict[str, Any]:
-    body = call.body if call.body is not None else {}
-    if not isinstance(body, dict):
-        raise InvalidArgumentError(f"{what}: the request body must be a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise InvalidArgumentError(
-            f"{what}: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
-            f"{', '.join(sorted(allowed))}"
-        )
-    return body
-
-
-def _flag(call: Call, name: str) -> bool:
-    return call.query.get(name, "").lower() in {"1", "true", "yes"}
-
-
 def _int_query(call: Call, name: str) -> int | None:
     value = call.query.get(name)
     if value in (None, ""):
@@ -136,7 +119,7 @@ def _int_query(call: Call, name: str) -> int | None:
 
 @endpoint(status=201)
 def create_service(call: Call) -> dict:
-    body = _body(call, CREATE_FIELDS, what="create service")
+    body = body_fields(call, CREATE_FIELDS, what="create service")
     missing = [f for f in REQUIRED_FIELDS if not body.get(f)]
     if missing:
         raise InvalidArgumentError(f"create service: missing field(s) {', '.join(missing)}")
@@ -166,14 +149,14 @@ def describe_service(call: Call) -> dict:
 
 @endpoint
 def alter_service(call: Call) -> dict:
-    body = _body(call, ALTER_FIELDS, what="alter service")
+    body = body_fields(call, ALTER_FIELDS, what="alter service")
     return call.account.services.alter_service(_ctx(call), _service(call), **body)
 
 
 @endpoint
 def drop_service(call: Call) -> dict:
     call.account.services.drop_service(
-        _ctx(call), _service(call), if_exists=_flag(call, "if_exists")
+        _ctx(call), _service(call), if_exists=query_flag(call, "if_exists")
     )
     return {"status": f"{call.path['name']} successfully dropped."}
 
@@ -221,7 +204,7 @@ def job_logs(call: Call) -> dict:
 
 @endpoint
 def invoke(call: Call) -> dict:
-    body = _body(call, {"data", "timeout_s"}, what="invoke")
+    body = body_fields(call, {"data", "timeout_s"}, what="invoke")
     rows = body.get("data")
     if not isinstance(rows, list) or not all(isinstance(r, list) and r for r in rows):
         raise InvalidArgumentError(

@@ -1,4 +1,4 @@
-"""Helpers shared by handlers: shipping user code by value, aligning feature names.
+"""Helpers shared by handlers: shipping user code by value, pickling a model, aligning features.
 
 A model class defined in a notebook, a script (``__main__``) or a test module is not importable
 where the model is served. cloudpickle can serialize such code *by value* (the class body travels
@@ -21,6 +21,7 @@ import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -147,6 +148,22 @@ class FreshClassUnpickler(pickle.Unpickler):
 
 def load_pickle(file: Any) -> Any:
     return FreshClassUnpickler(file).load()
+
+
+#: The file a model pickled whole (scikit-learn, boosting wrappers) is written to.
+PICKLE_FILE = "model.pkl"
+
+
+def dump_model_pickle(model: Any, directory: Path) -> None:
+    """Cloudpickle ``model`` to ``directory/model.pkl``, user code by value."""
+    with (directory / PICKLE_FILE).open("wb") as fh, pickle_user_code_by_value():
+        cloudpickle.dump(model, fh)
+
+
+def load_model_pickle(directory: Path) -> Any:
+    """The model ``dump_model_pickle`` wrote to ``directory`` (user classes rebuilt fresh)."""
+    with (directory / PICKLE_FILE).open("rb") as fh:
+        return load_pickle(fh)
 
 
 def _pickle_module() -> types.ModuleType:

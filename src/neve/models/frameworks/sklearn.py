@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import pandas as pd
 
 from neve.errors import InvalidArgumentError
 from neve.models.base import ModelHandler, register_handler
-from neve.models.frameworks._util import align_columns, load_pickle, pickle_user_code_by_value
+from neve.models.frameworks._util import align_columns, dump_model_pickle, load_model_pickle
 
 CANDIDATE_METHODS = [
     "predict",
@@ -86,14 +85,12 @@ class SklearnHandler(ModelHandler):
     @classmethod
     def save(cls, model: Any, path: Path) -> dict:
         path.mkdir(parents=True)
-        with (path / "model.pkl").open("wb") as fh, pickle_user_code_by_value():
-            cloudpickle.dump(model, fh)
+        dump_model_pickle(model, path)
         return {"feature_names_in": [str(c) for c in getattr(model, "feature_names_in_", [])]}
 
     @classmethod
     def load(cls, path: Path, options: dict, *, device: str = "cpu") -> Any:
-        with (path / "model.pkl").open("rb") as fh:
-            return load_pickle(fh)
+        return load_model_pickle(path)
 
     @classmethod
     def call(cls, model: Any, method: str, data: pd.DataFrame) -> Any:

@@ -8,69 +8,40 @@ A subclass defined outside xgboost cannot be rebuilt from the native file and is
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import pandas as pd
 
-from neve.errors import InvalidArgumentError
-from neve.models.base import ModelHandler, register_handler
-from neve.models.frameworks._util import align_columns, load_pickle, pickle_user_code_by_value
+from neve.models.base import register_handler
+from neve.models.frameworks._boosting import GradientBoostingHandler
+from neve.models.frameworks._util import align_columns, dump_model_pickle, load_model_pickle
 
-SKLEARN_METHODS = ["predict", "predict_proba"]
 NATIVE_FILE = "model.ubj"
 
 
 @register_handler
-class XGBoostHandler(ModelHandler):
+class XGBoostHandler(GradientBoostingHandler):
     model_type = "xgboost"
     module = "xgboost"
     packages = ["xgboost"]
     gpu_capable = True
-
-    @classmethod
-    def can_handle(cls, model: Any) -> bool:
-        if "xgboost" not in sys.modules:
-            return False
-        import xgboost
-
-        return isinstance(model, xgboost.XGBModel | xgboost.Booster)
-
-    @classmethod
-    def methods(cls, model: Any) -> list[str]:
-        if _is_booster(model):
-            return ["predict"]
-        return [m for m in SKLEARN_METHODS if callable(getattr(model, m, None))]
-
-    @classmethod
-    def extra_packages(cls, model: Any) -> list[str]:
-        return [] if _is_booster(model) else ["scikit-learn"]
-
-    @classmethod
-    def validate(cls, model: Any) -> None:
-        if _is_booster(model):
-            return
-        if not model.__sklearn_is_fitted__():
-            raise InvalidArgumentError(
-                f"XGBoost model {type(model).__name__} is not fitted: call fit() before logging it"
-            )
+    display_name = "XGBoost"
+    sklearn_base = "XGBModel"
 
     @classmethod
     def save(cls, model: Any, path: Path) -> dict:
         import xgboost
 
         path.mkdir(parents=True)
-        if _is_booster(model):
+        if cls._is_booster(model):
             model.save_model(path / NATIVE_FILE)
             return {"kind": "booster", "format": "ubj"}
         model_cls = type(model)
         if getattr(xgboost, model_cls.__name__, None) is model_cls:
             model.save_model(path / NATIVE_FILE)
             return {"kind": "sklearn", "format": "ubj", "class": model_cls.__name__}
-        with (path / "model.pkl").open("wb") as fh, pickle_user_code_by_value():
-            cloudpickle.dump(model, fh)
+        dump_model_pickle(model, path)
         return {"kind": "sklearn", "format": "pickle", "class": model_cls.__qualname__}
 
     @classmethod
@@ -83,8 +54,7 @@ class XGBoostHandler(ModelHandler):
             booster.set_param({"device": device})
             return booster
         if options.get("format") == "pickle":
-            with (path / "model.pkl").open("rb") as fh:
-                model = load_pickle(fh)
+            model = load_model_pickle(path)
         else:
             model = getattr(xgboost, options["class"])()
             model.load_model(path / NATIVE_FILE)
@@ -95,7 +65,7 @@ class XGBoostHandler(ModelHandler):
     def call(cls, model: Any, method: str, data: pd.DataFrame) -> Any:
         import xgboost
 
-        if _is_booster(model):
+        if cls._is_booster(model):
             x = align_columns(data, model.feature_names)
             if isinstance(x, pd.DataFrame):
                 categorical = any(isinstance(t, pd.CategoricalDtype) for t in x.dtypes)
@@ -106,9 +76,3 @@ class XGBoostHandler(ModelHandler):
         names = getattr(model, "feature_names_in_", None)
         x = align_columns(data, None if names is None else list(names))
         return getattr(model, method)(x)
-
-
-def _is_booster(model: Any) -> bool:
-    import xgboost
-
-    return isinstance(model, xgboost.Booster)
