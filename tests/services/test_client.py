@@ -15,6 +15,7 @@ import pytest
 from svc_helpers import alive, process_tree
 from typer.testing import CliRunner
 
+from neve.errors import SignatureError
 from neve.identifiers import quote
 
 SVC = "LIN_SVC"
@@ -89,9 +90,21 @@ def test_client_path(session, data):
     assert handle.status() == "RUNNING" and seen[-1] == "RUNNING"
 
     test = train.head(25)
-    remote = mv.run(test, function_name="predict", service_name=SVC)
+    remote = mv.run(test, function_name="predict", service_name=SVC)  # Arrow columns
     local = mv.run(test, function_name="predict")
     pd.testing.assert_frame_equal(remote, local)
+    # more rows than one request holds: several Arrow requests, joined in order
+    many = pd.concat([train] * 3, ignore_index=True)
+    pd.testing.assert_frame_equal(
+        mv.run(many, function_name="predict", service_name=SVC, request_rows=170),
+        mv.run(many, function_name="predict"),
+    )
+    # a string column Arrow can type: the service names the row and column
+    with pytest.raises(SignatureError, match=r"row 0, column 'A': expected DOUBLE.*'1.0'"):
+        mv.run(test.head(2).assign(A=["1.0", "x"]), function_name="predict", service_name=SVC)
+    # a column Arrow cannot type (mixed objects) goes as JSON rows: the same kind of answer
+    with pytest.raises(SignatureError, match=r"row 1.*column 'A'.*'x'"):
+        mv.run(test.head(2).assign(A=[1.0, "x"]), function_name="predict", service_name=SVC)
 
     listed = mv.list_services()
     assert list(listed["status"]) == ["RUNNING"] and list(listed["instances"]) == [2]

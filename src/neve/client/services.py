@@ -28,6 +28,7 @@ import pandas as pd
 
 from neve.errors import (
     InvalidArgumentError,
+    ModelExecutionError,
     NeveError,
     ObjectNotFoundError,
     SignatureError,
@@ -301,13 +302,24 @@ class ServiceMixin:
             data = X if isinstance(X, pd.DataFrame) else to_dataframe(X)
         except SignatureError as exc:
             raise SignatureError(f"{self._label}: {exc.message}") from None
-        columns = _input_columns(data, signature, method)
-        n = len(data)
-        outputs: list[dict] = []
-        for start in range(0, n, max(1, int(request_rows))):
-            stop = min(n, start + int(request_rows))
-            rows = (
-                [
+        route = f"{path}/invoke/{url_quote(method, safe='')}"
+        step = max(1, int(request_rows))
+        table = _input_table(data, signature)
+        if table is not None:
+            # Columns travel as Arrow IPC, to the daemon and on to the service.
+            parts = [
+                self._invoke_arrow(route, table.slice(start, step), timeout_s)
+                for start in range(0, table.num_rows, step)
+            ]
+            out = _arrow_output_frame(parts, signature, data.index)
+        else:
+            # Columns Arrow cannot type (mixed objects): JSON rows, so that the service names
+            # the bad row and column.
+            columns = _input_columns(data, signature, method)
+            outputs: list[dict] = []
+            for start in range(0, len(data), step):
+                stop = min(len(data), start + step)
+                rows = [
                     [i, *vals]
                     for i, vals in zip(
                         range(start, stop),
@@ -315,19 +327,71 @@ class ServiceMixin:
                         strict=True,
                     )
                 ]
-                if columns
-                else [[i] for i in range(start, stop)]
-            )
-            answer = self._client.call(
-                "POST",
-                f"{path}/invoke/{url_quote(method, safe='')}",
-                json={"data": rows, "timeout_s": timeout_s},
-                timeout=timeout_s + 30,
-            )
-            outputs.extend(out for _idx, out in answer["data"])
-        out = _output_frame(outputs, signature, data.index)
+                answer = self._client.call(
+                    "POST",
+                    route,
+                    json={"data": rows, "timeout_s": timeout_s},
+                    timeout=timeout_s + 30,
+                )
+                outputs.extend(out for _idx, out in answer["data"])
+            out = _output_frame(outputs, signature, data.index)
         keep = [c for c in data.columns if c not in set(out.columns)]
         return pd.concat([data[keep], out], axis=1)
+
+    def _invoke_arrow(self, route: str, table: Any, timeout_s: float) -> Any:
+        from neve.server import arrow_ipc
+
+        content = self._client.call(
+            "POST",
+            route,
+            content=arrow_ipc.write_stream(table),
+            headers={"Content-Type": arrow_ipc.ARROW_STREAM, "Accept": arrow_ipc.ARROW_STREAM},
+            params={"timeout_s": timeout_s},
+            timeout=timeout_s + 30,
+            raw=True,
+        )
+        return arrow_ipc.read_stream(content)
+
+
+def _input_table(data: pd.DataFrame, signature: Any) -> Any | None:
+    """The signature's input columns as an Arrow table; None when a column has no Arrow type.
+
+    A missing column is left to the JSON path, whose error names it as the service does.
+    """
+    import pyarrow as pa
+
+    if len(data) == 0:
+        return None
+    by_upper = {str(c).upper(): c for c in data.columns}
+    arrays = []
+    for feat in signature.inputs:
+        src = feat.name if feat.name in data.columns else by_upper.get(feat.name.upper())
+        if src is None:
+            return None
+        try:
+            arrays.append(pa.array(data[src], from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError):
+            return None
+    return pa.Table.from_arrays(arrays, names=signature.input_names)
+
+
+def _arrow_output_frame(parts: list[Any], signature: Any, index: pd.Index) -> pd.DataFrame:
+    """Output tables (one per request) -> the signature's output columns on ``index``."""
+    import pyarrow as pa
+
+    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    by_upper = {c.upper(): c for c in table.column_names}
+    columns: dict[str, Any] = {}
+    for feat in signature.outputs:
+        src = feat.name if feat.name in table.column_names else by_upper.get(feat.name.upper())
+        if src is None:
+            raise ModelExecutionError(
+                f"the service answered without output {feat.name!r} (got {table.column_names})"
+            )
+        series = table.column(src).to_pandas()
+        series.index = index
+        columns[feat.name] = series
+    return pd.DataFrame(columns, index=index, columns=signature.output_names)
 
 
 def _pick_method(methods: dict[str, Any], function_name: str | None, qn: QualifiedName) -> str:

@@ -6,7 +6,7 @@ processes, admission control and dynamic batching. ``start_server`` / ``ServerPr
 (``neve.server.launch``) start and stop such a process from Python.
 
 This package may import only the standard library, starlette, uvicorn, prometheus-client,
-orjson, numpy, pandas, cloudpickle, ``neve.models`` and ``neve.errors``: it is installed into
+orjson, pyarrow, numpy, pandas, cloudpickle, ``neve.models`` and ``neve.errors``: it is installed into
 every model environment, next to the model's own framework and nothing else.
 """
 

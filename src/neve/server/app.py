@@ -47,7 +47,7 @@ from neve.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from neve.server import metrics, protocol
+from neve.server import arrow_ipc, metrics, protocol
 from neve.server.batching import Admission, MethodBatcher
 from neve.server.config import ServerConfig
 
@@ -244,7 +244,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         rows = 0
         media_type = JSON
         try:
-            arrow = protocol.is_arrow(request.headers.get("content-type"))
+            arrow = arrow_ipc.is_arrow(request.headers.get("content-type"))
             if arrow and early_method is None:
                 raise UnsupportedMediaTypeError(
                     f"{request.url.path} reads JSON only; send Arrow IPC streams to POST /<method>"
@@ -271,7 +271,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             del body
             out = await state.batchers[method].submit(parsed)
             if arrow:
-                content, media_type = protocol.encode_arrow_response(out), protocol.ARROW_STREAM
+                content, media_type = protocol.encode_arrow_response(out), arrow_ipc.ARROW_STREAM
             else:
                 content = encode(method, extra, parsed, out)
             rows = parsed.n_rows

@@ -38,6 +38,8 @@ from neve.errors import (
     UnsupportedMediaTypeError,
 )
 from neve.models.signature import DTYPES, NUMERIC, FeatureSpec
+from neve.server import arrow_ipc
+from neve.server.arrow_ipc import ARROW_STREAM
 
 _INT_TYPES = {t for t in NUMERIC if "INT" in t}
 _INT_BOUNDS = {t: np.iinfo(DTYPES[t]) for t in _INT_TYPES}
@@ -608,12 +610,6 @@ def encode_service_response(index: list[Any], out: OutputColumns) -> bytes:
 # stream of one column per output, row for row: no row indices, no JSON numbers to print and
 # parse. SQL service functions use it; JSON stays the format of every other caller.
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-
-
-def is_arrow(content_type: str | None) -> bool:
-    return bool(content_type) and content_type.split(";")[0].strip().lower() == ARROW_STREAM
-
 
 def _pyarrow() -> Any:
     try:
@@ -634,7 +630,7 @@ def parse_arrow_request(body: bytes, inputs: list[FeatureSpec], method: str) -> 
             code="INVALID_ARROW",
         )
     try:
-        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+        table = arrow_ipc.read_stream(body)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidArgumentError(
             f"method {method!r}: request body is not an Arrow IPC stream: {exc}",
@@ -690,11 +686,7 @@ def encode_arrow_response(out: OutputColumns) -> bytes:
             raise ModelExecutionError(
                 f"output {name!r} cannot be sent as Arrow ({col.dtype}): {exc}"
             ) from None
-    batch = pa.RecordBatch.from_arrays(arrays, names=out.names)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
-        writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+    return arrow_ipc.write_stream(pa.RecordBatch.from_arrays(arrays, names=out.names))
 
 
 # --------------------------------------------------------------------------------------------

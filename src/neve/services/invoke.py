@@ -39,6 +39,7 @@ from neve.errors import (
     error_from_dict,
 )
 from neve.gateway.balancer import Address, LeastOutstanding
+from neve.server import arrow_ipc
 
 log = logging.getLogger("neve.services")
 
@@ -82,20 +83,17 @@ class _WireFormat:
 
 
 class _ArrowFormat(_WireFormat):
-    content_type = "application/vnd.apache.arrow.stream"
+    content_type = arrow_ipc.ARROW_STREAM
 
     def chunks(self, payload: pa.Table, size: int) -> list[pa.Table]:
         return [payload.slice(i, size) for i in range(0, payload.num_rows, size)]
 
     def encode(self, chunk: pa.Table) -> bytes:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, chunk.schema) as writer:
-            writer.write_table(chunk)
-        return sink.getvalue().to_pybytes()
+        return arrow_ipc.write_stream(chunk)
 
     def decode(self, label: str, chunk: pa.Table, content: bytes) -> pa.Table:
         try:
-            table = pa.ipc.open_stream(pa.py_buffer(content)).read_all()
+            table = arrow_ipc.read_stream(content)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ModelExecutionError(
                 f"service {label} answered with a body that is not an Arrow stream: {exc}"

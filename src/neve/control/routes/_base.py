@@ -68,6 +68,14 @@ def error_response(err: NeveError) -> Response:
     return json_response(err.to_dict(), status=err.http_status)
 
 
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON (what ``endpoint`` does unless asked for raw bytes)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"request body is not valid JSON: {exc}") from None
+
+
 def endpoint(fn: Callable[[Call], Any] | None = None, *, raw_body: bool = False, status: int = 200):
     """Wrap a blocking ``fn(call) -> JSON-able | Response`` as a starlette endpoint."""
 
@@ -78,11 +86,9 @@ def endpoint(fn: Callable[[Call], Any] | None = None, *, raw_body: bool = False,
             body: Any = None
             if raw and not raw_body:
                 try:
-                    body = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    return error_response(
-                        InvalidArgumentError(f"request body is not valid JSON: {exc}")
-                    )
+                    body = parse_json(raw)
+                except InvalidArgumentError as err:
+                    return error_response(err)
             call = Call(
                 request=request,
                 account=request.app.state.account,

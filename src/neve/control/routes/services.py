@@ -17,6 +17,7 @@ double-quoted, URL-encoded segment keeps its case)::
     GET    .../{name}/logs?instance=0&container=model-inference&last=100   {"text": ...}
     POST   .../{name}/invoke/{method}                    {"data": [[idx, a, b], ...],
                                                           "timeout_s"?} -> {"data": [[idx, {..}]]}
+           (or an Arrow IPC stream of input columns, ?timeout_s=; answered with output columns)
     GET    /api/v1/build_jobs/{job}/logs[?last=]               a build job's log {"text": ...}
 
 The create body holds ``model``, ``version``, ``service_name`` (qualified or resolved against
@@ -35,12 +36,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 from starlette.routing import Route
 
 from neve.context import RequestContext
-from neve.control.routes._base import Call, body_fields, endpoint, query_flag
+from neve.control.routes._base import Call, body_fields, endpoint, parse_json, query_flag
 from neve.errors import InvalidArgumentError
 from neve.identifiers import QualifiedName, ident
+from neve.server import arrow_ipc
 
 PREFIX = "/api/v1/services"
 SERVICE = PREFIX + "/{db}/{schema}/{name}"
@@ -202,8 +205,11 @@ def job_logs(call: Call) -> dict:
     return {"text": text}
 
 
-@endpoint
-def invoke(call: Call) -> dict:
+@endpoint(raw_body=True)
+def invoke(call: Call) -> dict | Response:
+    if arrow_ipc.is_arrow(call.request.headers.get("content-type")):
+        return _invoke_arrow(call)
+    call.body = parse_json(call.raw) if call.raw else None
     body = body_fields(call, {"data", "timeout_s"}, what="invoke")
     rows = body.get("data")
     if not isinstance(rows, list) or not all(isinstance(r, list) and r for r in rows):
@@ -219,6 +225,29 @@ def invoke(call: Call) -> dict:
         _ctx(call), _service(call), call.path["method"], rows, timeout_s=timeout
     )
     return {"data": [[row[0], out] for row, out in zip(rows, outputs, strict=True)]}
+
+
+def _invoke_arrow(call: Call) -> Response:
+    """An Arrow IPC stream of input columns in, a stream of output columns out."""
+    import pyarrow as pa
+
+    try:
+        table = arrow_ipc.read_stream(call.raw)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidArgumentError(f"invoke: the body is not an Arrow IPC stream: {exc}") from None
+    if table.num_rows > MAX_INVOKE_ROWS:
+        raise InvalidArgumentError(
+            f"invoke: {table.num_rows} rows in one request; send at most {MAX_INVOKE_ROWS} per "
+            "request"
+        )
+    try:
+        timeout = float(call.query.get("timeout_s") or 300)
+    except ValueError:
+        raise InvalidArgumentError("invoke: timeout_s must be a number of seconds") from None
+    outputs = call.account.services.invoke_arrow(
+        _ctx(call), _service(call), call.path["method"], table, timeout_s=timeout
+    )
+    return Response(arrow_ipc.write_stream(outputs), media_type=arrow_ipc.ARROW_STREAM)
 
 
 routes = [
