@@ -263,6 +263,10 @@ def test_methods_routes_and_openapi(service, callers, http, signatures):
     out = encode["responses"]["200"]["content"]["application/json"]["schema"]
     embedding = out["properties"]["data"]["items"]["prefixItems"][1]["properties"]["embedding"]
     assert embedding["minItems"] == embedding["maxItems"] == 3
+    arrow = "application/vnd.apache.arrow.stream"
+    assert (
+        arrow in encode["requestBody"]["content"] and arrow in encode["responses"]["200"]["content"]
+    )
     assert spec["servers"][0]["url"].endswith("/svc/ML.APPS.SVC")
     host_doc = http.get("/openapi.json", headers={**headers, "Host": INGRESS_HOST})
     assert host_doc.json()["servers"][0]["url"] == f"http://{INGRESS_HOST}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from neve.server.arrow_ipc import ARROW_STREAM as ARROW
+
 _JSON_TYPES: dict[str, dict[str, Any]] = {
     "FLOAT": {"type": "number", "format": "float"},
     "DOUBLE": {"type": "number", "format": "double"},
@@ -61,7 +63,8 @@ def _method_operation(method: str, signature: dict[str, Any]) -> dict[str, Any]:
             "Rows are [row_index, " + (arg_names or "") + "] in signature order (FLAT). "
             'The WIDE form [row_index, {"<input>": value}] and pandas "dataframe_split" / '
             '"dataframe_records" bodies are accepted too. One output row per input row, '
-            "matched by row_index."
+            "matched by row_index. Columnar: an Arrow IPC stream with one column per input "
+            f"({ARROW}) is answered with one column per output, row for row."
         ),
         "requestBody": {
             "required": True,
@@ -72,7 +75,8 @@ def _method_operation(method: str, signature: dict[str, Any]) -> dict[str, Any]:
                         "required": ["data"],
                         "properties": {"data": {"type": "array", "items": row}},
                     }
-                }
+                },
+                ARROW: {"schema": {"type": "string", "contentMediaType": ARROW}},
             },
         },
         "responses": {
@@ -84,7 +88,8 @@ def _method_operation(method: str, signature: dict[str, Any]) -> dict[str, Any]:
                             "type": "object",
                             "properties": {"data": {"type": "array", "items": out_row}},
                         }
-                    }
+                    },
+                    ARROW: {"schema": {"type": "string", "contentMediaType": ARROW}},
                 },
             },
             "400": {"$ref": "#/components/responses/Error"},
