@@ -58,7 +58,14 @@ from starlette.routing import Route
 
 from neve.config import Settings
 from neve.context import RequestContext
-from neve.control.routes._base import Call, endpoint, error_response, json_response
+from neve.control.routes._base import (
+    Call,
+    endpoint,
+    error_response,
+    json_body,
+    json_response,
+    query_flag,
+)
 from neve.errors import InvalidArgumentError, NeveError, PayloadTooLargeError
 from neve.identifiers import QualifiedName, ident, quote
 from neve.registry import archive
@@ -92,18 +99,6 @@ def _model_name(p: dict[str, Any]) -> QualifiedName:
     )
 
 
-def _body(call: Call) -> dict[str, Any]:
-    if call.body is None:
-        return {}
-    if not isinstance(call.body, dict):
-        raise InvalidArgumentError("request body must be a JSON object")
-    return call.body
-
-
-def _flag(call: Call, name: str) -> bool:
-    return call.query.get(name, "").lower() in {"1", "true", "yes"}
-
-
 # -- models ---------------------------------------------------------------------------------------
 
 
@@ -114,7 +109,7 @@ def show_models(call: Call) -> list[dict]:
         _ctx(call),
         q.get("database") or call.path.get("db"),
         q.get("schema") or call.path.get("schema"),
-        in_account=_flag(call, "in_account"),
+        in_account=query_flag(call, "in_account"),
     )
 
 
@@ -125,7 +120,7 @@ def describe_model(call: Call) -> dict:
 
 @endpoint
 def alter_model(call: Call) -> dict:
-    body = _body(call)
+    body = json_body(call)
     unknown = set(body) - {"comment", "default_version"}
     if unknown:
         raise InvalidArgumentError(
@@ -142,7 +137,7 @@ def alter_model(call: Call) -> dict:
 @endpoint
 def delete_model(call: Call) -> dict:
     deleted = call.account.registry.delete_model(
-        _ctx(call), _model(call), if_exists=_flag(call, "if_exists")
+        _ctx(call), _model(call), if_exists=query_flag(call, "if_exists")
     )
     return {"deleted": deleted}
 
@@ -154,7 +149,7 @@ def show_tags(call: Call) -> dict:
 
 @endpoint
 def set_tag(call: Call) -> dict:
-    body = _body(call)
+    body = json_body(call)
     if "value" not in body:
         raise InvalidArgumentError('setting a tag needs {"value": ...}')
     call.account.registry.set_tag(_ctx(call), _model(call), call.path["tag"], body["value"])
@@ -292,7 +287,7 @@ def describe_version(call: Call) -> dict:
 
 @endpoint
 def alter_version(call: Call) -> dict:
-    body = _body(call)
+    body = json_body(call)
     unknown = set(body) - {"comment"}
     if unknown:
         raise InvalidArgumentError(
@@ -336,7 +331,7 @@ def show_metrics(call: Call) -> dict:
 
 @endpoint
 def set_metric(call: Call) -> dict:
-    body = _body(call)
+    body = json_body(call)
     if "name" not in body or "value" not in body:
         raise InvalidArgumentError('setting a metric needs {"name": ..., "value": ...}')
     call.account.registry.set_metric(
