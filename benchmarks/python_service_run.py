@@ -40,6 +40,10 @@ from urllib.parse import quote as url_quote
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _forest import COLUMNS as columns  # noqa: E402
+from _forest import feature_rows, forest_model  # noqa: E402
+
 N_FEATURES = 20
 SERVICE = "RF_SVC"
 
@@ -60,7 +64,6 @@ def main() -> int:
     import httpx
     import orjson
     import psutil
-    from sklearn.ensemble import RandomForestRegressor
 
     import neve
     from neve.client import services as client_services
@@ -68,11 +71,7 @@ def main() -> int:
     from neve.errors import ObjectNotFoundError
     from neve.identifiers import quote
 
-    rng = np.random.default_rng(0)
-    columns = [f"F{i}" for i in range(N_FEATURES)]
-    train = pd.DataFrame(rng.normal(size=(2000, N_FEATURES)), columns=columns)
-    model = RandomForestRegressor(n_estimators=50, max_depth=8, n_jobs=1, random_state=0)
-    model.fit(train, train.sum(axis=1))
+    model, sample = forest_model()
 
     session = neve.connect(str(home))
     info = daemon.read_info(home) or {}
@@ -94,7 +93,7 @@ def main() -> int:
                 model_name="RF",
                 version_name="V1",
                 conda_dependencies=["scikit-learn"],
-                sample_input_data=train.head(100),
+                sample_input_data=sample,
             )
         session.sql("CREATE IMAGE REPOSITORY IF NOT EXISTS bench.public.images").collect()
         t0 = time.perf_counter()
@@ -107,7 +106,7 @@ def main() -> int:
         )
         print(f"service ready in {time.perf_counter() - t0:.1f} s (image build or reuse + start)")
 
-        data = pd.DataFrame(rng.normal(size=(args.rows, N_FEATURES)), columns=columns)
+        data = feature_rows(args.rows)
 
         # JSON rows, sent as the client's transport sends them: same URL, token and context
         # headers, orjson bodies, no pooled connections, never through a proxy.

@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-N_FEATURES = 20
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _forest import COLUMNS as columns  # noqa: E402
+from _forest import feature_rows, forest_model  # noqa: E402
 
 
 def main() -> int:
@@ -51,17 +52,12 @@ def main() -> int:
 
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="neve-bench-sql-"))
     os.environ["NEVE_HOME"] = str(home)
-    from sklearn.ensemble import RandomForestRegressor
 
     from neve.context import admin_context
     from neve.control.account import Account
     from neve.models import save_model
 
-    rng = np.random.default_rng(0)
-    columns = [f"F{i}" for i in range(N_FEATURES)]
-    train = pd.DataFrame(rng.normal(size=(2000, N_FEATURES)), columns=columns)
-    model = RandomForestRegressor(n_estimators=50, max_depth=8, n_jobs=1, random_state=0)
-    model.fit(train, train.sum(axis=1))
+    model, sample = forest_model()
 
     account = Account.open(str(home))
     account.security.bootstrap()
@@ -78,7 +74,7 @@ def main() -> int:
         if not sql.execute(ctx, "SHOW MODELS LIKE 'RF'").rows:  # logged already (--home reused)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "rf"
-                save_model(model, path, sample_input=train.head(100))
+                save_model(model, path, sample_input=sample)
                 account.registry.log_model(
                     ctx,
                     "BENCH",
@@ -102,7 +98,7 @@ def main() -> int:
         )
         print(f"service ready in {time.perf_counter() - t0:.1f} s (image build or reuse + start)")
 
-        data = pd.DataFrame(rng.normal(size=(args.rows, N_FEATURES)), columns=columns)
+        data = feature_rows(args.rows)
         data.insert(0, "ID", np.arange(args.rows))
         sql.write_table(ctx, "T", pa.Table.from_pandas(data), overwrite=True)
         cols = ", ".join(columns)

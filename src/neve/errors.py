@@ -7,6 +7,8 @@ and the ingress answer with, so one mechanism maps errors to responses everywher
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class NeveError(Exception):
     """Base class of every error neve raises on purpose."""
@@ -163,3 +165,14 @@ def error_from_dict(body: dict) -> NeveError:
     err = cls.__new__(cls)
     NeveError.__init__(err, str(body.get("message", "unknown error")), code=body.get("code"))
     return err
+
+
+def check_fields(fields: Iterable[str], allowed: Iterable[str], *, what: str) -> None:
+    """Refuse field names ``what`` does not take, naming them and the allowed ones."""
+    allowed = set(allowed)
+    unknown = set(fields) - allowed
+    if unknown:
+        raise InvalidArgumentError(
+            f"{what}: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
+            f"{', '.join(sorted(allowed))}"
+        )

@@ -67,6 +67,10 @@ def limited(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("limited-home")
     (home / "settings.toml").write_text(f"max_model_upload_bytes = {LIMIT}\n")
+    # what a daemon killed mid-upload leaves behind; the next daemon removes it
+    stale = home / "tmp" / "uploads" / "upload-killed"
+    stale.mkdir(parents=True)
+    (stale / "upload.tar").write_bytes(b"\0" * 4096)
     session = neve.connect(home)
     try:
         yield session, home, daemon.read_info(home)["pid"]
@@ -182,13 +186,57 @@ def test_upload_over_the_limit_is_refused_and_leaves_nothing(reg, limited, weigh
     assert _uploads_left(home) == []
 
 
-def _raw_client(limited) -> httpx.Client:
+def _raw_client(limited, token: str | None = None) -> httpx.Client:
     session, _, _ = limited
     return httpx.Client(
         base_url=session._transport.base_url,
-        headers={"Authorization": f"Bearer {session.token}"},
+        headers={"Authorization": f"Bearer {token or session.token}"},
         timeout=60,
+        trust_env=False,
     )
+
+
+def test_daemon_start_removes_uploads_a_killed_daemon_left(limited) -> None:
+    _, home, _ = limited
+    assert not (home / "tmp" / "uploads" / "upload-killed").exists()
+    log = (home / "logs" / "control.log").read_text()
+    assert "removed 1 upload(s) a previous daemon left" in log
+
+
+@pytest.mark.parametrize(
+    ("model", "denied"),
+    [("new_model", "needs CREATE MODEL"), ("warmup", "does not own")],
+    ids=["create-model", "not-the-owner"],
+)
+def test_caller_without_privilege_is_refused_before_the_body(reg, limited, model, denied) -> None:
+    """A 403 comes before the body is read: of a 512 MiB chunked body, the daemon takes in
+    what the sockets buffer, not the whole; nothing is stored and no upload is left."""
+    session, home, _ = limited
+    session.sql("CREATE USER IF NOT EXISTS viewer PASSWORD = 'viewer password'").collect()
+    # viewer may see the schema (so the refusal is about the model), nothing more
+    session.sql("GRANT USAGE ON DATABASE ml TO ROLE PUBLIC").collect()
+    session.sql("GRANT USAGE ON SCHEMA ml.streaming TO ROLE PUBLIC").collect()
+    with _raw_client(limited) as client:
+        login = client.post("/api/v1/login", json={"user": "viewer", "password": "viewer password"})
+    assert login.status_code == 200, login.text
+    sent = 0
+
+    def body():
+        nonlocal sent
+        for _ in range(512):
+            sent += MIB
+            yield b"\0" * MIB
+
+    stored_before = _stored(home)
+    with _raw_client(limited, login.json()["token"]) as client:
+        resp = client.post(f"/api/v1/models/ml/streaming/{model}/versions", content=body())
+    assert resp.status_code == 403, resp.text
+    message = resp.json()["message"]
+    assert denied in message and "ML.STREAMING" in message, message
+    assert sent < 128 * MIB, f"{sent // MIB} MiB of the body were sent before the 403"
+    print(f"{model}: {sent // MIB} MiB of 512 MiB sent before the 403")
+    assert _stored(home) == stored_before
+    assert _uploads_left(home) == []
 
 
 def test_chunked_body_is_cut_at_the_limit(reg, limited) -> None:

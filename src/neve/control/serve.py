@@ -29,6 +29,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -89,6 +90,7 @@ def serve(
         print(f"neve: a control plane already serves {root}{where}", file=sys.stderr)
         return ALREADY_RUNNING
     handler = _setup_logging(log_path(root))
+    _remove_stale_uploads(root)
     daemon = ControlDaemon(settings, host=host, port=port)
     try:
         with daemon.signal_handlers():
@@ -104,6 +106,21 @@ def serve(
         os.close(lock_fd)
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+def _remove_stale_uploads(root: Path) -> None:
+    """Remove uploads a killed daemon left half-received (only the lock holder writes there)."""
+    from neve.control.routes.registry import UPLOAD_DIR
+
+    uploads = root / UPLOAD_DIR
+    stale = sorted(uploads.iterdir()) if uploads.is_dir() else []
+    for entry in stale:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d upload(s) a previous daemon left in %s", len(stale), uploads)
 
 
 def _take_lock(path: Path) -> int | None:

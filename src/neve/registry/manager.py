@@ -40,6 +40,7 @@ from neve.errors import (
     ObjectExistsError,
     ObjectInUseError,
     ObjectNotFoundError,
+    check_fields,
 )
 from neve.identifiers import QualifiedName, ident, qualify, quote, split_name
 from neve.models import directory_digest, read_manifest
@@ -105,6 +106,29 @@ def _string_list(value: Any, what: str) -> list[str]:
     return [v.strip() for v in value]
 
 
+def _log_target(
+    ctx: RequestContext, database: str | None, schema: str | None, model_name: str
+) -> QualifiedName:
+    """The model ``log_model`` writes to: the names given or the context's current ones."""
+    db_raw = database if database is not None else ctx.database
+    sch_raw = schema if schema is not None else ctx.schema
+    if db_raw is None or sch_raw is None:
+        raise InvalidArgumentError(
+            "log_model needs a database and a schema: pass database_name/schema_name or set "
+            "a current database and schema"
+        )
+    qn = QualifiedName(
+        ident(db_raw, kind="database name"),
+        ident(sch_raw, kind="schema name"),
+        ident(model_name, kind="model name"),
+    )
+    if "__" in qn.database:
+        raise InvalidArgumentError(
+            f"database name {qn.database} must not contain '__' (reserved by the warehouse)"
+        )
+    return qn
+
+
 def _archive_request(file: Path, what: str) -> dict:
     """The ``request.json`` of an uploaded archive (absent: all defaults), checked."""
     if not file.is_file():
@@ -115,12 +139,7 @@ def _archive_request(file: Path, what: str) -> dict:
         raise InvalidArgumentError(f"{what}: {file.name} is not valid JSON: {exc}") from None
     if not isinstance(request, dict):
         raise InvalidArgumentError(f"{what}: {file.name} must hold a JSON object")
-    unknown = set(request) - ARCHIVE_REQUEST_FIELDS
-    if unknown:
-        raise InvalidArgumentError(
-            f"{what}: unknown field(s) {', '.join(sorted(unknown))} in {file.name}; allowed: "
-            f"{', '.join(sorted(ARCHIVE_REQUEST_FIELDS))}"
-        )
+    check_fields(request, ARCHIVE_REQUEST_FIELDS, what=f"{what}: {file.name}")
     return request
 
 
@@ -226,22 +245,7 @@ class RegistryManager:
         dependency list). The database and schema are created when missing. With
         ``move_files`` the directory may be moved into the store instead of copied.
         """
-        db_raw = database if database is not None else ctx.database
-        sch_raw = schema if schema is not None else ctx.schema
-        if db_raw is None or sch_raw is None:
-            raise InvalidArgumentError(
-                "log_model needs a database and a schema: pass database_name/schema_name or set "
-                "a current database and schema"
-            )
-        qn = QualifiedName(
-            ident(db_raw, kind="database name"),
-            ident(sch_raw, kind="schema name"),
-            ident(model_name, kind="model name"),
-        )
-        if "__" in qn.database:
-            raise InvalidArgumentError(
-                f"database name {qn.database} must not contain '__' (reserved by the warehouse)"
-            )
+        qn = _log_target(ctx, database, schema, model_name)
         version = ident(version_name, kind="version name") if version_name else None
         if version is not None and version in SYSTEM_ALIASES:
             raise InvalidArgumentError(
@@ -306,6 +310,33 @@ class RegistryManager:
                         f"model {qn} version {version} was created concurrently"
                     ) from None
         raise AssertionError("unreachable")
+
+    def check_can_log(
+        self, ctx: RequestContext, database: str | None, schema: str | None, model_name: str
+    ) -> None:
+        """Refuse, before an upload is received, what ``log_model`` would refuse for the name
+        and the caller's privileges (CREATE DATABASE / SCHEMA / MODEL where missing, ownership
+        of an existing model), so a large body is not sent only to be denied. Read only:
+        ``log_model`` checks again in its transaction."""
+        qn = _log_target(ctx, database, schema, model_name)
+        with self.account.catalog.transaction() as s:
+            db = s.scalar(select(m.Database).where(m.Database.name == qn.database))
+            if db is None:
+                self.security.require(s, ctx, "CREATE DATABASE", ACCOUNT)
+                return
+            sch = s.scalar(
+                select(m.Schema).where(m.Schema.database_id == db.id, m.Schema.name == qn.schema)
+            )
+            if sch is None:
+                self.security.require(s, ctx, "CREATE SCHEMA", db)
+                return
+            model = s.scalar(
+                select(m.Model).where(m.Model.schema_id == sch.id, m.Model.name == qn.name)
+            )
+            if model is None:
+                self.security.require(s, ctx, "CREATE MODEL", sch)
+            else:
+                self.security.require_owner(s, ctx, model)
 
     def log_model_archive(
         self,

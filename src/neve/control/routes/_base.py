@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from neve.context import RequestContext
-from neve.errors import InvalidArgumentError, NeveError
+from neve.errors import InvalidArgumentError, NeveError, check_fields
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -125,12 +125,7 @@ def body_fields(call: Call, allowed: set[str], *, what: str) -> dict[str, Any]:
     body = call.body if call.body is not None else {}
     if not isinstance(body, dict):
         raise InvalidArgumentError(f"{what}: the request body must be a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise InvalidArgumentError(
-            f"{what}: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
-            f"{', '.join(sorted(allowed))}"
-        )
+    check_fields(body, allowed, what=what)
     return body
 
 

@@ -36,6 +36,9 @@ stays flat whatever the model's size), at most ``max_model_upload_bytes`` (setti
 ``Content-Length`` is refused before any byte is read, a longer chunked body as soon as it
 passes the limit: 413). With ``X-Neve-Upload-Sha256`` (hex SHA-256 of the archive bytes) a
 body that arrives different is refused (400). The temporary files are removed whatever happens.
+Names and privileges are checked before the body is read (a caller who may not log the version
+is answered 403 at once, not after the upload); the daemon removes uploads a crash left behind
+when it starts.
 Downloads (``.../artifact``) stream the tar as it is produced.
 
 The caller's role comes from the authentication middleware (``X-Neve-Role`` or the
@@ -60,6 +63,7 @@ from neve.config import Settings
 from neve.context import RequestContext
 from neve.control.routes._base import (
     Call,
+    body_fields,
     endpoint,
     error_response,
     json_body,
@@ -120,12 +124,7 @@ def describe_model(call: Call) -> dict:
 
 @endpoint
 def alter_model(call: Call) -> dict:
-    body = json_body(call)
-    unknown = set(body) - {"comment", "default_version"}
-    if unknown:
-        raise InvalidArgumentError(
-            f"unknown field(s) {', '.join(sorted(unknown))}; allowed: comment, default_version"
-        )
+    body = body_fields(call, {"comment", "default_version"}, what="ALTER MODEL")
     registry, ctx, qn = call.account.registry, _ctx(call), _model(call)
     if "default_version" in body:
         registry.set_default_version(ctx, qn, str(body["default_version"]))
@@ -182,9 +181,21 @@ async def log_version(request: Request) -> Response:
     ctx: RequestContext = request.state.ctx
     try:
         qn = _model_name(request.path_params)
+        # names and privileges first: a refused caller does not send the body for nothing
+        await run_in_threadpool(
+            account.registry.check_can_log,
+            ctx,
+            quote(qn.database),
+            quote(qn.schema),
+            quote(qn.name),
+        )
         work = await _receive_upload(request, account.settings, f"model {qn}")
     except NeveError as err:
-        return error_response(err)
+        # Close the connection with the answer: kept alive, uvicorn would read (and drop)
+        # the rest of the body, so a refused client would send it all the same.
+        response = error_response(err)
+        response.headers["connection"] = "close"
+        return response
     except ClientDisconnect:  # the client is gone; _receive_upload removed what it wrote
         return Response(status_code=400)
     try:
@@ -287,12 +298,7 @@ def describe_version(call: Call) -> dict:
 
 @endpoint
 def alter_version(call: Call) -> dict:
-    body = json_body(call)
-    unknown = set(body) - {"comment"}
-    if unknown:
-        raise InvalidArgumentError(
-            f"unknown field(s) {', '.join(sorted(unknown))}; allowed: comment"
-        )
+    body = body_fields(call, {"comment"}, what="ALTER MODEL ... VERSION")
     registry, ctx, qn = call.account.registry, _ctx(call), _model(call)
     if "comment" in body:
         registry.set_version_comment(ctx, qn, call.path["version"], body["comment"])

@@ -33,23 +33,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from neve.control.routes._base import Call, endpoint, error_response, json_body, json_response
-from neve.errors import InvalidArgumentError, NeveError
+from neve.control.routes._base import (
+    Call,
+    body_fields,
+    endpoint,
+    error_response,
+    json_response,
+)
+from neve.errors import InvalidArgumentError, NeveError, check_fields
 from neve.security.auth import bearer_token
 
 LOGIN_PATH = "/api/v1/login"
 PUBLIC_PATHS: frozenset[str] = frozenset({LOGIN_PATH})
 MAX_LOGIN_BODY = 16 * 1024
-
-
-def _pick(body: dict[str, Any], allowed: set[str], *, what: str) -> dict[str, Any]:
-    unknown = set(body) - allowed
-    if unknown:
-        raise InvalidArgumentError(
-            f"unknown field(s) {', '.join(sorted(unknown))} for {what}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
-    return body
 
 
 def _required(body: dict[str, Any], key: str, *, what: str) -> Any:
@@ -71,7 +67,7 @@ async def login(request: Request) -> Response:
             raise InvalidArgumentError(f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise InvalidArgumentError("login body must be a JSON object")
-        _pick(body, {"user", "password", "role"}, what="login")
+        check_fields(body, {"user", "password", "role"}, what="login")
         user = _required(body, "user", what="login")
         password = _required(body, "password", what="login")
         security = request.app.state.account.security
@@ -110,7 +106,7 @@ def whoami(call: Call) -> dict:
 @endpoint
 def use_role(call: Call) -> dict:
     """Check USE ROLE {"role"} (then send the role as X-Neve-Role)."""
-    body = _pick(json_body(call), {"role"}, what="USE ROLE")
+    body = body_fields(call, {"role"}, what="USE ROLE")
     ctx = call.account.security.use_role(call.ctx, str(_required(body, "role", what="USE ROLE")))
     return {"user": ctx.user, "role": ctx.role}
 
@@ -120,9 +116,7 @@ def create_token(call: Call) -> dict:
     """Create a programmatic access token {"name", "days_to_expiry", "role", "user"}.
 
     The secret is in the answer and nowhere else (the catalog keeps its SHA-256)."""
-    body = _pick(
-        json_body(call), {"name", "days_to_expiry", "role", "user", "comment"}, what="a token"
-    )
+    body = body_fields(call, {"name", "days_to_expiry", "role", "user", "comment"}, what="a token")
     kwargs: dict[str, Any] = {k: body[k] for k in ("role", "user", "comment") if k in body}
     if "days_to_expiry" in body:
         kwargs["days_to_expiry"] = body["days_to_expiry"]
@@ -153,8 +147,8 @@ def show_users(call: Call) -> list[dict]:
 @endpoint(status=201)
 def create_user(call: Call) -> dict:
     """CREATE USER {"name", "password", "rsa_public_key", "default_role", "comment", "disabled"}."""
-    body = _pick(
-        json_body(call),
+    body = body_fields(
+        call,
         {
             "name",
             "password",
@@ -181,8 +175,8 @@ def describe_user(call: Call) -> dict:
 @endpoint
 def alter_user(call: Call) -> dict:
     """ALTER USER {"password", "rsa_public_key", "default_role", "disabled", "comment"}."""
-    body = _pick(
-        json_body(call),
+    body = body_fields(
+        call,
         {"password", "rsa_public_key", "default_role", "disabled", "comment"},
         what="ALTER USER",
     )
@@ -206,7 +200,7 @@ def show_roles(call: Call) -> list[dict]:
 @endpoint(status=201)
 def create_role(call: Call) -> dict:
     """CREATE ROLE {"name", "comment", "if_not_exists"}."""
-    body = _pick(json_body(call), {"name", "comment", "if_not_exists"}, what="CREATE ROLE")
+    body = body_fields(call, {"name", "comment", "if_not_exists"}, what="CREATE ROLE")
     name = str(_required(body, "name", what="CREATE ROLE"))
     return call.account.security.create_role(
         call.ctx, name, comment=body.get("comment"), if_not_exists=bool(body.get("if_not_exists"))
@@ -224,7 +218,7 @@ def drop_role(call: Call) -> dict:
 @endpoint
 def grant_role(call: Call) -> dict:
     """GRANT ROLE {name} TO {"to_user"} or {"to_role"}."""
-    body = _pick(json_body(call), {"to_user", "to_role"}, what="GRANT ROLE")
+    body = body_fields(call, {"to_user", "to_role"}, what="GRANT ROLE")
     call.account.security.grant_role(call.ctx, call.path["name"], **body)
     return {"status": "granted"}
 
@@ -232,7 +226,7 @@ def grant_role(call: Call) -> dict:
 @endpoint
 def revoke_role(call: Call) -> dict:
     """REVOKE ROLE {name} FROM {"from_user"} or {"from_role"}."""
-    body = _pick(json_body(call), {"from_user", "from_role"}, what="REVOKE ROLE")
+    body = body_fields(call, {"from_user", "from_role"}, what="REVOKE ROLE")
     call.account.security.revoke_role(call.ctx, call.path["name"], **body)
     return {"status": "revoked"}
 
@@ -256,8 +250,8 @@ def grant(call: Call) -> dict:
     """GRANT {"privilege", "object_type", "object_name", "to_role", "with_grant_option"}.
 
     Privilege OWNERSHIP transfers ownership ("copy_current_grants", default true)."""
-    body = _pick(
-        json_body(call),
+    body = body_fields(
+        call,
         {
             "privilege",
             "object_type",
@@ -296,8 +290,8 @@ def grant(call: Call) -> dict:
 @endpoint
 def revoke(call: Call) -> dict:
     """REVOKE {"privilege", "object_type", "object_name", "from_role", "grant_option_only"}."""
-    body = _pick(
-        json_body(call),
+    body = body_fields(
+        call,
         {"privilege", "object_type", "object_name", "from_role", "grant_option_only"},
         what="REVOKE",
     )
