@@ -634,8 +634,31 @@ class BuildJobs:
             raise InvalidStateError(
                 f"job {job_name} runs in another process; cancel it where it runs"
             )
-        running.deadline.cancelled.set()
+        running.deadline.cancel(f"cancelled by {ctx.user}")
         return self.wait_job(job_name, 30)
+
+    def cancel_service_builds(self, service_id: int, reason: str) -> list[str]:
+        """Cancel the builds running here for a service that no longer wants them (it is being
+        dropped; its owner was checked there); return their names. Another service's build of
+        the same image is its own job and goes on."""
+        with self.account.catalog.transaction() as s:
+            names = list(
+                s.scalars(
+                    select(m.Job.name).where(
+                        m.Job.service_id == service_id, m.Job.status.in_(ACTIVE)
+                    )
+                )
+            )
+        cancelled = []
+        for name in names:
+            with self._lock:
+                running = self._running.get(name)
+            if running is not None:
+                running.deadline.cancel(reason)
+                cancelled.append(name)
+        for name in cancelled:
+            self.wait_job(name, 30)
+        return cancelled
 
     # -- images -----------------------------------------------------------------------------------
     def image_python(self, image: Any) -> Path:
@@ -720,7 +743,7 @@ class BuildJobs:
         with self._lock:
             running = list(self._running.values())
         for job in running:
-            job.deadline.cancelled.set()
+            job.deadline.cancel("the control plane is stopping")
         for job in running:
             job.thread.join(10)
 

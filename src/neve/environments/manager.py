@@ -601,5 +601,8 @@ class EnvironmentManager:
     def cancel_job(self, ctx: RequestContext, name: str) -> dict:
         return self.jobs.cancel_job(ctx, name)
 
+    def cancel_service_builds(self, service_id: int, reason: str) -> list[str]:
+        return self.jobs.cancel_service_builds(service_id, reason)
+
     def image_python(self, image: Any) -> Path:
         return self.jobs.image_python(image)

@@ -37,13 +37,20 @@ class Deadline:
     limit_s: float
     started: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: Why it was cancelled (said in the job's status and log), when it was.
+    cancel_reason: str | None = None
 
     def remaining(self) -> float:
         return self.limit_s - (time.monotonic() - self.started)
 
+    def cancel(self, reason: str | None = None) -> None:
+        self.cancel_reason = reason
+        self.cancelled.set()
+
     def check(self, what: str) -> None:
         if self.cancelled.is_set():
-            raise BuildCancelledError(f"build cancelled during {what}")
+            why = f": {self.cancel_reason}" if self.cancel_reason else ""
+            raise BuildCancelledError(f"build cancelled during {what}{why}")
         if self.remaining() <= 0:
             raise BuildTimeoutError(
                 f"build exceeded its time limit of {self.limit_s:g} s (during {what})"

@@ -651,6 +651,10 @@ class ServiceManager:
         lc = self.lifecycle
         if not lc.set_status(sid, states.DELETING, reason):
             return
+        # A build under way is of no use any more: stop it (its uv is killed) rather than let
+        # it run to the end for nothing.
+        for job in self.account.environments.cancel_service_builds(sid, f"service {reason}"):
+            log.info("service #%s: build %s cancelled (%s)", sid, job, reason)
         # A provisioning thread sees DELETING and stops; the lock waits for a launch under way.
         with lc.locks.hold(sid):
             lc.stop_all(sid)
