@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from neve.errors import ServiceUnavailableError
+from neve.server.processes import pid_alive
 
 INFO_FILE = "control.json"
 TOKEN_FILE = "local_admin.token"
@@ -143,24 +144,6 @@ def log_tail(home: str | os.PathLike, lines: int = 40) -> str:
 
 
 # -- is it alive? -----------------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` exists and is not a zombie."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _reap(pid: int) -> None:

@@ -50,6 +50,7 @@ from neve.errors import (
 from neve.server import arrow_ipc, metrics, protocol
 from neve.server.batching import Admission, MethodBatcher
 from neve.server.config import ServerConfig
+from neve.server.processes import pid_alive
 
 log = logging.getLogger("neve.server")
 #: Set by ``python -m neve.server`` for its workers (a worker then exits on startup failure).
@@ -147,7 +148,7 @@ class ServerState:
         count = 0
         with contextlib.suppress(OSError):
             for marker in (Path(state) / "workers").iterdir():
-                if marker.name.isdigit() and _pid_alive(int(marker.name)):
+                if marker.name.isdigit() and pid_alive(int(marker.name)):
                     count += 1
         return count
 
@@ -499,16 +500,6 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     )
     app.state.server = state
     return app
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from neve.errors import InvalidArgumentError, NotSupportedError, ServiceUnavailableError
+from neve.server.processes import pid_alive
 
 log = logging.getLogger("neve.compute.ray")
 
@@ -264,7 +265,7 @@ def ensure_local_cluster(runs_dir: Path, *, num_cpus: int | None = None) -> str:
     if record.exists():
         try:
             info = json.loads(record.read_text())
-            if _pid_alive(int(info["pid"])) and _port_open("127.0.0.1", int(info["port"])):
+            if pid_alive(int(info["pid"])) and _port_open("127.0.0.1", int(info["port"])):
                 return f"127.0.0.1:{info['port']}"
         except (OSError, ValueError, KeyError):
             pass
@@ -325,7 +326,7 @@ def stop_local_cluster(runs_dir: Path, timeout: float = 30.0) -> bool:
         disconnect()
     pid = int(info["pid"])
     stopped = False
-    if _pid_alive(pid):
+    if pid_alive(pid):
         try:
             # To the leader only: `ray start --block` then stops its processes in order (a
             # SIGTERM to each of them at once leaves the GCS and the leader hanging).
@@ -355,7 +356,7 @@ def _session_members(sid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            if os.getsid(int(entry)) == sid and _pid_alive(int(entry)):
+            if os.getsid(int(entry)) == sid and pid_alive(int(entry)):
                 members.append(int(entry))
         except (ProcessLookupError, PermissionError):
             continue
@@ -367,20 +368,6 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not reaped) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
