@@ -334,6 +334,51 @@ def test_build_timeout_kills_the_build(fresh) -> None:
     assert _processes_mentioning(str(images)) == []
 
 
+def test_dropping_a_service_cancels_its_build(fresh) -> None:
+    """Dropped while its image builds (the first build of an account installs the base for
+    seconds), a service stops that build: uv is killed, the job ends CANCELLED naming the drop,
+    no half-built base is left, and the service is gone."""
+    account, ctx, _ = fresh
+    services, env = account.services, account.environments
+    account.sql.execute(
+        ctx,
+        "CREATE COMPUTE POOL drop_pool MIN_NODES = 1 MAX_NODES = 1 INSTANCE_FAMILY = 'CPU_X64_S'",
+    )
+    svc = "ML.REG.DROPPED_SVC"
+    row = services.create_service(
+        ctx,
+        model="ML.REG.CLF",
+        version="V1",
+        service_name=svc,
+        compute_pool="drop_pool",
+        image_repo=REPO,
+        block=False,
+    )
+    assert row["status"] in ("PENDING", "BUILDING"), row
+    deadline = time.monotonic() + 120
+    while True:  # until the service's build is installing the base packages (uv running)
+        jobs = [j for j in env.show_jobs(ctx) if j.get("service_id") is not None]
+        log = Path(jobs[0]["log_path"]) if jobs else None
+        if log is not None and log.exists() and "install base packages" in log.read_text():
+            break
+        assert time.monotonic() < deadline, f"the build did not reach the install step: {jobs}"
+        time.sleep(0.05)
+    try:
+        services.drop_service(ctx, svc)
+        with pytest.raises(ObjectNotFoundError):
+            services.describe_service(ctx, svc)
+        done = env.get_job(ctx, jobs[0]["name"])
+        assert done["status"] == "CANCELLED", done
+        assert "dropped by" in done["status_reason"], done["status_reason"]
+        assert done["image_status"] == "FAILED"
+        assert "CANCELLED" in env.job_logs(ctx, done["name"], last_n=3)
+        images = account.settings.images_dir
+        assert not any(images.glob("base-*")), "a half-built base was left"
+        assert _processes_mentioning(str(images)) == []  # uv was killed with its process group
+    finally:
+        services.close()
+
+
 def test_killed_build_leaves_no_ready_image(fresh, tmp_path: Path) -> None:
     account, ctx, version_id = fresh
     home = account.settings.home
