@@ -35,9 +35,8 @@ def main() -> int:
 
     step("connect (starts the control plane in the background if none runs)")
     session = neve.connect()
-    session.sql("CREATE DATABASE IF NOT EXISTS ml").collect()
-    session.sql("CREATE SCHEMA IF NOT EXISTS ml.registry").collect()
-    session.use_schema("ml.registry")
+    # the session had no current schema: from here on it works in ml.registry (names below
+    # are unqualified, as in DESIGN.md's user path)
     reg = neve.Registry(session, database_name="ml", schema_name="registry")
 
     step("log the model")
@@ -77,18 +76,18 @@ def main() -> int:
     print(mv.run(test, function_name="predict", service_name=svc))
 
     step("call it from SQL")
-    session.sql("CREATE OR REPLACE TABLE ml.registry.features (a DOUBLE, b DOUBLE)").collect()
-    session.write_pandas(test, "features", database="ML", schema="REGISTRY")
+    session.sql("CREATE OR REPLACE TABLE features (a DOUBLE, b DOUBLE)").collect()
+    session.write_pandas(test, "features")
     for row in session.sql(f"SELECT a, b, {svc}_predict(a, b) AS forecast FROM features").collect():
         print(row)
 
     step("call it over HTTP with a token")
     endpoint = session.sql(f"SHOW ENDPOINTS IN SERVICE {svc}").collect()[0]
     token = session.create_token(f"demo_{int(time.time())}")
-    url = f"{session.url}/svc/ML.REGISTRY.{svc.upper()}/predict"
+    url = f"{endpoint['ingress_url']}/predict"
     body = {"data": [[i, float(a), float(b)] for i, (a, b) in enumerate(test.to_numpy())]}
     resp = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    print("ingress host:", endpoint["ingress_url"])
+    print("ingress host:", endpoint["ingress_host"])
     print("POST", url, "->", resp.status_code, resp.json())
 
     step("suspend, then call again: the call resumes it")

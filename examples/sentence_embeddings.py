@@ -103,7 +103,7 @@ def encode_over_http(e: Embeddings, expected: np.ndarray) -> None:
     token = session.create_token(f"embeddings_{int(time.time())}")
     body = {"data": [[i, text] for i, text in enumerate(SENTENCES)]}
     resp = httpx.post(
-        endpoint.ingress_path_url + "encode",
+        f"{endpoint.ingress_url}/encode",
         json=body,
         headers={"Authorization": f"Bearer {token}"},
         timeout=120,
@@ -111,9 +111,7 @@ def encode_over_http(e: Embeddings, expected: np.ndarray) -> None:
     resp.raise_for_status()
     rows = resp.json()["data"]
     vectors = np.array([row[1]["output_feature_0"] for row in sorted(rows)])
-    print(
-        f"POST {endpoint.ingress_path_url}encode -> {resp.status_code}, {vectors.shape} embeddings"
-    )
+    print(f"POST {endpoint.ingress_url}/encode -> {resp.status_code}, {vectors.shape} embeddings")
     np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
     print("embeddings over HTTP match the in-process ones")
     e.version.delete_service(service)

@@ -221,7 +221,22 @@ def test_service_only_model_says_why_it_cannot_run_here(reg, model, data) -> Non
     assert len(reg.get_model("pipdep").versions()) == 1
 
 
-def test_registry_needs_a_schema(served_account) -> None:
+def test_registry_needs_a_schema_and_lends_it_to_a_session_without_one(
+    served_account, model, data
+) -> None:
     session, _ = served_account
-    with pytest.raises(InvalidArgumentError, match="Registry needs a database and a schema"):
-        neve.Registry(session)
+    with neve.connect(session.account_home) as fresh:  # no current database or schema
+        with pytest.raises(InvalidArgumentError, match="Registry needs a database and a schema"):
+            neve.Registry(fresh)
+        reg = neve.Registry(fresh, database_name="ctx_db", schema_name="models")
+        # the session now works in the registry's schema (it need not exist yet)
+        assert (fresh.current_database, fresh.current_schema) == ("CTX_DB", "MODELS")
+        assert fresh.sql("SELECT 1 AS x").collect()[0].x == 1
+        reg.log_model(model, "lin_ctx", sample_input_data=data[0])
+        assert fresh.sql("SHOW MODELS").collect()[0].name == "LIN_CTX"  # in the current schema
+        fresh.sql("CREATE TABLE feats AS SELECT 2.0 AS x").collect()  # unqualified: CTX_DB.MODELS
+        assert fresh.sql("SELECT x FROM ctx_db.models.feats").collect()[0].x == 2.0
+        # a schema chosen with USE stays: another registry does not take it over
+        fresh.use_schema("ctx_db.public")
+        neve.Registry(fresh, database_name="ml", schema_name="other")
+        assert (fresh.current_database, fresh.current_schema) == ("CTX_DB", "PUBLIC")

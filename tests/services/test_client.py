@@ -122,6 +122,12 @@ def test_client_path(session, data):
     host = listed["inference_endpoint"][0]
     resp = httpx.post(f"{session.url}/predict", json=body, headers={**headers, "Host": host})
     assert resp.status_code == 200, resp.text
+    # DESIGN's line as written: POST <ingress_url>/predict
+    [endpoint] = session.sql(f"SHOW ENDPOINTS IN SERVICE {SVC}").collect()
+    assert endpoint.ingress_host == host
+    resp = httpx.post(f"{endpoint.ingress_url}/predict", json=body, headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert [row[1][local.columns[-1]] for row in resp.json()["data"]] == answered
 
     runner = CliRunner()
     result = runner.invoke(services_cli, ["list", "--database", "ml"])

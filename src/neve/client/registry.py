@@ -117,6 +117,7 @@ class Registry:
             )
         self.database_name = ident(db, kind="database name")
         self.schema_name = ident(sch, kind="schema name")
+        _default_context(session, self.database_name, self.schema_name)
 
     def __repr__(self) -> str:
         return f"Registry({quote(self.database_name)}.{quote(self.schema_name)})"
@@ -242,6 +243,19 @@ class Registry:
 
     def delete_model(self, model_name: str) -> None:
         self._client.call("DELETE", self._path(ident(model_name, kind="model name")))
+
+
+def _default_context(session: Any, database: str, schema: str) -> None:
+    """A session with no current database (or none in this one's schema) works in the
+    registry's schema from now on, so the unqualified names of the user's path
+    (``SELECT forecast_svc_predict(a, b) FROM features``) resolve; an explicit USE is kept. The
+    schema need not exist yet: the first log_model creates it."""
+    if not hasattr(session, "current_database"):
+        return
+    if session.current_database is None:
+        session.current_database, session.current_schema = database, schema
+    elif session.current_database == database and session.current_schema is None:
+        session.current_schema = schema
 
 
 def _current(session: Any, what: str) -> str | None:

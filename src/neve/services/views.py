@@ -33,10 +33,11 @@ def dns_name(qn: QualifiedName, account_name: str) -> str:
 
 
 def path_url(qn: QualifiedName, control_url: str | None) -> str | None:
-    """The path form of the ingress: ``<control url>/svc/<db>.<schema>.<name>/``."""
+    """The ingress URL of a service: ``<control url>/svc/<db>.<schema>.<name>``; a method is
+    ``<ingress_url>/<method>`` (DESIGN's ``POST <ingress_url>/predict``)."""
     if not control_url:
         return None
-    return f"{control_url.rstrip('/')}/svc/{qn.database}.{qn.schema}.{qn.name}/"
+    return f"{control_url.rstrip('/')}/svc/{qn.database}.{qn.schema}.{qn.name}"
 
 
 def image_name(s: Session, svc: m.Service) -> str | None:
@@ -124,8 +125,10 @@ def endpoint_rows(
             "port": control_port,
             "protocol": "HTTP",
             "ingress_enabled": bool(svc.ingress_enabled),
-            "ingress_url": svc.ingress_host if svc.ingress_enabled else None,
-            "ingress_path_url": path_url(qn, control_url) if svc.ingress_enabled else None,
+            # a URL that works as is (the reference platform's column is a host name: that
+            # host, which needs a Host header or a resolver for *.localhost, is ingress_host)
+            "ingress_url": path_url(qn, control_url) if svc.ingress_enabled else None,
+            "ingress_host": svc.ingress_host if svc.ingress_enabled else None,
             "is_public": bool(svc.ingress_enabled),
             "target_instances": len(svc.instances),
         }
