@@ -105,6 +105,9 @@ def test_same_arguments_neither_rebuild_nor_restart(env):
         services.create_service(env.ctx, **{**CREATE, "max_instances": 3})
     assert "max_instances: 2 -> 3" in info.value.message
     assert services.describe_service(env.ctx, SVC)["max_instances"] == 2
+    with pytest.raises(ObjectExistsError, match="force_rebuild builds the image of a new service"):
+        services.create_service(env.ctx, **CREATE, force_rebuild=True)  # not silently ignored
+    assert services.describe_service(env.ctx, SVC)["build_job"] == before["build_job"]
 
 
 def test_status_logs_endpoints(env):

@@ -18,7 +18,8 @@ def test_compute_pool_statements(sql) -> None:
         "AUTO_RESUME = TRUE AUTO_SUSPEND_SECS = 600 COMMENT = 'test pool'"
     )
     assert created.rows == [["Compute pool CPU_POOL successfully created."]]
-    sql("CREATE COMPUTE POOL IF NOT EXISTS cpu_pool INSTANCE_FAMILY = CPU_X64_S")
+    again = sql("CREATE COMPUTE POOL IF NOT EXISTS cpu_pool INSTANCE_FAMILY = CPU_X64_S")
+    assert again.rows == [["Compute pool CPU_POOL already exists, statement succeeded."]]
     with pytest.raises(ObjectExistsError, match="compute pool CPU_POOL already exists"):
         sql("CREATE COMPUTE POOL cpu_pool INSTANCE_FAMILY = 'CPU_X64_S'")
     with pytest.raises(InvalidArgumentError, match="CPU_X64_S"):
@@ -52,8 +53,10 @@ def test_compute_pool_statements(sql) -> None:
 
 def test_image_repository_statements(sql) -> None:
     sql("CREATE DATABASE ml; CREATE SCHEMA ml.registry")
-    sql("CREATE IMAGE REPOSITORY IF NOT EXISTS ml.registry.images")
-    sql("CREATE IMAGE REPOSITORY IF NOT EXISTS ml.registry.images")
+    first = sql("CREATE IMAGE REPOSITORY IF NOT EXISTS ml.registry.images")
+    again = sql("CREATE IMAGE REPOSITORY IF NOT EXISTS ml.registry.images")
+    assert first.rows == [["Image repository IMAGES successfully created."]]
+    assert again.rows == [["Image repository IMAGES already exists, statement succeeded."]]
     with pytest.raises(ObjectExistsError):
         sql("CREATE IMAGE REPOSITORY images")  # current schema is ML.REGISTRY
     shown = sql("SHOW IMAGE REPOSITORIES IN SCHEMA ml.registry")

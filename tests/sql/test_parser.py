@@ -109,6 +109,8 @@ def test_service_statements() -> None:
 def test_alter_service_refuses_spec_changes() -> None:
     with pytest.raises(InvalidArgumentError, match="immutable.*create a new service"):
         parse_management("ALTER SERVICE s SET NUM_WORKERS = 4")
+    with pytest.raises(InvalidArgumentError, match="GRANT OWNERSHIP ON SERVICE <name> TO ROLE"):
+        parse_management("ALTER SERVICE s SET OWNER = analyst")
 
 
 def test_model_statements() -> None:

@@ -146,6 +146,13 @@ def test_cli_runs_statements_and_the_shell_keeps_context(api, monkeypatch) -> No
     out = runner.invoke(neve_app, ["sql", "SELECT * FROM nowhere"])
     assert out.exit_code == 1
     assert "no current database" in out.output
+    # --database / --schema: where unqualified names resolve, checked to exist
+    out = runner.invoke(neve_app, ["sql", "-d", "ml", "CREATE TABLE t0 AS SELECT 7 AS seven"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(neve_app, ["sql", "--schema", "ml.public", "SELECT seven FROM t0"])
+    assert out.exit_code == 0 and "7" in out.output, out.output
+    out = runner.invoke(neve_app, ["sql", "--schema", "ml.nope", "SELECT 1"])
+    assert out.exit_code == 1 and "NOPE" in out.output, out.output
     # the shell: statements end at ';' across lines, USE carries over to the next statement
     script = "USE ml;\nCREATE TABLE t AS\n  SELECT 41 + 1 AS answer;\nSELECT answer FROM t;\n\\q\n"
     shell = cli.SqlShell(api)

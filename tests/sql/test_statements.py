@@ -23,7 +23,8 @@ def test_databases_and_schemas(sql) -> None:
     result = sql("CREATE DATABASE ml")
     assert result.rows == [["Database ML successfully created."]]
     assert sql.ctx.database == "ML" and sql.ctx.schema == "PUBLIC"
-    sql("CREATE DATABASE IF NOT EXISTS ml")
+    again = sql("CREATE DATABASE IF NOT EXISTS ml")  # says so: nothing was created
+    assert again.rows == [["Database ML already exists, statement succeeded."]]
     with pytest.raises(ObjectExistsError, match="database ML already exists"):
         sql("CREATE DATABASE ml")
     sql("CREATE SCHEMA registry COMMENT = 'models'")

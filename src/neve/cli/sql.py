@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from neve.cli._common import get_session, print_error, print_rows
+from neve.cli._common import DatabaseOpt, get_session, print_error, print_rows
 
 app = typer.Typer(help="Run SQL statements against the neve account.", add_completion=False)
 console = Console()
@@ -27,6 +27,16 @@ class SqlShell:
         self.session = session
         self.transport = _transport(session)
         self.context: dict[str, Any] = _context(session)
+
+    def use(self, *, database: str | None = None, schema: str | None = None) -> None:
+        """USE DATABASE / USE SCHEMA (``schema`` or ``db.schema``) before the first statement."""
+        from neve.identifiers import ident, quote, split_name
+
+        if database:
+            self.run(f"USE DATABASE {quote(ident(database, kind='database name'))}")
+        if schema:
+            parts = [quote(ident(part, kind="schema name")) for part in split_name(schema)]
+            self.run(f"USE SCHEMA {'.'.join(parts)}")
 
     def run(self, text: str) -> dict:
         body = self.transport.call(
@@ -92,12 +102,21 @@ def sql(
         str | None, typer.Argument(help="SQL to run; omit it for an interactive shell")
     ] = None,
     max_rows: Annotated[int | None, typer.Option(help="print at most this many rows")] = None,
+    database: DatabaseOpt = None,
+    schema: Annotated[
+        str | None,
+        typer.Option("--schema", "-s", help="Current schema (schema or db.schema)."),
+    ] = None,
 ) -> None:
-    """Run SQL (``neve sql "SHOW SERVICES"``), or open a shell with no argument."""
+    """Run SQL (``neve sql "SHOW SERVICES"``), or open a shell with no argument.
+
+    ``--database``/``--schema`` set where unqualified names resolve (as USE DATABASE / USE
+    SCHEMA would at the start; both must exist)."""
     from neve.errors import NeveError
 
     try:
         shell = SqlShell(get_session(ctx))
+        shell.use(database=database, schema=schema)
     except NeveError as exc:
         print_error(exc)
         raise typer.Exit(1) from None

@@ -279,6 +279,13 @@ class ServiceManager:
                         "instance counts change with ALTER SERVICE ... SET MIN_INSTANCES / "
                         "MAX_INSTANCES"
                     )
+                if force_rebuild and existing.status != states.FAILED:
+                    # not silently ignored: an existing service keeps the image it runs
+                    raise ObjectExistsError(
+                        f"service {qn} already exists ({existing.status}); force_rebuild builds "
+                        "the image of a new service: drop this one first (delete_service / DROP "
+                        "SERVICE), then create it again with force_rebuild=True"
+                    )
                 self._require_any(s, ctx, existing, "OPERATE")
                 sid, retry = existing.id, existing.status == states.FAILED
                 if retry:

@@ -470,6 +470,11 @@ def _service_set_props(p: _Parser) -> dict:
     """ALTER SERVICE ... SET: only scaling, comment and auto-suspend may change."""
     tok = p.peek()
     key = word(tok) if tok is not None else ""
+    if key == "OWNER":
+        raise InvalidArgumentError(
+            _at(p, tok) + "ALTER SERVICE cannot SET OWNER; transfer a service with "
+            "GRANT OWNERSHIP ON SERVICE <name> TO ROLE <role>"
+        )
     if key and key not in SERVICE_ALTER_PROPS:
         raise InvalidArgumentError(
             _at(p, tok)

@@ -219,6 +219,18 @@ def _status(message: str, **changes: Any) -> SqlResult:
     return SqlResult.status(message, **changes)
 
 
+def _created(what: str, row: dict, started: datetime, **changes: Any) -> SqlResult:
+    """The status of CREATE [IF NOT EXISTS]: whether the object is new or was there already
+    (then nothing changed, its properties included)."""
+    created_on = row.get("created_on")
+    if isinstance(created_on, datetime):
+        if created_on.tzinfo is None:
+            created_on = created_on.replace(tzinfo=UTC)
+        if created_on < started:
+            return _status(f"{what} already exists, statement succeeded.", **changes)
+    return _status(f"{what} successfully created.", **changes)
+
+
 def _executed(**changes: Any) -> SqlResult:
     """The status of a statement that has no message of its own."""
     return _status("Statement executed successfully.", **changes)
@@ -272,6 +284,7 @@ def _no_replace(st: Statement) -> None:
 @handles("CREATE DATABASE")
 def _create_database(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
+    started = datetime.now(UTC)
     row = objects.create_database(
         engine.account,
         ctx,
@@ -279,8 +292,10 @@ def _create_database(engine: SqlEngine, ctx: RequestContext, st: Statement) -> S
         if_not_exists=st.if_not_exists,
         comment=st.props.get("COMMENT"),
     )
-    return _status(
-        f"Database {quote(row['name'])} successfully created.",
+    return _created(
+        f"Database {quote(row['name'])}",
+        row,
+        started,
         database=row["name"],
         schema=objects.DEFAULT_SCHEMA,
     )
@@ -289,6 +304,7 @@ def _create_database(engine: SqlEngine, ctx: RequestContext, st: Statement) -> S
 @handles("CREATE SCHEMA")
 def _create_schema(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
+    started = datetime.now(UTC)
     row = objects.create_schema(
         engine.account,
         ctx,
@@ -296,8 +312,10 @@ def _create_schema(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sql
         if_not_exists=st.if_not_exists,
         comment=st.props.get("COMMENT"),
     )
-    return _status(
-        f"Schema {quote(row['name'])} successfully created.",
+    return _created(
+        f"Schema {quote(row['name'])}",
+        row,
+        started,
         database=row["database_name"],
         schema=row["name"],
     )
@@ -372,10 +390,15 @@ def _use_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResul
 @handles("CREATE ROLE")
 def _create_role(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
+    started = datetime.now(UTC)
     row = engine.account.security.create_role(
         ctx, st.name or "", comment=st.props.get("COMMENT"), if_not_exists=st.if_not_exists
     )
-    return _status(f"Role {quote(row['name'])} successfully created.")
+    return _created(
+        f"Role {quote(row['name'])}",
+        row,
+        started,
+    )
 
 
 @handles("DROP ROLE")
@@ -392,6 +415,7 @@ def _show_roles(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRes
 @handles("CREATE USER")
 def _create_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
+    started = datetime.now(UTC)
     props = st.props
     row = engine.account.security.create_user(
         ctx,
@@ -403,7 +427,11 @@ def _create_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
         disabled=bool(props.get("DISABLED", False)),
         if_not_exists=st.if_not_exists,
     )
-    return _status(f"User {quote(row['name'])} successfully created.")
+    return _created(
+        f"User {quote(row['name'])}",
+        row,
+        started,
+    )
 
 
 @handles("ALTER USER")
@@ -501,10 +529,15 @@ def _show_grants(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
 @handles("CREATE COMPUTE POOL")
 def _create_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
+    started = datetime.now(UTC)
     row = engine.account.compute.create_pool(
         ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props)
     )
-    return _status(f"Compute pool {quote(row['name'])} successfully created.")
+    return _created(
+        f"Compute pool {quote(row['name'])}",
+        row,
+        started,
+    )
 
 
 @handles("DROP COMPUTE POOL")
@@ -545,10 +578,11 @@ def _describe_pool(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sql
 @handles("CREATE IMAGE REPOSITORY")
 def _create_repo(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
-    engine.account.environments.create_image_repository(
+    started = datetime.now(UTC)
+    row = engine.account.environments.create_image_repository(
         ctx, st.name or "", if_not_exists=st.if_not_exists, comment=st.props.get("COMMENT")
     )
-    return _executed()
+    return _created(f"Image repository {quote(row['name'])}", row, started)
 
 
 @handles("DROP IMAGE REPOSITORY")
@@ -576,10 +610,11 @@ def _show_images(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
 @handles("CREATE NETWORK RULE")
 def _create_rule(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
-    engine.account.environments.create_network_rule(
+    started = datetime.now(UTC)
+    row = engine.account.environments.create_network_rule(
         ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props)
     )
-    return _executed()
+    return _created(f"Network rule {quote(row['name'])}", row, started)
 
 
 @handles("DROP NETWORK RULE")
@@ -597,10 +632,15 @@ def _show_rules(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRes
 @handles("CREATE INTEGRATION")
 def _create_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     _no_replace(st)
+    started = datetime.now(UTC)
     row = engine.account.environments.create_external_access_integration(
         ctx, st.name or "", if_not_exists=st.if_not_exists, **_lower_props(st.props)
     )
-    return _status(f"Integration {quote(row['name'])} successfully created.")
+    return _created(
+        f"Integration {quote(row['name'])}",
+        row,
+        started,
+    )
 
 
 @handles("DROP INTEGRATION")
