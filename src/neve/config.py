@@ -30,6 +30,9 @@ class Settings:
     token_ttl_secs: int = 4 * 3600
     #: Largest model archive ``log_model`` may upload to the control plane (413 above it).
     max_model_upload_bytes: int = 20 * 1024**3
+    #: Largest body of any other REST request (SQL, invoke, write_pandas...; 413 above it), so
+    #: no caller can grow the daemon's memory without bound.
+    max_request_body_bytes: int = 1024**3
     extra: dict = field(default_factory=dict)
 
     @property

@@ -32,6 +32,8 @@ MIB = 1024 * 1024
 WEIGHTS_MIB = 64
 #: Uploads over this are refused; the weights fit once, not twice.
 LIMIT = 96 * MIB
+#: Bodies of the other REST routes are refused over this.
+REQUEST_LIMIT = 4 * MIB
 #: Allowed peak growth of a process during a transfer of the WEIGHTS_MIB model.
 PEAK_BOUND = WEIGHTS_MIB * MIB // 8
 
@@ -66,7 +68,9 @@ def limited(tmp_path_factory):
     from neve.control import daemon
 
     home = tmp_path_factory.mktemp("limited-home")
-    (home / "settings.toml").write_text(f"max_model_upload_bytes = {LIMIT}\n")
+    (home / "settings.toml").write_text(
+        f"max_model_upload_bytes = {LIMIT}\nmax_request_body_bytes = {REQUEST_LIMIT}\n"
+    )
     # what a daemon killed mid-upload leaves behind; the next daemon removes it
     stale = home / "tmp" / "uploads" / "upload-killed"
     stale.mkdir(parents=True)
@@ -296,3 +300,30 @@ def test_damaged_upload_is_refused_by_its_checksum(reg, limited, tmp_path: Path)
     assert resp.status_code == 201, resp.text
     assert reg.get_model("damaged").version(resp.json()["name"]).show_functions().shape[0] == 1
     assert _uploads_left(home) == []
+
+
+def test_other_request_bodies_are_limited_too(limited) -> None:
+    """max_request_body_bytes bounds every other route (SQL here): 413 naming the setting,
+    declared or chunked, and the connection is closed rather than drained."""
+    sent = 0
+
+    def body():
+        nonlocal sent
+        for _ in range(256):
+            sent += MIB
+            yield b" " * MIB
+
+    with _raw_client(limited) as client:
+        declared = client.post(
+            "/api/v1/sql",
+            content=b"{" + b" " * REQUEST_LIMIT + b"}",
+            headers={"Content-Type": "application/json"},
+        )
+        chunked = client.post("/api/v1/sql", content=body())
+        small = client.post("/api/v1/sql", json={"sql": "SELECT 41 + 1 AS answer"})
+    for resp in (declared, chunked):
+        assert resp.status_code == 413, resp.text
+        assert "max_request_body_bytes" in resp.json()["message"]
+        assert "POST /api/v1/sql" in resp.json()["message"]
+    assert sent < 64 * MIB, f"{sent // MIB} MiB of 256 MiB were sent before the 413"
+    assert small.status_code == 200 and small.json()["rows"] == [[42]]

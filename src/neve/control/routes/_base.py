@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from neve.context import RequestContext
-from neve.errors import InvalidArgumentError, NeveError, check_fields
+from neve.errors import InvalidArgumentError, NeveError, PayloadTooLargeError, check_fields
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -68,6 +68,31 @@ def error_response(err: NeveError) -> Response:
     return json_response(err.to_dict(), status=err.http_status)
 
 
+async def read_body(request: Request) -> bytes:
+    """The request body, at most the account's ``max_request_body_bytes`` (413 beyond: a larger
+    Content-Length before any byte is read, a longer chunked body as soon as it passes)."""
+    limit = int(request.app.state.account.settings.max_request_body_bytes)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _body_too_large(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _body_too_large(request, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body_too_large(request: Request, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"{request.method} {request.url.path}: the request body is larger than the account's "
+        f"limit of {limit} bytes; send it in parts (e.g. smaller request_rows) or have an "
+        "administrator raise max_request_body_bytes in settings.toml"
+    )
+
+
 def parse_json(raw: bytes) -> Any:
     """A request body as JSON (what ``endpoint`` does unless asked for raw bytes)."""
     try:
@@ -82,7 +107,12 @@ def endpoint(fn: Callable[[Call], Any] | None = None, *, raw_body: bool = False,
     def wrap(func: Callable[[Call], Any]):
         @functools.wraps(func)
         async def handler(request: Request) -> Response:
-            raw = await request.body()
+            try:
+                raw = await read_body(request)
+            except NeveError as err:
+                response = error_response(err)
+                response.headers["connection"] = "close"  # or uvicorn drains the rest
+                return response
             body: Any = None
             if raw and not raw_body:
                 try:
