@@ -58,8 +58,11 @@ def _wait_gone(pgid: int, timeout: float = 10.0) -> list[psutil.Process]:
 
 
 def test_instance_starts_answers_ready_reattaches_and_stops_without_orphans(
-    account, model_dir: Path, tmp_path: Path
+    account, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the control plane's settings and credentials must not reach the model's process
+    monkeypatch.setenv("NEVE_CATALOG_URL", "postgresql://neve:secret@db/neve")
+    monkeypatch.setenv("NEVE_TOKEN", "a caller's token")
     ctx = admin_context()
     account.security.bootstrap()
     compute = account.compute
@@ -87,7 +90,11 @@ def test_instance_starts_answers_ready_reattaches_and_stops_without_orphans(
         assert isinstance(body, dict)
         leader = psutil.Process(handle.pid)
         assert os.getpgid(handle.pid) == handle.pid  # its own process group (session leader)
-        assert leader.environ().get("NEVE_TEST_MARK") == "1"
+        environ = leader.environ()
+        assert environ.get("NEVE_TEST_MARK") == "1"  # what the spec sets does arrive
+        assert environ.get("NEVE_SERVICE") == "ML.APPS.T"
+        leaked = {k for k in environ if k in ("NEVE_CATALOG_URL", "NEVE_TOKEN", "NEVE_HOME")}
+        assert leaked == set(), f"control-plane variables reached the instance: {leaked}"
         assert leader.environ().get("CUDA_VISIBLE_DEVICES") == ""  # no GPU placed: none visible
         # Two workers besides the supervisor, all in the instance's group.
         deadline = time.monotonic() + 30

@@ -73,7 +73,7 @@ def test_chunks_come_back_in_order_and_equal_in_process(servers, model_dir):
     assert len(out) == 250
     np.testing.assert_allclose([o[name] for o in out], expected[name].to_numpy(), rtol=1e-9)
     # 250 rows in chunks of 40: 7 requests, spread over both instances
-    assert invoker.totals.requests == 7
+    assert invoker.totals.requests - invoker.totals.retries == 7
 
 
 def test_arrow_chunks_equal_the_json_answer_and_in_process(servers, model_dir):
@@ -94,7 +94,8 @@ def test_arrow_chunks_equal_the_json_answer_and_in_process(servers, model_dir):
     assert out.num_rows == 250 and out.column_names == [name]
     np.testing.assert_allclose(out.column(name).to_numpy(), expected[name].to_numpy(), rtol=1e-9)
     np.testing.assert_allclose(out.column(name).to_numpy(), [o[name] for o in as_json], rtol=0)
-    assert invoker.totals.requests == 7 + 7 + 1  # 250 rows in chunks of 40, twice; the bad one
+    # 250 rows in chunks of 40, twice; the bad one (a loaded machine may add 429 retries)
+    assert invoker.totals.requests - invoker.totals.retries == 7 + 7 + 1
 
 
 def test_service_errors_are_neve_errors(servers):

@@ -22,18 +22,10 @@ from pathlib import Path
 import psutil
 
 from neve.compute.backends.base import ComputeBackend, InstanceHandle, InstanceSpec
+from neve.compute.backends.ray_actor import instance_environment
 from neve.errors import ServiceUnavailableError
 from neve.server.launch import server_command
 
-#: Variables of the control plane's own environment that must not leak into an image's python:
-#: they would make it import the control plane's packages instead of the image's.
-_SCRUBBED_ENV = (
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "VIRTUAL_ENV",
-    "PYTHONSTARTUP",
-    "PROMETHEUS_MULTIPROC_DIR",
-)
 _CREATE_TIME_SLACK = 0.05  # seconds: psutil create times are rounded
 
 
@@ -107,7 +99,7 @@ class LocalBackend(ComputeBackend):
 
     @staticmethod
     def _environment(spec: InstanceSpec) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        env = instance_environment(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         # Only the GPUs placement gave this instance are visible to it (none: none).
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_ids)

@@ -37,7 +37,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-#: Variables of the Ray worker's environment that must not leak into the image's python.
+#: Variables of the launching process (control plane or Ray worker) that must not leak into an
+#: image's python: they would make it import the launcher's packages instead of the image's.
 SCRUBBED_ENV = (
     "PYTHONPATH",
     "PYTHONHOME",
@@ -45,6 +46,21 @@ SCRUBBED_ENV = (
     "PYTHONSTARTUP",
     "PROMETHEUS_MULTIPROC_DIR",
 )
+#: The control plane's own settings and credentials (NEVE_HOME, NEVE_CATALOG_URL, NEVE_TOKEN,
+#: NEVE_PASSWORD, ...) are not the model's business: an instance runs user code and must not
+#: learn how to reach the catalog or act as the caller. It gets only the NEVE_* its launcher sets.
+SCRUBBED_PREFIX = "NEVE_"
+
+
+def instance_environment(environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """The environment an instance's server starts from: the launcher's, scrubbed."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if k not in SCRUBBED_ENV and not k.startswith(SCRUBBED_PREFIX)
+    }
+
+
 #: Marker written last into an unpacked tree: a directory without it is incomplete.
 COMPLETE_MARKER = ".neve-tree-complete"
 #: Runs in the image's python before ``neve.server``: the server gets SIGTERM when the actor's
@@ -285,7 +301,7 @@ class InstanceActor:
         ]
         argv = [a.replace("{host}", self.host) for a in argv]
         cmd = [python, "-c", LAUNCHER, str(os.getpid()), "-m", "neve.server", *argv]
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        env = instance_environment(os.environ)
         env.update({str(k): str(v) for k, v in self.config.get("env", {}).items()})
         env["PYTHONUNBUFFERED"] = "1"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)  # Ray's GPUs for us, or none
