@@ -82,6 +82,12 @@ def test_default_workers_follow_the_design():
     assert default_num_workers(Resources(cpu=2)) == 5
     assert default_num_workers(Resources(cpu=0.5)) == 3
     assert default_num_workers(Resources(gpu=1)) == 1
+    # no CPU request: a node of the pool's family, as far as this machine has the cores
+    assert default_num_workers(Resources(), node_vcpu=1) == 3  # CPU_X64_XS
+    from neve.server.config import cpu_count
+
+    assert default_num_workers(Resources(), node_vcpu=124) == 2 * cpu_count() + 1
+    assert default_num_workers(Resources(), node_vcpu=2) == 2 * min(2, cpu_count()) + 1
 
 
 def test_differences_list_each_changed_argument():

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from neve.catalog import lookup
 from neve.catalog import models as m
+from neve.compute.families import instance_family
 from neve.context import RequestContext, admin_context
 from neve.errors import (
     InvalidArgumentError,
@@ -302,7 +303,10 @@ class ServiceManager:
                     "image_build_compute_pool": build_pool.name if build_pool else None,
                     "build_external_access_integrations": integrations,
                     "resources": args.resources.to_dict(),
-                    "num_workers": args.num_workers or default_num_workers(args.resources),
+                    "num_workers": args.num_workers
+                    or default_num_workers(
+                        args.resources, instance_family(pool.instance_family).vcpu
+                    ),
                     "max_batch_rows": args.max_batch_rows,
                     "device": args.device,
                     "ingress_enabled": args.ingress_enabled,
