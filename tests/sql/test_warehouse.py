@@ -71,6 +71,26 @@ def test_query_syntax_errors_report_position(ml) -> None:
     assert "unknown statement 'SELEC'" in info.value.message
 
 
+def test_a_failing_statement_of_a_script_is_named(ml) -> None:
+    script = "CREATE TABLE t2 AS SELECT 1 AS x;\nINSERT INTO t2 VALUES (2);\nSELECT nosuch FROM t2"
+    with pytest.raises(InvalidArgumentError) as info:
+        ml(script)
+    assert info.value.message.startswith(
+        "statement 3 of 3 (line 3) failed (statements 1-2 were applied): "
+    ), info.value.message
+    assert '"nosuch" not found' in info.value.message
+    assert ml("SELECT count(*) FROM t2").rows == [[2]]  # what was applied stays: as it says
+    with pytest.raises(
+        ObjectNotFoundError,
+        match=r"^statement 2 of 2 \(line 1\) failed "
+        r"\(statement 1 was applied\): compute pool NOPE does not exist",
+    ):
+        ml("SELECT 1; DROP COMPUTE POOL nope")
+    with pytest.raises(InvalidArgumentError) as info:  # one statement: no prefix
+        ml("SELECT nosuch FROM t2")
+    assert info.value.message.startswith("Binder Error")
+
+
 def test_files_of_the_control_plane_cannot_be_read(ml) -> None:
     with pytest.raises(PermissionDeniedError, match="file system operations are disabled"):
         ml("SELECT * FROM read_csv('/etc/passwd')")

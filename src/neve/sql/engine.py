@@ -152,8 +152,13 @@ class SqlEngine:
             raise NotSupportedError("empty SQL text: nothing to run")
         changes: dict[str, Any] = {}
         result: SqlResult | None = None
-        for st in statements:
-            result = self.execute_one(ctx, st.text, offset=st.offset, script=text)
+        for index, st in enumerate(statements, 1):
+            try:
+                result = self.execute_one(ctx, st.text, offset=st.offset, script=text)
+            except NeveError as exc:
+                if len(statements) > 1:
+                    _name_statement(exc, index, len(statements), text.count("\n", 0, st.offset))
+                raise
             if result.ctx_changes:
                 changes.update(result.ctx_changes)
                 ctx = ctx.with_(**result.ctx_changes)
@@ -312,6 +317,22 @@ class SqlEngine:
         for call in calls:
             text = text.replace(call.udf_name, call.display)
         return translate_error(type(exc)(text), planned.tables)
+
+
+def _name_statement(exc: NeveError, index: int, total: int, newlines_before: int) -> None:
+    """Say which statement of a script failed, and that the ones before it were applied
+    (each statement commits on its own, as in the reference platform's scripts)."""
+    if exc.message.startswith("statement "):
+        return
+    line = newlines_before + 1
+    if index == 1:
+        done = "nothing before it ran"
+    elif index == 2:
+        done = "statement 1 was applied"
+    else:
+        done = f"statements 1-{index - 1} were applied"
+    exc.message = f"statement {index} of {total} (line {line}) failed ({done}): {exc.message}"
+    exc.args = (exc.message,)
 
 
 _GIVEN = re.compile(r"argument types '[^(]*\(([^)]*)\)'")
