@@ -142,3 +142,39 @@ def test_like_patterns() -> None:
     rows = [{"name": "FORECAST_SVC"}, {"name": "EMBED"}]
     assert filter_like(rows, "%svc") == [{"name": "FORECAST_SVC"}]
     assert filter_like(rows, None) == rows
+
+
+def test_revoke_restricts_or_cascades_onward_grants(sql, sql_factory) -> None:
+    """admin -> r1 (WITH GRANT OPTION) -> r2 (WITH GRANT OPTION) -> r3: revoking r1's grant
+    is refused while r2 and r3 hold what r1 passed on, and CASCADE takes all three."""
+    sql("CREATE DATABASE gdb")
+    for n in (1, 2, 3):
+        sql(f"CREATE ROLE r{n}")
+        sql(f"CREATE USER u{n} PASSWORD = 'Secret-pass-123'")
+        sql(f"GRANT ROLE r{n} TO USER u{n}")
+    sql("GRANT USAGE ON DATABASE gdb TO ROLE r1 WITH GRANT OPTION")
+    sql_factory(RequestContext(user="U1", role="R1"))(
+        "GRANT USAGE ON DATABASE gdb TO ROLE r2 WITH GRANT OPTION"
+    )
+    sql_factory(RequestContext(user="U2", role="R2"))("GRANT USAGE ON DATABASE gdb TO ROLE r3")
+
+    def holders() -> list[str]:
+        shown = sql("SHOW GRANTS ON DATABASE gdb")
+        pairs = zip(column(shown, "privilege"), column(shown, "grantee_name"), strict=True)
+        return sorted(grantee for privilege, grantee in pairs if privilege == "USAGE")
+
+    assert holders() == ["R1", "R2", "R3"]
+    with pytest.raises(ObjectInUseError, match="it granted the privilege on to R2.*CASCADE"):
+        sql("REVOKE USAGE ON DATABASE gdb FROM ROLE r1")
+    with pytest.raises(ObjectInUseError, match="on to R2"):
+        sql("REVOKE USAGE ON DATABASE gdb FROM ROLE r1 RESTRICT")
+    assert holders() == ["R1", "R2", "R3"]  # refused: nothing changed
+    with pytest.raises(ObjectInUseError, match="GRANT OPTION FOR USAGE.*on to R2"):
+        sql("REVOKE GRANT OPTION FOR USAGE ON DATABASE gdb FROM ROLE r1")
+    sql("REVOKE USAGE ON DATABASE gdb FROM ROLE r1 CASCADE")
+    assert holders() == []
+    # the owner's own grants do not depend on a grant it also holds
+    sql("GRANT USAGE ON DATABASE gdb TO ROLE r1")
+    sql("GRANT USAGE ON DATABASE gdb TO ROLE accountadmin")
+    sql("REVOKE USAGE ON DATABASE gdb FROM ROLE accountadmin")
+    assert holders() == ["R1"]

@@ -32,6 +32,7 @@ from neve.errors import (
     InvalidArgumentError,
     InvalidStateError,
     ObjectExistsError,
+    ObjectInUseError,
     ObjectNotFoundError,
     PermissionDeniedError,
 )
@@ -709,8 +710,13 @@ class SecurityManager(AuthenticationMixin):
         from_role: str,
         *,
         grant_option_only: bool = False,
+        cascade: bool = False,
     ) -> list[str]:
-        """REVOKE [GRANT OPTION FOR] privilege ON type name FROM ROLE r."""
+        """REVOKE [GRANT OPTION FOR] privilege ON type name FROM ROLE r [RESTRICT | CASCADE].
+
+        Grants r made onward (it held the privilege WITH GRANT OPTION) depend on it: RESTRICT
+        (the default) refuses while there are any, naming them; CASCADE revokes them too, and
+        theirs, so no role keeps a privilege whose grantor lost it."""
         kind = normalize_type(object_type)
         if normalize_privilege(privilege) == OWNERSHIP:
             raise InvalidArgumentError(
@@ -740,12 +746,54 @@ class SecurityManager(AuthenticationMixin):
                         f"on {object_label(obj, s)} from {grantee}: it neither owns the object "
                         f"nor granted the privilege (granted by {row.granted_by})"
                     )
+                # the owner and ACCOUNTADMIN may grant without holding a grant: theirs stand
+                dependents = self._onward_grants(s, row, independent={owner_of(obj), ACCOUNTADMIN})
+                if dependents and not cascade:
+                    names = ", ".join(sorted({d.grantee_role for d in dependents}))
+                    raise ObjectInUseError(
+                        f"cannot revoke {'GRANT OPTION FOR ' if grant_option_only else ''}"
+                        f"{row.privilege} on {object_label(obj, s)} from {grantee}: it granted "
+                        f"the privilege on to {names}; revoke those grants first, or add CASCADE "
+                        "to revoke them too"
+                    )
+                for dependent in dependents:
+                    s.delete(dependent)
                 if grant_option_only:
                     row.grant_option = False
                 else:
                     s.delete(row)
                 revoked.append(row.privilege)
             return revoked
+
+    @staticmethod
+    def _onward_grants(s: Session, root: m.Grant, *, independent: set[str]) -> list[m.Grant]:
+        """The grants of ``root``'s privilege on its object that its grantee made, and the ones
+        those grantees made in turn (a role granting in a cycle counts once). Roles in
+        ``independent`` grant by right, not through ``root``: their grants are not followed."""
+        found: dict[int, m.Grant] = {}
+        if root.grantee_role in independent:
+            return []
+        grantors = [root.grantee_role]
+        seen = {root.grantee_role} | independent
+        while grantors:
+            rows = s.scalars(
+                select(m.Grant).where(
+                    m.Grant.privilege == root.privilege,
+                    m.Grant.object_type == root.object_type,
+                    m.Grant.object_id == root.object_id,
+                    m.Grant.granted_by.in_(grantors),
+                    m.Grant.id != root.id,
+                )
+            ).all()
+            grantors = []
+            for row in rows:
+                if row.id in found:
+                    continue
+                found[row.id] = row
+                if row.grantee_role not in seen:  # its own onward grants depend on it too
+                    seen.add(row.grantee_role)
+                    grantors.append(row.grantee_role)
+        return list(found.values())
 
     def grant_ownership(
         self,

@@ -716,7 +716,9 @@ def _revoke(p: _Parser) -> Statement:
         from_role=p.name("a role name"),
         grant_option_only=grant_option_only,
     )
-    p.accept("CASCADE") or p.accept("RESTRICT")
+    st.args["cascade"] = bool(p.accept("CASCADE"))
+    if not st.args["cascade"]:
+        p.accept("RESTRICT")  # the default
     p.end()
     return st
 

@@ -512,6 +512,7 @@ def _revoke(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
             st.name,
             st.args["from_role"],
             grant_option_only=st.args.get("grant_option_only", False),
+            cascade=st.args.get("cascade", False),
         )
     return _executed()
 

@@ -289,10 +289,11 @@ def grant(call: Call) -> dict:
 
 @endpoint
 def revoke(call: Call) -> dict:
-    """REVOKE {"privilege", "object_type", "object_name", "from_role", "grant_option_only"}."""
+    """REVOKE {"privilege", "object_type", "object_name", "from_role", "grant_option_only",
+    "cascade"}."""
     body = body_fields(
         call,
-        {"privilege", "object_type", "object_name", "from_role", "grant_option_only"},
+        {"privilege", "object_type", "object_name", "from_role", "grant_option_only", "cascade"},
         what="REVOKE",
     )
     revoked = call.account.security.revoke(
@@ -302,6 +303,7 @@ def revoke(call: Call) -> dict:
         body.get("object_name"),
         str(_required(body, "from_role", what="REVOKE")),
         grant_option_only=bool(body.get("grant_option_only", False)),
+        cascade=bool(body.get("cascade", False)),
     )
     return {"revoked": revoked}
 
