@@ -86,6 +86,44 @@ def run(env, text: str):
     return env["account"].sql.execute(env["ctx"], text)
 
 
+def test_show_columns_are_the_same_with_and_without_rows(env) -> None:
+    """An empty SHOW answers with the columns a non-empty one has (one shape for tools)."""
+    from neve.sql.statements import SHOW_COLUMNS
+
+    run(
+        env,
+        "CREATE NETWORK RULE IF NOT EXISTS ml.public.pypi_rule MODE = EGRESS "
+        "TYPE = HOST_PORT VALUE_LIST = ('pypi.org')",
+    )
+    run(
+        env,
+        "CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS pypi_eai "
+        "ALLOWED_NETWORK_RULES = (ml.public.pypi_rule) ENABLED = TRUE",
+    )
+    statements = {
+        "SHOW COMPUTE POOLS": "SHOW COMPUTE POOLS",
+        "SHOW IMAGE REPOSITORIES": "SHOW IMAGE REPOSITORIES IN SCHEMA ml.public",
+        "SHOW NETWORK RULES": "SHOW NETWORK RULES IN SCHEMA ml.public",
+        "SHOW INTEGRATIONS": "SHOW EXTERNAL ACCESS INTEGRATIONS",
+        "SHOW SERVICES": "SHOW SERVICES",
+        "SHOW ENDPOINTS": "SHOW ENDPOINTS IN SERVICE ml.public.clf_svc",
+        "SHOW SERVICE CONTAINERS": "SHOW SERVICE CONTAINERS IN SERVICE ml.public.clf_svc",
+        "SHOW MODELS": "SHOW MODELS IN SCHEMA ml.public",
+        "SHOW VERSIONS": "SHOW VERSIONS IN MODEL ml.public.clf",
+        "SHOW DATABASES": "SHOW DATABASES",
+        "SHOW SCHEMAS": "SHOW SCHEMAS IN DATABASE ml",
+        "SHOW ROLES": "SHOW ROLES",
+        "SHOW USERS": "SHOW USERS",
+    }
+    mismatched = {}
+    for kind, text in statements.items():
+        result = run(env, text)
+        assert result.rows, f"{text} returned no rows to compare"
+        if result.columns != SHOW_COLUMNS[kind]:
+            mismatched[kind] = (result.columns, SHOW_COLUMNS[kind])
+    assert mismatched == {}
+
+
 def test_100k_rows_scored_through_the_service_equal_the_in_process_run(env) -> None:
     from neve.models import load_model
 
