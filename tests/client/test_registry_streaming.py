@@ -190,6 +190,20 @@ def test_upload_over_the_limit_is_refused_and_leaves_nothing(reg, limited, weigh
     assert _uploads_left(home) == []
 
 
+class _CountedBody:
+    """A chunked body of ``mib`` MiB of spaces (httpx sends an iterable chunked) that counts
+    what the client got to send."""
+
+    def __init__(self, mib: int) -> None:
+        self.mib = mib
+        self.sent = 0
+
+    def __iter__(self):
+        for _ in range(self.mib):
+            self.sent += MIB
+            yield b" " * MIB
+
+
 def _raw_client(limited, token: str | None = None) -> httpx.Client:
     session, _, _ = limited
     return httpx.Client(
@@ -223,22 +237,15 @@ def test_caller_without_privilege_is_refused_before_the_body(reg, limited, model
     with _raw_client(limited) as client:
         login = client.post("/api/v1/login", json={"user": "viewer", "password": "viewer password"})
     assert login.status_code == 200, login.text
-    sent = 0
-
-    def body():
-        nonlocal sent
-        for _ in range(512):
-            sent += MIB
-            yield b"\0" * MIB
-
+    body = _CountedBody(512)
     stored_before = _stored(home)
     with _raw_client(limited, login.json()["token"]) as client:
-        resp = client.post(f"/api/v1/models/ml/streaming/{model}/versions", content=body())
+        resp = client.post(f"/api/v1/models/ml/streaming/{model}/versions", content=body)
     assert resp.status_code == 403, resp.text
     message = resp.json()["message"]
     assert denied in message and "ML.STREAMING" in message, message
-    assert sent < 128 * MIB, f"{sent // MIB} MiB of the body were sent before the 403"
-    print(f"{model}: {sent // MIB} MiB of 512 MiB sent before the 403")
+    assert body.sent < 128 * MIB, f"{body.sent // MIB} MiB of the body were sent before the 403"
+    print(f"{model}: {body.sent // MIB} MiB of 512 MiB sent before the 403")
     assert _stored(home) == stored_before
     assert _uploads_left(home) == []
 
@@ -305,25 +312,18 @@ def test_damaged_upload_is_refused_by_its_checksum(reg, limited, tmp_path: Path)
 def test_other_request_bodies_are_limited_too(limited) -> None:
     """max_request_body_bytes bounds every other route (SQL here): 413 naming the setting,
     declared or chunked, and the connection is closed rather than drained."""
-    sent = 0
-
-    def body():
-        nonlocal sent
-        for _ in range(256):
-            sent += MIB
-            yield b" " * MIB
-
+    body = _CountedBody(256)
     with _raw_client(limited) as client:
         declared = client.post(
             "/api/v1/sql",
             content=b"{" + b" " * REQUEST_LIMIT + b"}",
             headers={"Content-Type": "application/json"},
         )
-        chunked = client.post("/api/v1/sql", content=body())
+        chunked = client.post("/api/v1/sql", content=body)
         small = client.post("/api/v1/sql", json={"sql": "SELECT 41 + 1 AS answer"})
     for resp in (declared, chunked):
         assert resp.status_code == 413, resp.text
         assert "max_request_body_bytes" in resp.json()["message"]
         assert "POST /api/v1/sql" in resp.json()["message"]
-    assert sent < 64 * MIB, f"{sent // MIB} MiB of 256 MiB were sent before the 413"
+    assert body.sent < 64 * MIB, f"{body.sent // MIB} MiB of 256 MiB were sent before the 413"
     assert small.status_code == 200 and small.json()["rows"] == [[42]]
