@@ -122,6 +122,9 @@ def test_client_path(session, data):
     host = listed["inference_endpoint"][0]
     resp = httpx.post(f"{session.url}/predict", json=body, headers={**headers, "Host": host})
     assert resp.status_code == 200, resp.text
+    # the supervisor probed the instances all along: no line per probe in the daemon's log
+    control_log = (session.account_home / "logs" / "control.log").read_text()
+    assert "HTTP Request:" not in control_log
     # DESIGN's line as written: POST <ingress_url>/predict
     [endpoint] = session.sql(f"SHOW ENDPOINTS IN SERVICE {SVC}").collect()
     assert endpoint.ingress_host == host

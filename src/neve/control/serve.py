@@ -152,6 +152,10 @@ def _setup_logging(path: Path) -> logging.Handler:
         console.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(console)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one migration banner per start
+    # httpx logs every request at INFO: the supervisor's readiness probes (each instance, every
+    # interval) would bury the log. Failures still show (our own log lines name them).
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler
 
 
