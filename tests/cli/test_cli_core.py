@@ -68,6 +68,11 @@ def test_server_lifecycle_from_the_command_line(account_homes) -> None:
     )
     assert not daemon.pid_alive(info["pid"]) and daemon.read_info(home) is None
     assert "no control plane runs" in neve_cli("--home", home, "server", "stop").output
+    # started again, it answers at the same address (copied URLs stay valid)
+    assert neve_cli("--home", home, "server", "start").exit_code == 0
+    again = daemon.read_info(home)
+    assert again["port"] == info["port"] and again["pid"] != info["pid"]
+    assert neve_cli("--home", home, "server", "stop").exit_code == 0
     # the global options did not leak into this process's environment
     assert os.environ.get("NEVE_HOME") == before
 

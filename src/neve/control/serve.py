@@ -108,6 +108,23 @@ def serve(
         handler.close()
 
 
+#: The port the control plane last listened on (kept across stops, unlike control.json).
+LAST_PORT_FILE = "control.port"
+
+
+def _read_last_port(home: Path) -> int | None:
+    try:
+        port = int((home / LAST_PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def _write_last_port(home: Path, port: int) -> None:
+    with contextlib.suppress(OSError):
+        (home / LAST_PORT_FILE).write_text(f"{port}\n")
+
+
 def _remove_stale_uploads(root: Path) -> None:
     """Remove uploads a killed daemon left half-received (only the lock holder writes there)."""
     from neve.control.routes.registry import UPLOAD_DIR
@@ -264,8 +281,20 @@ class ControlDaemon:
             supervisor.every(TOKEN_PURGE_INTERVAL_S, purge, "security.purge_expired_tokens")
 
     def _bind(self) -> socket.socket:
+        if self.port == 0:
+            # A restarted control plane answers where the last one did when it can, so URLs
+            # users copied (ingress_url, scripts) stay valid; else any free port.
+            last = _read_last_port(self.home)
+            if last:
+                try:
+                    return self._bind_to(last)
+                except OSError:
+                    log.info("port %d of the last start is taken; picking a free one", last)
+        return self._bind_to(self.port)
+
+    def _bind_to(self, port: int) -> socket.socket:
         family, kind, proto, _, address = socket.getaddrinfo(
-            self.host, self.port, type=socket.SOCK_STREAM
+            self.host, port, type=socket.SOCK_STREAM
         )[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -274,7 +303,7 @@ class ControlDaemon:
         except OSError as exc:
             sock.close()
             raise OSError(
-                exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror}"
+                exc.errno, f"cannot listen on {self.host}:{port}: {exc.strerror}"
             ) from None
         return sock
 
@@ -313,6 +342,7 @@ class ControlDaemon:
             await serving  # raises what stopped it (SystemExit on a start-up failure)
             return 0 if self.stop_requested.is_set() else 1
         port = sock.getsockname()[1]
+        _write_last_port(self.home, port)
         info = {
             "pid": os.getpid(),
             "url": f"{self.scheme}://{_url_host(self.host)}:{port}",
