@@ -139,3 +139,17 @@ def test_instance_that_cannot_start_reports_its_log(account, tmp_path: Path) -> 
     missing = InstanceSpec(**{**spec.__dict__, "python": str(tmp_path / "no" / "python")})
     with pytest.raises(ServiceUnavailableError, match="image python .* does not exist"):
         backend.start_instance(missing)
+
+
+def test_an_instance_log_over_the_limit_is_rotated_when_it_starts(tmp_path: Path) -> None:
+    from neve.compute.backends.ray_actor import rotate_log
+
+    log = tmp_path / "model-inference.log"
+    assert rotate_log(log, max_bytes=10) is False  # nothing there yet
+    log.write_bytes(b"old run\n" * 2)
+    (tmp_path / "model-inference.log.1").write_bytes(b"oldest\n")
+    assert rotate_log(log, max_bytes=10) is True
+    assert not log.exists()
+    assert (tmp_path / "model-inference.log.1").read_bytes() == b"old run\n" * 2  # one kept
+    log.write_bytes(b"small\n")
+    assert rotate_log(log, max_bytes=10) is False and log.read_bytes() == b"small\n"

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from neve.compute.backends.base import ComputeBackend, InstanceHandle, InstanceSpec
-from neve.compute.backends.ray_actor import instance_environment
+from neve.compute.backends.ray_actor import instance_environment, rotate_log
 from neve.errors import ServiceUnavailableError
 from neve.server.launch import server_command
 
@@ -63,6 +63,7 @@ class LocalBackend(ComputeBackend):
         )
         env = self._environment(spec)
         try:
+            rotate_log(log_path)
             with log_path.open("ab") as log:
                 process = subprocess.Popen(
                     cmd,

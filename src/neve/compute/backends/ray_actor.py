@@ -52,6 +52,22 @@ SCRUBBED_ENV = (
 SCRUBBED_PREFIX = "NEVE_"
 
 
+#: An instance's log is rotated when it starts with more than this (one older file is kept), so
+#: a service that restarts for weeks does not fill the disk.
+LOG_ROTATE_BYTES = 64 * 1024 * 1024
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES) -> bool:
+    """Move ``path`` to ``path.1`` (replacing it) when it is over ``max_bytes``; True if moved."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+        os.replace(path, path.with_name(path.name + ".1"))
+    except OSError:  # missing or unreadable: nothing to rotate
+        return False
+    return True
+
+
 def instance_environment(environ: dict[str, str] | os._Environ) -> dict[str, str]:
     """The environment an instance's server starts from: the launcher's, scrubbed."""
     return {
@@ -307,6 +323,7 @@ class InstanceActor:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)  # Ray's GPUs for us, or none
         env["NEVE_NODE"] = self.node_id
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(self.log_path)
         # A thread that lives exactly as long as the server: PR_SET_PDEATHSIG follows the thread
         # that forked the child, so the server must not be forked from a short-lived one.
         watcher = threading.Thread(
