@@ -17,6 +17,7 @@ import pytest
 from server_helpers import linear_truth, metric_value, serve
 
 from neve.server import ServerProcess
+from neve.server.processes import pid_alive
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,13 @@ def test_killed_worker_is_replaced_and_server_keeps_answering(server: ServerProc
     assert len(before) == 2
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
+    # Connections the kernel queued on the victim's own socket in the instant it died are reset
+    # (SO_REUSEPORT: one listening socket per worker; clients such as the invoker retry them).
+    # Once it is gone, every request must be answered while its replacement starts.
+    deadline = time.monotonic() + 10
+    while pid_alive(victim):
+        assert time.monotonic() < deadline, "the killed worker did not exit"
+        time.sleep(0.01)
     answered = 0
     deadline = time.monotonic() + 60
     while True:

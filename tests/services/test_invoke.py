@@ -93,7 +93,9 @@ def test_arrow_chunks_equal_the_json_answer_and_in_process(servers, model_dir):
     name = expected.columns[0]
     assert out.num_rows == 250 and out.column_names == [name]
     np.testing.assert_allclose(out.column(name).to_numpy(), expected[name].to_numpy(), rtol=1e-9)
-    np.testing.assert_allclose(out.column(name).to_numpy(), [o[name] for o in as_json], rtol=0)
+    # the same values both ways; not bit for bit: the server batches concurrent chunks as they
+    # come, and a float sum over another batch shape can differ in the last bit
+    np.testing.assert_allclose(out.column(name).to_numpy(), [o[name] for o in as_json], rtol=1e-12)
     # 250 rows in chunks of 40, twice; the bad one (a loaded machine may add 429 retries)
     assert invoker.totals.requests - invoker.totals.retries == 7 + 7 + 1
 

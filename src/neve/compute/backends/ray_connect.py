@@ -202,8 +202,10 @@ def connect(address: RayAddress, runs_dir: Path) -> str:
                 break
             except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
                 # Ray Client's head starts one server per client on the first free port from
-                # 23000; two starting at once can pick the same one and one fails. Try again.
-                transient = "client server failed" in str(exc)
+                # 23000; two starting at once can pick the same one and one fails (said as
+                # "client server failed", or, when the loser is already a zombie as the proxier
+                # inspects it, as an "Initialization failure from server"). Try again.
+                transient = any(sign in str(exc) for sign in _TRANSIENT_CLIENT_ERRORS)
                 if attempt + 1 < CLIENT_ATTEMPTS and address.kind == "client" and transient:
                     _shutdown_quietly(ray)
                     time.sleep(1.0 + attempt)
@@ -214,6 +216,9 @@ def connect(address: RayAddress, runs_dir: Path) -> str:
                 ) from None
         _connected_to = target
         return target
+
+
+_TRANSIENT_CLIENT_ERRORS = ("client server failed", "Initialization failure from server")
 
 
 def _shutdown_quietly(ray: Any) -> None:
