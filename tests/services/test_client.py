@@ -132,7 +132,33 @@ def test_client_path(session, data):
     assert resp.status_code == 200, resp.text
     assert [row[1][local.columns[-1]] for row in resp.json()["data"]] == answered
 
+    # one Prometheus page for the service: every instance, labelled; the calls above are in it
+    from prometheus_client.parser import text_string_to_metric_families
+
+    page = httpx.get(f"{session.url}/api/v1/services/ML/REG/{SVC}/metrics", headers=headers)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(page.text)}
+    up = {s.labels["instance"]: s.value for s in families["neve_instance_up"].samples}
+    assert up == {"0": 1.0, "1": 1.0}
+    served = [
+        s
+        for s in families["neve_server_requests"].samples
+        if s.name.endswith("_total") and s.labels.get("status") == "200"
+    ]
+    assert {s.labels["instance"] for s in served} <= {"0", "1"}
+    assert all(s.labels["service"] == f"ML.REG.{SVC}" for s in served)
+    assert sum(s.value for s in served) >= 3  # the three HTTP calls at least
+
     runner = CliRunner()
+    result = runner.invoke(services_cli, ["metrics", f"ml.reg.{SVC}"])
+    assert result.exit_code == 0, result.output[:500]
+    cli_up = [
+        s.labels["instance"]
+        for f in text_string_to_metric_families(result.output)
+        if f.name == "neve_instance_up"
+        for s in f.samples
+    ]
+    assert sorted(cli_up) == ["0", "1"]
     result = runner.invoke(services_cli, ["list", "--database", "ml"])
     assert result.exit_code == 0, result.output
     assert SVC in result.output and "RUNNING" in result.output

@@ -135,6 +135,27 @@ def test_service_errors_are_neve_errors(servers):
         invoker.close()
 
 
+def test_service_metrics_merge_instances_and_report_one_that_is_down(servers):
+    """scrape(): both real servers' pages in one, labelled; a closed port is up 0, no error."""
+    import socket
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from neve.services.metrics import scrape
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    targets = [(str(i), s.url) for i, s in enumerate(servers)] + [("9", dead)]
+    page = scrape("ML.APPS.SVC", targets).decode()
+    families = {f.name: f for f in text_string_to_metric_families(page)}
+    up = {s.labels["instance"]: s.value for s in families["neve_instance_up"].samples}
+    assert up == {"0": 1.0, "1": 1.0, "9": 0.0}
+    requests = [s for s in families["neve_server_requests"].samples if s.name.endswith("_total")]
+    assert {s.labels["instance"] for s in requests} == {"0", "1"}  # the tests above called both
+    assert {s.labels["service"] for s in requests} == {"ML.APPS.SVC"}
+
+
 def test_killed_instance_costs_no_call(servers, model_dir, tmp_path):
     """kill -9 one instance while calls run: every call still succeeds (retried elsewhere)."""
     df, rows = _rows(60, seed=2)

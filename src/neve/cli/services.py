@@ -18,6 +18,7 @@ instances) until the service is RUNNING, or returns at once with ``--no-wait``.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -368,6 +369,24 @@ def logs(
     except NeveError as exc:
         raise fail(exc) from None
     console.print(body.get("text", ""), end="", markup=False, highlight=False)
+
+
+@app.command("metrics")
+def metrics(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="db.schema.name or name")],
+    database: DatabaseOpt = None,
+    schema: SchemaOpt = None,
+) -> None:
+    """Prometheus metrics of every instance (labels service, instance), as one page."""
+    from neve.errors import NeveError
+
+    try:
+        api = _Api(get_session(ctx), database, schema)
+        page = api.call("GET", api.path(service) + "/metrics", raw=True)
+    except NeveError as exc:
+        raise fail(exc) from None
+    sys.stdout.write(page.decode())
 
 
 @app.command("delete")

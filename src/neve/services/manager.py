@@ -60,6 +60,7 @@ from neve.services.supervisor import Supervisor
 from neve.services.views import (
     container_rows,
     endpoint_rows,
+    instance_address,
     service_row,
     status_rows,
 )
@@ -473,6 +474,23 @@ class ServiceManager:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "MONITOR")
             return container_rows(s, svc)
+
+    def service_metrics(self, ctx: RequestContext, name: str | QualifiedName) -> bytes:
+        """The Prometheus metrics of every started instance of the service, in one page with
+        ``service`` and ``instance`` labels (needs MONITOR)."""
+        from neve.services.metrics import scrape
+
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self._require_any(s, ctx, svc, "MONITOR")
+            qn = lookup.qualified(s, svc.schema_id, svc.name)
+            targets = [
+                (str(inst.instance_index), address)
+                for inst in sorted(svc.instances, key=lambda i: i.instance_index)
+                if inst.status in (states.INSTANCE_READY, states.INSTANCE_STARTING)
+                and (address := instance_address(inst))
+            ]
+        return scrape(str(qn), targets)
 
     def get_service_status(self, ctx: RequestContext, name: str | QualifiedName) -> list[dict]:
         with self.account.catalog.transaction() as s:

@@ -180,6 +180,13 @@ def service_endpoints(call: Call) -> list[dict]:
 
 
 @endpoint
+def service_metrics(call: Call) -> Response:
+    """Prometheus text of every instance, labelled service and instance (MONITOR)."""
+    page = call.account.services.service_metrics(_ctx(call), _service(call))
+    return Response(page, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@endpoint
 def service_methods(call: Call) -> dict:
     return call.account.services.service_methods(_ctx(call), _service(call))
 
@@ -260,6 +267,7 @@ routes = [
     Route(SERVICE + "/containers", service_containers, methods=["GET"]),
     Route(SERVICE + "/endpoints", service_endpoints, methods=["GET"]),
     Route(SERVICE + "/methods", service_methods, methods=["GET"]),
+    Route(SERVICE + "/metrics", service_metrics, methods=["GET"]),
     Route(SERVICE + "/logs", service_logs, methods=["GET"]),
     Route(SERVICE + "/invoke/{method}", invoke, methods=["POST"]),
     Route("/api/v1/build_jobs/{job}/logs", job_logs, methods=["GET"]),
