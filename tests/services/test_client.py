@@ -166,6 +166,10 @@ def test_client_path(session, data):
         services_cli, ["logs", f"ml.reg.{SVC}", "--instance", "1", "--last", "5"]
     )
     assert result.exit_code == 0 and "neve.server" in result.output, result.output
+    result = runner.invoke(services_cli, ["describe", f"ml.reg.{SVC}"])
+    assert result.exit_code == 0 and "RUNNING" in result.output, result.output
+    result = runner.invoke(services_cli, ["describe", "ml.reg.nope"])
+    assert result.exit_code == 1 and "NOPE does not exist" in result.output, result.output
     result = runner.invoke(services_cli, ["scale", f"ml.reg.{SVC}", "--min", "3", "--max", "2"])
     assert result.exit_code == 1 and "MIN_INSTANCES (3) is greater" in result.output
 

@@ -265,27 +265,34 @@ def describe(
     schema: SchemaOpt = None,
 ) -> None:
     """DESCRIBE SERVICE: status, spec, endpoints and instances."""
+    _describe(_service_call(ctx, "GET", service, database, schema))
+
+
+def _service_call(
+    ctx: typer.Context,
+    method: str,
+    service: str,
+    database: str | None,
+    schema: str | None,
+    suffix: str = "",
+    **kwargs: Any,
+) -> Any:
+    """One REST call on the service's path (``suffix`` after it); a neve error ends the
+    command with its message."""
     from neve.errors import NeveError
 
     try:
         api = _Api(get_session(ctx), database, schema)
-        row = api.call("GET", api.path(service))
+        return api.call(method, api.path(service) + suffix, **kwargs)
     except NeveError as exc:
         raise fail(exc) from None
-    _describe(row)
 
 
 def _alter(
     ctx: typer.Context, service: str, database: str | None, schema: str | None, body: dict
 ) -> dict:
-    """ALTER SERVICE: the service's row after the change; a neve error ends the command."""
-    from neve.errors import NeveError
-
-    try:
-        api = _Api(get_session(ctx), database, schema)
-        return api.call("PATCH", api.path(service), json=body)
-    except NeveError as exc:
-        raise fail(exc) from None
+    """ALTER SERVICE: the service's row after the change."""
+    return _service_call(ctx, "PATCH", service, database, schema, json=body)
 
 
 @app.command("suspend")
@@ -379,13 +386,7 @@ def metrics(
     schema: SchemaOpt = None,
 ) -> None:
     """Prometheus metrics of every instance (labels service, instance), as one page."""
-    from neve.errors import NeveError
-
-    try:
-        api = _Api(get_session(ctx), database, schema)
-        page = api.call("GET", api.path(service) + "/metrics", raw=True)
-    except NeveError as exc:
-        raise fail(exc) from None
+    page = _service_call(ctx, "GET", service, database, schema, "/metrics", raw=True)
     sys.stdout.write(page.decode())
 
 
@@ -398,13 +399,7 @@ def delete(
     schema: SchemaOpt = None,
 ) -> None:
     """DROP SERVICE: stop every instance and remove the service and its functions."""
-    from neve.errors import NeveError
-
     if not yes and not typer.confirm(f"drop service {service}?"):
         raise typer.Exit(code=1)
-    try:
-        api = _Api(get_session(ctx), database, schema)
-        api.call("DELETE", api.path(service))
-    except NeveError as exc:
-        raise fail(exc) from None
+    _service_call(ctx, "DELETE", service, database, schema)
     console.print(f"service {service} dropped")
