@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -166,6 +169,32 @@ def test_client_path(session, data):
         services_cli, ["logs", f"ml.reg.{SVC}", "--instance", "1", "--last", "5"]
     )
     assert result.exit_code == 0 and "neve.server" in result.output, result.output
+    # `logs --events -f` as a user runs it: prints the tail, then what happens next
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "neve.cli.main",
+            "--home",
+            str(session.account_home),
+            "services",
+            "logs",
+            f"ml.reg.{SVC}",
+            "--events",
+            "--follow",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen = _read_until(follower, "RUNNING", 60)  # the tail: the service came up
+        session.sql(f"ALTER SERVICE ml.reg.{SVC} SET COMMENT = 'followed'").collect()
+        seen += _read_until(follower, "comment 'followed'", 60)  # appended while following
+    finally:
+        follower.terminate()
+        follower.wait(10)
+    assert "RUNNING" in seen and "altered by ADMIN: comment 'followed'" in seen, seen
     result = runner.invoke(services_cli, ["describe", f"ml.reg.{SVC}"])
     assert result.exit_code == 0 and "RUNNING" in result.output, result.output
     result = runner.invoke(services_cli, ["describe", "ml.reg.nope"])
@@ -202,3 +231,20 @@ def test_client_path(session, data):
         time.sleep(0.1)
     assert not any(alive(p) for p in tree)
     assert mv.list_services().empty
+
+
+def _read_until(proc: subprocess.Popen, text: str, timeout_s: float) -> str:
+    """Lines of ``proc``'s output until one holds ``text`` (a reader thread: no blocking)."""
+    found: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            found.append(line)
+            if text in line:
+                done.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(timeout_s), f"no {text!r} in {timeout_s} s: {''.join(found)[-2000:]}"
+    return "".join(found)

@@ -192,8 +192,23 @@ def test_scale_down(env):
     services = env.account.services
     _wait(lambda: services.describe_service(env.ctx, SVC)["current_instances"] == 2, 120, "2 ready")
     gone = int(next(c for c in _instances(env) if c["instance_id"] == "1")["pid"])
+    # follow the events from here: only what happens next comes back
+    start = services.follow_service_log(env.ctx, SVC, 0, "events", offset=-1)
+    assert start["text"] == "" and start["offset"] > 0
     row = services.alter_service(env.ctx, SVC, min_instances=1, max_instances=1)
     assert row["target_instances"] == 1 and not alive(gone)
+    new = services.follow_service_log(env.ctx, SVC, 0, "events", offset=start["offset"])
+    assert new["text"] and new["offset"] > start["offset"]
+    assert new["text"] == services.get_service_logs(env.ctx, SVC, 0, "events")[-len(new["text"]) :]
+    assert "altered by ADMIN: min 1, max 1" in new["text"]  # who changed what
+    assert "scaling down 2 -> 1" in new["text"]  # and what it did
+    again = services.follow_service_log(env.ctx, SVC, 0, "events", offset=new["offset"])
+    assert again == {"text": "", "offset": new["offset"]}
+    # a file shorter than the offset was rotated: read from its start
+    rotated = services.follow_service_log(env.ctx, SVC, 0, "events", offset=10**9)
+    assert rotated["text"] == services.get_service_logs(env.ctx, SVC, 0, "events")
+    with pytest.raises(InvalidArgumentError, match="offset must be an integer >= -1"):
+        services.follow_service_log(env.ctx, SVC, 0, "events", offset=-5)
     with pytest.raises(InvalidArgumentError, match="MIN_INSTANCES \\(3\\) is greater"):
         services.alter_service(env.ctx, SVC, min_instances=3, max_instances=2)
 

@@ -352,14 +352,19 @@ def logs(
     events: Annotated[
         bool, typer.Option("--events", help="The supervisor's events instead.")
     ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")
+    ] = False,
     database: DatabaseOpt = None,
     schema: SchemaOpt = None,
 ) -> None:
     """An instance's log (container model-inference), or a build job's log."""
     from urllib.parse import quote as url_quote
 
-    from neve.errors import NeveError
+    from neve.errors import InvalidArgumentError, NeveError
 
+    if follow and service.upper().startswith("MODEL_BUILD_"):
+        raise fail(InvalidArgumentError("--follow follows a service's log or events, not a job"))
     try:
         api = _Api(get_session(ctx), database, schema)
         params: dict[str, Any] = {}
@@ -372,10 +377,36 @@ def logs(
         else:
             params["instance"] = instance
             params["container"] = "events" if events else "model-inference"
+            if follow and last is None:
+                params["last"] = 20
             body = api.call("GET", api.path(service) + "/logs", params=params)
     except NeveError as exc:
         raise fail(exc) from None
     console.print(body.get("text", ""), end="", markup=False, highlight=False)
+    if follow:
+        _follow(api, api.path(service) + "/logs", params)
+
+
+def _follow(api: _Api, path: str, params: dict[str, Any], interval_s: float = 1.0) -> None:
+    """Print what the log gets from now on, until interrupted."""
+    import time
+
+    from neve.errors import NeveError
+
+    base = {k: v for k, v in params.items() if k != "last"}
+    try:
+        offset: Any = api.call("GET", path, params={**base, "offset": "end"})["offset"]
+        while True:
+            time.sleep(interval_s)
+            body = api.call("GET", path, params={**base, "offset": offset})
+            offset = body["offset"]
+            if body["text"]:
+                sys.stdout.write(body["text"])
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+    except NeveError as exc:
+        raise fail(exc) from None
 
 
 @app.command("metrics")

@@ -103,5 +103,30 @@ def tail(path: Path, last_n_lines: int | None = None) -> str:
     return "\n".join(lines[-last_n_lines:]) + ("\n" if lines else "")
 
 
+#: Most bytes one follow read returns (the next read goes on from there).
+MAX_FOLLOW_BYTES = 1024 * 1024
+
+
+def read_from(path: Path, offset: int) -> tuple[str, int]:
+    """What was appended to ``path`` since byte ``offset``, and the offset to read from next.
+
+    ``offset`` -1 is the end (nothing read: where to follow from). A file shorter than
+    ``offset`` was rotated or replaced: it is read from its start. At most MAX_FOLLOW_BYTES,
+    ending at a line break when there is one."""
+    if not path.exists():
+        return "", 0
+    with path.open("rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if offset < 0:
+            return "", size
+        if offset > size:
+            offset = 0
+        fh.seek(offset)
+        data = fh.read(MAX_FOLLOW_BYTES)
+    if len(data) == MAX_FOLLOW_BYTES and b"\n" in data:
+        data = data[: data.rindex(b"\n") + 1]  # a whole last line; the rest comes next time
+    return data.decode("utf-8", errors="replace"), offset + len(data)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -46,7 +46,7 @@ from neve.services import states
 from neve.services.instances import InstanceRuntime
 from neve.services.invoke import ServiceInvoker
 from neve.services.lifecycle import Lifecycle
-from neve.services.logs import ServiceLogs, tail
+from neve.services.logs import EVENTS_FILE, ServiceLogs, read_from, tail
 from neve.services.spec import (
     BUILD_CONTAINER_NAME,
     CONTAINER_NAME,
@@ -553,6 +553,36 @@ class ServiceManager:
             )
         return tail(path, last_n_lines)
 
+    def follow_service_log(
+        self,
+        ctx: RequestContext,
+        name: str,
+        instance_id: int = 0,
+        container_name: str = CONTAINER_NAME,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """What an instance's log (or ``events``) got since byte ``offset``: ``{"text",
+        "offset"}``, the offset to ask from next time (``neve services logs --follow``).
+        Offset -1: nothing, and the current end to follow from."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
+            raise InvalidArgumentError(f"offset must be an integer >= -1, got {offset!r}")
+        container = str(container_name).strip().lower()
+        if container not in (CONTAINER_NAME, "events"):
+            raise InvalidArgumentError(
+                f"service {name}: only {CONTAINER_NAME} and 'events' can be followed"
+            )
+        with self.account.catalog.transaction() as s:
+            svc = self._service(s, ctx, name)
+            self._require_any(s, ctx, svc, "MONITOR")
+            qn = lookup.qualified(s, svc.schema_id, svc.name)
+        path = (
+            self.logs.service_dir(qn) / EVENTS_FILE
+            if container == "events"
+            else self.logs.instance_log(qn, int(instance_id))
+        )
+        text, next_offset = read_from(path, offset)
+        return {"text": text, "offset": next_offset}
+
     def _job_logs(
         self, ctx: RequestContext, name: str, container: str, last_n_lines: int | None
     ) -> str:
@@ -631,6 +661,18 @@ class ServiceManager:
                 secs = _int_arg(auto_suspend_secs, "AUTO_SUSPEND_SECS", 0)
                 svc.auto_suspend_secs = secs or None
             sid, status = svc.id, svc.status
+            settings = [
+                f"{label} {value}"
+                for label, value, given in (
+                    ("min", svc.min_instances, scaling),
+                    ("max", svc.max_instances, scaling),
+                    ("auto_suspend_secs", svc.auto_suspend_secs, auto_suspend_secs is not None),
+                    ("comment", repr(svc.comment), comment is not None),
+                )
+                if given
+            ]
+        if settings:  # in the events log: who changed what, next to the scaling it causes
+            self.logs.event(qn, f"altered by {ctx.user}: {', '.join(settings)}")
         provisioning = self.lifecycle.provisioning(sid)
         if suspend:
             if status in states.IN_PROGRESS and (

@@ -92,6 +92,7 @@ class RayBackend(ComputeBackend):
         self._actors: dict[str, Any] = {}  # actor name -> handle
         self._unreachable_since: dict[str, float] = {}
         self._probe: tuple[str, str] | None = None
+        self._probe_lock = threading.Lock()
         self._pump = LogPump(self)
 
     @classmethod
@@ -114,19 +115,21 @@ class RayBackend(ComputeBackend):
 
     def _log_probe(self) -> tuple[str, str]:
         """A file with a random token: a node that reads it back sees our filesystem."""
-        if self._probe is None:
-            self.pool.runs_dir.mkdir(parents=True, exist_ok=True)
-            path = self.pool.runs_dir / "ray-fs-probe"
-            if path.exists():
-                token = path.read_text().strip()
-            else:
-                token = secrets.token_hex(16)
-                tmp = path.with_name(path.name + f".{os.getpid()}")
-                tmp.write_text(token)
-                os.replace(tmp, path)
-                token = path.read_text().strip()
-            self._probe = (str(path), token)
-        return self._probe
+        with self._probe_lock:  # instances start from several threads at once
+            if self._probe is None:
+                self.pool.runs_dir.mkdir(parents=True, exist_ok=True)
+                path = self.pool.runs_dir / "ray-fs-probe"
+                if path.exists():
+                    token = path.read_text().strip()
+                else:
+                    token = secrets.token_hex(16)
+                    # unique per writer: another control plane process may write it too
+                    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+                    tmp.write_text(token)
+                    os.replace(tmp, path)
+                    token = path.read_text().strip()
+                self._probe = (str(path), token)
+            return self._probe
 
     # -- nodes ------------------------------------------------------------------------------------
     def cluster_nodes(self) -> list[dict[str, Any]]:

@@ -194,6 +194,14 @@ def service_methods(call: Call) -> dict:
 @endpoint
 def service_logs(call: Call) -> dict:
     qn = _service(call)
+    if "offset" in call.query:  # follow: what was appended since that byte
+        return call.account.services.follow_service_log(
+            _ctx(call),
+            str(qn),
+            _int_query(call, "instance") or 0,
+            call.query.get("container") or "model-inference",
+            -1 if call.query["offset"] == "end" else _int_query(call, "offset") or 0,
+        )
     text = call.account.services.get_service_logs(
         _ctx(call),
         str(qn),
