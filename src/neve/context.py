@@ -12,6 +12,8 @@ class RequestContext:
     database: str | None = None
     schema: str | None = None
     request_id: str | None = None
+    #: Warehouse settings the user SET earlier in the request (name, value): see neve.sql.limits
+    settings: tuple[tuple[str, str], ...] = ()
 
     def with_(self, **changes) -> RequestContext:
         return replace(self, **changes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +22,27 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+from sqlglot import exp
 
 from neve.catalog import lookup
 from neve.context import RequestContext
-from neve.errors import NeveError, NotSupportedError, SignatureError
+from neve.errors import (
+    NeveError,
+    NotSupportedError,
+    PermissionDeniedError,
+    ResourceError,
+    SignatureError,
+    SqlSyntaxError,
+)
 from neve.identifiers import QualifiedName, qualify
+from neve.sql import access
 from neve.sql import udf as udfs
+from neve.sql.access import schema_access
 from neve.sql.lexer import split_statements
+from neve.sql.limits import USER_SETTINGS, QueryLimits, user_setting
 from neve.sql.parser import parse_management
 from neve.sql.query import BoundCall, PlannedStatement, Planner, parse_statement
-from neve.sql.warehouse import Warehouse, translate_error
+from neve.sql.warehouse import Attachment, Warehouse, translate_error
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -120,7 +132,12 @@ class SqlEngine:
         if self._warehouse is None:
             with self._warehouse_lock:
                 if self._warehouse is None:
-                    self._warehouse = Warehouse(self.account.settings.warehouse_path)
+                    settings = self.account.settings
+                    self._warehouse = Warehouse(
+                        settings.home / "warehouse",
+                        limits=QueryLimits.from_settings(settings.extra),
+                        legacy=settings.warehouse_path,  # a single-file warehouse is split once
+                    )
         return self._warehouse
 
     def _caller(self) -> udfs.ServiceCaller:
@@ -154,7 +171,11 @@ class SqlEngine:
         result: SqlResult | None = None
         for index, st in enumerate(statements, 1):
             try:
-                result = self.execute_one(ctx, st.text, offset=st.offset, script=text)
+                try:
+                    result = self.execute_one(ctx, st.text, offset=st.offset, script=text)
+                except RecursionError:
+                    # sqlglot parses recursively: ((((...)))) thousands deep is refused, not a 500
+                    raise SqlSyntaxError("statement is nested too deeply to parse") from None
             except NeveError as exc:
                 if len(statements) > 1:
                     _name_statement(exc, index, len(statements), text.count("\n", 0, st.offset))
@@ -183,37 +204,19 @@ class SqlEngine:
         tree, bangs = parse_statement(text, offset=offset, script=script)
         if tree is None:
             raise NotSupportedError("empty statement")
+        if isinstance(tree, exp.Set):
+            return self._set(ctx, tree, text)
         planned = Planner(self, ctx).plan(tree, bangs, text)
         errors = udfs.QueryErrors()
-        warehouse = self.warehouse
-        with warehouse.cursor() as cur:
-            registered: list[str] = []
-            try:
-                # built outside the lock: a model function loads its model here
-                udf_fns = [self._make_udf(ctx, call, errors) for call in planned.calls]
-                with warehouse.lock:
-                    for call, fn in zip(planned.calls, udf_fns, strict=True):
-                        cur.create_function(
-                            call.udf_name,
-                            fn,
-                            call.params,
-                            call.return_type,
-                            type="arrow",
-                            null_handling="special",
-                            side_effects=False,
-                        )
-                        registered.append(call.udf_name)
-                table, types = self._fetch(cur, planned.sql)
-            except duckdb.Error as exc:
-                raise self._error(exc, errors, planned) from None
-            finally:
-                if registered:
-                    with warehouse.lock:
-                        for name in registered:
-                            try:
-                                cur.remove_function(name)
-                            except duckdb.Error:
-                                pass
+        # built before any schema is locked: a model function loads its model here
+        udf_fns = [self._make_udf(ctx, call, errors) for call in planned.calls]
+        deadline = time.monotonic() + self.warehouse.limits.timeout_s
+        try:
+            table, types = self._execute(ctx, planned, udf_fns, errors, deadline, planned.wide)
+        except _NarrowMiss:
+            # A name the parse did not see (a view over another schema, ...): bind again with
+            # every schema the role may read. Nothing ran: DuckDB binds before it executes.
+            table, types = self._execute(ctx, planned, udf_fns, errors, deadline, True)
         stats = {"batches": errors.batches_sent, "rows": errors.rows_sent}
         if table is None or (
             not planned.returns_rows and table.num_rows == 0 and table.column_names == ["Count"]
@@ -232,6 +235,105 @@ class SqlEngine:
             stats=stats,
         )
 
+    def _attachments(
+        self, ctx: RequestContext, planned: PlannedStatement, wide: bool
+    ) -> list[Attachment]:
+        """The schemas a statement's instance sees: those it names (checked by the planner), or
+        with ``wide`` every schema the role may read; READ_WRITE only where it writes."""
+        readable = set(planned.schemas)
+        if wide:
+            with self.account.catalog.transaction() as s:
+                readable |= schema_access(self.account.security, s, ctx).read
+        return [Attachment(db, sch, write=(db, sch) in planned.writes) for db, sch in readable]
+
+    def _execute(
+        self,
+        ctx: RequestContext,
+        planned: PlannedStatement,
+        udf_fns: list[Any],
+        errors: udfs.QueryErrors,
+        deadline: float,
+        wide: bool,
+    ) -> tuple[pa.Table | None, list[str]]:
+        limits = self.warehouse.limits
+        attachments = self._attachments(ctx, planned, wide)
+        with self.warehouse.connect(attachments, settings=ctx.settings, deadline=deadline) as con:
+            for call, fn in zip(planned.calls, udf_fns, strict=True):
+                con.create_function(
+                    call.udf_name,
+                    fn,
+                    call.params,
+                    call.return_type,
+                    type="arrow",
+                    null_handling="special",
+                    side_effects=False,
+                )
+            expired = threading.Event()
+
+            def cancel() -> None:
+                expired.set()
+                con.interrupt()
+
+            timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
+            timer.daemon = True
+            timer.start()
+            try:
+                return self._fetch(con, planned.sql)
+            except duckdb.CatalogException as exc:
+                if not wide and errors.first is None:
+                    raise _NarrowMiss from None
+                raise self._error(exc, errors, planned) from None
+            except duckdb.InterruptException:
+                if expired.is_set():
+                    raise ResourceError(
+                        f"statement cancelled: it ran past {limits.timeout_s:g} s "
+                        "(warehouse_query_timeout_secs in settings.toml)",
+                        code="STATEMENT_TIMEOUT",
+                    ) from None
+                raise NeveError("statement interrupted") from None
+            except duckdb.OutOfMemoryException as exc:
+                raise ResourceError(
+                    f"statement needs more memory than one query may use "
+                    f"({limits.memory_limit}, warehouse_query_memory_limit in settings.toml): "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+            except duckdb.Error as exc:
+                raise self._error(exc, errors, planned) from None
+            finally:
+                timer.cancel()
+
+    def _set(self, ctx: RequestContext, tree: exp.Set, text: str) -> SqlResult:
+        """SET of a user setting: checked on a locked instance, kept for the next statements."""
+        names = []
+        for item in tree.expressions:
+            eq = item.this if isinstance(item, exp.SetItem) else item
+            target = eq.this if isinstance(eq, exp.EQ) else eq
+            raw = target.name if isinstance(target, exp.Expression) else str(target)
+            name = user_setting(raw)
+            if name is None:
+                allowed = ", ".join(USER_SETTINGS.values())
+                raise PermissionDeniedError(
+                    f"permission denied: setting {raw or text.strip()!r} is locked (the "
+                    f"warehouse sets it per query); settings a user may SET: {allowed}"
+                )
+            names.append(name)
+        with self.warehouse.connect([], settings=ctx.settings) as con:
+            try:
+                con.execute(text)
+                values = {
+                    n: str(con.execute("SELECT current_setting(?)", [n]).fetchall()[0][0])
+                    for n in names
+                }
+            except duckdb.Error as exc:
+                raise translate_error(exc) from None
+        merged = dict(ctx.settings)
+        merged.update(values)
+        shown = ", ".join(f"{k} = {v}" for k, v in values.items())
+        return SqlResult.status(
+            f"Statement executed successfully ({shown} for the rest of this request).",
+            settings=tuple(sorted(merged.items())),
+        )
+
     # -- tables from Python (write_pandas / table) -------------------------------------------------
     def _table_target(self, ctx: RequestContext, name: str) -> QualifiedName:
         return qualify(name, database=ctx.database, schema=ctx.schema, kind="table")
@@ -247,16 +349,14 @@ class SqlEngine:
     ) -> dict[str, Any]:
         """Append ``data`` to table ``name`` (creating it, or replacing it with ``overwrite``).
 
-        Creating needs CREATE TABLE on the schema, appending needs USAGE (tables carry no
-        privileges of their own in neve).
+        Needs CREATE TABLE on the schema, as every change to a schema's tables does (tables carry
+        no privileges of their own in neve; see ``neve.sql.access``).
         """
         qn = self._table_target(ctx, name)
-        exists = any(t["name"] == qn.name for t in self.warehouse.tables(qn.database, qn.schema))
         with self.account.catalog.transaction() as s:
             schema_row = lookup.schema(s, qn.database, qn.schema)
-            privilege = "USAGE" if exists and not overwrite else "CREATE TABLE"
-            self.account.security.require(s, ctx, privilege, schema_row)
-        rows = self.warehouse.write_arrow(
+            self.account.security.require(s, ctx, access.WRITE, schema_row)
+        rows, created = self.warehouse.write_arrow(
             qn.database,
             qn.schema,
             qn.name,
@@ -264,7 +364,7 @@ class SqlEngine:
             auto_create_table=auto_create_table,
             overwrite=overwrite,
         )
-        return {"table": str(qn), "rows": rows, "created": not exists or overwrite}
+        return {"table": str(qn), "rows": rows, "created": created}
 
     def read_table(self, ctx: RequestContext, name: str) -> pa.Table:
         qn = self._table_target(ctx, name)
@@ -317,6 +417,10 @@ class SqlEngine:
         for call in calls:
             text = text.replace(call.udf_name, call.display)
         return translate_error(type(exc)(text), planned.tables)
+
+
+class _NarrowMiss(Exception):
+    """A statement bound on the schemas it names failed to find a catalog object."""
 
 
 def _name_statement(exc: NeveError, index: int, total: int, newlines_before: int) -> None:

@@ -3,11 +3,16 @@
 A statement that is not a management statement is parsed with sqlglot (DuckDB dialect) after
 the ``!`` calls were replaced by placeholders. Planning then
 
-1. rewrites table references to the warehouse's DuckDB schemas and checks that each neve schema
-   exists and the role may use it (CREATE TABLE on the schema to create tables or views);
+1. rewrites table references to the warehouse's DuckDB catalogs and checks that each neve schema
+   exists and the role may use it (USAGE to read, CREATE TABLE on the schema for the tables a
+   statement changes), and says which schemas the query instance attaches, and how;
 2. finds calls of service functions (``svc_predict(a, b)``, ``db.schema.svc_predict(...)``,
    ``svc!predict(...)``) and model functions (``MODEL(m, v1)!predict(...)``), checks USAGE,
    the argument count against the signature, and replaces each by a per-query Arrow UDF name.
+
+These checks give early, precise errors; they are not what keeps a role out of a schema: the
+query instance has only the role's schemas attached (``neve.sql.warehouse``), so a name this
+parse misses (inside ``query('...')``, a view, a PRAGMA) still cannot reach another schema.
 
 No row is sent anywhere during planning; the argument *types* are checked by DuckDB's binder
 against the UDF's typed parameters before execution starts (the engine turns its error into a
@@ -17,6 +22,7 @@ against the UDF's typed parameters before execution starts (the engine turns its
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +45,10 @@ from neve.errors import (
 )
 from neve.identifiers import QualifiedName, ident, qualify, quote
 from neve.models.signature import ModelSignature
+from neve.sql import access
 from neve.sql import functions as fns
 from neve.sql.lexer import BANG_PREFIX, BangCall, line_col, rewrite_bang_calls, tokenize
-from neve.sql.warehouse import rewrite_tables
+from neve.sql.warehouse import neve_schema, rewrite_tables
 
 if TYPE_CHECKING:
     from neve.sql.engine import SqlEngine
@@ -74,6 +81,21 @@ class PlannedStatement:
     calls: list[BoundCall]
     returns_rows: bool
     tables: list[tuple[str, str, str]] = field(default_factory=list)
+    #: neve schemas the statement names, and those it changes (attached READ_WRITE)
+    schemas: set[tuple[str, str]] = field(default_factory=set)
+    writes: set[tuple[str, str]] = field(default_factory=set)
+    #: it may reach schemas it does not name (catalog and table functions, PRAGMA, ...): attach
+    #: every schema the role may read
+    wide: bool = False
+
+
+#: Names that reach tables or the catalog without naming a table in the FROM clause.
+_WIDE = re.compile(
+    r"(?i)\b(query|query_table|duckdb_\w+|pragma_\w+|information_schema|pg_catalog|pg_\w+|"
+    r"sqlite_\w+|table_info|storage_info)\b"
+)
+_READS = (exp.Query, exp.Describe, exp.Show, exp.Pragma, exp.Set, exp.Command)
+_WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Merge)
 
 
 def _syntax_error(err: ParseError, text: str, offset: int, script: str) -> SqlSyntaxError:
@@ -152,12 +174,14 @@ class Planner:
     # -- entry ------------------------------------------------------------------------------------
     def plan(self, tree: exp.Expression, bangs: dict[str, BangCall], text: str) -> PlannedStatement:
         if isinstance(tree, exp.Command):
-            # sqlglot did not understand it (PRAGMA, SUMMARIZE, ...): DuckDB runs it as written.
-            return PlannedStatement(sql=text, calls=[], returns_rows=True)
+            # sqlglot did not understand it (PRAGMA, SUMMARIZE, ...): DuckDB runs it as written,
+            # on an instance with the role's schemas attached READ_ONLY.
+            return PlannedStatement(sql=text, calls=[], returns_rows=True, wide=True)
         tables: list[tuple[str, str, str]] = []
         used = rewrite_tables(tree, self.ctx.database, self.ctx.schema, tables)
+        writes = _write_targets(tree, used)
         with self.account.catalog.transaction() as s:
-            self._check_schemas(s, tree, used)
+            self._check_schemas(s, used, writes)
             projections = self._projection_names(tree, bangs)
             self._bind_functions(s, tree, bangs)
         for db, sch in used:
@@ -171,18 +195,20 @@ class Planner:
             calls=self.calls,
             returns_rows=returns_rows,
             tables=tables,
+            schemas=used,
+            writes=writes,
+            wide=bool(_WIDE.search(text)) or _has_table_function(tree),
         )
 
     # -- schemas ----------------------------------------------------------------------------------
-    def _check_schemas(self, s: Session, tree: exp.Expression, used: set[tuple[str, str]]) -> None:
+    def _check_schemas(
+        self, s: Session, used: set[tuple[str, str]], writes: set[tuple[str, str]]
+    ) -> None:
         security = self.account.security
-        creates = _created_schema(tree)
         for db, sch in sorted(used):
             schema_row = lookup.schema(s, db, sch)
-            if (db, sch) == creates:
-                security.require(s, self.ctx, "CREATE TABLE", schema_row)
-            else:
-                security.require(s, self.ctx, "USAGE", schema_row)
+            privilege = access.WRITE if (db, sch) in writes else access.READ
+            security.require(s, self.ctx, privilege, schema_row)
 
     # -- functions --------------------------------------------------------------------------------
     def _bind_functions(self, s: Session, tree: exp.Expression, bangs: dict[str, BangCall]) -> None:
@@ -396,16 +422,26 @@ def _model_version(
     )
 
 
-def _created_schema(tree: exp.Expression) -> tuple[str, str] | None:
-    """The (database, schema) a CREATE TABLE/VIEW statement creates its object in."""
-    if not isinstance(tree, exp.Create):
-        return None
-    if str(tree.args.get("kind") or "").upper() not in ("TABLE", "VIEW"):
-        return None
-    target = tree.this
-    table = target if isinstance(target, exp.Table) else target.find(exp.Table)
-    if table is None or not isinstance(table.args.get("db"), exp.Identifier):
-        return None
-    from neve.sql.warehouse import neve_schema
+def _write_targets(tree: exp.Expression, used: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The neve schemas whose tables a (rewritten) statement changes.
 
-    return neve_schema(table.args["db"].this)
+    A statement of a kind not known here counts as changing every schema it names: a wrong
+    guess costs a privilege check, never access (what is attached READ_ONLY cannot be written).
+    """
+    if isinstance(tree, _READS):
+        return set()
+    if not isinstance(tree, _WRITES):
+        return set(used)
+    target = tree.this
+    table = target if isinstance(target, exp.Table) else None
+    if table is None and isinstance(target, exp.Expression):
+        table = target.find(exp.Table)
+    if table is None:
+        return set() if isinstance(tree, exp.Create) else set(used)
+    catalog = table.args.get("catalog")
+    parts = neve_schema(catalog.this) if isinstance(catalog, exp.Identifier) else None
+    return {parts} if parts is not None else set()
+
+
+def _has_table_function(tree: exp.Expression) -> bool:
+    return any(not isinstance(t.this, exp.Identifier) for t in tree.find_all(exp.Table))
