@@ -94,7 +94,7 @@ _WIDE = re.compile(
     r"(?i)\b(query|query_table|duckdb_\w+|pragma_\w+|information_schema|pg_catalog|pg_\w+|"
     r"sqlite_\w+|table_info|storage_info)\b"
 )
-_READS = (exp.Query, exp.Describe, exp.Show, exp.Pragma, exp.Set, exp.Command)
+_READS = (exp.Query, exp.Describe, exp.Summarize, exp.Show, exp.Pragma, exp.Set, exp.Command)
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Merge)
 
 

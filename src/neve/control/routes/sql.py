@@ -45,7 +45,12 @@ def _context(call: Call, override: Any) -> RequestContext:
         return ctx
     if not isinstance(override, dict):
         raise InvalidArgumentError("context must be an object {role, database, schema}")
-    changes = {k: override[k] for k in ("database", "schema") if k in override}
+    for key in ("role", "database", "schema"):
+        if override.get(key) is not None and not isinstance(override[key], str):
+            raise InvalidArgumentError(
+                f"context.{key} must be a name (a string), got {type(override[key]).__name__}"
+            )
+    changes = {k: override[k] or None for k in ("database", "schema") if k in override}
     if changes:
         ctx = ctx.with_(**changes)
     role = override.get("role")
@@ -109,7 +114,7 @@ def write_table(call: Call) -> Any:
     if ARROW_STREAM in content_type or call.query.get("format") == "arrow":
         try:
             data = ipc.open_stream(call.raw).read_all()
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise InvalidArgumentError(f"request body is not an Arrow IPC stream: {exc}") from None
         ctx = _context(call, None)
     else:
@@ -123,17 +128,7 @@ def write_table(call: Call) -> Any:
             )
         params.update({k: v for k, v in body.items() if k not in ("records", "rows")})
         ctx = _context(call, body.get("context"))
-        if "records" in body:
-            data = pa.Table.from_pylist(body["records"])
-        elif "columns" in body and "rows" in body:
-            cols = (
-                list(zip(*body["rows"], strict=True))
-                if body["rows"]
-                else [[]] * len(body["columns"])
-            )
-            data = pa.table({c: list(v) for c, v in zip(body["columns"], cols, strict=True)})
-        else:
-            raise InvalidArgumentError('JSON body needs "records" or "columns" and "rows"')
+        data = _json_table(body)
     table = params.get("table")
     if not isinstance(table, str) or not table:
         raise InvalidArgumentError("the table name is required (?table=NAME)")
@@ -144,6 +139,41 @@ def write_table(call: Call) -> Any:
         auto_create_table=_flag(params.get("auto_create_table"), True),
         overwrite=_flag(params.get("overwrite"), False),
     )
+
+
+def _json_table(body: dict[str, Any]) -> pa.Table:
+    """The table of a JSON write body, or a 400 naming what is wrong with it."""
+    records = columns = rows = None
+    if "records" in body:
+        records = body["records"]
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise InvalidArgumentError('"records" must be a list of objects {"column": value}')
+    elif "columns" in body and "rows" in body:
+        columns, rows = body["columns"], body["rows"]
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise InvalidArgumentError('"columns" must be a list of column names (strings)')
+        if len(set(columns)) != len(columns):
+            raise InvalidArgumentError('"columns" names a column twice')
+        if not isinstance(rows, list):
+            raise InvalidArgumentError('"rows" must be a list of rows (lists of values)')
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != len(columns):
+                raise InvalidArgumentError(
+                    f'"rows"[{i}] must be a list of {len(columns)} value(s), one per column'
+                )
+    else:
+        raise InvalidArgumentError('JSON body needs "records" or "columns" and "rows"')
+    try:
+        if records is not None:
+            data = pa.Table.from_pylist(records)
+        else:
+            values = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+            data = pa.table({c: list(v) for c, v in zip(columns, values, strict=True)})
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgumentError(f"the rows cannot form a table: {exc}") from None
+    if data.num_columns == 0:
+        raise InvalidArgumentError("the table to write has no columns")
+    return data
 
 
 @endpoint
