@@ -298,6 +298,32 @@ def wait_status(env, status: str, timeout: float = 90) -> None:
         time.sleep(0.2)
 
 
+def test_service_functions_reach_only_the_schemas_the_role_may_use(env) -> None:
+    """A service function over a private table, by a role with USAGE on the service but not on
+    the table's schema: refused whether the table is named or reached through query_table."""
+    from neve.errors import PermissionDeniedError
+
+    account = env["account"]
+    run(env, "CREATE SCHEMA IF NOT EXISTS ml.private")
+    account.sql.write_table(
+        env["ctx"], "ml.private.secret", pa.table({"a": [1.0, 2.0], "b": [0.0, 0.0]})
+    )
+    run(env, "CREATE ROLE IF NOT EXISTS snoop; GRANT ROLE snoop TO USER admin")
+    run(env, "GRANT USAGE ON DATABASE ml TO ROLE snoop")
+    run(env, "GRANT USAGE ON SCHEMA ml.public TO ROLE snoop")
+    run(env, "GRANT USAGE ON SERVICE clf_svc TO ROLE snoop")
+    snoop = env["ctx"].with_(role="SNOOP", database="ML", schema="PUBLIC")
+    named = "SELECT clf_svc_predict(a, b) FROM ml.private.secret"
+    hidden = """SELECT clf_svc_predict(a, b) FROM query_table('"ML__PRIVATE"."SECRET"')"""
+    with pytest.raises(PermissionDeniedError, match=r"USAGE on SCHEMA ML\.PRIVATE"):
+        account.sql.execute(snoop, named)
+    with pytest.raises(ObjectNotFoundError, match=r"ML\.PRIVATE"):
+        account.sql.execute(snoop, hidden)
+    run(env, "GRANT USAGE ON SCHEMA ml.private TO ROLE snoop")
+    assert len(account.sql.execute(snoop, named).rows) == 2
+    assert len(account.sql.execute(snoop, hidden).rows) == 2
+
+
 def test_drop_service_drops_its_functions(env) -> None:
     run(env, "DROP SERVICE clf_svc")
     run(env, "DROP SERVICE IF EXISTS clf_svc")
@@ -305,3 +331,4 @@ def test_drop_service_drops_its_functions(env) -> None:
     assert run(env, "SHOW FUNCTIONS").rows == []
     with pytest.raises(Exception, match="CLF_SVC_PREDICT|clf_svc_predict"):
         run(env, "SELECT clf_svc_predict(a, b) FROM few")
+

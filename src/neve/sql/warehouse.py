@@ -271,14 +271,16 @@ class Warehouse:
                 lock = _lock_for(path)
                 if not lock.acquire(a.write, deadline):
                     raise ResourceError(
-                        f"statement timed out waiting for schema {a.label}, which another "
-                        "statement is writing (limit: warehouse_query_timeout_secs = "
+                        f"statement timed out waiting for schema {a.label}, which other "
+                        "statements are using (limit: warehouse_query_timeout_secs = "
                         f"{self.limits.timeout_s:g} s)",
                         code="STATEMENT_TIMEOUT",
                     )
                 held.append((lock, a.write))
-                if not path.exists() and not create:
-                    continue  # no tables yet: nothing to see
+                if not path.exists():
+                    if not (create or a.write):
+                        continue  # no tables yet: nothing to see
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 paths.append((a, path))
             con = self._instance()
             for a, path in paths:
