@@ -131,9 +131,7 @@ def _sql_body(rng: random.Random) -> bytes | object:
 
 def _send(client: httpx.Client, path: str, body: object, **kw) -> httpx.Response:
     if isinstance(body, bytes):
-        return client.post(
-            path, content=body, headers={"Content-Type": "application/json"}, **kw
-        )
+        return client.post(path, content=body, headers={"Content-Type": "application/json"}, **kw)
     return client.post(
         path,
         content=json.dumps(body).encode("utf-8", "surrogatepass"),

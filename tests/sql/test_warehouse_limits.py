@@ -115,10 +115,12 @@ def test_readers_share_a_schema_and_a_writer_waits_for_them(tmp_path) -> None:
     thread.join(10)
     assert order == ["read", "write"]
     short = Warehouse(tmp_path / "wh", limits=QueryLimits(1, "1GB", timeout_s=0.3))
-    with wh.connect([Attachment("ML", "PUBLIC")]):
-        with pytest.raises(ResourceError, match="waiting for schema ML.PUBLIC"):
-            with short.connect([Attachment("ML", "PUBLIC", write=True)]):
-                pass
+    with (
+        wh.connect([Attachment("ML", "PUBLIC")]),
+        pytest.raises(ResourceError, match="waiting for schema ML.PUBLIC"),
+        short.connect([Attachment("ML", "PUBLIC", write=True)]),
+    ):
+        pass
 
 
 def test_a_single_file_warehouse_is_split_when_the_account_opens(neve_home) -> None:
