@@ -331,4 +331,3 @@ def test_drop_service_drops_its_functions(env) -> None:
     assert run(env, "SHOW FUNCTIONS").rows == []
     with pytest.raises(Exception, match="CLF_SVC_PREDICT|clf_svc_predict"):
         run(env, "SELECT clf_svc_predict(a, b) FROM few")
-

@@ -874,11 +874,7 @@ def _show_tables(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRe
             for x, d in s.execute(select(m.Schema, m.Database).join(m.Database))
             if security.has_privilege(s, ctx, "USAGE", x)
         }
-    rows = [
-        t
-        for t in engine.warehouse.tables(db, sch)
-        if (t["database_name"], t["schema_name"]) in visible
-    ]
+    rows = engine.warehouse.tables(db, sch, visible=visible)  # opens only visible schemas
     return _result(st.kind, rows, st.like)
 
 
