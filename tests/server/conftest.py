@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from server_helpers import TOOLBOX_SAMPLE, Toolbox, serve
+from server_helpers import TOOLBOX_SAMPLE, Toolbox, Tracker, serve
 
 from neve.models import FeatureSpec, ModelSignature, save_model
 from neve.server import ServerProcess
@@ -45,6 +45,13 @@ def toolbox_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         target_methods=["predict", "predict_proba", "embed", "norm", "fail", "slow"],
         signatures={"norm": vector_sig},
     )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tracker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tracker") / "model"
+    save_model(Tracker(), path, sample_input=TOOLBOX_SAMPLE, target_methods=["track", "crash"])
     return path
 
 

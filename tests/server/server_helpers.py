@@ -6,6 +6,7 @@ test tree), so the server subprocess loads them without importing the tests.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -55,6 +56,48 @@ class Toolbox(neve.CustomModel):
     def slow(self, X: pd.DataFrame) -> pd.DataFrame:
         time.sleep(self.delay_s)  # one sleep per batch: a model with a fixed cost per call
         return pd.DataFrame({"y": X["x"].to_numpy() * 10})
+
+
+#: Workers append one line per ``Tracker.track`` call here: pid, start, end, rows.
+TRACK_ENV = "NEVE_TEST_TRACK_FILE"
+
+
+class Tracker(neve.CustomModel):
+    """Batches that tell the test which worker computed them, when, and how many rows."""
+
+    @neve.inference_api
+    def track(self, X: pd.DataFrame) -> pd.DataFrame:
+        started = time.time()
+        time.sleep(float(X["x"].max()) / 1000.0)  # x: milliseconds this batch takes
+        path = os.environ.get(TRACK_ENV)
+        if path:
+            with open(path, "a") as fh:
+                fh.write(f"{os.getpid()} {started} {time.time()} {len(X)}\n")
+        return pd.DataFrame({"y": X["x"].to_numpy() * 10})
+
+    @neve.inference_api
+    def crash(self, X: pd.DataFrame) -> pd.DataFrame:
+        if (X["x"] < 0).any():
+            os._exit(17)  # the worker process dies mid-batch
+        return pd.DataFrame({"y": X["x"]})
+
+
+def tracked_batches(path: Path, offset: int = 0) -> list[tuple[int, float, float, int]]:
+    """The batches ``Tracker.track`` recorded after ``offset`` bytes of its file."""
+    if not path.exists():
+        return []
+    lines = path.read_text()[offset:].splitlines()
+    return [(int(p), float(s), float(e), int(n)) for p, s, e, n in (ln.split() for ln in lines)]
+
+
+def max_overlap(batches: list[tuple[int, float, float, int]]) -> int:
+    """The most batches computing at the same moment."""
+    events = sorted([(s, 1) for _, s, _, _ in batches] + [(e, -1) for _, _, e, _ in batches])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
 
 
 TOOLBOX_SAMPLE = pd.DataFrame(

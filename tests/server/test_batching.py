@@ -1,7 +1,8 @@
 """Dynamic batching: merged calls, chunking, the model's max_batch_size, never mixing rows.
 
 The first tests drive a real server process with many concurrent clients; the last ones run
-``MethodBatcher`` in-process on a real loaded model to observe batches directly.
+``MethodBatcher`` in-process, on a real ``WorkerPool`` of model workers, to observe batches
+directly.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import pytest
 from server_helpers import linear_truth, metric_value, serve
 
 from neve.errors import ModelExecutionError, OverloadedError, ServiceUnavailableError
-from neve.models import load_model
-from neve.server import ServerProcess
+from neve.models import read_manifest
+from neve.models.modeldir import MethodSpec
+from neve.models.signature import ModelSignature
+from neve.server import ServerConfig, ServerProcess
 from neve.server.batching import Admission, MethodBatcher
+from neve.server.pool import WorkerPool
 from neve.server.protocol import parse_service_request
 
 CLIENTS = 24
@@ -123,14 +127,29 @@ def test_dataframe_forms_on_the_numeric_fast_path(server: ServerProcess) -> None
 # ------------------------------------------------------------------ in-process batcher
 
 
-def _batcher(model_dir: Path, method: str, **kw: object) -> tuple[MethodBatcher, Admission]:
-    from concurrent.futures import ThreadPoolExecutor
+def _spec(model_dir: Path, method: str) -> MethodSpec:
+    d = read_manifest(model_dir)["methods"][method]
+    return MethodSpec(method, ModelSignature.from_dict(d["signature"]), d.get("options") or {})
 
-    model = load_model(model_dir)
-    admission = Admission(int(kw.pop("max_queue_rows", 1000)), 1 << 20)
+
+def _batched(model_dir: Path, method: str, body, **kw: object):
+    """Run ``body(batcher)`` on a started batcher over a one-worker pool; return the admission
+    budget too (to check it is left empty)."""
+    admission = Admission(int(kw.pop("max_queue_rows", 1000)), 1 << 20)  # type: ignore[arg-type]
     opts = {"max_batch_rows": 64, "batch_timeout_s": 0.05, "queue_timeout_s": 5.0, **kw}
-    executor = ThreadPoolExecutor(max_workers=1)
-    return MethodBatcher(model, method, admission, executor, **opts), admission  # type: ignore[arg-type]
+
+    async def run():
+        pool = WorkerPool(ServerConfig(model_dir=str(model_dir), num_workers=1))
+        await pool.start()
+        batcher = MethodBatcher(_spec(model_dir, method), pool, admission, **opts)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            return await body(batcher)
+        finally:
+            await batcher.stop()
+            await pool.stop()
+
+    return asyncio.run(run()), admission
 
 
 def _request(batcher: MethodBatcher, rows: list[list]):
@@ -138,17 +157,11 @@ def _request(batcher: MethodBatcher, rows: list[list]):
 
 
 def test_failing_request_is_isolated_from_its_batch(toolbox_dir: Path) -> None:
-    batcher, admission = _batcher(toolbox_dir, "fail")
+    async def body(batcher: MethodBatcher) -> list:
+        reqs = [_request(batcher, [[i, "a", float(x), 1]]) for i, x in enumerate([1, -1, 2])]
+        return await asyncio.gather(*(batcher.submit(r) for r in reqs), return_exceptions=True)
 
-    async def run() -> list:
-        batcher.start()
-        try:
-            reqs = [_request(batcher, [[i, "a", float(x), 1]]) for i, x in enumerate([1, -1, 2])]
-            return await asyncio.gather(*(batcher.submit(r) for r in reqs), return_exceptions=True)
-        finally:
-            await batcher.stop()
-
-    ok1, bad, ok2 = asyncio.run(run())
+    (ok1, bad, ok2), admission = _batched(toolbox_dir, "fail", body)
     assert isinstance(bad, ModelExecutionError) and "boom" in bad.message
     assert ok1.columns == [[1.0]] and ok2.columns == [[2.0]]
     assert admission.queued_rows == 0
@@ -156,23 +169,17 @@ def test_failing_request_is_isolated_from_its_batch(toolbox_dir: Path) -> None:
 
 def test_queue_full_is_refused_at_once_and_queue_timeout_is_503(toolbox_dir: Path) -> None:
     # slow sleeps 0.1 s per batch; 2 rows per batch; 4 rows may wait.
-    batcher, admission = _batcher(
-        toolbox_dir, "slow", max_queue_rows=4, max_batch_rows=2, queue_timeout_s=0.15
+    async def body(batcher: MethodBatcher) -> list:
+        reqs = [_request(batcher, [[i, "a", float(i), 1]]) for i in range(12)]
+        tasks = []
+        for r in reqs:
+            tasks.append(asyncio.ensure_future(batcher.submit(r)))
+            await asyncio.sleep(0)  # admit in order
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results, admission = _batched(
+        toolbox_dir, "slow", body, max_queue_rows=4, max_batch_rows=2, queue_timeout_s=0.15
     )
-
-    async def run() -> list:
-        batcher.start()
-        try:
-            reqs = [_request(batcher, [[i, "a", float(i), 1]]) for i in range(12)]
-            tasks = []
-            for r in reqs:
-                tasks.append(asyncio.ensure_future(batcher.submit(r)))
-                await asyncio.sleep(0)  # admit in order
-            return await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            await batcher.stop()
-
-    results = asyncio.run(run())
     kinds = [type(r).__name__ for r in results]
     assert "OverloadedError" in kinds and "ServiceUnavailableError" in kinds, kinds
     for i, r in enumerate(results):
@@ -186,17 +193,12 @@ def test_queue_full_is_refused_at_once_and_queue_timeout_is_503(toolbox_dir: Pat
 
 
 def test_chunks_of_one_request_keep_their_order(linear_dir: Path) -> None:
-    batcher, _ = _batcher(linear_dir, "predict", max_batch_rows=7, batch_timeout_s=0.0)
-    assert batcher.max_batch_rows == 7  # below the manifest's 16
     rows = [[i, float(i), float(-i), 0.5] for i in range(50)]
 
-    async def run():
-        batcher.start()
-        try:
-            return await batcher.submit(_request(batcher, rows))
-        finally:
-            await batcher.stop()
+    async def body(batcher: MethodBatcher):
+        assert batcher.max_batch_rows == 7  # below the manifest's 16
+        return await batcher.submit(_request(batcher, rows))
 
-    out = asyncio.run(run())
+    out, _ = _batched(linear_dir, "predict", body, max_batch_rows=7, batch_timeout_s=0.0)
     expected = [linear_truth(i, -i, 0.5) for i in range(50)]
     np.testing.assert_allclose(out.columns[0], expected, atol=1e-9)

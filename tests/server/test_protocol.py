@@ -233,7 +233,9 @@ def test_health_ready_methods_metrics(http: httpx.Client, server: ServerProcess)
     assert http.get("/health").json()["status"] == "alive"
     ready = http.get("/ready").json()
     assert ready["status"] == "ready" and ready["model_type"] == "custom"
-    assert ready["pid"] in server.worker_pids()
+    assert ready["pid"] == server.pid  # the front answers; the workers compute
+    workers = http.get("/workers").json()["workers"]
+    assert [w["pid"] for w in workers] == server.worker_pids() and workers[0]["ready"]
     methods = http.get("/methods").json()["methods"]
     assert sorted(methods) == ["embed", "fail", "norm", "predict", "predict_proba", "slow"]
     assert methods["predict_proba"]["routes"] == ["/predict_proba", "/predict-proba"]
@@ -310,11 +312,12 @@ def test_oversized_body_and_row_count(http: httpx.Client) -> None:
 def test_model_exception_is_500_and_worker_keeps_serving(
     http: httpx.Client, server: ServerProcess
 ) -> None:
-    pid = http.get("/ready").json()["pid"]
+    pids = server.worker_pids()
     resp = post(http, "/fail", {"data": [[0, "a", -1.0, 1]]})
     assert_error(resp, 500, "MODEL_ERROR", "ValueError", "boom: x must be non-negative")
     assert post(http, "/fail", {"data": [[0, "a", 2.0, 1]]}).json()["data"] == [[0, {"y": 2.0}]]
-    assert http.get("/ready").json()["pid"] == pid  # the same worker, still serving
+    assert server.worker_pids() == pids  # the same worker, still serving
+    assert http.get("/workers").json()["restarts"] == 0
 
 
 async def _concurrent_fail_and_ok(url: str) -> list[httpx.Response]:

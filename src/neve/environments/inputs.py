@@ -43,6 +43,7 @@ SERVER_PACKAGES = (
     "numpy",
     "pandas",
     "cloudpickle",
+    "threadpoolctl",  # sizes each worker's OpenMP/BLAS pools (neve.server.worker)
 )
 #: Common model frameworks put into the base when they are installed next to the control plane
 #: (override with the account setting ``base_frameworks``).

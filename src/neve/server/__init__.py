@@ -1,12 +1,14 @@
 """neve.server: the inference server that runs inside every service instance.
 
 ``python -m neve.server --model-dir DIR --host H --port P [--num-workers N] ...`` serves one
-model directory (written by ``neve.models.save_model``) over HTTP with uvicorn worker
-processes, admission control and dynamic batching. ``start_server`` / ``ServerProcess``
+model directory (written by ``neve.models.save_model``) over HTTP: one front process (uvicorn,
+admission control and dynamic batching for the whole instance) hands batches to N worker
+processes that each hold a copy of the model. ``start_server`` / ``ServerProcess``
 (``neve.server.launch``) start and stop such a process from Python.
 
 This package may import only the standard library, starlette, uvicorn, prometheus-client,
-orjson, pyarrow, numpy, pandas, cloudpickle, ``neve.models`` and ``neve.errors``: it is installed into
+orjson, pyarrow, numpy, pandas, cloudpickle, threadpoolctl, ``neve.models`` and
+``neve.errors``: it is installed into
 every model environment, next to the model's own framework and nothing else.
 """
 

@@ -1,27 +1,25 @@
-"""``python -m neve.server``: the supervisor process of one inference server instance.
+"""``python -m neve.server``: one inference server instance.
 
-It binds the listening socket itself (``--port 0`` picks a free port; ``--port-file`` receives
-the port once bound), then runs uvicorn's multi-process supervisor over N worker processes, each
-importing ``neve.server.app:create_app`` and loading its own copy of the model. The supervisor
-restarts a worker that dies, and stops the whole server (exit status 3) when a worker cannot
-start, e.g. because the model does not load. SIGTERM or SIGINT stops it gracefully.
+This process is the instance's front: it binds the listening socket (``--port 0`` picks a free
+port; ``--port-file`` receives the port once bound) and runs uvicorn in-process with the
+application of ``neve.server.app``, which starts N worker processes that each load their own
+copy of the model and compute the batches the front forms (``neve.server.pool``). The server
+listens once a worker has loaded the model, restarts workers that die, and exits with status 3
+when the model does not load. SIGTERM or SIGINT stops it gracefully.
 
-The supervisor imports only the standard library, uvicorn and ``neve.server.config``: the model
-framework and pandas are loaded in the workers.
+The front never imports the model framework: it is loaded in the workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from neve.errors import InvalidArgumentError
 from neve.server.config import (
-    CONFIG_ENV,
     DEFAULT_BATCH_TIMEOUT_MS,
     DEFAULT_MAX_BATCH_ROWS,
     DEFAULT_MAX_BODY_BYTES,
@@ -29,23 +27,16 @@ from neve.server.config import (
     DEFAULT_MAX_QUEUE_ROWS,
     DEFAULT_QUEUE_TIMEOUT_S,
     ServerConfig,
-    cpu_count,
     default_num_workers,
 )
 
-APP = "neve.server.app:create_app"
-SUPERVISED_ENV = "NEVE_SERVER_SUPERVISED"  # the same names as in neve.server.app
-STATE_DIR_ENV = (
-    "NEVE_SERVER_STATE_DIR"  # metrics/ (prometheus) and workers/ (one file per ready worker)
-)
-STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start (and ours)
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+STARTUP_FAILURE = 3  # the model does not load (uvicorn's status for a failed startup)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m neve.server",
-        description="Serve one neve model directory over HTTP with N worker processes.",
+        description="Serve one neve model directory over HTTP: one queue, N worker processes.",
     )
     p.add_argument("--model-dir", required=True, help="model directory written by save_model")
     p.add_argument("--host", default="127.0.0.1")
@@ -53,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", help="write the bound port to this file once listening")
     p.add_argument(
         "--num-workers", type=int, default=None, help="default: 2*cpus+1 on cpu, 1 on cuda"
+    )
+    p.add_argument(
+        "--max-concurrent-batches",
+        type=int,
+        default=0,
+        help="batches computing at once (default: min(workers, cpus))",
+    )
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=0,
+        help="intra-op threads per worker (default: cpus / concurrent batches)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--model-name", default="model", help="name for the V2 protocol routes")
@@ -78,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         num_workers=(
             args.num_workers if args.num_workers is not None else default_num_workers(args.device)
         ),
+        max_concurrent_batches=args.max_concurrent_batches,
+        threads_per_worker=args.threads_per_worker,
         device=args.device,
         model_name=args.model_name,
         max_batch_rows=args.max_batch_rows,
@@ -104,72 +109,64 @@ def main(argv: list[str] | None = None) -> int:
             f"--model-dir {config.model_dir} is not a neve model directory (no manifest.json)"
         )
 
+    # Metrics live in this one process; a multi-process setting inherited from a launcher
+    # would make prometheus-client write files nobody reads.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
-    from neve.server.supervisor import (
-        REUSE_PORT,
-        ReusePortSupervisor,
-        bind_anchor,
-        failed_to_start,
-    )
+    from neve.server.app import create_app
+    from neve.server.sockets import bind_socket
 
-    state_dir = Path(tempfile.mkdtemp(prefix="neve-server-"))
-    (state_dir / "metrics").mkdir()
-    (state_dir / "workers").mkdir()
-    os.environ[CONFIG_ENV] = config.to_env()
-    os.environ[SUPERVISED_ENV] = "1"
-    os.environ[STATE_DIR_ENV] = str(state_dir)
-    # Workers inherit these: prometheus-client reads the directory when it is imported.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state_dir / "metrics")
-    # N workers share the CPUs: one BLAS/OpenMP/torch thread pool per worker of cpus/N threads
-    # avoids oversubscription (unless the environment already says otherwise).
-    threads = str(max(1, cpu_count() // config.num_workers))
-    for name in THREAD_ENV:
-        os.environ.setdefault(name, threads)
-
-    uv_config = uvicorn.Config(
-        APP,
-        factory=True,
-        host=config.host,
-        port=config.port,
-        workers=config.num_workers,
-        lifespan="on",
-        log_level=config.log_level,
-        access_log=config.access_log,
-        limit_concurrency=config.max_connections,
-        timeout_graceful_shutdown=10,
-        # Model loading can hold the GIL for a while; do not take a busy worker for a hung one.
-        timeout_worker_healthcheck=30,
-    )
-    supervisor: Multiprocess | None = None
     try:
-        try:
-            anchor = bind_anchor(config.host, config.port)
-        except OSError as exc:
-            print(f"neve.server: cannot listen on {config.host}:{config.port}: {exc}", flush=True)
-            return STARTUP_FAILURE
-        port = anchor.getsockname()[1]
-        if args.port_file:
-            _write_atomically(Path(args.port_file), f"{port}\n")
-        print(
-            f"neve.server: serving {config.model_dir} on http://{config.host}:{port} "
-            f"with {config.num_workers} worker(s) (pid {os.getpid()})",
-            flush=True,
+        sock = bind_socket(config.host, config.port)
+    except OSError as exc:
+        print(f"neve.server: cannot listen on {config.host}:{config.port}: {exc}", flush=True)
+        return STARTUP_FAILURE
+    port = sock.getsockname()[1]
+    app = create_app(config)
+    state = app.state.server
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=port,
+            lifespan="on",
+            log_level=config.log_level,
+            access_log=config.access_log,
+            limit_concurrency=config.max_connections,
+            timeout_graceful_shutdown=10,
         )
-        # uvicorn's supervisor (also for one worker: it restarts a worker that dies). On Linux
-        # every worker gets its own SO_REUSEPORT socket, so connections spread over workers.
-        if REUSE_PORT:
-            supervisor = ReusePortSupervisor(uv_config, anchor)
-        else:
-            supervisor = Multiprocess(uv_config, sockets=[anchor])
-        supervisor.run()
+    )
+
+    def fatal(message: str) -> None:
+        server.should_exit = True
+
+    state.on_fatal = fatal
+    if args.port_file:
+        _write_atomically(Path(args.port_file), f"{port}\n")
+    print(
+        f"neve.server: serving {config.model_dir} on http://{config.host}:{port} with "
+        f"{config.num_workers} worker(s), {config.concurrency} batch(es) at once, "
+        f"{config.threads} thread(s) per worker (pid {os.getpid()})",
+        flush=True,
+    )
+    # uvicorn re-raises the stop signal once it has shut down; a graceful stop exits 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stopped)
+    try:
+        server.run(sockets=[sock])
     finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
-    if supervisor is not None and failed_to_start(supervisor):
-        print("neve.server: a worker failed to start (see the log above); exiting", flush=True)
+        sock.close()
+    if state.pool.failed:
+        print(f"neve.server: {state.pool.failed}; exiting", flush=True)
+        return STARTUP_FAILURE
+    if not server.started:
         return STARTUP_FAILURE
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    pass
 
 
 def _write_atomically(path: Path, text: str) -> None:

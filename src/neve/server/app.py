@@ -1,10 +1,12 @@
-"""The Starlette application one uvicorn worker runs: routes, body limits, error responses.
+"""The Starlette application of an instance's front process: routes, body limits, errors.
 
-``create_app`` is the factory uvicorn imports in every worker (``neve.server.app:create_app``,
-configuration from ``NEVE_SERVER_CONFIG``). The model is loaded in the lifespan startup, before
-the worker accepts its first connection: a worker that answers at all has its model loaded, and
-a model that fails to load makes the worker exit with uvicorn's startup-failure code, which
-stops the whole server (see ``neve.server.__main__``).
+One front process per instance owns the HTTP listener, admission control and one batcher per
+model method; the model itself lives in the worker processes of a ``WorkerPool``, which compute
+the batches (see ``neve.server.pool``). The front reads the methods and signatures from the
+model directory's manifest, so it never imports the model framework. The lifespan startup
+starts the workers and returns once one has loaded the model: a server that answers at all can
+compute, and a model that fails to load makes startup fail (``python -m neve.server`` then
+exits with status 3).
 
 Routes::
 
@@ -15,21 +17,18 @@ Routes::
     GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/<name>, /v2/models/<name>/ready
     GET  /health   alive      GET /ready   model loaded     GET /metrics   Prometheus
     GET  /methods  every method's signature, options and routes
+    GET  /workers  every worker process: pid, ready, the thread limits in effect
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -47,17 +46,14 @@ from neve.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from neve.models.modeldir import MethodSpec, read_manifest
+from neve.models.signature import ModelSignature
 from neve.server import arrow_ipc, metrics, protocol
 from neve.server.batching import Admission, MethodBatcher
 from neve.server.config import ServerConfig
-from neve.server.processes import pid_alive
+from neve.server.pool import WorkerPool
 
 log = logging.getLogger("neve.server")
-#: Set by ``python -m neve.server`` for its workers (a worker then exits on startup failure).
-SUPERVISED_ENV = "NEVE_SERVER_SUPERVISED"
-#: The supervisor's scratch directory; ``workers/<pid>`` exists while that worker is ready.
-STATE_DIR_ENV = "NEVE_SERVER_STATE_DIR"
-STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start
 JSON = "application/json"
 UNKNOWN_METHOD = "_unknown"  # metrics label for requests to no method (bounded cardinality)
 
@@ -73,84 +69,68 @@ def method_routes(methods: list[str]) -> dict[str, str]:
 
 
 class ServerState:
-    """Everything one worker holds: the loaded model, its batchers and the admission budget."""
+    """Everything the front holds: the methods, the worker pool, batchers and admission."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.admission = Admission(config.max_queue_rows, config.max_inflight_bytes)
-        self.model: Any = None
+        manifest = read_manifest(config.model_dir)
+        self.model_type: str = manifest["model_type"]
+        self.methods: dict[str, MethodSpec] = {
+            m: MethodSpec(m, ModelSignature.from_dict(d["signature"]), d.get("options") or {})
+            for m, d in manifest["methods"].items()
+        }
+        self.pool = WorkerPool(config, on_fatal=self._fatal)
         self.batchers: dict[str, MethodBatcher] = {}
-        self.routes: dict[str, str] = {}
-        self.executor: ThreadPoolExecutor | None = None
+        self.routes: dict[str, str] = method_routes(list(self.methods))
         self.ready = False
         self.loaded_in_s = 0.0
+        #: Called when the server cannot go on (a worker cannot load the model any more).
+        self.on_fatal: Callable[[str], None] | None = None
 
     async def start(self) -> None:
-        from neve.models import load_model  # pandas and the framework: only in workers
-
         started = time.perf_counter()
-        self.model = load_model(self.config.model_dir, device=self.config.device)
+        await self.pool.start()
         self.loaded_in_s = time.perf_counter() - started
-        # One model thread: LoadedModel serializes calls anyway, and batches go in FIFO order.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neve-model")
-        for name in self.model.methods:
+        for spec in self.methods.values():
             batcher = MethodBatcher(
-                self.model,
-                name,
+                spec,
+                self.pool,
                 self.admission,
-                self.executor,
                 max_batch_rows=self.config.max_batch_rows,
                 batch_timeout_s=self.config.batch_timeout_ms / 1000.0,
                 queue_timeout_s=self.config.queue_timeout_s,
             )
             batcher.start()
-            self.batchers[name] = batcher
-        self.routes = method_routes(list(self.model.methods))
-        # The model and the libraries are long-lived: move them out of the collector's view,
-        # so the full collections that request garbage triggers do not walk them every time.
+            self.batchers[spec.name] = batcher
+        # Long-lived objects out of the collector's view: request garbage triggers full
+        # collections, which then need not walk them every time.
         gc.collect()
         gc.freeze()
         self.ready = True
-        self._mark_ready(True)
         log.info(
-            "worker %d loaded %s model from %s in %.2f s; methods: %s",
+            "front %d: %s model from %s ready in %.2f s; methods: %s; %d worker(s), "
+            "%d batch(es) at once, %d thread(s) per worker",
             os.getpid(),
-            self.model.model_type,
+            self.model_type,
             self.config.model_dir,
             self.loaded_in_s,
-            ", ".join(self.model.methods),
+            ", ".join(self.methods),
+            self.pool.num_workers,
+            self.pool.concurrency,
+            self.pool.threads,
         )
 
     async def stop(self) -> None:
         self.ready = False
-        self._mark_ready(False)
         for batcher in self.batchers.values():
             await batcher.stop()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.pool.stop()
 
-    def _mark_ready(self, ready: bool) -> None:
-        state = os.environ.get(STATE_DIR_ENV)
-        if not state:
-            return
-        marker = Path(state) / "workers" / str(os.getpid())
-        with contextlib.suppress(OSError):
-            if ready:
-                marker.touch()
-            else:
-                marker.unlink(missing_ok=True)
-
-    def workers_ready(self) -> int:
-        """Workers of this server whose model is loaded (1 when not run by the supervisor)."""
-        state = os.environ.get(STATE_DIR_ENV)
-        if not state:
-            return int(self.ready)
-        count = 0
-        with contextlib.suppress(OSError):
-            for marker in (Path(state) / "workers").iterdir():
-                if marker.name.isdigit() and pid_alive(int(marker.name)):
-                    count += 1
-        return count
+    def _fatal(self, message: str) -> None:
+        self.ready = False
+        if self.on_fatal is not None:
+            self.on_fatal(message)
 
     def resolve(self, segment: str) -> str:
         method = self.routes.get(segment) or self.routes.get(segment.lower())
@@ -220,7 +200,7 @@ class ServerState:
 
 
 def create_app(config: ServerConfig | None = None) -> Starlette:
-    """The ASGI app of one worker (uvicorn calls this with no argument: config from env)."""
+    """The ASGI app of an instance's front process (no argument: config from the environment)."""
     config = config or ServerConfig.from_env()
     _configure_logging(config.log_level)
     state = ServerState(config)
@@ -256,7 +236,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             body, reserved = await state.read_body(request, method)
             try:
                 if arrow:
-                    inputs = state.model.methods[method].signature.inputs
+                    inputs = state.methods[method].signature.inputs
                     parsed, extra = protocol.parse_arrow_request(body, inputs, method), None
                 else:
                     payload = protocol.loads(body)
@@ -306,7 +286,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     def parse_service(
         payload: Any, method: str, bools: bool
     ) -> tuple[protocol.ServiceRequest, None]:
-        sig = state.model.methods[method].signature
+        sig = state.methods[method].signature
         return protocol.parse_service_request(payload, sig.inputs, method, bools=bools), None
 
     def encode_service(
@@ -333,7 +313,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         return state.resolve(name)
 
     def parse_v2(payload: Any, method: str, bools: bool) -> tuple[protocol.ServiceRequest, Any]:
-        sig = state.model.methods[method].signature
+        sig = state.methods[method].signature
         parsed, requested = protocol.parse_v2_request(payload, sig.inputs, sig.outputs, method)
         request_id = payload.get("id") if isinstance(payload, dict) else None
         return parsed, (requested, request_id)
@@ -353,7 +333,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             method: str, extra: Any, parsed: protocol.ServiceRequest, out: protocol.OutputColumns
         ) -> bytes:
             requested, request_id = extra
-            sig = state.model.methods[method].signature
+            sig = state.methods[method].signature
             return protocol.encode_v2_response(
                 name, request_id, sig.outputs, out, parsed.n_rows, requested
             )
@@ -366,12 +346,12 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             method = v2_target(name) or state.default_method()
         except ObjectNotFoundError as err:
             return Response(protocol.error_body(err, v2=True), 404, media_type=JSON)
-        sig = state.model.methods[method].signature
+        sig = state.methods[method].signature
         return _json(
             {
                 "name": name,
                 "versions": [],
-                "platform": f"neve-{state.model.model_type}",
+                "platform": f"neve-{state.model_type}",
                 "parameters": {"method": method, "methods": list(state.batchers)},
                 "inputs": protocol.v2_tensor_metadata(sig.inputs),
                 "outputs": protocol.v2_tensor_metadata(sig.outputs),
@@ -403,11 +383,24 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             {
                 "status": "ready",
                 "pid": os.getpid(),
-                "model_type": state.model.model_type,
+                "model_type": state.model_type,
                 "methods": list(state.batchers),
                 "loaded_in_s": round(state.loaded_in_s, 3),
                 "workers": config.num_workers,
-                "workers_ready": state.workers_ready(),
+                "workers_ready": state.pool.ready_count(),
+                "max_concurrent_batches": state.pool.concurrency,
+                "threads_per_worker": state.pool.threads,
+            }
+        )
+
+    async def workers_route(request: Request) -> Response:
+        return _json(
+            {
+                "workers": state.pool.describe(),
+                "max_concurrent_batches": state.pool.concurrency,
+                "threads_per_worker": state.pool.threads,
+                "batches_running": state.pool.busy,
+                "restarts": state.pool.restarts,
             }
         )
 
@@ -428,7 +421,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                 routes.setdefault(name, []).append("/" + alias)
         return _json(
             {
-                "model_type": state.model.model_type,
+                "model_type": state.model_type,
                 "model_name": config.model_name,
                 "methods": {
                     name: {
@@ -437,7 +430,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                         "max_batch_rows": state.batchers[name].max_batch_rows,
                         "routes": routes.get(name, []),
                     }
-                    for name, spec in state.model.methods.items()
+                    for name, spec in state.methods.items()
                 },
             }
         )
@@ -468,15 +461,12 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             await state.start()
-        except BaseException as exc:
-            if os.environ.get(SUPERVISED_ENV) != "1":
-                raise
-            _exit_startup_failure(exc)
-        watcher = asyncio.get_running_loop().create_task(_exit_with_parent(os.getppid()))
+        except BaseException:
+            await state.stop()
+            raise
         try:
             yield
         finally:
-            watcher.cancel()
             await state.stop()
 
     routes = [
@@ -484,6 +474,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/methods", methods_route, methods=["GET"]),
+        Route("/workers", workers_route, methods=["GET"]),
         Route("/v2", v2_server_metadata, methods=["GET"]),
         Route("/v2/health/live", v2_live, methods=["GET"]),
         Route("/v2/health/ready", v2_ready, methods=["GET"]),
@@ -504,32 +495,6 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(protocol.dumps(body), status, media_type=JSON)
-
-
-async def _exit_with_parent(parent_pid: int) -> None:
-    # A worker whose supervisor died (kill -9) would keep serving on the inherited socket
-    # forever; it notices the re-parenting and shuts down gracefully instead.
-    while True:
-        await asyncio.sleep(1.0)
-        if os.getppid() != parent_pid:
-            log.warning("worker %d: supervisor %d is gone, shutting down", os.getpid(), parent_pid)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-
-
-def _exit_startup_failure(exc: BaseException) -> None:
-    """End a supervised worker whose model does not load, at once and with uvicorn's
-    startup-failure status, so the supervisor stops the whole server instead of restarting it.
-
-    ``os._exit`` skips interpreter finalization: uvicorn's supervisor may be waiting for this
-    worker's health ping, and a process that lingers half-finalized makes it wait the whole
-    health-check timeout.
-    """
-    log.error("worker %d: cannot start: %s", os.getpid(), exc, exc_info=exc)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(STARTUP_FAILURE)
 
 
 def _configure_logging(level: str) -> None:

@@ -1,19 +1,23 @@
-"""Admission control and dynamic batching, one batcher per model method in each worker.
+"""Admission control and dynamic batching for the whole instance: one queue per model method.
 
-A request is admitted only while the worker's queued rows stay within ``max_queue_rows``;
-otherwise it is refused at once with 429 (``OverloadedError`` carrying ``retry_after_s``), so a
-flood costs no memory beyond what is queued. An admitted request is cut into chunks of at most
-``max_batch_rows`` rows and appended to its method's FIFO queue.
+All requests of an instance reach the front process, so there is one budget and one FIFO
+queue per method, whichever connection a request came on. A request is admitted only while
+the instance's queued rows stay within ``max_queue_rows``; otherwise it is refused at once with
+429 (``OverloadedError`` carrying ``retry_after_s``), so a flood costs no memory beyond what is
+queued. An admitted request is cut into chunks of at most ``max_batch_rows`` rows and appended
+to its method's queue.
 
-The batcher task takes the first chunk, then keeps taking whole chunks until the batch holds
-``max_batch_rows`` rows or ``batch_timeout`` has passed (it does not wait for more once the
-batch is half full, and never waits past the timeout), and runs ``LoadedModel.call`` on the
-concatenated rows in a thread, so the event loop keeps admitting and refusing requests while the
-model works. Results are split back by row offsets, so chunks are never reordered or mixed.
-A chunk still queued after ``queue_timeout`` is dropped and its request answered 503.
+The batcher task waits for a chunk, then for a free compute slot of the ``WorkerPool`` (so
+while every slot is busy, requests pile up into the next batch), then keeps taking whole chunks
+until the batch holds ``max_batch_rows`` rows or ``batch_timeout`` has passed (it does not wait
+for more once the batch is half full, and never waits past the timeout), and hands the batch to
+the worker without waiting for it: the next batch forms while this one computes. Results are
+split back by row offsets, so chunks are never reordered or mixed. A chunk still queued after
+``queue_timeout`` is dropped and its request answered 503.
 
 When a batch of several requests fails, each request is re-run alone: one request that makes
-the model raise gets its 500 and its neighbours still get their answers.
+the model raise gets its 500 and its neighbours still get their answers. A batch whose worker
+died is re-run once the same way; a request whose re-run kills a worker too gets the error.
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ import logging
 import math
 import time
 from collections import deque
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from neve.errors import (
     ModelExecutionError,
@@ -36,15 +39,18 @@ from neve.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
-from neve.models import LoadedModel
 from neve.server import metrics
-from neve.server.protocol import OutputColumns, ServiceRequest, output_columns
+from neve.server.protocol import OutputColumns, ServiceRequest
+
+if TYPE_CHECKING:
+    from neve.models.modeldir import MethodSpec
+    from neve.server.pool import Worker, WorkerPool
 
 log = logging.getLogger("neve.server")
 
 
 class Admission:
-    """One worker's budget: rows waiting for the model and request bytes being received."""
+    """The instance's budget: rows waiting for the model and request bytes being received."""
 
     def __init__(self, max_queue_rows: int, max_inflight_bytes: int) -> None:
         self.max_queue_rows = max_queue_rows
@@ -87,28 +93,26 @@ class _Chunk:
 class _Batch:
     chunks: list[_Chunk] = field(default_factory=list)
     rows: int = 0
+    rerun: bool = False  # already a re-run after a failure: a crash is not retried again
 
 
 class MethodBatcher:
-    """Queue and batch loop of one model method in one worker."""
+    """Queue and batch loop of one model method, feeding the instance's worker pool."""
 
     def __init__(
         self,
-        model: LoadedModel,
-        method: str,
+        spec: MethodSpec,
+        pool: WorkerPool,
         admission: Admission,
-        executor: Executor,
         *,
         max_batch_rows: int,
         batch_timeout_s: float,
         queue_timeout_s: float,
     ) -> None:
-        spec = model.methods[method]
-        self.model = model
-        self.method = method
+        self.method = method = spec.name
         self.spec = spec
+        self.pool = pool
         self.admission = admission
-        self.executor = executor
         cap = spec.options.get("max_batch_size")
         # The model's own limit (manifest option) is an upper bound on what we send it.
         self.max_batch_rows = min(max_batch_rows, int(cap)) if cap else max_batch_rows
@@ -119,6 +123,7 @@ class MethodBatcher:
         self._pending: deque[_Chunk] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._queue_gauge = metrics.QUEUE_ROWS.labels(method)
         self._model_calls = metrics.MODEL_CALLS.labels(method)
         self._batch_rows = metrics.BATCH_ROWS.labels(method)
@@ -132,12 +137,13 @@ class MethodBatcher:
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         while self._pending:
             chunk = self._pending.popleft()
             if not chunk.dropped and not chunk.future.done():
@@ -229,17 +235,20 @@ class MethodBatcher:
     # ---------------------------------------------------------------- batching
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            while self._next() is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # A slot first: while all are busy, requests keep arriving into this batch.
+            worker = await self.pool.acquire()
             batch = await self._collect()
-            try:
-                await self._execute(batch)
-            except Exception:  # never let one batch end the loop: its requests get 500
-                log.exception("batch for method %r failed unexpectedly", self.method)
-                for chunk in batch.chunks:
-                    if not chunk.future.done():
-                        chunk.future.set_exception(
-                            ModelExecutionError(f"method {self.method!r}: internal error")
-                        )
+            if not batch.chunks:  # everything waiting was dropped meanwhile
+                self.pool.release(worker)
+                continue
+            task = loop.create_task(self._guarded(batch, worker))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def _next(self) -> _Chunk | None:
         pending = self._pending
@@ -255,10 +264,9 @@ class MethodBatcher:
         batch.rows += chunk.n_rows
 
     async def _collect(self) -> _Batch:
-        while self._next() is None:
-            self._wakeup.clear()
-            await self._wakeup.wait()
         batch = _Batch()
+        if self._next() is None:
+            return batch
         self._take(batch)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.batch_timeout_s
@@ -281,26 +289,29 @@ class MethodBatcher:
                 break
         return batch
 
-    async def _execute(self, batch: _Batch) -> None:
-        loop = asyncio.get_running_loop()
+    async def _guarded(self, batch: _Batch, worker: Worker) -> None:
+        try:
+            await self._execute(batch, worker)
+        except Exception as exc:  # never leave a request unanswered
+            log.exception("batch for method %r failed unexpectedly", self.method)
+            err = exc if isinstance(exc, NeveError) else _as_model_error(self.method, exc)
+            for chunk in batch.chunks:
+                if not chunk.future.done():
+                    chunk.future.set_exception(err)
+
+    async def _execute(self, batch: _Batch, worker: Worker) -> None:
+        """Compute ``batch`` on ``worker`` (whose slot this call gives back) and answer it."""
         started = time.perf_counter()
         try:
-            out = await loop.run_in_executor(
-                self.executor, self._call_model, [c.columns for c in batch.chunks]
-            )
+            out = await self.pool.run(worker, self.method, [c.columns for c in batch.chunks])
         except Exception as exc:
-            if len(batch.chunks) > 1:
-                # Find the request(s) the model fails on; the others still get answers.
-                for chunk in batch.chunks:
-                    await self._execute(_Batch([chunk], chunk.n_rows))
-                return
-            err = exc if isinstance(exc, NeveError) else _as_model_error(self.method, exc)
-            if not isinstance(exc, NeveError):
-                log.error("method %r failed: %s", self.method, err.message)
-            chunk = batch.chunks[0]
-            if not chunk.future.done():
-                chunk.future.set_exception(err)
+            self.pool.release(worker)
+            await self._failed(batch, exc)
             return
+        except BaseException:
+            self.pool.release(worker)
+            raise
+        self.pool.release(worker)
         elapsed = time.perf_counter() - started
         self.admission.observe_throughput(batch.rows, elapsed)
         self._model_calls.inc()
@@ -314,23 +325,23 @@ class MethodBatcher:
                 )
             offset += chunk.n_rows
 
-    def _call_model(self, chunk_columns: list[list[np.ndarray]]) -> OutputColumns:
-        """Runs in the model thread: one DataFrame for the whole batch, one model call."""
-        if len(chunk_columns) == 1:
-            columns = chunk_columns[0]
-        else:
-            columns = [
-                np.concatenate([cols[j] for cols in chunk_columns])
-                for j in range(len(self.input_names))
-            ]
-        frame = pd.DataFrame(dict(zip(self.input_names, columns, strict=True)), copy=False)
-        try:
-            result = self.model.call(self.method, frame)
-        except NeveError:
-            raise
-        except Exception as exc:
-            raise _as_model_error(self.method, exc) from exc
-        return output_columns(result)
+    async def _failed(self, batch: _Batch, exc: Exception) -> None:
+        from neve.server.pool import WorkerCrashedError
+
+        crashed = isinstance(exc, WorkerCrashedError)
+        if len(batch.chunks) > 1 or (crashed and not batch.rerun):
+            # Find the request(s) the model fails on; the others still get answers.
+            for chunk in batch.chunks:
+                if not chunk.future.done():
+                    worker = await self.pool.acquire()
+                    await self._execute(_Batch([chunk], chunk.n_rows, rerun=True), worker)
+            return
+        err = exc if isinstance(exc, NeveError) else _as_model_error(self.method, exc)
+        if not isinstance(exc, NeveError) or crashed:
+            log.error("method %r failed: %s", self.method, err.message)
+        chunk = batch.chunks[0]
+        if not chunk.future.done():
+            chunk.future.set_exception(err)
 
 
 def _as_model_error(method: str, exc: BaseException) -> ModelExecutionError:

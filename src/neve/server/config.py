@@ -1,9 +1,9 @@
-"""The inference server's settings, shared by the CLI, the supervisor and every worker.
+"""The inference server's settings, shared by the CLI, the front process and every worker.
 
-The supervisor (``python -m neve.server``) parses the command line into a ``ServerConfig`` and
-hands it to the uvicorn worker processes through the ``NEVE_SERVER_CONFIG`` environment
-variable (JSON), because uvicorn starts workers by importing ``neve.server.app:create_app``.
-Standard library only: the supervisor process never imports pandas or the model framework.
+``python -m neve.server`` parses the command line into a ``ServerConfig``; ``create_app`` can
+also read it from the ``NEVE_SERVER_CONFIG`` environment variable (JSON). The sizing rules live
+here: how many batches compute at once and how many intra-op threads each worker gets.
+Standard library only: the front process never imports the model framework.
 """
 
 from __future__ import annotations
@@ -33,9 +33,24 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_num_workers(device: str) -> int:
-    """``2 * cpus + 1`` worker processes for a CPU model, one for a GPU model."""
-    return 1 if device == "cuda" else 2 * cpu_count() + 1
+def default_num_workers(device: str, cpus: int | None = None) -> int:
+    """``2 * cpus + 1`` worker processes for a CPU model (cpus: this machine's unless given),
+    one for a GPU model."""
+    return 1 if device == "cuda" else 2 * (cpus or cpu_count()) + 1
+
+
+def default_concurrency(num_workers: int, cpus: int | None = None) -> int:
+    """Batches computing at once: one per CPU, and never more than there are workers.
+
+    More would only time-slice the same cores (every batch slower, p99 worse); fewer would
+    leave cores idle while requests wait.
+    """
+    return max(1, min(num_workers, cpus or cpu_count()))
+
+
+def default_threads(concurrency: int, cpus: int | None = None) -> int:
+    """Intra-op threads per worker so that the batches computing at once fill the CPUs."""
+    return max(1, (cpus or cpu_count()) // max(1, concurrency))
 
 
 @dataclass(frozen=True)
@@ -51,17 +66,21 @@ class ServerConfig:
     model_name: str = "model"
     #: Most rows one model call receives (a method's ``max_batch_size`` option lowers it).
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
-    #: Most rows waiting for the model per worker, over all methods; past it: 429.
+    #: Batches computing at once over all workers (0: ``default_concurrency``).
+    max_concurrent_batches: int = 0
+    #: Intra-op threads (OpenMP/BLAS/torch/xgboost) per worker (0: ``default_threads``).
+    threads_per_worker: int = 0
+    #: Most rows waiting for the model in this instance, over all methods; past it: 429.
     max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS
     #: How long the batcher waits for more rows once the first request of a batch arrived.
     batch_timeout_ms: float = DEFAULT_BATCH_TIMEOUT_MS
     #: Largest request body; larger ones get 413 before they are read.
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    #: Request bodies being received at once per worker, in bytes; past it: 429.
+    #: Request bodies being received at once by this instance, in bytes; past it: 429.
     max_inflight_bytes: int = 4 * DEFAULT_MAX_BODY_BYTES
     #: A request still queued (not yet handed to the model) after this long gets 503.
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
-    #: Open connections per worker before uvicorn answers 503 (a last line against floods).
+    #: Open connections before uvicorn answers 503 (a last line against floods).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     log_level: str = "info"
     access_log: bool = False
@@ -70,6 +89,8 @@ class ServerConfig:
         positive = {
             "port": self.port >= 0,
             "num_workers": self.num_workers >= 1,
+            "max_concurrent_batches": self.max_concurrent_batches >= 0,
+            "threads_per_worker": self.threads_per_worker >= 0,
             "max_batch_rows": self.max_batch_rows >= 1,
             "max_queue_rows": self.max_queue_rows >= 1,
             "batch_timeout_ms": self.batch_timeout_ms >= 0,
@@ -89,6 +110,18 @@ class ServerConfig:
             raise InvalidArgumentError(
                 f"invalid device {self.device!r}: use one of {', '.join(DEVICES)}"
             )
+
+    @property
+    def concurrency(self) -> int:
+        """Batches computing at once (the setting, or the default for this machine)."""
+        if self.max_concurrent_batches:
+            return min(self.max_concurrent_batches, self.num_workers)
+        return default_concurrency(self.num_workers)
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads per worker (the setting, or the default for this machine)."""
+        return self.threads_per_worker or default_threads(self.concurrency)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

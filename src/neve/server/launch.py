@@ -35,6 +35,8 @@ OPTION_FLAGS = {
     "max_inflight_bytes": "--max-inflight-bytes",
     "queue_timeout_s": "--queue-timeout-s",
     "max_connections": "--max-connections",
+    "max_concurrent_batches": "--max-concurrent-batches",
+    "threads_per_worker": "--threads-per-worker",
     "device": "--device",
     "model_name": "--model-name",
     "log_level": "--log-level",
@@ -76,7 +78,7 @@ def server_command(
 
 
 class ServerProcess:
-    """A running ``python -m neve.server`` process (supervisor plus its workers)."""
+    """A running ``python -m neve.server`` process (the front plus its workers)."""
 
     def __init__(
         self,
@@ -224,7 +226,8 @@ def start_server(
 
     ``opts`` are the server's options by keyword: ``max_batch_rows``, ``max_queue_rows``,
     ``batch_timeout_ms``, ``max_body_bytes``, ``max_inflight_bytes``, ``queue_timeout_s``,
-    ``max_connections``, ``device``, ``model_name``, ``log_level``, ``access_log``.
+    ``max_connections``, ``max_concurrent_batches``, ``threads_per_worker``, ``device``,
+    ``model_name``, ``log_level``, ``access_log``.
     The server's stdout and stderr go to ``log_path`` (appended), or to a temporary file
     removed by ``stop()``.
     """

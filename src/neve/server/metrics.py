@@ -1,31 +1,20 @@
-"""Prometheus metrics of the inference server, aggregated over all worker processes.
+"""Prometheus metrics of the inference server.
 
-The supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory) before it starts
-the workers, so prometheus-client keeps every worker's values in memory-mapped files there and
-``GET /metrics`` on any worker reports the sum over all of them. Without that variable (an app
-created in-process) the metrics are this process's own.
+The front process answers every request and runs every batcher, so one process holds all the
+instance's metrics: no multi-process aggregation is needed (workers record nothing).
 """
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
+    REGISTRY,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
 )
-from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
-from neve.server.processes import pid_alive
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (
@@ -56,9 +45,8 @@ BATCH_ROWS = Histogram(
 MODEL_CALLS = Counter("neve_server_model_calls", "Batched model calls, by method", ["method"])
 QUEUE_ROWS = Gauge(
     "neve_server_queue_rows",
-    "Rows waiting for the model, by method (summed over live workers)",
+    "Rows waiting for the model, by method",
     ["method"],
-    multiprocess_mode="livesum",
 )
 REJECTIONS = Counter(
     "neve_server_rejections",
@@ -67,27 +55,13 @@ REJECTIONS = Counter(
     ["method", "reason"],
 )
 
-_LIVE_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+BATCHES_RUNNING = Gauge("neve_server_batches_running", "Batches computing now, over all workers")
+WORKERS_READY = Gauge("neve_server_workers_ready", "Worker processes with the model loaded")
+WORKER_RESTARTS = Counter(
+    "neve_server_worker_restarts", "Worker processes that died and were started again"
+)
 
 
 def render() -> tuple[bytes, str]:
     """The exposition text for ``GET /metrics`` and its content type."""
-    directory = os.environ.get(MULTIPROC_ENV)
-    if not directory:
-        return generate_latest(PROCESS_REGISTRY), CONTENT_TYPE
-    _forget_dead_workers(Path(directory))
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)
-    return generate_latest(registry), CONTENT_TYPE
-
-
-def _forget_dead_workers(directory: Path) -> None:
-    # uvicorn's supervisor replaces a dead worker without telling us; its "live" gauge files
-    # (queue depth) would otherwise be summed forever. Counters of dead workers are kept.
-    for file in directory.glob("gauge_live*.db"):
-        match = _LIVE_FILE.match(file.name)
-        if match is None:
-            continue
-        pid = int(match.group(1))
-        if not pid_alive(pid):
-            multiprocess.mark_process_dead(pid, path=str(directory))
+    return generate_latest(REGISTRY), CONTENT_TYPE

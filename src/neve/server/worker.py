@@ -1,0 +1,184 @@
+"""A model worker process: one copy of the model, computing the batches the front sends it.
+
+The front process (``neve.server.app``) owns HTTP, admission control and batching; it starts N
+of these with ``multiprocessing`` (spawn) and talks to each over one pipe. Messages are pickled
+(protocol 5: numpy columns travel as raw buffers):
+
+    worker -> front   ("ready", info) once the model is loaded, or ("failed", message)
+    front -> worker   (method, chunk_columns)   one batch: per request, one array per input
+    worker -> front   ("ok", OutputColumns) or ("error", NeveError.to_dict())
+
+Before the model loads, the worker limits its intra-op thread pools (OpenMP, BLAS, torch,
+xgboost, scikit-learn's ``n_jobs``) to the threads the front assigned it, so the batches that
+compute at once together fit the instance's CPUs. ``info`` reports the limits in effect.
+The worker exits when its pipe closes (the front stopped or died).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+#: Intra-op thread pools read these when their library loads: set before any import of them.
+THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+log = logging.getLogger("neve.server")
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment that sizes every intra-op pool of a worker to ``threads``."""
+    return dict.fromkeys(THREAD_ENV, str(threads))
+
+
+def main(conn: Connection, model_dir: str, device: str, threads: int, log_level: str) -> None:
+    """Entry point of a worker process (``multiprocessing`` target)."""
+    # Ctrl-C reaches the whole process group; the front decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(thread_env(threads))
+    _configure_logging(log_level)
+    try:
+        started = time.perf_counter()
+        model = _load(model_dir, device, threads)
+        info = {
+            "pid": os.getpid(),
+            "loaded_in_s": round(time.perf_counter() - started, 3),
+            **thread_limits(threads),
+        }
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}" if not _is_neve(exc) else exc.args[0]
+        log.error("worker %d: cannot start: %s\n%s", os.getpid(), message, traceback.format_exc())
+        with contextlib.suppress(OSError):
+            conn.send_bytes(pickle.dumps(("failed", message)))
+        _flush_and_exit(3)
+    # The model and the libraries are long-lived: keep them out of the collector's full passes.
+    gc.collect()
+    gc.freeze()
+    try:
+        conn.send_bytes(pickle.dumps(("ready", info)))
+        _serve(conn, model)
+    except (EOFError, OSError):
+        pass  # the front closed the pipe or is gone
+    _flush_and_exit(0)
+
+
+def _load(model_dir: str, device: str, threads: int) -> Any:
+    from neve.models import load_model
+
+    _limit_pools(threads)  # pools already loaded by the imports above
+    model = load_model(model_dir, device=device)
+    _limit_pools(threads)  # pools the framework loaded with the model
+    _limit_model(model.raw, threads)
+    return model
+
+
+def _limit_pools(threads: int) -> None:
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)  # process-wide: OpenMP and every BLAS loaded so far
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # only before torch's first parallel work
+            torch.set_num_interop_threads(1)
+
+
+def _limit_model(raw: Any, threads: int) -> None:
+    """Frameworks that carry their own thread count in the model object."""
+    module = type(raw).__module__.split(".")[0]
+    with contextlib.suppress(Exception):
+        if module == "xgboost" and hasattr(raw, "set_param"):  # native Booster
+            raw.set_param({"nthread": threads})
+        elif hasattr(raw, "get_params") and "n_jobs" in raw.get_params(deep=False):
+            # scikit-learn style (forests, xgboost/lightgbm wrappers): -1 would mean all CPUs.
+            raw.set_params(n_jobs=threads)
+
+
+def thread_limits(threads: int) -> dict[str, Any]:
+    """The thread settings in effect in this process (what ``GET /workers`` reports)."""
+    pools: list[dict[str, Any]] = []
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        pools = [
+            {
+                "user_api": p.get("user_api"),
+                "internal_api": p.get("internal_api"),
+                "num_threads": p.get("num_threads"),
+            }
+            for p in threadpool_info()
+        ]
+    torch = sys.modules.get("torch")
+    return {
+        "threads": threads,
+        "env": {name: os.environ.get(name) for name in THREAD_ENV[:3]},
+        "threadpools": pools,
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+    }
+
+
+def _serve(conn: Connection, model: Any) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from neve.errors import ModelExecutionError, NeveError
+    from neve.server.protocol import output_columns
+
+    names = {m: spec.signature.input_names for m, spec in model.methods.items()}
+    while True:
+        method, chunk_columns = pickle.loads(conn.recv_bytes())
+        try:
+            if len(chunk_columns) == 1:
+                columns = chunk_columns[0]
+            else:
+                columns = [
+                    np.concatenate([cols[j] for cols in chunk_columns])
+                    for j in range(len(names[method]))
+                ]
+            frame = pd.DataFrame(dict(zip(names[method], columns, strict=True)), copy=False)
+            reply: tuple[str, Any] = ("ok", output_columns(model.call(method, frame)))
+        except NeveError as exc:
+            reply = ("error", exc.to_dict())
+        except Exception as exc:
+            err = ModelExecutionError(f"method {method!r} raised {type(exc).__name__}: {exc}")
+            reply = ("error", err.to_dict())
+        if reply[0] == "error" and reply[1]["type"] == "ModelExecutionError":
+            log.error("worker %d: %s", os.getpid(), reply[1]["message"])
+        conn.send_bytes(pickle.dumps(reply, protocol=5))
+
+
+def _is_neve(exc: BaseException) -> bool:
+    return type(exc).__module__ == "neve.errors" and bool(exc.args)
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _configure_logging(level: str) -> None:
+    if log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s neve.server: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False
