@@ -29,5 +29,10 @@ echo "[bootstrap] installing neve[$EXTRAS] with uv"
 torch_ver=$(.venv/bin/python -c "import torch; print(torch.__version__)")
 echo "torch==${torch_ver}" > .venv/.torch-constraint.txt
 "$UV" pip install --python .venv/bin/python -q -c .venv/.torch-constraint.txt -e ".[$EXTRAS]"
+# Byte-compile everything once (also what pip or an earlier run left uncompiled): machines that
+# set PYTHONDONTWRITEBYTECODE would otherwise compile numpy, pandas, torch... from source in every
+# new process (the test suite starts hundreds: collection alone took twice as long).
+echo "[bootstrap] byte-compiling .venv"
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages >/dev/null 2>&1 || true
 echo "$want" > "$stamp"
 echo "[bootstrap] ready: $(.venv/bin/python --version), .venv"

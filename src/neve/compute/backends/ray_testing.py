@@ -14,10 +14,12 @@ plus ~130 MB per actor process.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from neve.compute.backends.ray_connect import import_ray, prefer_loopback
@@ -53,6 +55,7 @@ class LocalCluster:
         self.temp_dir: str | None = None
         self.start_seconds: float | None = None
         self.client_port: int | None = _free_port() if client_server else None
+        self._address_file: Path | None = None
 
     @property
     def address(self) -> str:
@@ -92,6 +95,10 @@ class LocalCluster:
             head_args["_system_config"] = self.system_config
         if self.client_port:
             head_args["ray_client_server_port"] = self.client_port
+        # Cluster writes its address file under Ray's default temp dir, which exists only
+        # where Ray ran before: make it, and take the file back at shutdown.
+        self._address_file = default_address_file()
+        self._address_file.parent.mkdir(parents=True, exist_ok=True)
         self.cluster = Cluster(initialize_head=True, head_node_args=head_args)
         self.head = self.cluster.head_node
         try:
@@ -125,6 +132,7 @@ class LocalCluster:
 
         disconnect()
         if self.cluster is not None:
+            self._forget_address()
             try:
                 self.cluster.shutdown()
             finally:
@@ -134,11 +142,28 @@ class LocalCluster:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
 
+    def _forget_address(self) -> None:
+        """Remove the default address file when it names this cluster, so a later
+        ``ray.init()`` on this machine does not try to join a cluster that is gone."""
+        path = self._address_file
+        try:
+            if path is not None and path.read_text().strip() == self.cluster.address:
+                path.unlink()
+        except OSError:
+            pass
+
     def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def default_address_file() -> Path:
+    """Where ``ray.cluster_utils.Cluster`` records the cluster's address: ``ray_current_cluster``
+    in Ray's default temp dir (``$RAY_TMPDIR/ray``, else ``$TMPDIR/ray``, else ``/tmp/ray``)."""
+    root = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(root) / "ray" / "ray_current_cluster"
 
 
 def _free_port() -> int:
