@@ -23,3 +23,6 @@ format: bootstrap
 
 bench: bootstrap
 	$(PY) benchmarks/server_throughput.py
+
+bench-peers: bootstrap
+	$(PY) benchmarks/bench_peers.py $(BENCH_ARGS)
