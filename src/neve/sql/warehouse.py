@@ -26,6 +26,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ class Warehouse:
         dirs = [self.root / file_part(database)] if database else sorted(self.root.iterdir())
         out = []
         for d in dirs:
-            if not d.is_dir():
+            if not d.is_dir() or d.name.startswith("."):
                 continue
             for f in sorted(d.glob("*" + FILE_SUFFIX)):
                 out.append((name_of_part(d.name), name_of_part(f.name[: -len(FILE_SUFFIX)])))
@@ -282,7 +283,8 @@ class Warehouse:
                         continue  # no tables yet: nothing to see
                     path.parent.mkdir(parents=True, exist_ok=True)
                 paths.append((a, path))
-            con = self._instance()
+            spill = self.root / ".spill" / uuid.uuid4().hex
+            con = self._instance(spill)
             for a, path in paths:
                 mode = "" if a.write else " (READ_ONLY)"
                 con.execute(f"ATTACH {_sql_string(str(path))} AS {duck_ident(a.alias)}{mode}")
@@ -291,10 +293,11 @@ class Warehouse:
         finally:
             if con is not None:
                 con.close()  # a writer checkpoints here, before its lock is released
+                shutil.rmtree(spill, ignore_errors=True)
             for lock, write in reversed(held):
                 lock.release(write)
 
-    def _instance(self) -> duckdb.DuckDBPyConnection:
+    def _instance(self, spill: Path) -> duckdb.DuckDBPyConnection:
         limits = self.limits
         try:
             return duckdb.connect(
@@ -302,6 +305,8 @@ class Warehouse:
                 config={
                     "threads": limits.threads,
                     "memory_limit": limits.memory_limit,
+                    # its own spill directory (an in-memory instance would use ./.tmp, shared)
+                    "temp_directory": str(spill),
                     "autoinstall_known_extensions": False,
                     "autoload_known_extensions": False,
                     "python_enable_replacements": False,
