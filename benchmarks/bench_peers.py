@@ -116,9 +116,11 @@ def build_models(out: Path, names: list[str]) -> dict[str, dict[str, Any]]:
             "predict": lambda batch: st.encode(batch, batch_size=64),
             "bodies": text_bodies,
             "inputs": lambda n: sentences(n, 1),
+            "path": "/encode",
         }
     for m in models.values():
         m.setdefault("inputs", lambda n: feature_rows(n, seed=3))
+        m.setdefault("path", "/predict")
     return models
 
 
@@ -175,7 +177,7 @@ def run_neve(
     try:
         server.wait_ready(timeout=600, all_workers=True)
         return measure(
-            model, label, server.port, "/predict", spec["bodies"], neve_cells(model), duration
+            model, label, server.port, spec["path"], spec["bodies"], neve_cells(model), duration
         )
     finally:
         server.stop()
