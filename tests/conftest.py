@@ -13,6 +13,47 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# pytest-xdist workers run with COLUMNS=80 LINES=24, and a rich Console made at import time keeps
+# that size: CLI tables would be cut at 80 columns in workers only. Tests that print tables set
+# COLUMNS for the command itself.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
+#: Set by this run for every test process (pytest-xdist workers inherit them).
+_RUN_DIRS_ENV = ("RAY_TMPDIR", "NEVE_BASE_IMAGES_DIR")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Per run, before any worker starts: a fresh Ray temp dir, so every run is a machine where
+    Ray never ran (a Ray left over from earlier runs once hid a missing setup step), and one
+    base environment directory shared by all accounts of the run, so the base (the server's
+    packages and the frameworks, byte-compiled) is built once per run instead of once per
+    account. Tests of base builds themselves use their account's own directory."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a worker: the controller set them
+    import tempfile
+
+    made = []
+    for name, prefix in zip(_RUN_DIRS_ENV, ("nrt-", "neve-bases-"), strict=True):
+        path = tempfile.mkdtemp(prefix=prefix)  # short: Ray's socket paths must stay short
+        os.environ[name] = path
+        made.append(path)
+    config._neve_run_dirs = made  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    for path in getattr(config, "_neve_run_dirs", []):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def own_base_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accounts opened in this test build their base environment in their own directory."""
+    monkeypatch.delenv("NEVE_BASE_IMAGES_DIR", raising=False)
+
 
 @pytest.fixture
 def neve_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

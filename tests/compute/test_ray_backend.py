@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from waits import wait_for
 
 from neve.compute.backends.ray_connect import import_ray, prefer_loopback
 
@@ -124,17 +125,6 @@ def predict(handle: InstanceHandle, timeout: float = 10.0) -> list[float]:
     resp = httpx.post(f"{handle.url}/predict", json={"data": ROWS}, timeout=timeout)
     assert resp.status_code == 200, resp.text
     return [next(iter(row[1].values())) for row in resp.json()["data"]]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def group_alive(pgid: int) -> list[int]:

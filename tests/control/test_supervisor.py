@@ -7,16 +7,10 @@ import threading
 import time
 
 import pytest
+from waits import wait_for
 
 from neve.control.supervisor import Supervisor
 from neve.errors import InvalidArgumentError
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_periodic_tasks_run_repeatedly_and_failures_do_not_stop_them(account) -> None:
@@ -40,9 +34,9 @@ def test_periodic_tasks_run_repeatedly_and_failures_do_not_stop_them(account) ->
     try:
         # a manager built after the supervisor started registers later: it is adopted too
         account.periodic(0.05, tick("late"), name="late")
-        wait_for(lambda: calls.count("early") >= 3 and calls.count("late") >= 3)
+        wait_for(lambda: calls.count("early") >= 3 and calls.count("late") >= 3, interval=0.01)
         failing = next(t for t in supervisor.tasks if t.name == "broken")
-        wait_for(lambda: failing.failures >= 3)
+        wait_for(lambda: failing.failures >= 3, interval=0.01)
         assert failing.last_error == "RuntimeError: boom"
         assert {t.name for t in supervisor.tasks} == {"early", "late", "broken"}
     finally:
@@ -61,7 +55,7 @@ def test_a_slow_task_does_not_delay_the_others(account) -> None:
     supervisor.every(0.02, lambda: fast_runs.append(time.monotonic()), "fast")
     supervisor.start()
     try:
-        wait_for(lambda: len(fast_runs) >= 5, timeout_s=5)
+        wait_for(lambda: len(fast_runs) >= 5, 5, interval=0.01)
     finally:
         release.set()
         supervisor.stop()

@@ -75,6 +75,9 @@ class Built:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     tmp = tmp_path_factory.mktemp("builds")
+    # This module tests the base build itself: its account builds its own base.
+    own_base = pytest.MonkeyPatch()
+    own_base.delenv("NEVE_BASE_IMAGES_DIR", raising=False)
     account = Account.open(str(tmp / "home"))
     account.security.bootstrap()
     ctx = admin_context("ML", "REG")
@@ -90,6 +93,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     finally:
         account.environments.close()
         account.close()
+        own_base.undo()
 
 
 def _jobs(account: Account) -> int:
@@ -290,7 +294,7 @@ def test_bad_build_requests_are_refused_before_anything_is_recorded(built: Built
 
 
 @pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[tuple[Account, RequestContext, int]]:
+def fresh(tmp_path: Path, own_base_images: None) -> Iterator[tuple[Account, RequestContext, int]]:
     """An account with no base environment yet (its build is slow enough to interrupt)."""
     account = Account.open(str(tmp_path / "home"))
     account.security.bootstrap()

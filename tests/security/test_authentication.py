@@ -293,7 +293,9 @@ def test_client_context_header_and_role_restricted_tokens(sec, admin):
 def test_repeated_wrong_passwords_lock_the_user_name(account, sec, admin):
     sec.create_user(admin, "henry", password="henry's password")
     throttle = sec.login_throttle
-    throttle.max_failures, throttle.lockout_s = 2, 0.5  # (defaults 5 and 60 s: settings)
+    throttle.max_failures = 2  # (default 5: settings)
+    now = [1000.0]
+    throttle.clock = lambda: now[0]  # lockout time passes without sleeping
     with pytest.raises(AuthenticationError, match="incorrect"):
         sec.login("henry", "guess")
     sec.login("henry", "henry's password")  # a success resets the count
@@ -303,5 +305,8 @@ def test_repeated_wrong_passwords_lock_the_user_name(account, sec, admin):
     # locked: even the right password is refused, without being checked
     with pytest.raises(AuthenticationError, match="too many failed logins for user HENRY"):
         sec.login("henry", "henry's password")
-    time.sleep(0.6)  # the lock lapses
+    now[0] += throttle.lockout_s - 1  # still locked a second before the lockout ends
+    with pytest.raises(AuthenticationError, match="try again in 1 s"):
+        sec.login("henry", "henry's password")
+    now[0] += 1  # the lock lapses
     assert sec.login("henry", "henry's password").startswith("nvs_")

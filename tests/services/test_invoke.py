@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 from sklearn.linear_model import LinearRegression
+from waits import wait_for
 
 from neve.errors import ObjectNotFoundError, ServiceUnavailableError, SignatureError
 from neve.models import load_model, save_model
@@ -188,10 +188,19 @@ def test_killed_instance_costs_no_call(servers, model_dir, tmp_path):
     threads = [threading.Thread(target=caller) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    # Kill once calls are flowing, stop once calls have gone on after the kill and the dead
+    # instance was tried: counted events, not sleeps, so a slow machine cannot skip either.
+    wait_for(lambda: len(results) >= 3 or failures, 30, "calls before the kill")
     victim = servers[1]
     os.killpg(victim.pid, signal.SIGKILL)
-    time.sleep(1.0)
+    after_kill = len(results)
+    wait_for(
+        lambda: (
+            (len(results) >= after_kill + 6 and invoker.totals.failed_attempts >= 1) or failures
+        ),
+        30,
+        "calls after the kill, one of them tried on the dead instance",
+    )
     stop.set()
     for t in threads:
         t.join(30)

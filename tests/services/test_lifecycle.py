@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 from svc_helpers import MODEL, POOL, REPO, alive, process_tree
+from waits import wait_for
 
 from neve.catalog import models as m
 from neve.errors import (
@@ -48,18 +49,6 @@ def _rows(df):
 def _expected(env):
     out = load_model(env.model_dir).call("predict", env.test_df)
     return out.iloc[:, 0].to_numpy()
-
-
-def _wait(predicate, timeout: float, what: str, detail=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f": {detail()}" if detail is not None else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
-        time.sleep(0.2)
 
 
 def _instances(env):
@@ -176,7 +165,7 @@ def test_kill_9_instance_is_restarted_and_calls_keep_succeeding(env):
                 return row
             return None
 
-        row = _wait(restarted, 90, "instance 0 to be restarted and ready")
+        row = wait_for(restarted, 90, "instance 0 to be restarted and ready")
     finally:
         stop.set()
         thread.join(60)
@@ -190,7 +179,9 @@ def test_kill_9_instance_is_restarted_and_calls_keep_succeeding(env):
 
 def test_scale_down(env):
     services = env.account.services
-    _wait(lambda: services.describe_service(env.ctx, SVC)["current_instances"] == 2, 120, "2 ready")
+    wait_for(
+        lambda: services.describe_service(env.ctx, SVC)["current_instances"] == 2, 120, "2 ready"
+    )
     gone = int(next(c for c in _instances(env) if c["instance_id"] == "1")["pid"])
     # follow the events from here: only what happens next comes back
     start = services.follow_service_log(env.ctx, SVC, 0, "events", offset=-1)
@@ -218,7 +209,7 @@ def test_auto_suspend_after_idle(env):
     pids = set().union(*(process_tree(int(c["pid"])) for c in _instances(env)))
     assert pids
     services.alter_service(env.ctx, SVC, auto_suspend_secs=2)
-    _wait(
+    wait_for(
         lambda: services.describe_service(env.ctx, SVC)["status"] == "SUSPENDED",
         30,
         "auto-suspend",
@@ -302,14 +293,14 @@ def test_non_blocking_create_then_owner_loses_the_model(env):
     assert time.perf_counter() - t0 < 5
     assert row["status"] in ("PENDING", "BUILDING", "STARTING")
     assert row["owner"] == "ENG"
-    row = _wait(
+    row = wait_for(
         lambda: (
             (r := services.describe_service(eng, "ENG_SVC"))["status"] in ("RUNNING", "FAILED")
             and r
         ),
         120,
         "ENG_SVC running",
-        lambda: services.describe_service(eng, "ENG_SVC"),
+        detail=lambda: services.describe_service(eng, "ENG_SVC"),
     )
     assert row["status"] == "RUNNING", row["status_reason"]
     # a role without ownership of the model may not deploy it
@@ -336,7 +327,7 @@ def test_non_blocking_create_then_owner_loses_the_model(env):
     [inst] = services.show_containers(eng, "ENG_SVC")
     tree = process_tree(int(inst["pid"]))
     os.killpg(int(inst["pid"]), signal.SIGKILL)
-    row = _wait(
+    row = wait_for(
         lambda: (r := services.describe_service(eng, "ENG_SVC"))["status"] == "FAILED" and r,
         60,
         "ENG_SVC to fail",
@@ -374,7 +365,7 @@ def test_autoscale_on_queue_depth(env):
     for t in threads:
         t.start()
     try:
-        _wait(
+        wait_for(
             lambda: services.describe_service(env.ctx, name)["current_instances"] == 2,
             120,
             "a second instance",
@@ -384,7 +375,7 @@ def test_autoscale_on_queue_depth(env):
             t.join(120)
     events = services.get_service_logs(env.ctx, name, 0, "events", None)
     assert "scaling up 1 -> 2 (queue depth" in events
-    _wait(
+    wait_for(
         lambda: services.describe_service(env.ctx, name)["target_instances"] == 1,
         60,
         "scale-down when idle",

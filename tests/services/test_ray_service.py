@@ -20,6 +20,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+import waits
 from svc_helpers import MODEL, REPO
 
 from neve.compute.backends.ray_connect import import_ray, prefer_loopback
@@ -56,18 +57,13 @@ CREATE = dict(
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            running = [" ".join(p.cmdline())[:160] for p in _neve_servers()]
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for {what}; neve servers under this "
-                f"test process: {running}"
-            )
-        time.sleep(0.25)
+    """The shared ``wait_for``, naming the neve servers still running when it times out."""
+
+    def running() -> str:
+        servers = [" ".join(p.cmdline())[:160] for p in _neve_servers()]
+        return f"neve servers under this test process: {servers}"
+
+    return waits.wait_for(predicate, timeout, what, interval=0.25, detail=running)
 
 
 def rows_of(df) -> list[list]:

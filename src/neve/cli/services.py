@@ -368,6 +368,7 @@ def logs(
     try:
         api = _Api(get_session(ctx), database, schema)
         params: dict[str, Any] = {}
+        follow_from = 0
         if last is not None:
             params["last"] = last
         if service.upper().startswith("MODEL_BUILD_"):
@@ -377,25 +378,33 @@ def logs(
         else:
             params["instance"] = instance
             params["container"] = "events" if events else "model-inference"
-            if follow and last is None:
-                params["last"] = 20
+            if follow:
+                if last is None:
+                    params["last"] = 20
+                # Where to follow from, taken before the tail: a line written between the two
+                # reads is shown twice at worst, never lost.
+                follow_from = api.call(
+                    "GET", api.path(service) + "/logs", params={**params, "offset": "end"}
+                )["offset"]
             body = api.call("GET", api.path(service) + "/logs", params=params)
     except NeveError as exc:
         raise fail(exc) from None
-    console.print(body.get("text", ""), end="", markup=False, highlight=False)
+    # soft_wrap: log lines are printed as they are, never cut at the terminal width (pipes, grep)
+    console.print(body.get("text", ""), end="", markup=False, highlight=False, soft_wrap=True)
     if follow:
-        _follow(api, api.path(service) + "/logs", params)
+        _follow(api, api.path(service) + "/logs", params, follow_from)
 
 
-def _follow(api: _Api, path: str, params: dict[str, Any], interval_s: float = 1.0) -> None:
-    """Print what the log gets from now on, until interrupted."""
+def _follow(
+    api: _Api, path: str, params: dict[str, Any], offset: int, interval_s: float = 1.0
+) -> None:
+    """Print what the log gets after byte ``offset``, until interrupted."""
     import time
 
     from neve.errors import NeveError
 
     base = {k: v for k, v in params.items() if k != "last"}
     try:
-        offset: Any = api.call("GET", path, params={**base, "offset": "end"})["offset"]
         while True:
             time.sleep(interval_s)
             body = api.call("GET", path, params={**base, "offset": offset})

@@ -6,8 +6,10 @@ user names are throttled like known ones, so the lock reveals nothing about whic
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from neve.errors import AuthenticationError
@@ -23,11 +25,17 @@ class _Record:
 
 class LoginThrottle:
     def __init__(
-        self, *, max_failures: int = 5, window_s: float = 300.0, lockout_s: float = 60.0
+        self,
+        *,
+        max_failures: int = 5,
+        window_s: float = 300.0,
+        lockout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
         self.lockout_s = lockout_s
+        self.clock = clock  # seconds, monotonic; injectable so lockouts are tested without sleeping
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
 
@@ -35,14 +43,14 @@ class LoginThrottle:
         """Raise ``AuthenticationError`` while ``user`` is locked out (password not checked)."""
         with self._lock:
             record = self._records.get(user)
-            left = record.locked_until - time.monotonic() if record else 0.0
+            left = record.locked_until - self.clock() if record else 0.0
         if left > 0:
             raise AuthenticationError(
-                f"too many failed logins for user {user}; try again in {int(left) + 1} s"
+                f"too many failed logins for user {user}; try again in {math.ceil(left)} s"
             )
 
     def failed(self, user: str) -> None:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             if len(self._records) >= MAX_TRACKED:
                 self._prune(now)
