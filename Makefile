@@ -1,7 +1,12 @@
 # The two commands a new user needs: `make demo` and `make test`. Both bootstrap .venv.
 PY := .venv/bin/python
+# Test processes: one more than the cores (end-to-end tests spend much of their time waiting on
+# the processes they start). Modules stay whole on one process (--dist loadscope), so a
+# module's shared control plane, service or Ray cluster starts once.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
-.PHONY: demo test lint format bootstrap bench
+.PHONY: demo test test-fast lint format bootstrap bench bench-peers
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -11,7 +16,11 @@ demo: bootstrap
 
 test: bootstrap
 	$(PY) -m ruff check src tests examples benchmarks
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+
+# The unit tier: everything that runs in this process (no daemon, server, cluster or build).
+test-fast: bootstrap
+	$(PYTEST) -m "not e2e" $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(PY) -m ruff check src tests examples benchmarks

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 EXAMPLES = Path(__file__).resolve().parent
 
 

@@ -16,6 +16,8 @@ from neve.cli import _common
 from neve.cli.main import SUBCOMMANDS, app
 from neve.control import daemon
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 runner = CliRunner()
 
 

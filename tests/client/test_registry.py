@@ -22,6 +22,8 @@ from neve.errors import (
 )
 from neve.models import directory_digest
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 @pytest.fixture(scope="module")
 def data() -> tuple[pd.DataFrame, pd.Series]:

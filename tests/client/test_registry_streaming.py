@@ -24,9 +24,12 @@ import pytest
 import neve
 from neve.errors import ObjectNotFoundError, PayloadTooLargeError
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="peak memory is read from Linux's /proc"
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="peak memory is read from Linux's /proc"
+    ),
+]
 
 MIB = 1024 * 1024
 WEIGHTS_MIB = 64

@@ -19,6 +19,8 @@ from neve.errors import (
     SqlSyntaxError,
 )
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -25,6 +25,8 @@ from neve.context import admin_context
 from neve.errors import ServiceUnavailableError
 from neve.models import save_model
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:

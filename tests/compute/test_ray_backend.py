@@ -53,7 +53,7 @@ from neve.errors import (  # noqa: E402
 )
 from neve.models import load_model, save_model  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 
 VENV_PYTHON = str(Path(sys.executable).absolute())
 ROWS = [[0, 1.0, 2.0], [1, -3.0, 0.5], [2, 0.25, 0.25]]

@@ -13,6 +13,8 @@ import pytest
 import neve
 from neve.control import daemon
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 @pytest.fixture(scope="module")
 def api(shared_control_plane):

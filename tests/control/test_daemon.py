@@ -19,6 +19,8 @@ import neve
 from neve.control import daemon
 from neve.errors import AuthenticationError, ServiceUnavailableError
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 def daemons_for(home: Path) -> list[psutil.Process]:
     """Live ``python -m neve.control --home HOME`` processes."""

@@ -39,6 +39,8 @@ from neve.errors import (
 )
 from neve.models import save_model
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 REPO = "ML.REG.IMAGES"
 
 

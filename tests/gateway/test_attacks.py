@@ -19,6 +19,8 @@ from neve.context import RequestContext, admin_context
 from neve.security import keypair
 from neve.security.tokens import token_sha256
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 BODY = {"data": [[0, 1.0]]}
 
 

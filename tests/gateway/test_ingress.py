@@ -17,6 +17,8 @@ from neve.catalog import models as m
 from neve.context import admin_context
 from neve.security import keypair
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 def test_seed_style_client_gets_a_token_and_calls_encode(base_url, service, callers, http):
     """Obtain a token with a password, POST rows to <ingress>/encode, get vectors back."""

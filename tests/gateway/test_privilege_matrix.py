@@ -26,6 +26,8 @@ import neve
 from neve.context import RequestContext, admin_context
 from neve.errors import PermissionDeniedError
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 ROLES = ["ADMIN", "OWNER", "CALLER", "OUTSIDER", "NOBODY"]
 SERVICE = "ML.APPS.MATRIX_SVC"
 _unique = itertools.count()

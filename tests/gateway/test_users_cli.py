@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 
 from neve.cli.users import app
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 @pytest.fixture
 def cli(base_url, callers, monkeypatch):

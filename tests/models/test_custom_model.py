@@ -117,6 +117,7 @@ def test_custom_model_roundtrip(custom_model, training, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.e2e  # a fresh interpreter loads the model
 def test_custom_model_loads_without_its_source(custom_model, training, tmp_path: Path) -> None:
     """The class and the torch sub-model's class were defined here; a fresh process without
     this file on sys.path still loads and runs the model (they were pickled by value)."""

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from neve.cli.main import app
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):

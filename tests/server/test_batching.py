@@ -27,6 +27,8 @@ from neve.server.batching import Admission, MethodBatcher
 from neve.server.pool import WorkerPool
 from neve.server.protocol import parse_service_request
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 CLIENTS = 24
 REQUESTS_PER_CLIENT = 6
 

@@ -13,7 +13,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pyarrow as pa
+import pytest
 from server_helpers import serve
+
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
 
 # (not "rich": scikit-learn itself probes for it, optionally)
 FORBIDDEN = ("sqlalchemy", "httpx", "duckdb", "typer", "alembic", "sqlglot", "ray", "psycopg")

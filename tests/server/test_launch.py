@@ -13,6 +13,8 @@ from neve.errors import InvalidArgumentError, ServiceUnavailableError
 from neve.server import server_command, start_server
 from neve.server.config import default_num_workers
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 def test_port_zero_is_reported_and_stop_ends_every_process(
     linear_dir: Path, serve_and_stop

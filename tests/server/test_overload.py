@@ -19,6 +19,8 @@ from server_helpers import metric_value, serve, tree_rss_bytes
 
 from neve.server import ServerProcess
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 ROWS_PER_REQUEST = 16
 QUEUE_ROWS = 64  # 4 queued requests + 1 batch running: ~5 admitted at a time
 REQUESTS = 120  # > 10x what is admitted; half of them with ~160 KB bodies

@@ -15,6 +15,8 @@ from server_helpers import metric_value, serve
 from neve.errors import PayloadTooLargeError, SignatureError, error_from_dict
 from neve.server import ServerProcess
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 MAX_BODY = 64 * 1024
 
 

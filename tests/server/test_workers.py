@@ -32,6 +32,8 @@ from neve.server import ServerProcess
 from neve.server.config import cpu_count, default_threads
 from neve.server.processes import pid_alive
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 TRACKER_WORKERS = 3
 TRACKER_CONCURRENCY = 2
 TRACKER_THREADS = 3  # not what the machine would get by default: proves the setting travels

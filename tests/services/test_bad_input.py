@@ -16,6 +16,8 @@ from neve.errors import (
     ResourceError,
 )
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 GOOD = dict(model=MODEL, version="V1", service_name="BAD_SVC", compute_pool=POOL, image_repo=REPO)
 
 

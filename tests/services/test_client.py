@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 from neve.errors import SignatureError
 from neve.identifiers import quote
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 SVC = "LIN_SVC"
 
 

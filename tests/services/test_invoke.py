@@ -18,6 +18,8 @@ from neve.models import load_model, save_model
 from neve.server.launch import start_server
 from neve.services.invoke import ServiceInvoker
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

@@ -29,6 +29,8 @@ from neve.errors import (
 )
 from neve.models import load_model
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 SVC = "ML.REG.LIN_SVC"
 CREATE = dict(
     model=MODEL,

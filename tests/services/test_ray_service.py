@@ -38,7 +38,7 @@ import uvicorn  # noqa: E402
 from neve.compute.backends.ray_testing import LocalCluster  # noqa: E402
 from neve.models import load_model  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 
 RAY_POOL = "RAY_POOL"
 SVC = "ML.REG.RAY_SVC"

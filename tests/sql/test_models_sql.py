@@ -15,6 +15,8 @@ from neve.errors import (
 )
 from neve.models import load_model, save_model
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):

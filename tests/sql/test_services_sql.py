@@ -16,6 +16,8 @@ import pytest
 from neve.context import admin_context
 from neve.errors import InvalidArgumentError, ObjectNotFoundError, SignatureError
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 N_ROWS = 100_000
 
 

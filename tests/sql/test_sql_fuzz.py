@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 SEED = 1414
 ROUNDS = 60
 

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.e2e  # starts processes: see the Development section
+
 SECRET = 987654321  # the private salary: must never appear in an answer to NOBODY
 PASSWORD = "Matrix-pass-123"
 LEVELS = {"NOBODY": 0, "READER": 1, "WRITER": 2}

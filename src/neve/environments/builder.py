@@ -154,16 +154,10 @@ class ImageBuilder:
 
     # -- shared helpers ---------------------------------------------------------------------------
     def _uv_env(self) -> dict[str, str]:
-        # No interpreter downloads, no colour codes or spinners in the log. Bytecode is compiled
-        # at build time: an instance's workers then start ~3x faster (numpy, pandas, scikit-learn
-        # and the server import in ~1.9 s instead of ~6.6 s where PYTHONDONTWRITEBYTECODE is set
-        # or the image is read-only), and no two workers race to write the same .pyc.
-        return {
-            "UV_PYTHON_DOWNLOADS": "never",
-            "NO_COLOR": "1",
-            "UV_NO_PROGRESS": "1",
-            "UV_COMPILE_BYTECODE": "1",
-        }
+        # No interpreter downloads, no colour codes or spinners in the log. Bytecode is not
+        # compiled here (a base with torch and transformers would take ~35 s more): an image's
+        # first instance writes the caches of the modules it imports (see instance_environment).
+        return {"UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "UV_NO_PROGRESS": "1"}
 
     def _find_links_args(self) -> list[str]:
         args: list[str] = []

@@ -45,6 +45,9 @@ SCRUBBED_ENV = (
     "VIRTUAL_ENV",
     "PYTHONSTARTUP",
     "PROMETHEUS_MULTIPROC_DIR",
+    # Instances write the bytecode caches of their image, so only an image's first start
+    # compiles numpy, pandas, the framework... (a worker imports in ~1.9 s instead of ~6.6 s).
+    "PYTHONDONTWRITEBYTECODE",
 )
 #: The control plane's own settings and credentials (NEVE_HOME, NEVE_CATALOG_URL, NEVE_TOKEN,
 #: NEVE_PASSWORD, ...) are not the model's business: an instance runs user code and must not
