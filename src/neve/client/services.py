@@ -360,12 +360,14 @@ def _input_table(data: pd.DataFrame, signature: Any) -> Any | None:
     """
     import pyarrow as pa
 
+    from neve.models.signature import column_lookup
+
     if len(data) == 0:
         return None
-    by_upper = {str(c).upper(): c for c in data.columns}
+    find = column_lookup(data.columns)
     arrays = []
     for feat in signature.inputs:
-        src = feat.name if feat.name in data.columns else by_upper.get(feat.name.upper())
+        src = find(feat.name)
         if src is None:
             return None
         try:
@@ -379,11 +381,13 @@ def _arrow_output_frame(parts: list[Any], signature: Any, index: pd.Index) -> pd
     """Output tables (one per request) -> the signature's output columns on ``index``."""
     import pyarrow as pa
 
+    from neve.models.signature import column_lookup
+
     table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-    by_upper = {c.upper(): c for c in table.column_names}
+    find = column_lookup(table.column_names)
     columns: dict[str, Any] = {}
     for feat in signature.outputs:
-        src = feat.name if feat.name in table.column_names else by_upper.get(feat.name.upper())
+        src = find(feat.name)
         if src is None:
             raise ModelExecutionError(
                 f"the service answered without output {feat.name!r} (got {table.column_names})"

@@ -29,7 +29,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -126,18 +125,10 @@ def _write_last_port(home: Path, port: int) -> None:
 
 
 def _remove_stale_uploads(root: Path) -> None:
-    """Remove uploads a killed daemon left half-received (only the lock holder writes there)."""
-    from neve.control.routes.registry import UPLOAD_DIR
+    from neve.control.routes.registry import UPLOAD_DIR, remove_stale_uploads
 
-    uploads = root / UPLOAD_DIR
-    stale = sorted(uploads.iterdir()) if uploads.is_dir() else []
-    for entry in stale:
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-    if stale:
-        log.info("removed %d upload(s) a previous daemon left in %s", len(stale), uploads)
+    if stale := remove_stale_uploads(root):
+        log.info("removed %d upload(s) a previous daemon left in %s", stale, root / UPLOAD_DIR)
 
 
 def _take_lock(path: Path) -> int | None:

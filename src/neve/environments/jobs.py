@@ -628,14 +628,20 @@ class BuildJobs:
             job_name, status = job.name, job.status
         if status in FINAL:
             return self.describe(job_name)
-        with self._lock:
-            running = self._running.get(job_name)
-        if running is None:
+        if not self._cancel_running(job_name, f"cancelled by {ctx.user}"):
             raise InvalidStateError(
                 f"job {job_name} runs in another process; cancel it where it runs"
             )
-        running.deadline.cancel(f"cancelled by {ctx.user}")
         return self.wait_job(job_name, 30)
+
+    def _cancel_running(self, name: str, reason: str) -> bool:
+        """Cancel job ``name`` if it runs in this process (its uv is killed); True if it did."""
+        with self._lock:
+            running = self._running.get(name)
+        if running is None:
+            return False
+        running.deadline.cancel(reason)
+        return True
 
     def cancel_service_builds(self, service_id: int, reason: str) -> list[str]:
         """Cancel the builds running here for a service that no longer wants them (it is being
@@ -649,13 +655,7 @@ class BuildJobs:
                     )
                 )
             )
-        cancelled = []
-        for name in names:
-            with self._lock:
-                running = self._running.get(name)
-            if running is not None:
-                running.deadline.cancel(reason)
-                cancelled.append(name)
+        cancelled = [name for name in names if self._cancel_running(name, reason)]
         for name in cancelled:
             self.wait_job(name, 30)
         return cancelled

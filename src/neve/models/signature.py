@@ -8,6 +8,7 @@ Types follow the reference platform's DataType names. ``shape`` is set for tenso
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -218,6 +219,15 @@ def infer_signature(sample_input: Any, sample_output: Any) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def column_lookup(columns: Iterable[Any]) -> Callable[[str], Any | None]:
+    """A finder of signature names among ``columns``: the exact name, else the one that matches
+    case-insensitively (SQL callers upper-case names); None when absent."""
+    present = list(columns)
+    exact = set(present)
+    by_upper = {str(c).upper(): c for c in present}
+    return lambda name: name if name in exact else by_upper.get(name.upper())
+
+
 def coerce_input(df: pd.DataFrame, sig: ModelSignature, *, method: str) -> pd.DataFrame:
     """Validate ``df`` against ``sig.inputs`` and return it with signature column order and dtypes.
 
@@ -230,11 +240,11 @@ def coerce_input(df: pd.DataFrame, sig: ModelSignature, *, method: str) -> pd.Da
         # costs about 1.4 ms per 2048 x 20 call.
         names = sig.input_names
         return df if list(df.columns) == names else df[names]
-    by_upper = {str(c).upper(): c for c in df.columns}
+    find = column_lookup(df.columns)
     cols: dict[str, Any] = {}
     missing = []
     for feat in sig.inputs:
-        src = feat.name if feat.name in df.columns else by_upper.get(feat.name.upper())
+        src = find(feat.name)
         if src is None:
             missing.append(feat.name)
             continue

@@ -65,8 +65,11 @@ class ServiceLogs:
         except OSError:  # a full disk must not stop supervision
             log.exception("cannot write the events log of service %s", qn)
 
+    def events_log(self, qn: QualifiedName) -> Path:
+        return self.service_dir(qn) / EVENTS_FILE
+
     def events(self, qn: QualifiedName, last_n_lines: int | None = None) -> str:
-        return tail(self.service_dir(qn) / EVENTS_FILE, last_n_lines)
+        return tail(self.events_log(qn), last_n_lines)
 
     def remove(self, qn: QualifiedName) -> None:
         shutil.rmtree(self.service_dir(qn), ignore_errors=True)

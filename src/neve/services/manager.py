@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -46,7 +47,7 @@ from neve.services import states
 from neve.services.instances import InstanceRuntime
 from neve.services.invoke import ServiceInvoker
 from neve.services.lifecycle import Lifecycle
-from neve.services.logs import EVENTS_FILE, ServiceLogs, read_from, tail
+from neve.services.logs import ServiceLogs, read_from, tail
 from neve.services.spec import (
     BUILD_CONTAINER_NAME,
     CONTAINER_NAME,
@@ -527,9 +528,24 @@ class ServiceManager:
         container = str(container_name).strip().lower()
         if container == BUILD_CONTAINER_NAME or str(name).upper().startswith("MODEL_BUILD_"):
             return self._job_logs(ctx, name, container, last_n_lines)
+        qn, path, known = self._log_file(ctx, name, instance_id, container)
+        if container == CONTAINER_NAME and not path.exists():
+            index = int(instance_id)
+            if index not in known:
+                listed = ", ".join(map(str, known)) or "none running"
+                raise InvalidArgumentError(
+                    f"service {qn} has no instance {index} (instances: {listed})"
+                )
+        return tail(path, last_n_lines)
+
+    def _log_file(
+        self, ctx: RequestContext, name: str, instance_id: int | str, container: str
+    ) -> tuple[QualifiedName, Path, list[int]]:
+        """(service, log file, its instance indexes) of an instance's log or (container
+        ``events``) of the supervisor's events; needs MONITOR."""
         if container not in (CONTAINER_NAME, "events"):
             raise InvalidArgumentError(
-                f"service {name} has no container {container_name!r}; containers: "
+                f"service {name} has no container {container!r}; containers: "
                 f"{CONTAINER_NAME} (and 'events' for the supervisor's events)"
             )
         try:
@@ -544,14 +560,8 @@ class ServiceManager:
             qn = lookup.qualified(s, svc.schema_id, svc.name)
             known = sorted(i.instance_index for i in svc.instances)
         if container == "events":
-            return self.logs.events(qn, last_n_lines)
-        path = self.logs.instance_log(qn, index)
-        if not path.exists() and index not in known:
-            listed = ", ".join(map(str, known)) or "none running"
-            raise InvalidArgumentError(
-                f"service {qn} has no instance {index} (instances: {listed})"
-            )
-        return tail(path, last_n_lines)
+            return qn, self.logs.events_log(qn), known
+        return qn, self.logs.instance_log(qn, index), known
 
     def follow_service_log(
         self,
@@ -567,19 +577,7 @@ class ServiceManager:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
             raise InvalidArgumentError(f"offset must be an integer >= -1, got {offset!r}")
         container = str(container_name).strip().lower()
-        if container not in (CONTAINER_NAME, "events"):
-            raise InvalidArgumentError(
-                f"service {name}: only {CONTAINER_NAME} and 'events' can be followed"
-            )
-        with self.account.catalog.transaction() as s:
-            svc = self._service(s, ctx, name)
-            self._require_any(s, ctx, svc, "MONITOR")
-            qn = lookup.qualified(s, svc.schema_id, svc.name)
-        path = (
-            self.logs.service_dir(qn) / EVENTS_FILE
-            if container == "events"
-            else self.logs.instance_log(qn, int(instance_id))
-        )
+        _, path, _ = self._log_file(ctx, name, instance_id, container)
         text, next_offset = read_from(path, offset)
         return {"text": text, "offset": next_offset}
 

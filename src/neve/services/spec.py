@@ -252,16 +252,18 @@ def default_num_workers(resources: Resources, node_vcpu: float | None = None) ->
     """``2 * cpus + 1`` on CPU, one on GPU. cpus: the instance's CPU request; without one, the
     cores of a node of its pool's instance family (``node_vcpu``) as far as this machine has
     them: a CPU_X64_XS service on a 32-core host gets 3 workers, not 65 copies of the model."""
-    if resources.gpu > 0:
-        return 1
-    if resources.cpu is not None:
-        return 2 * max(1, math.ceil(resources.cpu)) + 1
     from neve.server.config import cpu_count
+    from neve.server.config import default_num_workers as server_default
 
-    cpus = cpu_count()
-    if node_vcpu is not None:
-        cpus = min(cpus, max(1, math.ceil(node_vcpu)))
-    return 2 * cpus + 1
+    if resources.gpu > 0:
+        return server_default("cuda")
+    if resources.cpu is not None:
+        cpus = max(1, math.ceil(resources.cpu))
+    elif node_vcpu is not None:
+        cpus = min(cpu_count(), max(1, math.ceil(node_vcpu)))
+    else:
+        cpus = cpu_count()
+    return server_default("cpu", cpus)
 
 
 def identity(

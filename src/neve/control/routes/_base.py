@@ -68,6 +68,15 @@ def error_response(err: NeveError) -> Response:
     return json_response(err.to_dict(), status=err.http_status)
 
 
+def refusal_response(err: NeveError) -> Response:
+    """The error answer to a request refused before its body was read: it closes the
+    connection, since uvicorn would otherwise read (and drop) the rest of the body, and the
+    refused client would send it all the same."""
+    response = error_response(err)
+    response.headers["connection"] = "close"
+    return response
+
+
 async def read_body(request: Request) -> bytes:
     """The request body, at most the account's ``max_request_body_bytes`` (413 beyond: a larger
     Content-Length before any byte is read, a longer chunked body as soon as it passes)."""
@@ -110,9 +119,7 @@ def endpoint(fn: Callable[[Call], Any] | None = None, *, raw_body: bool = False,
             try:
                 raw = await read_body(request)
             except NeveError as err:
-                response = error_response(err)
-                response.headers["connection"] = "close"  # or uvicorn drains the rest
-                return response
+                return refusal_response(err)
             body: Any = None
             if raw and not raw_body:
                 try:

@@ -69,6 +69,7 @@ from neve.control.routes._base import (
     json_body,
     json_response,
     query_flag,
+    refusal_response,
 )
 from neve.errors import InvalidArgumentError, NeveError, PayloadTooLargeError
 from neve.identifiers import QualifiedName, ident, quote
@@ -191,11 +192,7 @@ async def log_version(request: Request) -> Response:
         )
         work = await _receive_upload(request, account.settings, f"model {qn}")
     except NeveError as err:
-        # Close the connection with the answer: kept alive, uvicorn would read (and drop)
-        # the rest of the body, so a refused client would send it all the same.
-        response = error_response(err)
-        response.headers["connection"] = "close"
-        return response
+        return refusal_response(err)
     except ClientDisconnect:  # the client is gone; _receive_upload removed what it wrote
         return Response(status_code=400)
     try:
@@ -213,6 +210,16 @@ async def log_version(request: Request) -> Response:
     finally:
         await run_in_threadpool(shutil.rmtree, work, True)
     return json_response(row, status=201)
+
+
+def remove_stale_uploads(home: Path) -> int:
+    """Remove what a killed daemon left half-received in ``<home>/tmp/uploads`` (call it holding
+    the account's daemon lock: only the lock holder writes there); return how many uploads."""
+    uploads = home / UPLOAD_DIR
+    stale = len(list(uploads.iterdir())) if uploads.is_dir() else 0
+    if stale:
+        shutil.rmtree(uploads, ignore_errors=True)
+    return stale
 
 
 def _too_large(label: str, limit: int, size: int | None = None) -> PayloadTooLargeError:

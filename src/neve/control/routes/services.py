@@ -231,15 +231,19 @@ def invoke(call: Call) -> dict | Response:
         raise InvalidArgumentError(
             'invoke: "data" must be a list of rows [row_index, arg1, arg2, ...]'
         )
-    if len(rows) > MAX_INVOKE_ROWS:
-        raise InvalidArgumentError(
-            f"invoke: {len(rows)} rows in one request; send at most {MAX_INVOKE_ROWS} per request"
-        )
+    _check_row_count(len(rows))
     timeout = float(body.get("timeout_s") or 300)
     outputs = call.account.services.invoke(
         _ctx(call), _service(call), call.path["method"], rows, timeout_s=timeout
     )
     return {"data": [[row[0], out] for row, out in zip(rows, outputs, strict=True)]}
+
+
+def _check_row_count(n: int) -> None:
+    if n > MAX_INVOKE_ROWS:
+        raise InvalidArgumentError(
+            f"invoke: {n} rows in one request; send at most {MAX_INVOKE_ROWS} per request"
+        )
 
 
 def _invoke_arrow(call: Call) -> Response:
@@ -250,11 +254,7 @@ def _invoke_arrow(call: Call) -> Response:
         table = arrow_ipc.read_stream(call.raw)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidArgumentError(f"invoke: the body is not an Arrow IPC stream: {exc}") from None
-    if table.num_rows > MAX_INVOKE_ROWS:
-        raise InvalidArgumentError(
-            f"invoke: {table.num_rows} rows in one request; send at most {MAX_INVOKE_ROWS} per "
-            "request"
-        )
+    _check_row_count(table.num_rows)
     try:
         timeout = float(call.query.get("timeout_s") or 300)
     except ValueError:
