@@ -7,8 +7,6 @@ are checked in one place whichever surface a call came from.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -29,25 +27,6 @@ class Account:
         self.settings = settings or load_settings()
         self.settings.home.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.settings.resolved_catalog_url)
-        #: ``(interval_s, fn, name)`` registered with ``periodic``; the daemon's supervisor runs them.
-        self.periodic_tasks: list[tuple[float, Callable[[], object], str]] = []
-        self._periodic_lock = threading.Lock()
-
-    def periodic(
-        self, interval_s: float, fn: Callable[[], object], *, name: str | None = None
-    ) -> None:
-        """Have the control plane daemon call ``fn()`` every ``interval_s`` seconds.
-
-        Managers register their housekeeping here (typically in ``__init__``). Only a daemon
-        serving this account runs the tasks (``neve.control.supervisor``); an ``Account`` opened
-        in a test or a script just keeps the list. A task that raises is logged and runs again.
-        """
-        from neve.control.supervisor import check_periodic_task
-
-        check_periodic_task(interval_s, fn)
-        label = name or getattr(fn, "__qualname__", None) or repr(fn)
-        with self._periodic_lock:
-            self.periodic_tasks.append((float(interval_s), fn, label))
 
     @classmethod
     def open(cls, home: str | None = None) -> Account:

@@ -1,17 +1,12 @@
-"""The control plane's supervisor: periodic housekeeping on background threads.
+"""The control plane's scheduler: periodic housekeeping on background threads.
 
-Work comes from two places:
-
-- ``Supervisor.every(seconds, fn)``, called by the daemon for the hooks it knows (the services
-  manager's ``reconcile``, purging expired tokens);
-- ``account.periodic(seconds, fn)``, called by any manager for its own housekeeping. The
-  supervisor adopts those registrations while it runs, also from managers built after it started
-  (managers are created lazily, on their first use).
+The daemon lists every job in one place when it starts (``neve.control.serve``: services
+reconcile, idle compute pools, expired tokens) with ``Scheduler.every(seconds, fn, name)``.
 
 Each task runs on its own thread, so a slow task (a reconcile pass that probes many instances)
 never delays another. A task that raises is logged and runs again at its next interval. The
-first run comes one interval after the task is adopted: the daemon has just run its start-up
-work (recovery) itself.
+first run comes one interval after the start: the daemon has just run its start-up work
+(recovery) itself.
 """
 
 from __future__ import annotations
@@ -21,17 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from neve.errors import InvalidArgumentError
 
-if TYPE_CHECKING:
-    from neve.control.account import Account
-
-log = logging.getLogger("neve.control.supervisor")
-
-#: How often the supervisor looks for tasks registered with ``account.periodic``.
-ADOPT_INTERVAL_S = 0.5
+log = logging.getLogger("neve.control.scheduler")
 
 
 def check_periodic_task(interval_s: float, fn: Callable[[], object]) -> None:
@@ -56,16 +44,14 @@ class PeriodicTask:
     thread: threading.Thread | None = field(default=None, repr=False)
 
 
-class Supervisor:
+class Scheduler:
     """Runs periodic tasks until ``stop()``; see the module docstring."""
 
-    def __init__(self, account: Account | None = None) -> None:
-        self.account = account
+    def __init__(self) -> None:
         self._tasks: list[PeriodicTask] = []
-        self._adopted = 0  # how many of account.periodic_tasks are already ours
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self._started = False
 
     @property
     def tasks(self) -> list[PeriodicTask]:
@@ -74,7 +60,7 @@ class Supervisor:
 
     @property
     def running(self) -> bool:
-        return self._watcher is not None and not self._stop.is_set()
+        return self._started and not self._stop.is_set()
 
     def every(self, interval_s: float, fn: Callable[[], object], name: str | None = None) -> None:
         """Call ``fn()`` every ``interval_s`` seconds (from the next interval on)."""
@@ -82,35 +68,27 @@ class Supervisor:
         task = PeriodicTask(name or getattr(fn, "__qualname__", repr(fn)), float(interval_s), fn)
         with self._lock:
             self._tasks.append(task)
-            if self._watcher is not None and not self._stop.is_set():
+            if self.running:
                 self._launch(task)
 
     def start(self) -> None:
-        """Start every task's thread and the watcher that adopts ``account.periodic`` tasks."""
+        """Start every task's thread (idempotent); tasks added later start at once."""
         with self._lock:
-            if self._watcher is not None:
+            if self._started:
                 return
+            self._started = True
             self._stop.clear()
             for task in self._tasks:
                 self._launch(task)
-            self._watcher = threading.Thread(
-                target=self._watch, name="neve-supervisor", daemon=True
-            )
-            self._watcher.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask every task to stop and wait for the threads (a task mid-run finishes that run)."""
         self._stop.set()
         deadline = time.monotonic() + timeout_s
-        threads = [t.thread for t in self.tasks if t.thread is not None]
-        if self._watcher is not None:
-            threads.append(self._watcher)
-        for thread in threads:
+        for thread in [t.thread for t in self.tasks if t.thread is not None]:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                log.warning(
-                    "supervisor thread %s did not stop within %.0fs", thread.name, timeout_s
-                )
+                log.warning("scheduler thread %s did not stop within %.0fs", thread.name, timeout_s)
 
     # -- internals --------------------------------------------------------------------------------
     def _launch(self, task: PeriodicTask) -> None:
@@ -118,23 +96,6 @@ class Supervisor:
             target=self._run, args=(task,), name=f"neve-periodic-{task.name}", daemon=True
         )
         task.thread.start()
-
-    def _adopt(self) -> None:
-        if self.account is None:
-            return
-        registered = list(getattr(self.account, "periodic_tasks", ()))
-        for interval_s, fn, name in registered[self._adopted :]:
-            log.info("adopting periodic task %s (every %gs)", name, interval_s)
-            self.every(interval_s, fn, name)
-        self._adopted = len(registered)
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._adopt()
-            except Exception:  # a bad registration must not end the supervision of the others
-                log.exception("adopting periodic tasks failed")
-            self._stop.wait(ADOPT_INTERVAL_S)
 
     def _run(self, task: PeriodicTask) -> None:
         while not self._stop.wait(task.interval_s):

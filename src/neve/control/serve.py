@@ -6,16 +6,15 @@ Start-up, in order (one daemon per account: the first step fails fast for a seco
    kernel even on SIGKILL;
 2. log to ``<home>/logs/control.log``;
 3. ``account.security.bootstrap()`` (admin user, system roles);
-4. build every manager this version has, so a broken module fails the start loudly and every
-   manager's ``account.periodic`` hooks are registered;
+4. build every manager, so a broken module fails the start loudly;
 5. ``account.services.recover()``: reattach to the instances recorded in the catalog, or
-   restart them;
+   restart them, and start the services supervisor (its reconcile pass);
 6. write the local admin token (0600), serve the REST API, SQL endpoint and ingress gateway
    with uvicorn on ``host:port`` (bound right after step 1; port 0: a free one), and once it
-   answers write ``control.json``; start the supervisor (``services.reconcile`` and the
-   periodic hooks).
+   answers write ``control.json``; start the scheduler's ``PERIODIC_JOBS`` (idle compute
+   pools, expired tokens).
 
-SIGTERM or SIGINT stops it cleanly: uvicorn drains requests (bounded), the supervisor stops,
+SIGTERM or SIGINT stops it cleanly: uvicorn drains requests (bounded), the scheduler stops,
 the token is revoked, ``control.json`` and the token file are removed, the managers close.
 Service instances keep running: they are the account's, and the next daemon reattaches.
 """
@@ -34,7 +33,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +50,7 @@ from neve.control.daemon import (
     token_path,
     write_atomic,
 )
-from neve.control.supervisor import Supervisor
+from neve.control.scheduler import Scheduler
 
 if TYPE_CHECKING:
     import uvicorn
@@ -60,18 +59,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("neve.control")
 
-_PACKAGE = Path(neve.__file__).parent
-#: Account managers the daemon builds at start-up, when this version has their module.
-MANAGERS = (
-    ("security", "security/manager.py"),
-    ("registry", "registry/manager.py"),
-    ("environments", "environments/manager.py"),
-    ("compute", "compute/manager.py"),
-    ("services", "services/manager.py"),
-    ("sql", "sql/engine.py"),
-)
-DEFAULT_RECONCILE_INTERVAL_S = 5.0
+#: Every periodic job of the daemon, in one place: (name, seconds, the job of an account).
+#: The services reconcile pass runs on its own supervisor thread (also in-process, without a
+#: daemon): ``ServiceManager.recover`` starts it.
+POOL_IDLE_CHECK_INTERVAL_S = 2.0
 TOKEN_PURGE_INTERVAL_S = 3600.0
+PERIODIC_JOBS: tuple[tuple[str, float, Callable[[Account], Callable[[], object]]], ...] = (
+    (
+        "compute.suspend_idle_pools",
+        POOL_IDLE_CHECK_INTERVAL_S,
+        lambda a: a.compute.suspend_idle_pools,
+    ),
+    (
+        "security.purge_expired_tokens",
+        TOKEN_PURGE_INTERVAL_S,
+        lambda a: a.security.purge_expired_tokens,
+    ),
+)
 DEFAULT_SHUTDOWN_TIMEOUT_S = 15
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"
 
@@ -226,18 +230,18 @@ class ControlDaemon:
         )
         sock = self._bind()  # first: a taken port fails the start at once, with a clear log
         account = Account(self.settings)
-        supervisor = Supervisor(account)
+        scheduler = Scheduler()
         token: str | None = None
         try:
-            self._start_up(account, supervisor)
+            self._start_up(account, scheduler)
             if self.stop_requested.is_set():
                 return 0
             token = account.security.local_admin_token()
             write_atomic(token_path(self.home), token, mode=0o600)
             self.server = self._server(account)
-            return asyncio.run(self._serve(sock, supervisor))
+            return asyncio.run(self._serve(sock, scheduler))
         finally:
-            supervisor.stop()
+            scheduler.stop()
             if token is not None:
                 with contextlib.suppress(Exception):  # the catalog may be the reason we stop
                     account.security.logout(token)
@@ -245,31 +249,17 @@ class ControlDaemon:
             account.close()
             sock.close()
 
-    def _start_up(self, account: Account, supervisor: Supervisor) -> None:
+    def _start_up(self, account: Account, scheduler: Scheduler) -> None:
         account.security.bootstrap()
-        for name, module_file in MANAGERS:
-            if (_PACKAGE / module_file).exists():
-                getattr(account, name)  # builds it: registers its periodic hooks
-        if (_PACKAGE / "services/manager.py").exists():
-            services = account.services
-            recover = getattr(services, "recover", None)
-            if callable(recover):
-                log.info("recovering services from the catalog")
-                try:
-                    recover()
-                except Exception:  # the API must still come up to let the user repair things
-                    log.exception("recovering services failed; serving the API anyway")
-            reconcile = getattr(services, "reconcile", None)
-            if callable(reconcile):
-                interval = float(
-                    self.settings.extra.get(
-                        "control_reconcile_interval_secs", DEFAULT_RECONCILE_INTERVAL_S
-                    )
-                )
-                supervisor.every(interval, reconcile, "services.reconcile")
-        purge = getattr(account.security, "purge_expired_tokens", None)
-        if callable(purge):
-            supervisor.every(TOKEN_PURGE_INTERVAL_S, purge, "security.purge_expired_tokens")
+        for name in ("registry", "environments", "compute", "services", "sql"):
+            getattr(account, name)  # built now: a broken manager fails the start, not a request
+        log.info("recovering services from the catalog")
+        try:
+            account.services.recover()
+        except Exception:  # the API must still come up to let the user repair things
+            log.exception("recovering services failed; serving the API anyway")
+        for name, interval_s, job in PERIODIC_JOBS:
+            scheduler.every(interval_s, job(account), name)
 
     def _bind(self) -> socket.socket:
         if self.port == 0:
@@ -313,15 +303,14 @@ class ControlDaemon:
             ),
             "server_header": False,
         }
-        if (_PACKAGE / "gateway/limits.py").exists():
-            from neve.gateway.limits import uvicorn_options
+        from neve.gateway.limits import uvicorn_options
 
-            options.update(uvicorn_options(self.settings))  # header limits, slowloris guard, TLS
+        options.update(uvicorn_options(self.settings))  # header limits, slowloris guard, TLS
         self.scheme = "https" if options.get("ssl_certfile") else "http"
         app = create_app(account, daemon_id=self.daemon_id)
         return uvicorn.Server(uvicorn.Config(app, **options))
 
-    async def _serve(self, sock: socket.socket, supervisor: Supervisor) -> int:
+    async def _serve(self, sock: socket.socket, scheduler: Scheduler) -> int:
         server = self.server
         assert server is not None
         if self.stop_requested.is_set():
@@ -345,7 +334,7 @@ class ControlDaemon:
             "home": str(self.home),
         }
         write_atomic(info_path(self.home), json.dumps(info, indent=2) + "\n")
-        supervisor.start()
+        scheduler.start()
         log.info("serving %s at %s (pid %d)", self.home, info["url"], info["pid"])
         await serving
         return 0
