@@ -261,3 +261,18 @@ def test_pool_statements_through_sql(account, admin) -> None:
         run("CREATE COMPUTE POOL p2 INSTANCE_FAMILY = 'TPU_V5'")
     run("DROP COMPUTE POOL cpu_pool")
     assert run("SHOW COMPUTE POOLS").rows == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [(r"A\_B", ["A_B"]), ("A_B", ["AXB", "A_B"]), ("a%", ["AXB", "A_B"]), (r"%\%", [])],
+)
+def test_like_means_the_same_in_sql_and_in_the_api(account, admin, pattern, expected) -> None:
+    """One LIKE for every surface: SQL SHOW and the manager (REST, CLI, client) agree, with
+    ``\\`` escaping ``_`` and ``%``."""
+    for name in ("A_B", "AXB", "B"):
+        account.compute.create_pool(admin, name, instance_family="CPU_X64_XS")
+    sql = account.sql.execute(admin, f"SHOW COMPUTE POOLS LIKE '{pattern}'")
+    via_sql = sorted(row[sql.columns.index("name")] for row in sql.rows)
+    via_api = sorted(row["name"] for row in account.compute.show_pools(admin, like=pattern))
+    assert via_sql == via_api == expected

@@ -12,7 +12,7 @@ from neve.errors import (
     ObjectNotFoundError,
     PermissionDeniedError,
 )
-from neve.sql.statements import filter_like, like_regex
+from neve.like import filter_like, like_regex
 
 
 def column(result, name: str) -> list:

@@ -18,7 +18,6 @@ others) to see it. ``backend_for(pool)`` gives the ``ComputeBackend`` that runs 
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from neve.errors import (
     ResourceError,
 )
 from neve.identifiers import ident, quote
+from neve.like import like_regex
 from neve.security.objects import ACCOUNT
 
 if TYPE_CHECKING:
@@ -108,14 +108,6 @@ def _check_node_range(pool: str, lo: int, hi: int) -> None:
         raise InvalidArgumentError(
             f"compute pool {pool}: MAX_NODES must be <= {MAX_NODES_LIMIT}, got {hi}"
         )
-
-
-def like_pattern(like: str) -> re.Pattern[str]:
-    """SQL LIKE (``%`` any run, ``_`` one character), case-insensitive, as a regex."""
-    out = []
-    for ch in like:
-        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
-    return re.compile("^" + "".join(out) + "$", re.IGNORECASE | re.DOTALL)
 
 
 class ComputeManager:
@@ -625,7 +617,7 @@ class ComputeManager:
     # -- show / describe --------------------------------------------------------------------------
     def show_pools(self, ctx: RequestContext, like: str | None = None) -> list[dict]:
         """SHOW COMPUTE POOLS [LIKE]: the pools the role owns or holds a privilege on."""
-        pattern = like_pattern(like) if like else None
+        pattern = like_regex(like) if like else None
         with self.account.catalog.transaction() as s:
             rows = []
             for pool in s.scalars(select(m.ComputePool).order_by(m.ComputePool.name)):

@@ -38,6 +38,7 @@ from neve.errors import (
     PermissionDeniedError,
 )
 from neve.identifiers import QualifiedName, ident, qualify, split_name
+from neve.like import filter_like
 from neve.security.objects import ACCOUNT
 
 if TYPE_CHECKING:
@@ -60,15 +61,6 @@ def _aware(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-def _like(rows: list[dict], like: str | None, key: str = "name") -> list[dict]:
-    if not like:
-        return rows
-    from neve.compute.manager import like_pattern
-
-    pattern = like_pattern(like)
-    return [r for r in rows if pattern.match(str(r.get(key) or ""))]
 
 
 class EnvironmentManager:
@@ -305,7 +297,7 @@ class EnvironmentManager:
         rows = self._show_in_schema(
             ctx, m.ImageRepository, in_database, in_schema, self._may_see_repo, self._repo_row
         )
-        return _like(rows, like)
+        return filter_like(rows, like)
 
     def show_images(
         self, ctx: RequestContext, repo: str | QualifiedName, like: str | None = None
@@ -319,7 +311,7 @@ class EnvironmentManager:
                 select(m.Image).where(m.Image.repository_id == row.id).order_by(m.Image.id)
             ).all()
             out = [self.jobs.image_row(qn, image) for image in images]
-        return _like(out, like, "image_name")
+        return filter_like(out, like, "image_name")
 
     # -- network rules ----------------------------------------------------------------------------
     @staticmethod
@@ -399,7 +391,7 @@ class EnvironmentManager:
         rows = self._show_in_schema(
             ctx, m.NetworkRule, in_database, in_schema, self._may_use, self._rule_row
         )
-        return _like(rows, like)
+        return filter_like(rows, like)
 
     def describe_network_rule(self, ctx: RequestContext, name: str | QualifiedName) -> dict:
         qn = self._qn(ctx, name, "network rule")
@@ -505,7 +497,7 @@ class EnvironmentManager:
                 )
                 if self._may_use(s, ctx, i)
             ]
-        return _like(rows, like)
+        return filter_like(rows, like)
 
     def describe_external_access_integration(self, ctx: RequestContext, name: str) -> dict:
         integ_name = ident(name, kind="integration name")
@@ -590,7 +582,7 @@ class EnvironmentManager:
         return self.jobs.get_job(ctx, name)
 
     def show_jobs(self, ctx: RequestContext, like: str | None = None) -> list[dict]:
-        return _like(self.jobs.show_jobs(ctx), like)
+        return filter_like(self.jobs.show_jobs(ctx), like)
 
     def job_logs(self, ctx: RequestContext, name: str, last_n: int | None = None) -> str:
         return self.jobs.job_logs(ctx, name, last_n)

@@ -31,6 +31,7 @@ from neve.catalog import lookup
 from neve.catalog import models as m
 from neve.compute.families import instance_family
 from neve.context import RequestContext, admin_context
+from neve.dataplane.targets import CatalogIngressTargets, IngressTarget
 from neve.errors import (
     InvalidArgumentError,
     InvalidStateError,
@@ -40,8 +41,8 @@ from neve.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from neve.gateway.targets import CatalogIngressTargets, IngressTarget
 from neve.identifiers import QualifiedName, ident, qualify, quote
+from neve.like import filter_like
 from neve.security.objects import ACCOUNT
 from neve.services import states
 from neve.services.instances import InstanceRuntime
@@ -418,12 +419,7 @@ class ServiceManager:
                 ):
                     continue
                 rows.append(self._row(s, svc))
-        if like:
-            from neve.sql.statements import like_regex
-
-            rx = like_regex(like)
-            rows = [r for r in rows if rx.match(r["name"])]
-        return rows
+        return filter_like(rows, like)
 
     def describe_service(self, ctx: RequestContext, name: str | QualifiedName) -> dict[str, Any]:
         with self.account.catalog.transaction() as s:

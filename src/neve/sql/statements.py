@@ -12,7 +12,6 @@ here, and ``SHOW ... LIKE 'pat%'`` is applied in one place (:func:`filter_like`)
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from neve.catalog import models as m
 from neve.context import RequestContext
 from neve.errors import InvalidArgumentError, NotSupportedError, ObjectNotFoundError
 from neve.identifiers import ident, qualify, quote
+from neve.like import filter_like
 from neve.sql import functions as fns
 from neve.sql import objects
 from neve.sql.parser import Statement
@@ -236,28 +236,6 @@ def run_statement(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlR
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def like_regex(pattern: str) -> re.Pattern[str]:
-    """SQL LIKE (``%`` any run, ``_`` one char, ``\\`` escapes) as a case-insensitive regex."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
-        i += 1
-    return re.compile("^" + "".join(out) + "$", re.IGNORECASE | re.DOTALL)
-
-
-def filter_like(rows: list[dict], pattern: str | None, column: str = "name") -> list[dict]:
-    if pattern is None:
-        return rows
-    rx = like_regex(pattern)
-    return [r for r in rows if rx.match(str(r.get(column, "")))]
 
 
 def _result(kind: str, rows: list[dict], like: str | None = None) -> SqlResult:
