@@ -1,7 +1,7 @@
-"""Where the ingress sends a request: the service behind a host name or a path, and its instances.
+"""Where the data plane sends a request: the service behind a host or a path, and its instances.
 
-The services engineer's ``ServiceManager`` implements the same three methods (and may reuse
-``CatalogIngressTargets`` for the look-up); the gateway calls whichever the account offers:
+``ServiceManager`` implements the same three methods (and reuses ``CatalogIngressTargets`` for
+the look-up); the gateway calls whichever the account offers:
 
 - ``ingress_target(ctx, *, host=None, name=None) -> IngressTarget`` (``ObjectNotFoundError``
   when no service with ingress answers to that host or name),

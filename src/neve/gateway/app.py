@@ -45,6 +45,15 @@ from starlette.datastructures import Headers
 
 from neve.catalog import models as m
 from neve.context import RequestContext
+from neve.dataplane.balancer import Address
+from neve.dataplane.router import Router
+from neve.dataplane.router import with_retry_after as needs_retry_after
+from neve.dataplane.targets import (
+    TOUCH_INTERVAL_SECS,
+    CatalogIngressTargets,
+    IngressTarget,
+    IngressTargets,
+)
 from neve.errors import (
     AuthenticationError,
     InvalidArgumentError,
@@ -53,16 +62,9 @@ from neve.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
-from neve.gateway.balancer import Address, LeastOutstanding
 from neve.gateway.cache import TtlCache
 from neve.gateway.limits import GatewayLimits
 from neve.gateway.openapi import ingress_openapi
-from neve.gateway.targets import (
-    TOUCH_INTERVAL_SECS,
-    CatalogIngressTargets,
-    IngressTarget,
-    IngressTargets,
-)
 from neve.identifiers import qualify
 from neve.security.auth import request_id_from
 
@@ -79,7 +81,6 @@ REQUESTS = Counter(
     "neve_gateway_requests_total", "Ingress requests answered", ["service", "status"]
 )
 LATENCY = Histogram("neve_gateway_request_seconds", "Ingress request latency", ["service"])
-RETRIES = Counter("neve_gateway_retries_total", "Requests retried on another instance", ["service"])
 
 PATH_PREFIX = "/svc"
 # Routes of the inference server that are not for outside callers.
@@ -122,7 +123,6 @@ AUTH_HEADERS = (
     "x-neve-schema",
     "x-neve-context",
 )
-RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
 _SEGMENT_OK = re.compile(r'^[A-Za-z0-9_$."\- ]+$')
 
 
@@ -162,8 +162,11 @@ class Gateway:
         self.settings = account.settings
         self.limits = limits or GatewayLimits.from_settings(account.settings)
         self._targets = targets
-        self.balancer = LeastOutstanding()
-        self._client: httpx.AsyncClient | None = None
+        self.router = Router(
+            request_timeout_s=self.limits.request_timeout_secs,
+            connect_timeout_s=self.limits.connect_timeout_secs,
+        )
+        self.balancer = self.router.balancer
         self._wakes: dict[int, asyncio.Future[IngressTarget]] = {}
         self._touched: dict[int, float] = {}
         # who a credential is, and which service (authorized) a caller reaches: see cache.py
@@ -181,23 +184,8 @@ class Gateway:
             self._targets = _default_targets(self.account)
         return self._targets
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    self.limits.request_timeout_secs, connect=self.limits.connect_timeout_secs
-                ),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-                trust_env=False,  # never send loopback traffic through an HTTP proxy
-                follow_redirects=False,
-            )
-        return self._client
-
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.router.aclose()
 
     def is_ingress_host(self, host: str) -> bool:
         """True for ``<random>-<account>.<ingress_domain>`` (port ignored)."""
@@ -309,8 +297,13 @@ class Gateway:
         if not target.ready:
             self._target_cache.discard(target_key)  # its state is changing: do not reuse it
             target = await self._wake(ctx, target)
+        # The whole wait of a request for a running service (here and in the instance's
+        # queue) is one budget; waking a suspended one has its own bound (wake_timeout).
+        queue_deadline = asyncio.get_running_loop().time() + self.limits.queue_timeout_secs
         try:
-            status = await self._forward(scope, send, ctx, target, route, body, request_id, info)
+            status = await self._forward(
+                scope, send, ctx, target, route, body, request_id, info, queue_deadline
+            )
         except NeveError:
             self._target_cache.discard(target_key)  # look the service up afresh next time
             raise
@@ -505,73 +498,37 @@ class Gateway:
         body: bytes,
         request_id: str,
         info: dict[str, Any],
+        queue_deadline: float,
     ) -> int:
-        headers = self._forward_headers(scope, ctx, request_id)
-        query = scope.get("query_string", b"").decode("latin-1")
-        tried: set[Address] = set()
-        refreshed = False
-        last_error: Exception | None = None
-        while True:
-            address = self.balancer.choose(target.instances, tried)
-            if address is None:
-                if refreshed:
-                    break
-                # every known instance failed: the set may have changed (restart, scale)
-                refreshed = True
-                target = await self._wake(ctx, target)
-                address = self.balancer.choose(target.instances, tried)
-                if address is None:
-                    break
-            tried.add(address)
-            url = f"http://{address[0]}:{address[1]}{route}" + (f"?{query}" if query else "")
-            self.balancer.outstanding[address] = self.balancer.outstanding.get(address, 0) + 1
-            try:
-                request = self.client.build_request(
-                    scope["method"], url, headers=headers, content=body
-                )
-                response = await self.client.send(request, stream=True)
-            except RETRYABLE as exc:
-                self._release(address)
-                self.balancer.failed(address)
-                RETRIES.labels(target.qualified_name).inc()
-                log.warning(
-                    "request_id=%s instance %s:%s failed before answering (%s); retrying",
-                    request_id,
-                    address[0],
-                    address[1],
-                    type(exc).__name__,
-                )
-                last_error = exc
-                continue
-            except httpx.TimeoutException:
-                self._release(address)
-                raise HttpError(
-                    504,
-                    "GATEWAY_TIMEOUT",
-                    f"service {target.qualified_name} did not answer within "
-                    f"{self.limits.request_timeout_secs:g} s",
-                ) from None
-            except BaseException:
-                self._release(address)
-                raise
-            info["instance"] = f"{address[0]}:{address[1]}"
-            try:
-                await self._relay(send, response, request_id)
-            finally:
-                await response.aclose()
-                self._release(address)
-            return response.status_code
-        raise ServiceUnavailableError(
-            f"no instance of service {target.qualified_name} could be reached"
-            + (f" ({type(last_error).__name__})" if last_error else "")
-        )
+        async def endpoints(refresh: bool, remaining: float) -> list[Address]:
+            # every known instance failed: the set may have changed (restart, scale)
+            return list((await self._wake(ctx, target)).instances)
 
-    def _release(self, address: Address) -> None:
-        left = self.balancer.outstanding.get(address, 1) - 1
-        if left <= 0:
-            self.balancer.outstanding.pop(address, None)
-        else:
-            self.balancer.outstanding[address] = left
+        try:
+            routed = await self.router.open(
+                route,
+                label=target.qualified_name,
+                endpoints=endpoints,
+                instances=target.instances,
+                content=body,
+                headers=self._forward_headers(scope, ctx, request_id),
+                method=scope["method"],
+                query=scope.get("query_string", b"").decode("latin-1"),
+                queue_deadline=queue_deadline,
+            )
+        except httpx.TimeoutException:
+            raise HttpError(
+                504,
+                "GATEWAY_TIMEOUT",
+                f"service {target.qualified_name} did not answer within "
+                f"{self.limits.request_timeout_secs:g} s",
+            ) from None
+        info["instance"] = f"{routed.address[0]}:{routed.address[1]}"
+        try:
+            await self._relay(send, routed.response, request_id, self.limits.retry_after_secs)
+        finally:
+            await routed.close()
+        return routed.response.status_code
 
     @staticmethod
     def _forward_headers(scope: Scope, ctx: RequestContext, request_id: str) -> list[tuple]:
@@ -588,13 +545,18 @@ class Gateway:
         return out
 
     @staticmethod
-    async def _relay(send: Send, response: httpx.Response, request_id: str) -> None:
+    async def _relay(
+        send: Send, response: httpx.Response, request_id: str, retry_after_secs: int
+    ) -> None:
         headers = [
             (k.lower(), v)
             for k, v in response.headers.raw
             if k.lower() not in HOP_BY_HOP and k.lower() not in {b"x-request-id", b"server"}
         ]
         headers.append((b"x-request-id", request_id.encode()))
+        if needs_retry_after(response.headers, response.status_code):
+            # every refusal tells the caller when to come back, whoever made it
+            headers.append((b"retry-after", str(retry_after_secs).encode()))
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )

@@ -50,12 +50,23 @@ from neve.models.modeldir import MethodSpec, read_manifest
 from neve.models.signature import ModelSignature
 from neve.server import arrow_ipc, metrics, protocol
 from neve.server.batching import Admission, MethodBatcher
-from neve.server.config import ServerConfig
+from neve.server.config import TIMEOUT_HEADER, ServerConfig
 from neve.server.pool import WorkerPool
 
 log = logging.getLogger("neve.server")
 JSON = "application/json"
 UNKNOWN_METHOD = "_unknown"  # metrics label for requests to no method (bounded cardinality)
+
+
+def _timeout_header(value: str | None) -> float | None:
+    """Seconds from ``X-Neve-Timeout`` (None when absent or not a number)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds == seconds else None  # NaN: ignore
 
 
 def method_routes(methods: list[str]) -> dict[str, str]:
@@ -250,7 +261,9 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             finally:
                 state.admission.release_bytes(reserved)
             del body
-            out = await state.batchers[method].submit(parsed)
+            out = await state.batchers[method].submit(
+                parsed, timeout_s=_timeout_header(request.headers.get(TIMEOUT_HEADER))
+            )
             if arrow:
                 content, media_type = protocol.encode_arrow_response(out), arrow_ipc.ARROW_STREAM
             else:
@@ -260,7 +273,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         except NeveError as err:
             status = err.http_status
             headers = None
-            if isinstance(err, OverloadedError):
+            if status in (429, 503):  # every refusal says when to come back
                 headers = {"Retry-After": str(getattr(err, "retry_after_s", 1))}
             if status >= 500:
                 log.warning("%s %s -> %d %s", request.method, request.url.path, status, err.message)

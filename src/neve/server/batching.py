@@ -169,8 +169,14 @@ class MethodBatcher:
         err.retry_after_s = admission.retry_after_s()  # type: ignore[attr-defined]
         raise err
 
-    async def submit(self, request: ServiceRequest) -> OutputColumns:
-        """Queue ``request``'s rows and wait for their outputs (or raise 413/429/503/500)."""
+    async def submit(
+        self, request: ServiceRequest, *, timeout_s: float | None = None
+    ) -> OutputColumns:
+        """Queue ``request``'s rows and wait for their outputs (or raise 413/429/503/500).
+
+        ``timeout_s``: what is left of the caller's own queue budget (the ingress proxy spent
+        some of it): the request waits at most the shorter of it and ``queue_timeout``.
+        """
         n = request.n_rows
         if n == 0:
             empty = np.empty(0, dtype=object)
@@ -198,7 +204,8 @@ class MethodBatcher:
         self._queue_gauge.inc(n)
         self._pending.extend(chunks)
         self._wakeup.set()
-        return await self._wait(chunks, loop.time() + self.queue_timeout_s)
+        wait_s = self.queue_timeout_s if timeout_s is None else min(timeout_s, self.queue_timeout_s)
+        return await self._wait(chunks, loop.time() + max(0.0, wait_s))
 
     async def _wait(self, chunks: list[_Chunk], deadline: float) -> OutputColumns:
         loop = asyncio.get_running_loop()
@@ -211,11 +218,13 @@ class MethodBatcher:
                         await asyncio.wait([chunk.future], timeout=remaining)
                     if not chunk.taken and not chunk.future.done():
                         metrics.REJECTIONS.labels(self.method, "queue_timeout").inc()
-                        raise ServiceUnavailableError(
-                            f"method {self.method!r}: request waited more than "
-                            f"{self.queue_timeout_s:g} s in the queue; retry later",
+                        err = ServiceUnavailableError(
+                            f"method {self.method!r}: request waited more than its queue "
+                            f"timeout (at most {self.queue_timeout_s:g} s); retry later",
                             code="QUEUE_TIMEOUT",
                         )
+                        err.retry_after_s = self.admission.retry_after_s()  # type: ignore[attr-defined]
+                        raise err
                 results.append(await chunk.future)
         except BaseException:
             # Timeout, a failed chunk or a cancelled handler: the rest is not worth computing.

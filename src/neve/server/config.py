@@ -24,6 +24,10 @@ DEFAULT_QUEUE_TIMEOUT_S = 10.0
 DEFAULT_MAX_CONNECTIONS = 2048
 DEVICES = ("cpu", "cuda")
 
+#: Request header: seconds left of the caller's queue budget (an ingress proxy spent the rest).
+#: The instance queues the request at most that long (and never longer than its queue_timeout).
+TIMEOUT_HEADER = "x-neve-timeout"
+
 
 def cpu_count() -> int:
     """CPUs this process may run on (the cgroup/affinity view, not the host's total)."""

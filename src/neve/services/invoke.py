@@ -5,63 +5,49 @@ output dict per row back) and Arrow IPC streams of columns (``invoke_arrow``, a 
 columns back; what SQL service functions send, with no per-value Python work on either side).
 
 Rows are split into chunks of the service's ``max_batch_rows`` and the chunks are sent
-concurrently (one shared, pooled ``httpx.Client``; keep-alive connections per instance) to the
-ready instance with the fewest outstanding requests. Inference is a pure function of its input,
-so a chunk whose instance failed before answering (connection refused or reset, the process was
-killed) is sent again to another instance; a 429/503 from admission control is retried after its
-``Retry-After``. Every other error is the service's own answer and is raised as the matching
-neve error with the service's message. Results come back in input order.
+concurrently through the data plane's ``Router`` (pooled keep-alive connections; the ready
+instance with the fewest outstanding requests; a chunk whose instance failed before answering
+goes to another one; a 429/503 is retried after its ``Retry-After``). Every other error is the
+service's own answer and is raised as the matching neve error with the service's message.
+Results come back in input order.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 import pyarrow as pa
 
+from neve.dataplane.balancer import Address
+from neve.dataplane.router import Router, RouterStats
 from neve.errors import (
     ERRORS_BY_NAME,
     InvalidArgumentError,
     ModelExecutionError,
     NeveError,
     ObjectNotFoundError,
-    ServiceUnavailableError,
     SignatureError,
     error_from_dict,
 )
-from neve.gateway.balancer import Address, LeastOutstanding
 from neve.server import arrow_ipc
 
 log = logging.getLogger("neve.services")
 
 #: Rows per request when the service sets no ``max_batch_rows`` (the server's own default).
 DEFAULT_CHUNK_ROWS = 1024
-#: Longest pause asked by a 429/503 that we honour before trying again.
-MAX_RETRY_AFTER_S = 2.0
-#: Pause before re-trying when every instance just failed (the supervisor is restarting them).
-ALL_FAILED_PAUSE_S = 0.2
 
 #: ``endpoints(refresh)`` gives the ready instances; ``refresh=True`` asks again after failures
 #: (it may resume the service and wait for readiness, bounded by the deadline it was given).
 EndpointSource = Callable[[bool, float], Sequence[Address]]
 
 
-@dataclass
-class InvokeStats:
-    """Counters of one invoke call (for tests and metrics)."""
-
-    requests: int = 0
-    retries: int = 0
-    failed_attempts: int = 0
+#: Counters of an invoker (requests, retries, failed attempts): the router's.
+InvokeStats = RouterStats
 
 
 class _WireFormat:
@@ -116,22 +102,12 @@ class ServiceInvoker:
     """Thread-safe; one per ServiceManager."""
 
     def __init__(self, *, max_connections: int = 256, threads: int = 16) -> None:
-        self._http = httpx.Client(
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            timeout=httpx.Timeout(300.0, connect=5.0),
-            trust_env=False,  # loopback instances: never through a proxy from the environment
-        )
-        self._balancer = LeastOutstanding(cooldown_s=2.0)
-        self._balancer_lock = threading.Lock()
+        self.router = Router(max_connections=max_connections, cooldown_s=2.0)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="neve-invoke")
-        self.totals = InvokeStats()
-        self._totals_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._http.close()
+        self.router.close()
 
     # -- public -----------------------------------------------------------------------------------
     def invoke(
@@ -200,92 +176,22 @@ class ServiceInvoker:
         endpoints: EndpointSource,
         deadline: float,
     ) -> Any:
-        body = wire.encode(chunk)
-        headers = {"Content-Type": wire.content_type, "Accept": wire.content_type}
-        excluded: set[Address] = set()
-        refresh = False
-        last_error: str | None = None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServiceUnavailableError(
-                    f"service {label} did not answer in time"
-                    + (f" (last error: {last_error})" if last_error else "")
-                )
-            addresses = list(endpoints(refresh, remaining))
-            refresh = False
-            with self._balancer_lock:
-                address = self._balancer.choose(addresses, excluded)
-            if address is None:
-                # Every known instance failed this chunk: ask again (the supervisor restarts
-                # dead instances and marks them), after a short pause.
-                excluded.clear()
-                refresh = True
-                time.sleep(min(ALL_FAILED_PAUSE_S, max(0.0, deadline - time.monotonic())))
-                continue
-            self._count(requests=1)
-            try:
-                with self._track(address):
-                    resp = self._http.post(
-                        f"http://{address[0]}:{address[1]}/{route}",
-                        content=body,
-                        headers=headers,
-                        timeout=httpx.Timeout(max(0.05, remaining), connect=min(5.0, remaining)),
-                    )
-            except httpx.TimeoutException as exc:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailableError(
-                        f"service {label}: no answer from instance {address[0]}:{address[1]} "
-                        f"before the deadline ({type(exc).__name__})"
-                    ) from None
-                last_error = f"{type(exc).__name__} from {address[0]}:{address[1]}"
-                self._failed(address, excluded)
-                continue
-            except httpx.TransportError as exc:
-                # Refused/reset before an answer: that instance is gone; another one can answer.
-                last_error = f"{type(exc).__name__} from {address[0]}:{address[1]}: {exc}"
-                log.info("service %s: instance %s:%s failed (%s); retrying", label, *address, exc)
-                self._failed(address, excluded)
-                refresh = True
-                continue
-            status = resp.status_code
-            if status == 200:
-                return wire.decode(label, chunk, resp.content)
-            if status in (429, 503):
-                last_error = f"HTTP {status} from {address[0]}:{address[1]}"
-                self._count(retries=1)
-                pause = _retry_after(resp.headers.get("retry-after"))
-                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-                continue
-            raise _service_error(label, route, status, resp.content)
+        # Balancing, retry on another instance and Retry-After are the router's (one policy).
+        resp = self.router.send(
+            f"/{route}",
+            label=label,
+            endpoints=endpoints,
+            deadline=deadline,
+            content=wire.encode(chunk),
+            headers={"Content-Type": wire.content_type, "Accept": wire.content_type},
+        )
+        if resp.status_code == 200:
+            return wire.decode(label, chunk, resp.content)
+        raise _service_error(label, route, resp.status_code, resp.content)
 
-    def _failed(self, address: Address, excluded: set[Address]) -> None:
-        excluded.add(address)
-        with self._balancer_lock:
-            self._balancer.failed(address)
-        self._count(retries=1, failed_attempts=1)
-
-    @contextmanager
-    def _track(self, address: Address) -> Iterator[None]:
-        # LeastOutstanding is not thread-safe by itself: its counters change under our lock.
-        with self._balancer_lock:
-            outstanding = self._balancer.outstanding
-            outstanding[address] = outstanding.get(address, 0) + 1
-        try:
-            yield
-        finally:
-            with self._balancer_lock:
-                left = outstanding.get(address, 1) - 1
-                if left <= 0:
-                    outstanding.pop(address, None)
-                else:
-                    outstanding[address] = left
-
-    def _count(self, *, requests: int = 0, retries: int = 0, failed_attempts: int = 0) -> None:
-        with self._totals_lock:
-            self.totals.requests += requests
-            self.totals.retries += retries
-            self.totals.failed_attempts += failed_attempts
+    @property
+    def totals(self) -> RouterStats:
+        return self.router.stats
 
 
 def _outputs(label: str, chunk: list[list], content: bytes) -> list[dict]:
@@ -330,13 +236,6 @@ def _service_error(label: str, route: str, status: int, content: bytes) -> NeveE
     if 400 <= status < 500:
         return InvalidArgumentError(message, code=code or None)
     return ModelExecutionError(message, code=code or None)
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return max(0.01, min(float(value), MAX_RETRY_AFTER_S)) if value else 0.05
-    except ValueError:
-        return 0.05
 
 
 def _default(obj: Any) -> Any:

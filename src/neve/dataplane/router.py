@@ -1,0 +1,330 @@
+"""The one router: which instance gets a request, what happens when it fails or is full.
+
+Every path that sends rows to a service uses it: the ingress proxies (async, the instance's
+answer streamed back), ``ServiceManager.invoke`` / ``invoke_arrow`` behind SQL service functions
+(sync, from many threads) and the client's ``mv.run(..., service_name=)`` (sync, to a proxy).
+
+Policy, the same everywhere:
+
+- **balancing**: the ready instance with the fewest outstanding requests from this process
+  (``LeastOutstanding``); ties round-robin;
+- **retry on another instance**: inference is a pure function of its input, so a request whose
+  instance failed before answering (refused, reset, closed, the process was killed) is sent to
+  another one; the failed instance sits out a cool-down. When every known instance failed, the
+  endpoints are asked again with ``refresh=True`` (which may resume the service and wait);
+- **Retry-After**: a 429/503 from admission control is either handed back to the caller with
+  its ``Retry-After`` (``retry_overloaded=False``: the proxy, whose callers decide) or retried
+  after that pause, capped at ``MAX_RETRY_AFTER_S`` and the deadline (the in-process callers);
+- **queue budget**: with ``queue_deadline`` set, each attempt tells the instance how much of the
+  caller's queue budget is left (``X-Neve-Timeout``), so the whole wait (proxy + instance queue)
+  stays within it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prometheus_client import Counter
+
+from neve.dataplane.balancer import Address, LeastOutstanding
+from neve.errors import ServiceUnavailableError
+from neve.server.config import TIMEOUT_HEADER
+
+log = logging.getLogger("neve.dataplane")
+
+#: Longest pause asked by a 429/503 that a retrying caller honours before trying again.
+MAX_RETRY_AFTER_S = 2.0
+#: Pause before asking again when every instance just failed (the supervisor restarts them).
+ALL_FAILED_PAUSE_S = 0.2
+#: ``Retry-After`` put on a 429/503 that came without one.
+DEFAULT_RETRY_AFTER_S = 1
+#: Failures before any answer: safe to send again elsewhere (no answer was produced).
+RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+OVERLOADED = frozenset({429, 503})
+
+RETRIES = Counter("neve_router_retries_total", "Attempts sent again", ["service", "reason"])
+
+#: ``endpoints(refresh, remaining_s)``: the ready instances; ``refresh=True`` after failures.
+SyncEndpoints = Callable[[bool, float], Sequence[Address]]
+AsyncEndpoints = Callable[[bool, float], Awaitable[Sequence[Address]]]
+
+
+@dataclass
+class RouterStats:
+    """Counters of a router (for tests and metrics)."""
+
+    requests: int = 0
+    retries: int = 0
+    failed_attempts: int = 0
+
+
+@dataclass
+class Routed:
+    """An answer being streamed from ``address`` (async); ``close()`` it when relayed."""
+
+    address: Address
+    response: httpx.Response
+    _router: Router
+
+    async def close(self) -> None:
+        try:
+            await self.response.aclose()
+        finally:
+            self._router.balancer.release(self.address)
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` asks for, capped (a missing or odd value: a short pause)."""
+    try:
+        return max(0.01, min(float(value), MAX_RETRY_AFTER_S)) if value else 0.05
+    except ValueError:
+        return 0.05
+
+
+class Router:
+    """Thread-safe (sync API) and task-safe (async API); one per process and purpose."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 1000,
+        connect_timeout_s: float = 5.0,
+        request_timeout_s: float = 300.0,
+        cooldown_s: float = 2.0,
+        scheme: str = "http",
+    ) -> None:
+        self.balancer = LeastOutstanding(cooldown_s=cooldown_s)
+        self.scheme = scheme
+        self.stats = RouterStats()
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._timeout = httpx.Timeout(request_timeout_s, connect=connect_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._sync: httpx.Client | None = None
+        self._async: httpx.AsyncClient | None = None
+        self._lock = threading.Lock()
+
+    # -- clients ----------------------------------------------------------------------------------
+    @property
+    def sync_client(self) -> httpx.Client:
+        with self._lock:
+            if self._sync is None:
+                self._sync = httpx.Client(
+                    limits=self._limits,
+                    timeout=self._timeout,
+                    trust_env=False,  # loopback instances: never through an HTTP proxy
+                    follow_redirects=False,
+                )
+            return self._sync
+
+    @property
+    def async_client(self) -> httpx.AsyncClient:
+        if self._async is None:
+            self._async = httpx.AsyncClient(
+                limits=self._limits,
+                timeout=self._timeout,
+                trust_env=False,
+                follow_redirects=False,
+            )
+        return self._async
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sync is not None:
+                self._sync.close()
+                self._sync = None
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+        self.close()
+
+    def url(self, address: Address, route: str, query: str = "") -> str:
+        return f"{self.scheme}://{address[0]}:{address[1]}{route}" + (f"?{query}" if query else "")
+
+    # -- sync: whole answers, overload retried --------------------------------------------------
+    def send(
+        self,
+        route: str,
+        *,
+        label: str,
+        endpoints: SyncEndpoints,
+        deadline: float,
+        content: bytes,
+        headers: Mapping[str, str] | None = None,
+        method: str = "POST",
+        retry_overloaded: bool = True,
+    ) -> httpx.Response:
+        """The first answer that is not a failure to answer (``deadline``: ``time.monotonic``).
+
+        Returns any HTTP answer but an admission refusal (with ``retry_overloaded``), which is
+        retried after its ``Retry-After`` until the deadline; raises ``ServiceUnavailableError``
+        when no instance answered in time.
+        """
+        excluded: set[Address] = set()
+        refresh = False
+        last_error: str | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServiceUnavailableError(
+                    f"service {label} did not answer in time"
+                    + (f" (last error: {last_error})" if last_error else "")
+                )
+            address = self.balancer.choose(list(endpoints(refresh, remaining)), excluded)
+            refresh = False
+            if address is None:
+                # Every known instance failed this request: ask again after a short pause.
+                excluded.clear()
+                refresh = True
+                time.sleep(min(ALL_FAILED_PAUSE_S, max(0.0, deadline - time.monotonic())))
+                continue
+            self._count(requests=1)
+            try:
+                with self.balancer.track(address):
+                    resp = self.sync_client.request(
+                        method,
+                        self.url(address, route),
+                        content=content,
+                        headers=headers,
+                        timeout=httpx.Timeout(
+                            max(0.05, remaining), connect=min(self._connect_timeout_s, remaining)
+                        ),
+                    )
+            except httpx.TimeoutException as exc:
+                if time.monotonic() >= deadline:
+                    raise ServiceUnavailableError(
+                        f"service {label}: no answer from instance {address[0]}:{address[1]} "
+                        f"before the deadline ({type(exc).__name__})"
+                    ) from None
+                last_error = f"{type(exc).__name__} from {address[0]}:{address[1]}"
+                self._failed(label, address, excluded)
+                continue
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__} from {address[0]}:{address[1]}: {exc}"
+                log.info("service %s: instance %s:%s failed (%s); retrying", label, *address, exc)
+                self._failed(label, address, excluded)
+                refresh = True
+                continue
+            if retry_overloaded and resp.status_code in OVERLOADED:
+                last_error = f"HTTP {resp.status_code} from {address[0]}:{address[1]}"
+                self._count(retries=1)
+                RETRIES.labels(label, "overloaded").inc()
+                pause = retry_after(resp.headers.get("retry-after"))
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                continue
+            return resp
+
+    # -- async: streamed answers, overload handed back ------------------------------------------
+    async def open(
+        self,
+        route: str,
+        *,
+        label: str,
+        endpoints: AsyncEndpoints,
+        instances: Sequence[Address],
+        content: bytes,
+        headers: list[tuple[bytes, bytes]],
+        method: str = "POST",
+        query: str = "",
+        queue_deadline: float | None = None,
+    ) -> Routed:
+        """Send to the best of ``instances``; the answer (any status) streams from ``Routed``.
+
+        Instances that fail before answering are skipped; once all have, ``endpoints`` is asked
+        once more with ``refresh=True``. ``queue_deadline`` (``loop.time()``) is passed on as
+        the queue budget left. Raises ``ServiceUnavailableError`` when none answers, and
+        ``httpx.TimeoutException`` when the chosen one does not answer in time.
+        """
+        loop = asyncio.get_running_loop()
+        tried: set[Address] = set()
+        refreshed = False
+        last_error: Exception | None = None
+        current = list(instances)
+        while True:
+            address = self.balancer.choose(current, tried)
+            if address is None:
+                if refreshed:
+                    break
+                refreshed = True  # the set may have changed (restart, scale): ask once more
+                remaining = (queue_deadline - loop.time()) if queue_deadline else 60.0
+                current = list(await endpoints(True, max(0.0, remaining)))
+                address = self.balancer.choose(current, tried)
+                if address is None:
+                    break
+            tried.add(address)
+            sent = list(headers)
+            if queue_deadline is not None:
+                left = queue_deadline - loop.time()
+                if left <= 0:
+                    raise _queue_budget_spent(label)
+                sent.append((TIMEOUT_HEADER.encode(), f"{left:.3f}".encode()))
+            self.balancer.acquire(address)
+            self._count(requests=1)
+            try:
+                request = self.async_client.build_request(
+                    method, self.url(address, route, query), headers=sent, content=content
+                )
+                response = await self.async_client.send(request, stream=True)
+            except RETRYABLE as exc:
+                self.balancer.release(address)
+                self._failed(label, address, tried)
+                log.warning(
+                    "service %s: instance %s:%s failed before answering (%s); retrying",
+                    label,
+                    *address,
+                    type(exc).__name__,
+                )
+                last_error = exc
+                continue
+            except BaseException:
+                self.balancer.release(address)
+                raise
+            return Routed(address, response, self)
+        raise ServiceUnavailableError(
+            f"no instance of service {label} could be reached"
+            + (f" ({type(last_error).__name__})" if last_error else "")
+        )
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _failed(self, label: str, address: Address, excluded: set[Address]) -> None:
+        excluded.add(address)
+        self.balancer.failed(address)
+        RETRIES.labels(label, "instance_failed").inc()
+        self._count(retries=1, failed_attempts=1)
+
+    def _count(self, *, requests: int = 0, retries: int = 0, failed_attempts: int = 0) -> None:
+        with self._lock:
+            self.stats.requests += requests
+            self.stats.retries += retries
+            self.stats.failed_attempts += failed_attempts
+
+
+def _queue_budget_spent(label: str) -> ServiceUnavailableError:
+    err = ServiceUnavailableError(
+        f"service {label}: the request waited its whole queue budget before reaching an "
+        "instance; retry later",
+        code="QUEUE_TIMEOUT",
+    )
+    err.retry_after_s = DEFAULT_RETRY_AFTER_S  # type: ignore[attr-defined]
+    return err
+
+
+def with_retry_after(headers: Any, status: int) -> bool:
+    """Whether an answer of ``status`` with ``headers`` lacks the ``Retry-After`` it needs."""
+    return status in OVERLOADED and "retry-after" not in headers
