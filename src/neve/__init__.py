@@ -19,14 +19,18 @@ _EXPORTS = {
     "CustomModel": "neve.models.custom",
     "ModelContext": "neve.models.custom",
     "inference_api": "neve.models.custom",
+    "partitioned_api": "neve.models.custom",
+    "Task": "neve.client.compat",
+    "ExportMode": "neve.client.compat",
     "ModelSignature": "neve.models.signature",
     "FeatureSpec": "neve.models.signature",
 }
 
 if TYPE_CHECKING:
+    from neve.client.compat import ExportMode, Task
     from neve.client.registry import Model, ModelVersion, Registry
     from neve.client.session import Session, connect
-    from neve.models.custom import CustomModel, ModelContext, inference_api
+    from neve.models.custom import CustomModel, ModelContext, inference_api, partitioned_api
     from neve.models.signature import FeatureSpec, ModelSignature
 
 
@@ -43,6 +47,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CustomModel",
+    "ExportMode",
     "FeatureSpec",
     "Model",
     "ModelContext",
@@ -50,7 +55,9 @@ __all__ = [
     "ModelVersion",
     "Registry",
     "Session",
+    "Task",
     "__version__",
     "connect",
     "inference_api",
+    "partitioned_api",
 ]

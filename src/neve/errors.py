@@ -40,7 +40,10 @@ class SignatureError(InvalidArgumentError):
     code = "SIGNATURE_MISMATCH"
 
 
-class ObjectNotFoundError(NeveError, LookupError):
+class ObjectNotFoundError(NeveError, LookupError, ValueError):
+    """A missing object. Also a ``ValueError``: the reference registry API raises that for a
+    missing model or version, and code written for it catches it."""
+
     code = "NOT_FOUND"
     http_status = 404
 

@@ -82,8 +82,9 @@ def test_log_run_and_browse(reg, model, data, served_account) -> None:
     assert list(mv.run([[1.0, 2.0]]).columns) == ["a", "b", "output_feature_0"]
 
     functions = mv.show_functions()
-    assert functions[["name", "target_method"]].values.tolist() == [["PREDICT", "predict"]]
-    assert [f["name"] for f in functions["signature"][0]["inputs"]] == ["a", "b"]
+    assert [(f["name"], f["target_method"]) for f in functions] == [("PREDICT", "predict")]
+    assert functions[0]["signature"].input_names == ["a", "b"]
+    assert functions[0]["target_method_function_type"] == "FUNCTION"
 
     shown = reg.show_models()
     assert isinstance(shown, pd.DataFrame)

@@ -44,7 +44,7 @@ def test_xgboost_sklearn_api_and_booster(reg, tabular) -> None:
     x, y = tabular
     clf = xgb.XGBClassifier(n_estimators=15, max_depth=3).fit(x, y)
     mv = reg.log_model(clf, "xgb_clf", sample_input_data=x, conda_dependencies=["xgboost"])
-    assert set(mv.show_functions()["target_method"]) == {"predict", "predict_proba"}
+    assert {f["target_method"] for f in mv.show_functions()} == {"predict", "predict_proba"}
     assert mv.target_platforms == ["WAREHOUSE", "SERVICE"]
     assert any(d.startswith("xgboost==") for d in mv.dependencies)
     out = mv.run(x, function_name="predict_proba")

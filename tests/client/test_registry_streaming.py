@@ -308,7 +308,7 @@ def test_damaged_upload_is_refused_by_its_checksum(reg, limited, tmp_path: Path)
             },
         )
     assert resp.status_code == 201, resp.text
-    assert reg.get_model("damaged").version(resp.json()["name"]).show_functions().shape[0] == 1
+    assert len(reg.get_model("damaged").version(resp.json()["name"]).show_functions()) == 1
     assert _uploads_left(home) == []
 
 

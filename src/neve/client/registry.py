@@ -23,11 +23,13 @@ import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as url_quote
 
 import pandas as pd
 
+from neve.client import compat
 from neve.client.services import ServiceMixin
 from neve.errors import (
     InvalidArgumentError,
@@ -101,10 +103,18 @@ class _Client:
 
 
 class Registry:
-    """The models of one schema. The schema (and its database) is created on first log_model."""
+    """The models of one schema. The schema (and its database) is created on first log_model.
+
+    Model names may be qualified (``"db.schema.model"``, ``"schema.model"``): such a name
+    addresses that schema's registry, as in the reference API.
+    """
 
     def __init__(
-        self, session: Any, database_name: str | None = None, schema_name: str | None = None
+        self,
+        session: Any,
+        database_name: str | None = None,
+        schema_name: str | None = None,
+        options: dict | None = None,
     ) -> None:
         self._client = _Client(session)
         self._session = session
@@ -117,6 +127,9 @@ class Registry:
             )
         self.database_name = ident(db, kind="database name")
         self.schema_name = ident(sch, kind="schema name")
+        # The reference's one option (enable_monitoring) has nothing to switch here: monitor
+        # methods say they are not supported.
+        self._options = dict(options or {})
         _default_context(session, self.database_name, self.schema_name)
 
     def __repr__(self) -> str:
@@ -130,42 +143,101 @@ class Registry:
         base = f"/api/v1/models/{_seg(self.database_name)}/{_seg(self.schema_name)}"
         return base if model is None else f"{base}/{_seg(model)}"
 
+    def _locate(self, model_name: str) -> tuple[Registry, str]:
+        """The registry a (possibly qualified) model name lives in, and the bare name."""
+        database, schema, name = compat.split_model_name(model_name)
+        database = database or self.database_name
+        schema = schema or self.schema_name
+        if (database, schema) == (self.database_name, self.schema_name):
+            return self, name
+        other = Registry.__new__(Registry)
+        other._client, other._session, other._options = self._client, self._session, self._options
+        other.database_name, other.schema_name = database, schema
+        return other, name
+
     # -- log ------------------------------------------------------------------------------------
     def log_model(
         self,
         model: Any,
         model_name: str,
         version_name: str | None = None,
-        conda_dependencies: list[str] | None = None,
-        pip_requirements: list[str] | None = None,
-        python_version: str | None = None,
-        sample_input_data: Any = None,
-        signatures: dict | None = None,
-        target_platforms: list[str] | None = None,
+        *,
         comment: str | None = None,
         metrics: dict | None = None,
-        options: dict | None = None,
+        conda_dependencies: list[str] | None = None,
+        pip_requirements: list[str] | None = None,
+        artifact_repository_map: dict[str, str] | None = None,
+        resource_constraint: dict[str, str] | None = None,
+        target_platforms: list[str] | None = None,
+        python_version: str | None = None,
+        signatures: dict | None = None,
+        sample_input_data: Any = None,
+        user_files: dict[str, list[str]] | None = None,
         code_paths: list[str | os.PathLike] | None = None,
+        ext_modules: list[ModuleType] | None = None,
+        task: compat.Task | str = compat.Task.UNKNOWN,
+        options: dict | None = None,
         tags: dict | None = None,
     ) -> ModelVersion:
         """Save ``model`` here, upload it, register it as a new version; return that version.
 
-        ``options``: ``target_methods`` (list), ``method_options`` ({method: {"max_batch_size":
-        n}}), ``relax_version`` (widen the automatic ``==installed`` pins to ``>=X.Y,<X+1``).
+        ``model`` may also be a ``ModelVersion``: its files are copied as a new version of
+        ``model_name``. ``options``: ``target_methods`` (list), ``method_options`` ({method:
+        {"max_batch_size": n}}), ``relax_version`` (widen the automatic ``==installed`` pins to
+        ``>=X.Y,<X+1``). ``user_files`` ({subdirectory: [paths]}) are shipped under
+        ``user_files/<subdirectory>/`` of the model directory; ``ext_modules`` are pickled with
+        the model by value.
         """
         from neve.environments.dependencies import pin_dependencies
         from neve.models import handler_for_model, save_model
-        from neve.registry import archive
 
-        name = ident(model_name, kind="model name")
+        if artifact_repository_map:
+            raise compat.unsupported(
+                "log_model(artifact_repository_map=...)",
+                "packages come from the package index the build is allowed to reach: list them "
+                "in pip_requirements and grant the build an external access integration",
+            )
+        if resource_constraint:
+            raise compat.unsupported(
+                "log_model(resource_constraint=...)",
+                "in-process runs use this machine; size services with create_service("
+                "cpu_requests=..., memory_requests=..., gpu_requests=...)",
+            )
+        registry, bare = self._locate(model_name)
+        if registry is not self:
+            return registry.log_model(
+                model,
+                bare,
+                version_name,
+                comment=comment,
+                metrics=metrics,
+                conda_dependencies=conda_dependencies,
+                pip_requirements=pip_requirements,
+                target_platforms=target_platforms,
+                python_version=python_version,
+                signatures=signatures,
+                sample_input_data=sample_input_data,
+                user_files=user_files,
+                code_paths=code_paths,
+                ext_modules=ext_modules,
+                task=task,
+                options=options,
+                tags=tags,
+            )
+        name = bare
         label = f"model {self.location}.{quote(name)}"
         version = ident(version_name, kind="version name") if version_name else None
         if version is not None:
             self._refuse_existing_version(name, version, label)
+        if isinstance(model, ModelVersion):
+            return self._copy_version(model, name, version_name, comment, metrics, tags, label)
         opts = dict(options or {})
         for key in ("target_methods", "method_options"):
             if key in opts and opts[key] is not None and not isinstance(opts[key], list | dict):
                 raise InvalidArgumentError(f"{label}: options[{key!r}] has the wrong type")
+        kind = compat.as_task(task)
+        if kind is not compat.Task.UNKNOWN:
+            opts["task"] = kind.value
         conda = _as_list(conda_dependencies, "conda_dependencies")
         pip = _as_list(pip_requirements, "pip_requirements")
         with tempfile.TemporaryDirectory(prefix="neve-log-") as tmp:
@@ -180,17 +252,19 @@ class Registry:
                     relax_version=bool(opts.get("relax_version")),
                 )
                 payload = work / "payload"
-                save_model(
-                    model,
-                    payload / "model",
-                    sample_input=sample_input_data,
-                    signatures=signatures,
-                    target_methods=opts.get("target_methods"),
-                    method_options=opts.get("method_options"),
-                    code_paths=code_paths,
-                    python_version=python_version,
-                    dependencies=pinned,
-                )
+                with compat.pickled_by_value(ext_modules):
+                    save_model(
+                        model,
+                        payload / "model",
+                        sample_input=sample_input_data,
+                        signatures=signatures,
+                        target_methods=opts.get("target_methods"),
+                        method_options=opts.get("method_options"),
+                        code_paths=code_paths,
+                        user_files=user_files,
+                        python_version=python_version,
+                        dependencies=pinned,
+                    )
                 request = {
                     "version_name": version_name,
                     "conda_dependencies": conda,
@@ -202,23 +276,63 @@ class Registry:
                     "target_platforms": target_platforms,
                     "tags": tags,
                 }
-                (payload / "request.json").write_text(json.dumps(_jsonable(request, label)))
-                # a file, not bytes: memory stays flat whatever the weights weigh
-                packed = archive.pack_file(payload, work / "upload.tar")
+                packed = self._pack(payload, request, label, work)
             except NeveError as exc:
                 raise _rebuild(exc, f"cannot log {label}: {exc.message}") from None
-            shutil.rmtree(payload)  # the archive holds it: do not keep the disk twice
-            row = self._client.call(
-                "POST",
-                self._path(name) + "/versions",
-                content=archive.FileChunks(packed.path),
-                headers={
-                    "Content-Type": packed.media_type,
-                    "Content-Length": str(packed.size),
-                    UPLOAD_SHA_HEADER: packed.sha256,
-                },
-            )
+            return self._upload(name, packed)
+
+    def _pack(self, payload: Path, request: dict, label: str, work: Path) -> Any:
+        from neve.registry import archive
+
+        (payload / "request.json").write_text(json.dumps(_jsonable(request, label)))
+        # a file, not bytes: memory stays flat whatever the weights weigh
+        packed = archive.pack_file(payload, work / "upload.tar")
+        shutil.rmtree(payload)  # the archive holds it: do not keep the disk twice
+        return packed
+
+    def _upload(self, name: str, packed: Any) -> ModelVersion:
+        from neve.registry import archive
+
+        row = self._client.call(
+            "POST",
+            self._path(name) + "/versions",
+            content=archive.FileChunks(packed.path),
+            headers={
+                "Content-Type": packed.media_type,
+                "Content-Length": str(packed.size),
+                UPLOAD_SHA_HEADER: packed.sha256,
+            },
+        )
         return ModelVersion(Model(self, name), row["name"], row)
+
+    def _copy_version(
+        self,
+        source: ModelVersion,
+        name: str,
+        version_name: str | None,
+        comment: str | None,
+        metrics: dict | None,
+        tags: dict | None,
+        label: str,
+    ) -> ModelVersion:
+        """A new version whose files, dependencies and platforms are ``source``'s."""
+        info = source._describe()
+        with tempfile.TemporaryDirectory(prefix="neve-copy-") as tmp:
+            work = Path(tmp)
+            shutil.copytree(source._local_dir(info), work / "payload" / "model")
+            request = {
+                "version_name": version_name,
+                "conda_dependencies": info.get("conda_dependencies") or [],
+                "pip_requirements": info.get("pip_requirements") or [],
+                "python_version": info.get("python_version") or None,
+                "comment": comment if comment is not None else info.get("comment"),
+                "metrics": metrics if metrics is not None else source.show_metrics(),
+                "options": info.get("options") or {},
+                "target_platforms": info.get("target_platforms"),
+                "tags": tags,
+            }
+            packed = self._pack(work / "payload", request, label, work)
+            return self._upload(name, packed)
 
     def _refuse_existing_version(self, model: str, version: str, label: str) -> None:
         """Fail before the (possibly slow) save when the version name is already taken."""
@@ -231,9 +345,10 @@ class Registry:
 
     # -- models ---------------------------------------------------------------------------------
     def get_model(self, model_name: str) -> Model:
-        name = ident(model_name, kind="model name")
-        row = self._client.call("GET", self._path(name))
-        return Model(self, row["name"], row)
+        """The model ``model_name`` (``ObjectNotFoundError``, a ``ValueError``, when absent)."""
+        registry, name = self._locate(model_name)
+        row = registry._client.call("GET", registry._path(name))
+        return Model(registry, row["name"], row)
 
     def models(self) -> list[Model]:
         return [Model(self, row["name"], row) for row in self._client.call("GET", self._path())]
@@ -242,7 +357,27 @@ class Registry:
         return _frame(self._client.call("GET", self._path()))
 
     def delete_model(self, model_name: str) -> None:
-        self._client.call("DELETE", self._path(ident(model_name, kind="model name")))
+        registry, name = self._locate(model_name)
+        registry._client.call("DELETE", registry._path(name))
+
+    # -- monitoring (not offered) -----------------------------------------------------------------
+    def add_monitor(self, name: str, source_config: Any, model_monitor_config: Any) -> Any:
+        raise compat.unsupported("model monitoring (add_monitor)", _MONITORING_INSTEAD)
+
+    def get_monitor(self, *, name: str | None = None, model_version: Any = None) -> Any:
+        raise compat.unsupported("model monitoring (get_monitor)", _MONITORING_INSTEAD)
+
+    def show_model_monitors(self) -> list[Any]:
+        raise compat.unsupported("model monitoring (show_model_monitors)", _MONITORING_INSTEAD)
+
+    def delete_monitor(self, name: str) -> None:
+        raise compat.unsupported("model monitoring (delete_monitor)", _MONITORING_INSTEAD)
+
+
+_MONITORING_INSTEAD = (
+    "record quality figures with mv.set_metric(...) and read a service's request metrics with "
+    "`neve services metrics <service>` (Prometheus)"
+)
 
 
 def _default_context(session: Any, database: str, schema: str) -> None:
@@ -290,11 +425,28 @@ class Model:
     def __init__(self, registry: Registry, name: str, row: dict | None = None) -> None:
         self._registry = registry
         self._client = registry._client
-        self.name = name
+        self._name = name
         self._row = row
 
     def __repr__(self) -> str:
         return f"Model({self.fully_qualified_name})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def rename(self, model_name: str) -> None:
+        """Give the model a new name (in its schema); its versions, aliases and the services
+        that serve them follow."""
+        registry, name = self._registry._locate(model_name)
+        if registry is not self._registry:
+            raise compat.unsupported(
+                f"moving model {self.fully_qualified_name} to another schema",
+                f"copy a version there with Registry(session, database_name=..., schema_name="
+                f"...).log_model(model_version, model_name={name!r})",
+            )
+        row = self._client.call("PATCH", self._path, json={"name": quote(name)})
+        self._name, self._row = row["name"], row
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Model) and other.fully_qualified_name == self.fully_qualified_name
@@ -375,6 +527,52 @@ class Model:
         return self._client.call("GET", self._path + "/tags")
 
 
+def _check_strict(data: pd.DataFrame, signature: dict, label: str) -> None:
+    """``strict_input_validation``: every input column present with exactly its signature type
+    (no conversion from strings, no float-to-int narrowing)."""
+    from neve.models.signature import FeatureSpec, _type_of_values, column_lookup
+
+    find = column_lookup(data.columns)
+    for raw in signature.get("inputs", []):
+        feat = FeatureSpec(**raw)
+        src = find(feat.name)
+        if src is None:
+            raise SignatureError(f"{label}: input has no column {feat.name!r}")
+        if feat.shape:
+            continue
+        got, _shape = _type_of_values(data[src], str(src))
+        widening = {("FLOAT", "DOUBLE"), ("INT32", "INT64"), ("INT16", "INT64"), ("INT8", "INT64")}
+        if got != feat.type and (got, feat.type) not in widening:
+            raise SignatureError(
+                f"{label}: strict_input_validation: column {feat.name!r} is {got}, the "
+                f"signature says {feat.type}"
+            )
+
+
+def _environment_mismatches(requirements: list[str]) -> list[str]:
+    """Requirements (PEP 508) this process does not satisfy, each with what is installed."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            out.append(f"{text} (not installed)")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            out.append(f"{text} (installed: {installed})")
+    return out
+
+
 def _seg_name(text: str, kind: str) -> str:
     """A name as the user wrote it, checked and normalized here, as one URL path segment."""
     return _seg(ident(text, kind=kind))
@@ -415,7 +613,7 @@ class ModelVersion(ServiceMixin):
         self._client = model._client
         self._session = self._registry._session
         self._transport = self._client.transport
-        self.version_name = version_name
+        self._version_name = version_name
         self._row = row
 
     def __repr__(self) -> str:
@@ -432,6 +630,10 @@ class ModelVersion(ServiceMixin):
         return hash((self.fully_qualified_model_name, self.version_name))
 
     # -- names ------------------------------------------------------------------------------------
+    @property
+    def version_name(self) -> str:
+        return self._version_name
+
     @property
     def model_name(self) -> str:
         return self._model.name
@@ -488,19 +690,27 @@ class ModelVersion(ServiceMixin):
     def aliases(self) -> list[str]:
         return list(self._describe()["aliases"])
 
-    def show_functions(self) -> pd.DataFrame:
-        """One row per function: name, target_method, signature, is_partitioned, options."""
-        return pd.DataFrame(
-            self._client.call("GET", self._path + "/functions"),
-            columns=[
-                "name",
-                "target_method",
-                "target_method_function_type",
-                "signature",
-                "is_partitioned",
-                "options",
-            ],
-        )
+    def show_functions(self) -> list[dict[str, Any]]:
+        """One dict per function: name (as SQL calls it), target_method,
+        target_method_function_type (FUNCTION, or TABLE_FUNCTION for a partitioned method),
+        signature (a ``ModelSignature``), is_partitioned, options."""
+        from neve.models.signature import ModelSignature
+
+        return [
+            {
+                "name": row["name"],
+                "target_method": row["target_method"],
+                "target_method_function_type": row["target_method_function_type"],
+                "signature": ModelSignature.from_dict(row["signature"]),
+                "is_partitioned": bool(row["is_partitioned"]),
+                "options": row.get("options") or {},
+            }
+            for row in self._client.call("GET", self._path + "/functions")
+        ]
+
+    def get_model_task(self) -> compat.Task:
+        """The task given at log time (``log_model(task=...)``); UNKNOWN when none was."""
+        return compat.as_task((self._describe().get("options") or {}).get("task") or "UNKNOWN")
 
     def set_metric(self, metric_name: str, value: Any) -> None:
         self._client.call(
@@ -524,8 +734,11 @@ class ModelVersion(ServiceMixin):
     def set_alias(self, alias_name: str) -> None:
         self._client.call("PUT", f"{self._path}/aliases/{_seg_name(alias_name, 'alias')}")
 
-    def unset_alias(self, alias_name: str) -> None:
-        self._client.call("DELETE", f"{self._model._path}/aliases/{_seg_name(alias_name, 'alias')}")
+    def unset_alias(self, version_or_alias: str) -> None:
+        """Remove the alias ``version_or_alias`` from the model (whichever version holds it)."""
+        self._client.call(
+            "DELETE", f"{self._model._path}/aliases/{_seg_name(version_or_alias, 'alias')}"
+        )
 
     # -- files ------------------------------------------------------------------------------------
     def _download(self, destination: Path) -> str:
@@ -568,8 +781,18 @@ class ModelVersion(ServiceMixin):
             shutil.rmtree(work, ignore_errors=True)
         return cached
 
-    def export(self, target_path: str | os.PathLike) -> Path:
-        """Write the version's model directory (manifest.json, model/, code/) to ``target_path``."""
+    def export(
+        self,
+        target_path: str | os.PathLike,
+        *,
+        export_mode: compat.ExportMode | str = compat.ExportMode.MODEL,
+    ) -> Path:
+        """Write the version's model directory (manifest.json, model/, code/) to ``target_path``.
+
+        ``export_mode=ExportMode.FULL`` also writes ``requirements.txt``: the pinned
+        dependencies the service environment is built from.
+        """
+        mode = compat.as_export_mode(export_mode)
         target = Path(target_path)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise InvalidArgumentError(
@@ -578,27 +801,56 @@ class ModelVersion(ServiceMixin):
         if target.exists():
             target.rmdir()
         self._download(target)
+        if mode is compat.ExportMode.FULL:
+            (target / "requirements.txt").write_text("".join(f"{d}\n" for d in self.dependencies))
         return target
 
-    def load(self) -> Any:
-        """The Python model object, loaded in this process from the version's files."""
+    def load(self, *, force: bool = False, options: dict | None = None) -> Any:
+        """The Python model object, loaded in this process from the version's files.
+
+        The version's pinned dependencies are checked against what is installed here first:
+        a missing or different package is an error naming it, unless ``force=True``.
+        ``options={"use_gpu": True}`` loads it onto the GPU.
+        """
         from neve.models import load_model
 
-        return load_model(self._local_dir()).raw
+        info = self._describe()
+        opts = dict(options or {})
+        device = "cuda" if opts.pop("use_gpu", False) else "cpu"
+        if opts:
+            raise InvalidArgumentError(
+                f"unknown load option(s) {', '.join(sorted(opts))}; known: use_gpu"
+            )
+        if not force:
+            mismatched = _environment_mismatches(info.get("dependencies") or [])
+            if mismatched:
+                raise InvalidStateError(
+                    f"{self._label} was logged with packages this process lacks or has in "
+                    f"another version: {'; '.join(mismatched)}. Install them, or pass "
+                    "load(force=True) to load anyway"
+                )
+        return load_model(self._local_dir(info), device=device).raw
 
     # -- run ------------------------------------------------------------------------------------
     def run(
         self,
         X: Any,
-        function_name: str | None = None,
+        *,
         service_name: str | None = None,
+        function_name: str | None = None,
+        partition_column: str | None = None,
+        strict_input_validation: bool = False,
+        params: dict[str, Any] | None = None,
         **service_options: Any,
     ) -> pd.DataFrame:
         """Call a method; return the input columns followed by the output columns.
 
         Without ``service_name`` the model runs in this process (it must target WAREHOUSE);
         with it, the call goes to that service. ``X`` is a DataFrame (columns matched to the
-        signature by name), or a list / numpy array (matched by position).
+        signature by name), or a list / numpy array (matched by position). ``params`` sets the
+        method's declared parameters for this call. A partitioned method (a table function)
+        runs once per value of ``partition_column`` and returns that column followed by its
+        output rows. ``strict_input_validation`` refuses input that would need conversion.
         """
         if service_name is not None:
             runner = getattr(self, "_run_on_service", None)
@@ -606,6 +858,18 @@ class ModelVersion(ServiceMixin):
                 raise NotSupportedError(
                     f"{self._label}: running on service {service_name} needs the services "
                     "component (neve.client.services), which is not available"
+                )
+            if partition_column is not None or params:
+                from neve.client import table_calls
+
+                return table_calls.run_on_service(
+                    self,
+                    X,
+                    service_name=service_name,
+                    function_name=function_name,
+                    partition_column=partition_column,
+                    params=params,
+                    **service_options,
                 )
             return runner(
                 X, function_name=function_name, service_name=service_name, **service_options
@@ -625,15 +889,121 @@ class ModelVersion(ServiceMixin):
             )
         method, signature = self._function(info["methods"], function_name)
         data = self._input_frame(X, signature)
+        if strict_input_validation:
+            _check_strict(data, signature, self._label)
         loaded = _LOADED.get(info["artifact_sha256"], self._local_dir(info))
         try:
-            out = loaded.call(method, data)
+            if loaded.method(method).partitioned:
+                return loaded.call_partitioned(method, data, partition_column, params)
+            if partition_column is not None:
+                raise InvalidArgumentError(
+                    f"function {method!r} is not partitioned: partition_column applies to "
+                    "methods marked @neve.partitioned_api"
+                )
+            out = loaded.call(method, data, params)
         except NeveError as exc:
             raise _rebuild(exc, f"{self._label}: {exc.message}") from None
         keep = [c for c in data.columns if c not in set(out.columns)]
         result = pd.concat([data[keep].reset_index(drop=True), out.reset_index(drop=True)], axis=1)
         result.index = data.index
         return result
+
+    def create_service(  # type: ignore[override]
+        self,
+        *,
+        service_name: str,
+        image_build_compute_pool: str | None = None,
+        service_compute_pool: str,
+        image_repo: str | None = None,
+        ingress_enabled: bool = False,
+        min_instances: int | None = None,
+        max_instances: int = 1,
+        cpu_requests: str | None = None,
+        memory_requests: str | None = None,
+        gpu_requests: str | int | None = None,
+        num_workers: int | None = None,
+        max_batch_rows: int | None = None,
+        force_rebuild: bool = False,
+        build_external_access_integration: str | None = None,
+        build_external_access_integrations: list[str] | None = None,
+        block: bool = True,
+        autocapture: bool | None = None,
+        inference_engine_options: dict | None = None,
+        experimental_options: dict | None = None,
+        feature_sources_per_function: dict | None = None,
+        auto_suspend_secs: int | None = None,
+        comment: str | None = None,
+        progress: Any = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Deploy this version as a service (``ServiceMixin.create_service``).
+
+        Without ``image_repo`` the image goes to the schema's default repository
+        (``NEVE_DEFAULT_IMAGES``, created when missing). ``min_instances`` defaults to
+        ``max_instances`` (a fixed size); 0 lets the service suspend itself when idle.
+        """
+        if autocapture:
+            raise compat.unsupported(
+                "create_service(autocapture=True) (inference logging to a table)",
+                "log requests in your method, or read `neve services logs`",
+            )
+        for name, value, instead in (
+            (
+                "inference_engine_options",
+                inference_engine_options,
+                "neve serves models with "
+                "its own inference server; tune it with num_workers and max_batch_rows",
+            ),
+            ("experimental_options", experimental_options, "leave it out"),
+            (
+                "feature_sources_per_function",
+                feature_sources_per_function,
+                "join the features in SQL before calling the service function",
+            ),
+        ):
+            if value:
+                raise compat.unsupported(f"create_service({name}=...)", instead)
+        if image_repo is None:
+            image_repo = self._default_image_repo()
+        return ServiceMixin.create_service(
+            self,
+            service_name=service_name,
+            service_compute_pool=service_compute_pool,
+            image_repo=image_repo,
+            build_external_access_integration=build_external_access_integration,
+            ingress_enabled=ingress_enabled,
+            max_instances=max_instances,
+            cpu_requests=cpu_requests,
+            memory_requests=memory_requests,
+            gpu_requests=gpu_requests,
+            num_workers=num_workers,
+            max_batch_rows=max_batch_rows,
+            force_rebuild=force_rebuild,
+            image_build_compute_pool=image_build_compute_pool,
+            min_instances=min_instances,
+            block=block,
+            build_external_access_integrations=build_external_access_integrations,
+            auto_suspend_secs=auto_suspend_secs,
+            comment=comment,
+            progress=progress,
+            timeout=timeout,
+        )
+
+    def _default_image_repo(self) -> str:
+        name = f"{quote(self.database_name)}.{quote(self.schema_name)}.{compat.DEFAULT_IMAGE_REPO}"
+        sql = getattr(self._session, "sql", None)
+        if sql is None:
+            raise InvalidArgumentError("create_service needs image_repo=... with this session")
+        sql(f"CREATE IMAGE REPOSITORY IF NOT EXISTS {name}").collect()
+        return name
+
+    def run_batch(self, X: Any = None, *, compute_pool: str, **job_options: Any) -> Any:
+        """Not offered: batch jobs on a compute pool."""
+        raise compat.unsupported(
+            "run_batch (batch inference jobs)",
+            "run the rows through a service: mv.run(df, service_name=...) streams them in "
+            "Arrow batches, or SELECT <service>_<method>(...) FROM <table> in SQL",
+        )
 
     def _input_frame(self, X: Any, signature: dict) -> pd.DataFrame:
         """``X`` as a DataFrame; positional input (list, array) gets the signature's names."""

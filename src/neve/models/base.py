@@ -57,6 +57,25 @@ class ModelHandler(ABC):
         """
 
     @classmethod
+    def function_types(cls, model: Any) -> dict[str, str]:
+        """Methods that are table functions ({method: "TABLE_FUNCTION"}); others are FUNCTIONs."""
+        return {}
+
+    @classmethod
+    def method_params(cls, model: Any, method: str) -> dict[str, Any]:
+        """Parameters ``method`` declares beyond its input ({name: default})."""
+        return {}
+
+    @classmethod
+    def call_with_params(
+        cls, model: Any, method: str, data: pd.DataFrame, params: dict[str, Any]
+    ) -> Any:
+        """``call`` with per-call parameter values (only handlers that declare params)."""
+        from neve.errors import NotSupportedError
+
+        raise NotSupportedError(f"{cls.model_type} model methods take no parameters")
+
+    @classmethod
     def extra_packages(cls, model: Any) -> list[str]:
         """Packages needed beyond ``packages`` for this particular object (e.g. transformers)."""
         return []

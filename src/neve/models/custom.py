@@ -38,6 +38,7 @@ from neve.errors import InvalidArgumentError, ObjectNotFoundError
 F = TypeVar("F", bound=Callable[..., Any])
 
 INFERENCE_API_ATTR = "_neve_inference_api"
+PARTITIONED_ATTR = "_neve_partitioned_api"
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -56,7 +57,47 @@ def inference_api(func: F) -> F:
             "DataFrame: def method(self, X: pd.DataFrame) -> pd.DataFrame"
         )
     setattr(func, INFERENCE_API_ATTR, True)
+    method_params(func)  # a parameter without a usable default fails here, at class definition
     return func
+
+
+def partitioned_api(func: F) -> F:
+    """Mark a table-function method: it receives all rows of one partition and returns any
+    number of rows (``mv.run(df, function_name=..., partition_column=...)``, SQL
+    ``TABLE(svc!method(...) OVER (PARTITION BY key))``)."""
+    inference_api(func)
+    setattr(func, PARTITIONED_ATTR, True)
+    return func
+
+
+def method_params(func: Callable[..., Any]) -> dict[str, Any]:
+    """The method's parameters beyond the input frame: keyword arguments with defaults
+    (``def predict(self, X, *, temperature: float = 1.0)``) -> {name: default}."""
+    params: dict[str, Any] = {}
+    positional_seen = 0
+    for p in inspect.signature(func).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and positional_seen < 2:
+            positional_seen += 1  # self and X
+            continue
+        if p.default is p.empty:
+            raise InvalidArgumentError(
+                f"method {getattr(func, '__qualname__', func)!r}: parameter {p.name!r} needs a "
+                "default (params= values are optional per call)"
+            )
+        params[p.name] = p.default
+    return params
+
+
+def partitioned_methods(model_or_class: Any) -> list[str]:
+    """Names of the ``@partitioned_api`` (table-function) methods, sorted."""
+    cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
+    return [
+        name
+        for name in inference_methods(cls)
+        if getattr(getattr(cls, name), PARTITIONED_ATTR, False)
+    ]
 
 
 def inference_methods(model_or_class: Any) -> list[str]:
@@ -148,7 +189,8 @@ class ModelContext:
 
 
 class CustomModel:
-    """Base class of custom models; mark callable methods with ``@inference_api``."""
+    """Base class of custom models; mark callable methods with ``@inference_api`` (one output
+    row per input row) or ``@partitioned_api`` (a table function over one partition)."""
 
     def __init__(self, context: ModelContext | None = None) -> None:
         if context is not None and not isinstance(context, ModelContext):

@@ -5,6 +5,11 @@ Layout::
     <dir>/manifest.json   model type, handler options, methods with signatures, dependencies
     <dir>/model/          the handler's files
     <dir>/code/           user modules shipped with ``code_paths`` (put on sys.path at load)
+    <dir>/user_files/     files shipped with ``user_files`` ({subdirectory: [paths]})
+
+A method is a FUNCTION (one output row per input row) or a TABLE_FUNCTION (a partitioned
+method: all rows of one partition in, any number of rows out). A method may declare
+parameters (``ModelSignature.params``), given per call and filled from their defaults.
 
 ``save_model`` validates everything before it returns; ``load_model`` gives a ``LoadedModel``
 whose ``call(method, data)`` is the single way any runtime invokes a model method.
@@ -33,10 +38,19 @@ from neve.errors import (
     SignatureError,
 )
 from neve.models.base import ModelHandler, handler_by_type, handler_for_model
-from neve.models.signature import ModelSignature, coerce_input, infer_features, to_dataframe
+from neve.models.signature import (
+    ModelSignature,
+    coerce_input,
+    infer_features,
+    infer_params,
+    resolve_params,
+    to_dataframe,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+FUNCTION = "FUNCTION"
+TABLE_FUNCTION = "TABLE_FUNCTION"
 
 
 @dataclass
@@ -44,9 +58,29 @@ class MethodSpec:
     name: str
     signature: ModelSignature
     options: dict = field(default_factory=dict)  # e.g. {"max_batch_size": 100}
+    function_type: str = FUNCTION
+
+    @property
+    def partitioned(self) -> bool:
+        return self.function_type == TABLE_FUNCTION
 
     def to_dict(self) -> dict:
-        return {"signature": self.signature.to_dict(), "options": self.options}
+        return {
+            "signature": self.signature.to_dict(),
+            "options": self.options,
+            "function_type": self.function_type,
+        }
+
+
+def to_table_frame(raw: Any, names: list[str] | None) -> pd.DataFrame:
+    """A table function's raw output as a frame with any number of rows (new index)."""
+    if isinstance(raw, pd.DataFrame | pd.Series | dict | np.ndarray | list):
+        probe = raw if not isinstance(raw, list) else np.asarray(raw)
+        n = len(probe) if not isinstance(probe, dict) else len(pd.DataFrame(probe))
+        return to_output_frame(raw, names, pd.RangeIndex(n))
+    raise ModelExecutionError(
+        f"a partitioned method must return a DataFrame (or columns), got {type(raw).__name__}"
+    )
 
 
 def to_output_frame(raw: Any, names: list[str] | None, index: pd.Index) -> pd.DataFrame:
@@ -97,6 +131,7 @@ def save_model(
     code_paths: list[str | Path] | None = None,
     python_version: str | None = None,
     dependencies: list[str] | None = None,
+    user_files: dict[str, list[str | Path]] | None = None,
 ) -> dict:
     """Save ``model`` to the new directory ``path`` and return its manifest.
 
@@ -121,6 +156,7 @@ def save_model(
             python_version,
             dependencies,
         )
+        _ship_user_files(path, user_files)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
@@ -155,19 +191,30 @@ def _save(
             f"method_options name unknown method(s) {bad_opts}; target methods: {methods}"
         )
 
+    kinds = handler.function_types(model)
     specs: dict[str, MethodSpec] = {}
     for m in methods:
+        kind = kinds.get(m, FUNCTION)
         if signatures and m in signatures:
             sig = signatures[m]
             sig = sig if isinstance(sig, ModelSignature) else ModelSignature.from_dict(sig)
         elif sample_input is not None:
-            sig = _infer(handler, model, m, sample_input)
+            sig = _infer(handler, model, m, sample_input, partitioned=kind == TABLE_FUNCTION)
         else:
             raise SignatureError(
                 f"{handler.model_type} model: no signature for method {m!r}; pass sample_input_data "
                 "or signatures"
             )
-        specs[m] = MethodSpec(m, sig, dict(method_options.get(m, {})))
+        declared = infer_params(handler.method_params(model, m))
+        undeclared = sorted(set(sig.params) - set(declared))
+        if undeclared:
+            raise SignatureError(
+                f"signature of method {m!r} lists parameter(s) {undeclared} the method does not "
+                f"take; it takes {sorted(declared) or 'none'}"
+            )
+        # The method's own defaults unless the given signature states them.
+        sig.params = {**declared, **sig.params}
+        specs[m] = MethodSpec(m, sig, dict(method_options.get(m, {})), kind)
 
     path.mkdir(parents=True, exist_ok=True)
     try:
@@ -206,8 +253,31 @@ def _save(
     return manifest
 
 
+def _ship_user_files(path: Path, user_files: dict[str, list[str | Path]] | None) -> None:
+    for subdir, files in (user_files or {}).items():
+        if not isinstance(subdir, str) or subdir in {"", ".", ".."} or "/" in subdir:
+            raise InvalidArgumentError(f"user_files: {subdir!r} is not a subdirectory name")
+        if isinstance(files, str | Path):
+            files = [files]
+        for f in files:
+            src = Path(f)
+            if not src.exists():
+                raise InvalidArgumentError(f"user_files[{subdir!r}]: {src} does not exist")
+            dst = path / "user_files" / subdir / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, dst)
+
+
 def _infer(
-    handler: type[ModelHandler], model: Any, method: str, sample_input: Any
+    handler: type[ModelHandler],
+    model: Any,
+    method: str,
+    sample_input: Any,
+    *,
+    partitioned: bool = False,
 ) -> ModelSignature:
     try:
         df = to_dataframe(sample_input)
@@ -216,14 +286,15 @@ def _infer(
     if len(df) == 0:
         raise SignatureError("sample_input_data has no rows: cannot infer a signature")
     inputs = infer_features(df, prefix="input_feature_")
-    head = df.head(10).reset_index(drop=True)
+    # A table function sees the whole sample as one partition (it may need every row).
+    head = df.reset_index(drop=True) if partitioned else df.head(10).reset_index(drop=True)
     try:
         raw = handler.call(model, method, head)
     except Exception as exc:
         raise SignatureError(
             f"calling {method!r} on sample_input_data failed: {type(exc).__name__}: {exc}"
         ) from exc
-    out = to_output_frame(raw, None, head.index)
+    out = to_table_frame(raw, None) if partitioned else to_output_frame(raw, None, head.index)
     return ModelSignature(inputs=inputs, outputs=infer_features(out, prefix="output_feature_"))
 
 
@@ -255,7 +326,12 @@ class LoadedModel:
         self.raw = raw
         self.handler = handler
         self.methods: dict[str, MethodSpec] = {
-            m: MethodSpec(m, ModelSignature.from_dict(d["signature"]), d.get("options") or {})
+            m: MethodSpec(
+                m,
+                ModelSignature.from_dict(d["signature"]),
+                d.get("options") or {},
+                d.get("function_type") or FUNCTION,
+            )
             for m, d in manifest["methods"].items()
         }
         # Frameworks such as torch are thread-safe for inference but some (custom models) may
@@ -277,21 +353,76 @@ class LoadedModel:
             )
         return spec
 
-    def call(self, method: str, data: Any) -> pd.DataFrame:
-        """Validate ``data`` against the method's signature, call it, return output columns."""
+    def call(self, method: str, data: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Validate ``data`` against the method's signature, call it, return output columns.
+
+        A table function (partitioned method) gets ``data`` as one partition; its output has
+        its own rows (a new index). ``params`` are checked against the declared parameters.
+        """
         spec = self.method(method)
+        values = resolve_params(spec.signature, params, method=spec.name)
         df = data if isinstance(data, pd.DataFrame) else to_dataframe(data)
         df = coerce_input(df, spec.signature, method=spec.name)
         try:
             with self._lock:
-                raw = self.handler.call(self.raw, spec.name, df.reset_index(drop=True))
+                frame = df.reset_index(drop=True)
+                if values:
+                    raw = self.handler.call_with_params(self.raw, spec.name, frame, values)
+                else:
+                    raw = self.handler.call(self.raw, spec.name, frame)
         except (SignatureError, ModelExecutionError):
             raise
         except Exception as exc:
             raise ModelExecutionError(
                 f"method {spec.name!r} raised {type(exc).__name__}: {exc}"
             ) from exc
+        if spec.partitioned:
+            return to_table_frame(raw, spec.signature.output_names)
         return to_output_frame(raw, spec.signature.output_names, df.index)
+
+    def call_partitioned(
+        self,
+        method: str,
+        data: pd.DataFrame,
+        partition_column: str | None,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """A table function over every partition of ``data`` (by ``partition_column``, in the
+        order partitions first appear; all rows are one partition when None). The output is
+        the partition column followed by the method's output columns."""
+        spec = self.method(method)
+        if not spec.partitioned:
+            raise InvalidArgumentError(
+                f"method {spec.name!r} is not partitioned (a FUNCTION): call it without "
+                "partition_column, or mark it @neve.partitioned_api"
+            )
+        if partition_column is None:
+            return self.call(spec.name, data, params)
+        key = partition_frames(data, partition_column)
+        parts = []
+        for value, rows in key:
+            out = self.call(spec.name, rows, params)
+            if partition_column not in out.columns:
+                out.insert(0, partition_column, value)
+            parts.append(out)
+        if not parts:
+            return pd.DataFrame(columns=[partition_column, *spec.signature.output_names])
+        return pd.concat(parts, ignore_index=True)
+
+
+def partition_frames(data: pd.DataFrame, column: str) -> list[tuple[Any, pd.DataFrame]]:
+    """``data`` split by ``column`` (matched case-insensitively), partitions in the order they
+    first appear, rows in their order."""
+    from neve.models.signature import column_lookup
+
+    src = column_lookup(data.columns)(column)
+    if src is None:
+        raise SignatureError(
+            f"partition_column {column!r} is not a column of the input; columns: "
+            f"{[str(c) for c in data.columns]}"
+        )
+    groups = data.groupby(src, sort=False, dropna=False)
+    return [(value, rows) for value, rows in groups]
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> LoadedModel:

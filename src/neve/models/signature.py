@@ -66,10 +66,13 @@ class ModelSignature:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSignature:
+        params = d.get("params") or {}
+        if isinstance(params, list):  # [{"name", "type", "default", "shape"}], as written by hand
+            params = {p["name"]: {k: v for k, v in p.items() if k != "name"} for p in params}
         return cls(
             inputs=[FeatureSpec(**f) for f in d["inputs"]],
             outputs=[FeatureSpec(**f) for f in d["outputs"]],
-            params=d.get("params") or {},
+            params={name: _stored_param(name, spec) for name, spec in params.items()},
         )
 
     @property
@@ -302,3 +305,97 @@ def _coerce_column(col: pd.Series, feat: FeatureSpec, *, method: str) -> pd.Seri
                 )
         return col.astype(object)
     return col
+
+
+# -- method parameters ----------------------------------------------------------------------------
+# ``ModelSignature.params`` is {name: {"type": T, "default": value, "shape": [..] | None}}:
+# per-call options such as a temperature, given as ``params={"temperature": 0.2}`` and filled
+# from the defaults when absent.
+
+
+def _stored_param(name: str, spec: Any) -> dict[str, Any]:
+    """A params entry as stored: a full spec, or just a default (its type inferred)."""
+    if not isinstance(spec, dict):
+        return param_spec(name, spec)
+    if "type" not in spec:
+        return param_spec(name, spec.get("default"))
+    if spec["type"] not in DTYPES:
+        raise SignatureError(f"parameter {name!r}: unknown type {spec['type']!r}")
+    return {"shape": None, "default": None, **spec}
+
+
+def param_spec(name: str, default: Any) -> dict[str, Any]:
+    """The stored spec of a parameter inferred from its default value."""
+    if isinstance(default, list | tuple | np.ndarray):
+        arr = np.asarray(default)
+        kind = _numpy_type(arr.dtype, name) if arr.size else "DOUBLE"
+        return {"type": kind, "default": arr.tolist(), "shape": [-1] * max(arr.ndim, 1)}
+    if isinstance(default, bool | np.bool_):
+        kind = "BOOL"
+    elif isinstance(default, int | np.integer):
+        kind = "INT64"
+    elif isinstance(default, float | np.floating):
+        kind = "DOUBLE"
+    elif isinstance(default, str) or default is None:
+        kind = "STRING"
+    else:
+        raise SignatureError(
+            f"parameter {name!r}: default {default!r} ({type(default).__name__}) is not a bool, "
+            "number, string or list of those"
+        )
+    value = default.item() if isinstance(default, np.generic) else default
+    return {"type": kind, "default": value, "shape": None}
+
+
+def infer_params(defaults: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: param_spec(name, value) for name, value in defaults.items()}
+
+
+def resolve_params(sig: ModelSignature, given: dict[str, Any] | None, *, method: str) -> dict:
+    """Every declared parameter's value for one call: ``given`` checked and converted to the
+    declared type, the default where absent. An undeclared name is a ``SignatureError``."""
+    given = dict(given or {})
+    declared = sig.params or {}
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        raise SignatureError(
+            f"method {method!r} has no parameter(s) {unknown}; parameters: "
+            f"{sorted(declared) or 'none'}"
+        )
+    out: dict[str, Any] = {}
+    for name, spec in declared.items():
+        out[name] = (
+            _param_value(given[name], spec, name, method) if name in given else spec["default"]
+        )
+    return out
+
+
+def _param_value(value: Any, spec: dict[str, Any], name: str, method: str) -> Any:
+    kind = spec["type"]
+    if spec.get("shape"):
+        if not isinstance(value, list | tuple | np.ndarray):
+            raise SignatureError(
+                f"method {method!r}: parameter {name!r} expects a list of {kind}, got {value!r}"
+            )
+        return [_param_value(v, {"type": kind}, name, method) for v in np.asarray(value).tolist()]
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    ok = {
+        "BOOL": isinstance(value, bool),
+        "STRING": isinstance(value, str),
+    }.get(kind)
+    if ok is None and kind in NUMERIC:
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if kind in {"FLOAT", "DOUBLE"} and (is_int or isinstance(value, float)):
+            return float(value)
+        if is_int or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        ok = False
+    if not ok:
+        raise SignatureError(
+            f"method {method!r}: parameter {name!r} expects {kind}, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    return value

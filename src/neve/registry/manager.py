@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 SYSTEM_ALIASES = ("DEFAULT", "FIRST", "LAST")
 #: Keys ``log_model(options=...)`` understands.
 KNOWN_OPTIONS = {
+    "task",
     "relax_version",
     "target_methods",
     "method_options",
@@ -691,6 +692,27 @@ class RegistryManager:
         with self.account.catalog.transaction() as s:
             self._owned_model(s, ctx, qn).comment = comment
 
+    def rename_model(self, ctx: RequestContext, model: str | QualifiedName, new_name: str) -> dict:
+        """Rename a model in its schema. Versions, grants and services refer to it by id, so
+        they follow; a taken name is refused."""
+        qn = self._qn(ctx, model)
+        name = ident(new_name, kind="model name")
+        with self.account.catalog.transaction() as s:
+            row = self._owned_model(s, ctx, qn)
+            if name != row.name:
+                taken = s.scalar(
+                    select(m.Model).where(m.Model.schema_id == row.schema_id, m.Model.name == name)
+                )
+                if taken is not None:
+                    raise ObjectExistsError(
+                        f"cannot rename model {qn}: {qn.database}.{qn.schema} already has a "
+                        f"model {quote(name)}"
+                    )
+                row.name = name
+                s.flush()
+            renamed = QualifiedName(qn.database, qn.schema, name)
+            return self._model_row(s, renamed, row)
+
     def set_default_version(
         self, ctx: RequestContext, model: str | QualifiedName, version: str
     ) -> dict:
@@ -764,9 +786,11 @@ class RegistryManager:
                 {
                     "name": method.upper(),
                     "target_method": method,
-                    "target_method_function_type": "FUNCTION",
+                    # TABLE_FUNCTION: a partitioned method (all rows of a partition in, any
+                    # number of rows out)
+                    "target_method_function_type": spec.get("function_type") or "FUNCTION",
                     "signature": spec.get("signature", spec),
-                    "is_partitioned": False,
+                    "is_partitioned": spec.get("function_type") == "TABLE_FUNCTION",
                     "options": dict(spec.get("options") or {}),
                 }
                 for method, spec in (v.signatures or {}).items()

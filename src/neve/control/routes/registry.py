@@ -6,7 +6,8 @@ double-quoted segment (``%22My%20Model%22``) keeps its case. ``{v}`` is a versio
     GET    /api/v1/models[?database=&schema=&in_account=true]   SHOW MODELS (rows)
     GET    /api/v1/models/{db}/{schema}                         SHOW MODELS IN SCHEMA db.schema
     GET    /api/v1/models/{db}/{schema}/{model}                 describe the model (SHOW row)
-    PATCH  /api/v1/models/{db}/{schema}/{model}                 {"comment"?, "default_version"?}
+    PATCH  /api/v1/models/{db}/{schema}/{model}                 {"comment"?, "default_version"?,
+                                                                 "name"? (rename)}
     DELETE /api/v1/models/{db}/{schema}/{model}[?if_exists=true]
     GET    /api/v1/models/{db}/{schema}/{model}/tags            {tag: value}
     PUT    /api/v1/models/{db}/{schema}/{model}/tags/{tag}      {"value": v}
@@ -125,8 +126,11 @@ def describe_model(call: Call) -> dict:
 
 @endpoint
 def alter_model(call: Call) -> dict:
-    body = body_fields(call, {"comment", "default_version"}, what="ALTER MODEL")
+    body = body_fields(call, {"comment", "default_version", "name"}, what="ALTER MODEL")
     registry, ctx, qn = call.account.registry, _ctx(call), _model(call)
+    if "name" in body:
+        row = registry.rename_model(ctx, qn, str(body["name"]))
+        qn = QualifiedName(qn.database, qn.schema, row["name"])
     if "default_version" in body:
         registry.set_default_version(ctx, qn, str(body["default_version"]))
     if "comment" in body:

@@ -24,7 +24,13 @@ import pandas as pd
 
 from neve.errors import InvalidArgumentError, ModelSerializationError, NeveError
 from neve.models.base import ModelHandler, handler_by_type, handler_for_model, register_handler
-from neve.models.custom import CustomModel, ModelContext, inference_methods
+from neve.models.custom import (
+    CustomModel,
+    ModelContext,
+    inference_methods,
+    method_params,
+    partitioned_methods,
+)
 from neve.models.frameworks._util import (
     FreshClassUnpickler,
     pickle_user_code_by_value,
@@ -49,6 +55,20 @@ class CustomModelHandler(ModelHandler):
     @classmethod
     def methods(cls, model: Any) -> list[str]:
         return inference_methods(model)
+
+    @classmethod
+    def function_types(cls, model: Any) -> dict[str, str]:
+        return {name: "TABLE_FUNCTION" for name in partitioned_methods(model)}
+
+    @classmethod
+    def method_params(cls, model: Any, method: str) -> dict[str, Any]:
+        return method_params(getattr(type(model), method))
+
+    @classmethod
+    def call_with_params(
+        cls, model: Any, method: str, data: pd.DataFrame, params: dict[str, Any]
+    ) -> Any:
+        return getattr(model, method)(data, **params)
 
     @classmethod
     def extra_packages(cls, model: Any) -> list[str]:
