@@ -43,17 +43,11 @@ import orjson
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers
 
-from neve.catalog import models as m
 from neve.context import RequestContext
 from neve.dataplane.balancer import Address
 from neve.dataplane.router import Router
 from neve.dataplane.router import with_retry_after as needs_retry_after
-from neve.dataplane.targets import (
-    TOUCH_INTERVAL_SECS,
-    CatalogIngressTargets,
-    IngressTarget,
-    IngressTargets,
-)
+from neve.dataplane.targets import TOUCH_INTERVAL_SECS, IngressTarget, IngressTargets
 from neve.errors import (
     AuthenticationError,
     InvalidArgumentError,
@@ -62,6 +56,7 @@ from neve.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
+from neve.gateway.access import AccountAccess, IngressAccess
 from neve.gateway.cache import TtlCache
 from neve.gateway.limits import GatewayLimits
 from neve.gateway.openapi import ingress_openapi
@@ -69,6 +64,7 @@ from neve.identifiers import qualify
 from neve.security.auth import request_id_from
 
 if TYPE_CHECKING:
+    from neve.config import Settings
     from neve.control.account import Account
 
 Scope = MutableMapping[str, Any]
@@ -153,15 +149,23 @@ class Gateway:
 
     def __init__(
         self,
-        account: Account,
+        account: Account | None = None,
         *,
         targets: IngressTargets | None = None,
         limits: GatewayLimits | None = None,
+        settings: Settings | None = None,
+        access: IngressAccess | None = None,
     ) -> None:
+        """In the control plane: ``Gateway(account)``; in a proxy: ``settings=`` and ``access=``."""
+        if account is not None:
+            settings = account.settings
+            access = access or AccountAccess(account, targets)
+        if settings is None or access is None:
+            raise TypeError("Gateway needs an account, or settings and access")
         self.account = account
-        self.settings = account.settings
-        self.limits = limits or GatewayLimits.from_settings(account.settings)
-        self._targets = targets
+        self.settings = settings
+        self.access = access
+        self.limits = limits or GatewayLimits.from_settings(settings)
         self.router = Router(
             request_timeout_s=self.limits.request_timeout_secs,
             connect_timeout_s=self.limits.connect_timeout_secs,
@@ -172,17 +176,21 @@ class Gateway:
         # who a credential is, and which service (authorized) a caller reaches: see cache.py
         self._auth_cache = TtlCache(ttl=self.limits.auth_cache_secs)
         self._target_cache = TtlCache(ttl=self.limits.auth_cache_secs)
-        self.domain = account.settings.ingress_domain.lower().strip(".")
+        self.domain = settings.ingress_domain.lower().strip(".")
         # as ServiceManager names hosts: the account name as one DNS label
-        label = re.sub(r"[^a-z0-9-]", "-", account.settings.account_name.lower()).strip("-")
+        label = re.sub(r"[^a-z0-9-]", "-", settings.account_name.lower()).strip("-")
         self.account_suffix = "-" + (label or "account")
 
     # -- wiring -----------------------------------------------------------------------------------
     @property
     def targets(self) -> IngressTargets:
-        if self._targets is None:
-            self._targets = _default_targets(self.account)
-        return self._targets
+        """The service look-ups of an in-process gateway (``AccountAccess.targets``)."""
+        return self.access.targets  # type: ignore[attr-defined]
+
+    def invalidate(self) -> None:
+        """Forget every cached security answer (a proxy is told a revocation happened)."""
+        self._auth_cache.clear()
+        self._target_cache.clear()
 
     async def aclose(self) -> None:
         await self.router.aclose()
@@ -312,13 +320,12 @@ class Gateway:
 
     async def _authenticate(self, headers: Headers) -> RequestContext:
         """``SecurityManager.authenticate`` with a short cache (hit: no thread, no catalog)."""
-        security = self.account.security
-        generation = security.generation  # read first: a change during the look-up voids it
+        generation = self.access.generation  # read first: a change during the look-up voids it
         key = TtlCache.key(*(headers.get(h) for h in AUTH_HEADERS))
         cached = self._auth_cache.get(key, generation)
         if cached is not None:
             return cached
-        ctx, expires = await anyio.to_thread.run_sync(security.authenticate, headers)
+        ctx, expires = await anyio.to_thread.run_sync(self.access.authenticate, headers)
         remaining = (expires - datetime.now(UTC)).total_seconds()
         self._auth_cache.put(key, ctx, generation, ttl=remaining)
         return ctx
@@ -326,11 +333,11 @@ class Gateway:
     async def _target(
         self, ctx: RequestContext, host: str | None, name: str | None, key: str
     ) -> IngressTarget:
-        generation = self.account.security.generation
+        generation = self.access.generation
         cached = self._target_cache.get(key, generation)
         if cached is not None:
             return cached
-        target = await anyio.to_thread.run_sync(self._authorized_target, ctx, host, name)
+        target = await anyio.to_thread.run_sync(self.access.authorized_target, ctx, host, name)
         self._target_cache.put(key, target, generation)
         return target
 
@@ -387,23 +394,6 @@ class Gateway:
         except NeveError as exc:
             raise InvalidArgumentError(f"invalid service name in the ingress path: {exc}") from None
         return service, "/" + rest
-
-    def _authorized_target(
-        self, ctx: RequestContext, host: str | None, name: str | None
-    ) -> IngressTarget:
-        """The service and a USAGE check on it, in the caller's role (runs in a thread)."""
-        target = self.targets.ingress_target(ctx, host=host, name=name)
-        with self.account.catalog.transaction() as s:
-            svc = s.get(m.Service, target.service_id)
-            if svc is None:
-                raise ObjectNotFoundError(f"service {target.qualified_name} no longer exists")
-            self.account.security.require(s, ctx, "USAGE", svc)
-            if not svc.ingress_enabled:
-                raise ObjectNotFoundError(
-                    f"service {target.qualified_name} has no ingress endpoint "
-                    "(it was created with ingress_enabled=False)"
-                )
-        return target
 
     @staticmethod
     def _check_method_route(route: str, method: str, target: IngressTarget) -> None:
@@ -471,7 +461,7 @@ class Gateway:
         if pending is None:
             timeout = self.limits.wake_timeout_secs
             pending = asyncio.ensure_future(
-                anyio.to_thread.run_sync(self.targets.ensure_running, ctx, sid, timeout)
+                anyio.to_thread.run_sync(self.access.ensure_running, ctx, sid, timeout)
             )
             self._wakes[sid] = pending
             pending.add_done_callback(lambda _f: self._wakes.pop(sid, None))
@@ -574,7 +564,7 @@ class Gateway:
 
         async def touch() -> None:
             try:
-                await anyio.to_thread.run_sync(self.targets.touch, service_id)
+                await anyio.to_thread.run_sync(self.access.touch, service_id)
             except Exception:  # bookkeeping only; never fail a request over it
                 log.exception("recording the last request time of service #%s failed", service_id)
 
@@ -590,7 +580,7 @@ class Gateway:
         headers: Headers,
         request_id: str,
     ) -> int:
-        signatures = await anyio.to_thread.run_sync(self._signatures, ctx, target)
+        signatures = await anyio.to_thread.run_sync(self.access.signatures, ctx, target)
         host = headers.get("host", "localhost")
         scheme = scope.get("scheme", "http")
         if self.is_ingress_host(host):
@@ -606,16 +596,6 @@ class Gateway:
         doc = ingress_openapi(target.qualified_name, signatures, server_url=server)
         await _send_json(send, 200, doc, request_id)
         return 200
-
-    def _signatures(self, ctx: RequestContext, target: IngressTarget) -> dict[str, dict]:
-        services = self.targets
-        if hasattr(services, "service_methods") and not isinstance(services, CatalogIngressTargets):
-            try:
-                methods = services.service_methods  # type: ignore[attr-defined]
-                return dict(methods(ctx, target.qualified_name))
-            except NeveError:
-                pass
-        return CatalogIngressTargets(self.account).service_methods(ctx, target.service_id)
 
     async def _send_error(
         self, send: Send, err: NeveError, request_id: str, status: int | None = None
@@ -679,19 +659,6 @@ async def _send_json(
     headers += [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def _default_targets(account: Account) -> IngressTargets:
-    """The account's ServiceManager when it offers the ingress methods, else the catalog."""
-    try:
-        services = account.services
-    except ImportError:
-        services = None
-    if services is not None and all(
-        hasattr(services, name) for name in ("ingress_target", "ensure_running", "touch")
-    ):
-        return services  # type: ignore[return-value]
-    return CatalogIngressTargets(account)
 
 
 class IngressDispatch:

@@ -18,7 +18,10 @@ key-pair JWTs, ``authenticate_request``) lives in ``neve.security.auth`` and is 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +65,8 @@ from neve.security.privileges import (
 )
 from neve.security.throttle import LoginThrottle
 
+log = logging.getLogger("neve.security")
+
 if TYPE_CHECKING:
     from neve.control.account import Account
 
@@ -96,6 +101,8 @@ class SecurityManager(AuthenticationMixin):
         # Incremented after every committed change to users, roles, grants, ownership, tokens.
         self.generation = 0
         self._generation_lock = threading.Lock()
+        # Called after each bump (the route publisher tells the ingress proxies at once).
+        self._listeners: list[Callable[[], None]] = []
 
     # -- change tracking --------------------------------------------------------------------------
     def _changed_on_commit(self, s: Session) -> None:
@@ -108,6 +115,19 @@ class SecurityManager(AuthenticationMixin):
     def _bump(self, _session: Session | None = None) -> None:
         with self._generation_lock:
             self.generation += 1
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a cache that could not be told must not fail the change
+                log.exception("a security change listener failed")
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every committed security change."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     # -- bootstrap --------------------------------------------------------------------------------
     def bootstrap(self, *, admin_password: str | None = None) -> None:
