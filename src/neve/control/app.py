@@ -41,6 +41,7 @@ from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import neve
+from neve.console.app import ConsoleDispatch
 from neve.control.routes._base import error_response, json_response
 from neve.errors import AuthenticationError, NeveError
 
@@ -291,6 +292,7 @@ def create_app(account: Account, *, daemon_id: str | None = None) -> Starlette:
 
         gateway = build_gateway(account)
         middleware.append(Middleware(IngressDispatch, gateway=gateway))
+    middleware.append(Middleware(ConsoleDispatch, account=account))  # /console: its own sign-in
     middleware.append(Middleware(AuthenticationMiddleware, account=account, public_paths=public))
 
     @contextlib.asynccontextmanager
