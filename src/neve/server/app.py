@@ -48,7 +48,7 @@ from neve.errors import (
 )
 from neve.models.modeldir import MethodSpec, read_manifest
 from neve.models.signature import ModelSignature
-from neve.server import arrow_ipc, metrics, protocol
+from neve.server import arrow_ipc, metrics, protocol, v2_binary
 from neve.server.batching import Admission, MethodBatcher
 from neve.server.config import TIMEOUT_HEADER, ServerConfig
 from neve.server.pool import WorkerPool
@@ -220,15 +220,21 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         request: Request,
         method_of: Callable[[Any], str],
         parse: Callable[[Any, str, bool], tuple[protocol.ServiceRequest, Any]],
-        encode: Callable[[str, Any, protocol.ServiceRequest, protocol.OutputColumns], bytes],
+        encode: Callable[
+            [str, Any, protocol.ServiceRequest, protocol.OutputColumns],
+            bytes | tuple[bytes, dict[str, str]],
+        ],
         *,
         v2: bool = False,
         early_method: str | None = None,
+        decode: Callable[[bytes], Any] = protocol.loads,
     ) -> Response:
         """The one path every inference request takes, whatever its protocol.
 
         A service-function request (``early_method`` known from the path) may be an Arrow IPC
-        stream instead of JSON; it is answered in the same format.
+        stream instead of JSON; it is answered in the same format. ``decode`` turns the body
+        into the payload (V2's binary tensor extension has its own); ``encode`` may return
+        headers with the content.
         """
         started = time.perf_counter()
         method = early_method or UNKNOWN_METHOD
@@ -250,7 +256,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                     inputs = state.methods[method].signature.inputs
                     parsed, extra = protocol.parse_arrow_request(body, inputs, method), None
                 else:
-                    payload = protocol.loads(body)
+                    payload = decode(body)
                     if early_method is None:
                         # V2: the method may be named inside the body.
                         method = method_of(payload)
@@ -264,12 +270,16 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             out = await state.batchers[method].submit(
                 parsed, timeout_s=_timeout_header(request.headers.get(TIMEOUT_HEADER))
             )
+            answer_headers: dict[str, str] = {}
             if arrow:
                 content, media_type = protocol.encode_arrow_response(out), arrow_ipc.ARROW_STREAM
             else:
-                content = encode(method, extra, parsed, out)
+                encoded = encode(method, extra, parsed, out)
+                content, answer_headers = encoded if isinstance(encoded, tuple) else (encoded, {})
+                if answer_headers:
+                    media_type = "application/octet-stream"
             rows = parsed.n_rows
-            response = Response(content, media_type=media_type)
+            response = Response(content, media_type=media_type, headers=answer_headers or None)
         except NeveError as err:
             status = err.http_status
             headers = None
@@ -329,10 +339,20 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         sig = state.methods[method].signature
         parsed, requested = protocol.parse_v2_request(payload, sig.inputs, sig.outputs, method)
         request_id = payload.get("id") if isinstance(payload, dict) else None
-        return parsed, (requested, request_id)
+        binary = v2_binary.binary_outputs(payload) if isinstance(payload, dict) else (False, set())
+        return parsed, (requested, request_id, binary)
 
     async def v2_infer(request: Request) -> Response:
         name = request.path_params["name"]
+        header_length = request.headers.get(v2_binary.HEADER)
+        encoding = request.headers.get("content-encoding")
+
+        def decode(body: bytes) -> Any:
+            # tritonclient's default: a JSON header, then raw tensor bytes
+            body = v2_binary.decompress(body, encoding)
+            if header_length is not None:
+                return v2_binary.split_request(body, header_length)
+            return protocol.loads(body)
 
         def method_of(payload: Any) -> str:
             target = v2_target(name)
@@ -344,14 +364,15 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
         def encode_v2(
             method: str, extra: Any, parsed: protocol.ServiceRequest, out: protocol.OutputColumns
-        ) -> bytes:
-            requested, request_id = extra
+        ) -> tuple[bytes, dict[str, str]]:
+            requested, request_id, (every, binary_names) = extra
             sig = state.methods[method].signature
-            return protocol.encode_v2_response(
+            body = protocol.v2_response_body(
                 name, request_id, sig.outputs, out, parsed.n_rows, requested
             )
+            return v2_binary.encode_response(body, every, binary_names)
 
-        return await answer(request, method_of, parse_v2, encode_v2, v2=True)
+        return await answer(request, method_of, parse_v2, encode_v2, v2=True, decode=decode)
 
     async def v2_model_metadata(request: Request) -> Response:
         name = request.path_params["name"]

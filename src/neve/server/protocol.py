@@ -801,6 +801,18 @@ def encode_v2_response(
     n_rows: int,
     requested: list[str] | None,
 ) -> bytes:
+    return dumps(v2_response_body(model_name, request_id, outputs, out, n_rows, requested))
+
+
+def v2_response_body(
+    model_name: str,
+    request_id: Any,
+    outputs: list[FeatureSpec],
+    out: OutputColumns,
+    n_rows: int,
+    requested: list[str] | None,
+) -> dict[str, Any]:
+    """The V2 answer as a dict (``neve.server.v2_binary`` may move tensors out of it)."""
     specs = {f.name: f for f in outputs}
     tensors = []
     for name, column in zip(out.names, out.columns, strict=True):
@@ -820,7 +832,7 @@ def encode_v2_response(
     body: dict[str, Any] = {"model_name": model_name, "outputs": tensors}
     if request_id is not None:
         body["id"] = request_id
-    return dumps(body)
+    return body
 
 
 def v2_tensor_metadata(features: list[FeatureSpec]) -> list[dict[str, Any]]:
