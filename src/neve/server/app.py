@@ -47,7 +47,7 @@ from neve.errors import (
     UnsupportedMediaTypeError,
 )
 from neve.models.modeldir import MethodSpec, read_manifest
-from neve.models.signature import ModelSignature
+from neve.models.signature import ModelSignature, resolve_params
 from neve.server import arrow_ipc, metrics, protocol, v2_binary
 from neve.server.batching import Admission, MethodBatcher
 from neve.server.config import TIMEOUT_HEADER, ServerConfig
@@ -88,7 +88,12 @@ class ServerState:
         manifest = read_manifest(config.model_dir)
         self.model_type: str = manifest["model_type"]
         self.methods: dict[str, MethodSpec] = {
-            m: MethodSpec(m, ModelSignature.from_dict(d["signature"]), d.get("options") or {})
+            m: MethodSpec(
+                m,
+                ModelSignature.from_dict(d["signature"]),
+                d.get("options") or {},
+                d.get("function_type") or "FUNCTION",
+            )
             for m, d in manifest["methods"].items()
         }
         self.pool = WorkerPool(config, on_fatal=self._fatal)
@@ -255,6 +260,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                 if arrow:
                     inputs = state.methods[method].signature.inputs
                     parsed, extra = protocol.parse_arrow_request(body, inputs, method), None
+                    # Arrow bodies carry columns only: parameters ride in the query string.
+                    parsed.params = method_params(method, _query_params(request))
                 else:
                     payload = decode(body)
                     if early_method is None:
@@ -306,16 +313,31 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     # ------------------------------------------------------------ service-function format
 
+    def method_params(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
+        """The call's parameter values, checked here so a bad one is a 400 for its request."""
+        sig = state.methods[method].signature
+        if not sig.params and not given:
+            return {}
+        return resolve_params(sig, given, method=method)
+
     def parse_service(
         payload: Any, method: str, bools: bool
     ) -> tuple[protocol.ServiceRequest, None]:
         sig = state.methods[method].signature
-        return protocol.parse_service_request(payload, sig.inputs, method, bools=bools), None
+        parsed = protocol.parse_service_request(payload, sig.inputs, method, bools=bools)
+        parsed.params = method_params(method, protocol.request_params(payload))
+        return parsed, None
+
+    def answer_index(method: str, parsed: protocol.ServiceRequest, out: Any) -> list[Any]:
+        # A table function answers its own rows, numbered from 0; others echo the input's.
+        if state.methods[method].partitioned:
+            return list(range(len(out.columns[0]) if out.columns else 0))
+        return parsed.index
 
     def encode_service(
         method: str, extra: Any, parsed: protocol.ServiceRequest, out: protocol.OutputColumns
     ) -> bytes:
-        return protocol.encode_service_response(parsed.index, out)
+        return protocol.encode_service_response(answer_index(method, parsed, out), out)
 
     async def invoke(request: Request) -> Response:
         segment = request.path_params["method"]
@@ -338,6 +360,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     def parse_v2(payload: Any, method: str, bools: bool) -> tuple[protocol.ServiceRequest, Any]:
         sig = state.methods[method].signature
         parsed, requested = protocol.parse_v2_request(payload, sig.inputs, sig.outputs, method)
+        parsed.params = method_params(method, protocol.request_params(payload, v2=True))
         request_id = payload.get("id") if isinstance(payload, dict) else None
         binary = v2_binary.binary_outputs(payload) if isinstance(payload, dict) else (False, set())
         return parsed, (requested, request_id, binary)
@@ -367,9 +390,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         ) -> tuple[bytes, dict[str, str]]:
             requested, request_id, (every, binary_names) = extra
             sig = state.methods[method].signature
-            body = protocol.v2_response_body(
-                name, request_id, sig.outputs, out, parsed.n_rows, requested
-            )
+            rows = len(answer_index(method, parsed, out))
+            body = protocol.v2_response_body(name, request_id, sig.outputs, out, rows, requested)
             return v2_binary.encode_response(body, every, binary_names)
 
         return await answer(request, method_of, parse_v2, encode_v2, v2=True, decode=decode)
@@ -461,6 +483,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                     name: {
                         "signature": spec.signature.to_dict(),
                         "options": spec.options,
+                        "function_type": spec.function_type,
                         "max_batch_rows": state.batchers[name].max_batch_rows,
                         "routes": routes.get(name, []),
                     }
@@ -525,6 +548,22 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     )
     app.state.server = state
     return app
+
+
+def _query_params(request: Request) -> dict[str, Any] | None:
+    raw = request.query_params.get("params")
+    if raw is None:
+        return None
+    try:
+        value = protocol.loads(raw.encode())
+    except NeveError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(
+            "query parameter params must be a JSON object of parameter values",
+            code="INVALID_REQUEST",
+        )
+    return value
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import orjson
 
 from neve.errors import (
     ModelExecutionError,
@@ -87,6 +88,9 @@ class _Chunk:
     future: asyncio.Future[OutputColumns]
     taken: bool = False  # handed to the model
     dropped: bool = False  # abandoned while queued (timeout, error, disconnect)
+    # Chunks share a batch only when their method parameters are equal (same key).
+    params: dict = field(default_factory=dict)
+    key: bytes = b""
 
 
 @dataclass(slots=True)
@@ -191,7 +195,8 @@ class MethodBatcher:
         if admission.queued_rows + n > admission.max_queue_rows:
             self._refuse()
         loop = asyncio.get_running_loop()
-        step = self.max_batch_rows
+        # A partition is one call, however many rows it has (its rows may all be needed).
+        step = n if self.spec.partitioned else self.max_batch_rows
         chunks = [
             _Chunk(
                 [c[start : start + step] for c in request.columns] if n > step else request.columns,
@@ -200,6 +205,10 @@ class MethodBatcher:
             )
             for start in range(0, n, step)
         ]
+        if request.params:
+            key = orjson.dumps(request.params, option=orjson.OPT_SORT_KEYS)
+            for chunk in chunks:
+                chunk.params, chunk.key = request.params, key
         admission.queued_rows += n
         self._queue_gauge.inc(n)
         self._pending.extend(chunks)
@@ -277,12 +286,15 @@ class MethodBatcher:
         if self._next() is None:
             return batch
         self._take(batch)
+        first = batch.chunks[0]
+        if self.spec.partitioned:
+            return batch
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.batch_timeout_s
         while batch.rows < self.max_batch_rows:
             nxt = self._next()
             if nxt is not None:
-                if batch.rows + nxt.n_rows > self.max_batch_rows:
+                if batch.rows + nxt.n_rows > self.max_batch_rows or nxt.key != first.key:
                     break
                 self._take(batch)
                 continue
@@ -312,7 +324,9 @@ class MethodBatcher:
         """Compute ``batch`` on ``worker`` (whose slot this call gives back) and answer it."""
         started = time.perf_counter()
         try:
-            out = await self.pool.run(worker, self.method, [c.columns for c in batch.chunks])
+            out = await self.pool.run(
+                worker, self.method, [c.columns for c in batch.chunks], batch.chunks[0].params
+            )
         except Exception as exc:
             self.pool.release(worker)
             await self._failed(batch, exc)

@@ -185,9 +185,15 @@ class WorkerPool:
         self._slots.release()
         self._notify()
 
-    async def run(self, w: Worker, method: str, chunk_columns: list[list[Any]]) -> OutputColumns:
+    async def run(
+        self,
+        w: Worker,
+        method: str,
+        chunk_columns: list[list[Any]],
+        params: dict[str, Any] | None = None,
+    ) -> OutputColumns:
         """Compute one batch on ``w``; model errors come back as the ``NeveError`` raised."""
-        message = pickle.dumps((method, chunk_columns), protocol=5)
+        message = pickle.dumps((method, chunk_columns, params or None), protocol=5)
         loop = asyncio.get_running_loop()
         kind, value = await loop.run_in_executor(w.thread, w.roundtrip, message)
         if kind == "ok":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,8 @@ class ServiceRequest:
     index: list[Any]
     columns: list[np.ndarray]
     n_rows: int
+    #: The method's parameters for this call (every declared one, defaults filled in).
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -97,6 +99,40 @@ class OutputColumns:
         return cls(
             names, [np.concatenate([p.columns[j] for p in parts]) for j in range(len(names))]
         )
+
+
+#: V2 request parameters that are the protocol's own, not the method's.
+V2_RESERVED_PARAMETERS = frozenset(
+    {
+        "method",
+        "binary_data_output",
+        "timeout",
+        "priority",
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "headers",
+    }
+)
+
+
+def request_params(payload: Any, *, v2: bool = False) -> dict[str, Any] | None:
+    """The method parameters a request sets: ``"params"`` of the service format, or the V2
+    ``"parameters"`` that are not the protocol's own."""
+    if not isinstance(payload, dict):
+        return None
+    raw = payload.get("parameters" if v2 else "params")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidArgumentError(
+            f'"{"parameters" if v2 else "params"}" must be an object of parameter values, got '
+            f"{_json_type(raw)}",
+            code="INVALID_REQUEST",
+        )
+    if v2:
+        return {k: v for k, v in raw.items() if k not in V2_RESERVED_PARAMETERS}
+    return raw
 
 
 # --------------------------------------------------------------------------------------------

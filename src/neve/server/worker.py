@@ -142,7 +142,7 @@ def _serve(conn: Connection, model: Any) -> None:
 
     names = {m: spec.signature.input_names for m, spec in model.methods.items()}
     while True:
-        method, chunk_columns = pickle.loads(conn.recv_bytes())
+        method, chunk_columns, params = pickle.loads(conn.recv_bytes())
         try:
             if len(chunk_columns) == 1:
                 columns = chunk_columns[0]
@@ -152,7 +152,7 @@ def _serve(conn: Connection, model: Any) -> None:
                     for j in range(len(names[method]))
                 ]
             frame = pd.DataFrame(dict(zip(names[method], columns, strict=True)), copy=False)
-            reply: tuple[str, Any] = ("ok", output_columns(model.call(method, frame)))
+            reply: tuple[str, Any] = ("ok", output_columns(model.call(method, frame, params)))
         except NeveError as exc:
             reply = ("error", exc.to_dict())
         except Exception as exc:
