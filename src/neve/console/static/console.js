@@ -66,7 +66,11 @@
       var series = [{}].concat(body.instances.map(function (inst, i) {
         return { label: "instance " + inst, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false, points: { show: true, size: 4 } };
       }));
-      var opts = { width: width, height: 200, series: series, axes: [{}, { size: 60 }], legend: { live: true } };
+      var opts = {
+        width: width, height: 200, series: series, axes: [{}, { size: 60 }], legend: { live: true },
+        // rates, latencies and depths start at zero: a flat line is not magnified into noise
+        scales: { y: { range: function (u, lo, hi) { return [0, hi > 0 ? hi * 1.1 : 1]; } } }
+      };
       fig.querySelectorAll(".uplot").forEach(function (el) { el.remove(); });
       return new uPlot(opts, data(key, body), fig);
     }

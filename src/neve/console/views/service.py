@@ -40,12 +40,26 @@ def may_operate(viewer: Viewer, qn: QualifiedName) -> bool:
         return account.security.has_privilege(s, viewer.ctx, "OPERATE", svc)
 
 
+def _example(sql_type: str) -> Any:
+    """A placeholder argument of a signature type (the snippet must be valid as pasted)."""
+    kind = sql_type.upper()
+    if kind in ("STRING", "VARCHAR", "TEXT"):
+        return "text"
+    if kind in ("BOOL", "BOOLEAN"):
+        return False
+    if kind.startswith(("FLOAT", "DOUBLE", "DECIMAL", "NUMBER", "REAL")):
+        return 0.0
+    if kind.startswith(("INT", "BIGINT", "SMALLINT", "TINYINT", "UINT")):
+        return 0
+    return None
+
+
 def snippets(url: str | None, method: str | None, signature: dict | None) -> dict[str, str]:
     """curl and Python calls of ``method`` at the ingress ``url``, with one example row."""
     if not url or not method:
         return {}
-    inputs = [f.get("name", f"arg{i}") for i, f in enumerate((signature or {}).get("inputs", []))]
-    row = [0, *[0 for _ in inputs]]
+    inputs = (signature or {}).get("inputs", [])
+    row = [0, *[_example(str(f.get("type", ""))) for f in inputs]]
     body = json.dumps({"data": [row]})
     curl = (
         f"curl -X POST '{url}/{method}' \\\n"
