@@ -130,11 +130,12 @@ def test_arrow_format_and_table_helpers(api) -> None:
 def test_cli_runs_statements_and_the_shell_keeps_context(api, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from neve.cli import _common
     from neve.cli import sql as cli
 
     monkeypatch.setattr(cli, "get_session", lambda ctx: api)
-    monkeypatch.setattr(_common.console, "width", 200)
+    monkeypatch.setenv(
+        "COLUMNS", "200"
+    )  # wide tables (setting console.width would outlive the test)
     from neve.cli.main import app as neve_app
 
     runner = CliRunner()

@@ -105,12 +105,36 @@ def _closer(opts: CliOptions):  # noqa: ANN202
     return close
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any, *, null: str = "") -> str:
+    """A value as table-cell markup: lists of scalars joined, other structures as JSON,
+    timestamps to the second, and always escaped (a comment holding ``[/x]`` is text, not
+    markup)."""
     if value is None:
-        return "[dim]NULL[/dim]"
-    if isinstance(value, dict | list):
-        return escape(json.dumps(value, default=str))
-    return escape(str(value))
+        return null
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        text = ", ".join(str(v) for v in value)
+    elif isinstance(value, list | dict):
+        text = json.dumps(value, default=str)
+    else:
+        if hasattr(value, "isoformat"):  # a pandas/datetime timestamp
+            value = value.isoformat()
+        text = str(value)
+        if len(text) >= 19 and text[4] == "-" and text[10] in "T " and text[13] == ":":
+            text = text[:10] + " " + text[11:19]
+    return escape(text)
+
+
+def _print(
+    columns: list[str], rows: list[list[Any]], *, title: str | None, null: str, count: bool
+) -> None:
+    table = Table(title=escape(title) if title else None, header_style="bold")
+    for i, col in enumerate(columns):
+        table.add_column(escape(str(col)), overflow="fold", no_wrap=i == 0)
+    for row in rows:
+        table.add_row(*(cell(v, null=null) for v in row))
+    console.print(table)
+    if count:
+        console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}[/dim]")
 
 
 def print_rows(
@@ -120,25 +144,39 @@ def print_rows(
     title: str | None = None,
     max_rows: int | None = None,
 ) -> None:
-    """Print a result as a table, then the row count."""
-    table = Table(title=title, header_style="bold")
-    for col in columns:
-        table.add_column(escape(str(col)), overflow="fold")
-    shown = rows if max_rows is None else rows[:max_rows]
-    for row in shown:
-        table.add_row(*(_cell(v) for v in row))
-    console.print(table)
+    """Print a SQL result as a table (NULL shown as such), then the row count."""
+    shown = [list(r) for r in (rows if max_rows is None else rows[:max_rows])]
+    _print(columns, shown, title=title, null="[dim]NULL[/dim]", count=False)
     more = f" (showing {len(shown)})" if len(shown) < len(rows) else ""
     console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}{more}[/dim]")
 
 
-def print_record(record: dict[str, Any], *, title: str | None = None) -> None:
+def print_table(
+    rows: list[dict],
+    columns: list[str] | None = None,
+    *,
+    title: str | None = None,
+    hide_absent: bool = False,
+    count: bool = True,
+) -> None:
+    """Print objects (dicts) as a table of ``columns`` (default: the first row's keys), then
+    the row count. ``hide_absent`` drops columns that no row has."""
+    columns = list(columns or (list(rows[0]) if rows else []))
+    if hide_absent:
+        columns = [c for c in columns if any(c in r for r in rows)] or columns
+    _print(columns, [[r.get(c) for c in columns] for r in rows], title=title, null="", count=count)
+
+
+def print_record(
+    record: dict[str, Any], *, title: str | None = None, skip: tuple[str, ...] = ()
+) -> None:
     """Print one object as a two-column table of its properties."""
-    table = Table(title=title, show_header=False)
+    table = Table(title=escape(title) if title else None, show_header=False)
     table.add_column("property", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in record.items():
-        table.add_row(escape(str(key)), _cell(value))
+        if key not in skip:
+            table.add_row(escape(str(key)), cell(value))
     console.print(table)
 
 

@@ -23,7 +23,8 @@ from typing import Annotated, Any
 
 import typer
 
-from neve.cli.pools import call, console, path_name, properties, table
+from neve.cli._common import print_record, print_table
+from neve.cli.pools import call, console, path_name
 
 app = typer.Typer(
     help="Image repositories, model image builds, network rules and integrations.",
@@ -67,7 +68,7 @@ def repos(
     """SHOW IMAGE REPOSITORIES."""
     params = {k: v for k, v in {"database": database, "schema": schema, "like": like}.items() if v}
     rows = call("GET", "/api/v1/image-repositories", params=params or None)
-    table(rows, ["name", "database_name", "schema_name", "images", "size_bytes", "repository_url",
+    print_table(rows, ["name", "database_name", "schema_name", "images", "size_bytes", "repository_url",
                  "owner", "comment"])  # fmt: skip
 
 
@@ -89,7 +90,7 @@ def list_images(repo: Annotated[str, typer.Argument(help="db.schema.repository")
     for row in rows:
         row["requirements"] = ", ".join((row.get("inputs") or {}).get("requirements") or [])
         row["size"] = _size(row.get("size_bytes"))
-    table(rows, ["image_name", "status", "model", "version", "size", "build_seconds",
+    print_table(rows, ["image_name", "status", "model", "version", "size", "build_seconds",
                  "requirements", "created_on"])  # fmt: skip
 
 
@@ -191,14 +192,14 @@ def _summary(job: dict) -> None:
 def jobs(like: Annotated[str | None, typer.Option(help="LIKE pattern.")] = None) -> None:
     """Build jobs you can see."""
     rows = call("GET", "/api/v1/jobs", params={"like": like} if like else None)
-    table(rows, ["name", "status", "model", "version", "repository", "duration_s", "created_on",
+    print_table(rows, ["name", "status", "model", "version", "repository", "duration_s", "created_on",
                  "status_reason"])  # fmt: skip
 
 
 @app.command("job")
 def job(name: Annotated[str, typer.Argument(help="MODEL_BUILD_...")]) -> None:
     """One build job: status, reason, timings, image."""
-    properties(call("GET", f"/api/v1/jobs/{path_name(name)}"))
+    print_record(call("GET", f"/api/v1/jobs/{path_name(name)}"))
 
 
 @app.command("logs")
@@ -234,7 +235,7 @@ def create_rule(
 @rules_app.command("list")
 def list_rules() -> None:
     """SHOW NETWORK RULES."""
-    table(call("GET", "/api/v1/network-rules"),
+    print_table(call("GET", "/api/v1/network-rules"),
           ["name", "database_name", "schema_name", "mode", "type", "value_list", "owner"])  # fmt: skip
 
 
@@ -262,7 +263,7 @@ def create_integration(
 @integrations_app.command("list")
 def list_integrations() -> None:
     """SHOW EXTERNAL ACCESS INTEGRATIONS."""
-    table(call("GET", "/api/v1/integrations"),
+    print_table(call("GET", "/api/v1/integrations"),
           ["name", "enabled", "allowed_network_rules", "owner", "comment"])  # fmt: skip
 
 

@@ -20,9 +20,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from neve.cli._common import DatabaseOpt, SchemaOpt, fail, get_session
+from neve.cli._common import (
+    DatabaseOpt,
+    SchemaOpt,
+    cell,
+    fail,
+    get_session,
+    print_table,
+)
 
 app = typer.Typer(
     help="Log, list, inspect and delete models in the registry.", add_completion=False
@@ -51,31 +57,6 @@ def _registry(session: Any, database: str | None, schema: str | None) -> Any:
     import neve
 
     return neve.Registry(session, database_name=database, schema_name=schema)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, list | dict):
-        return json.dumps(value, default=str)
-    if hasattr(value, "isoformat"):  # a pandas/datetime timestamp: to the second
-        value = value.isoformat()
-    text = str(value)
-    if len(text) >= 19 and text[4] == "-" and text[10] in "T ":
-        return text[:10] + " " + text[11:19]
-    return text
-
-
-def _table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
-    table = Table(title=title, header_style="bold")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    console.print(table)
-    console.print(f"[dim]{len(rows)} row{'s' if len(rows) != 1 else ''}[/dim]")
 
 
 def _read_pickle(path: Path) -> Any:
@@ -196,7 +177,7 @@ def list_models(ctx: typer.Context, database: DatabaseOpt = None, schema: Schema
     for row in rows:
         row["model"] = ".".join(_quoted(row[k]) for k in ("database_name", "schema_name", "name"))
         row["default"] = row.get("default_version_name")
-    _table(rows, ["model", "default", "versions", "owner", "created_on", "comment"])
+    print_table(rows, ["model", "default", "versions", "owner", "created_on", "comment"])
 
 
 def _quoted(name: str) -> str:
@@ -223,7 +204,7 @@ def versions(
     rows = frame.to_dict("records")
     for row in rows:
         row["default"] = "yes" if row.get("is_default_version") else ""
-    _table(rows, ["name", "default", "aliases", "functions", "target_platforms", "created_on"])
+    print_table(rows, ["name", "default", "aliases", "functions", "target_platforms", "created_on"])
 
 
 @app.command("show")
@@ -264,7 +245,7 @@ def show(
         "inference_services",
         "artifact_sha256",
     ):
-        console.print(f"  {key}: {_cell(info.get(key))}")
+        console.print(f"  {key}: {cell(info.get(key))}")
     rows = [
         {
             "name": f["name"],
@@ -274,7 +255,7 @@ def show(
         }
         for f in functions
     ]
-    _table(rows, ["name", "target_method", "inputs", "outputs"], title="functions")
+    print_table(rows, ["name", "target_method", "inputs", "outputs"], title="functions")
 
 
 def _feature(spec: dict) -> str:

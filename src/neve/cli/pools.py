@@ -16,9 +16,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from neve.cli._common import fail
+from neve.cli._common import fail, print_record, print_table
 
 app = typer.Typer(
     help="Compute pools: where service instances run.", add_completion=False, no_args_is_help=True
@@ -36,6 +35,7 @@ LIST_COLUMNS = [
     "num_services",
     "auto_resume",
     "owner",
+    "comment",
 ]
 
 
@@ -61,27 +61,6 @@ def path_name(name: str) -> str:
     from urllib.parse import quote
 
     return quote(name, safe="")
-
-
-def table(rows: list[dict], columns: list[str], *, title: str | None = None) -> None:
-    out = Table(title=title, header_style="bold")
-    shown = [c for c in columns if any(c in r for r in rows)] or columns
-    for col in shown:
-        out.add_column(col, overflow="fold")
-    for row in rows:
-        out.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in shown))
-    console.print(out)
-    console.print(f"[dim]{len(rows)} row{'s' if len(rows) != 1 else ''}[/dim]")
-
-
-def properties(row: dict, *, skip: tuple[str, ...] = ()) -> None:
-    out = Table(show_header=False, box=None)
-    out.add_column(style="bold")
-    out.add_column(overflow="fold")
-    for key, value in row.items():
-        if key not in skip:
-            out.add_row(key, "" if value is None else str(value))
-    console.print(out)
 
 
 @app.command("create")
@@ -126,7 +105,7 @@ def list_pools(
     like: Annotated[str | None, typer.Option(help="SQL LIKE pattern on the name.")] = None,
 ) -> None:
     """SHOW COMPUTE POOLS."""
-    table(
+    print_table(
         call("GET", "/api/v1/compute-pools", params={"like": like} if like else None), LIST_COLUMNS
     )
 
@@ -135,11 +114,11 @@ def list_pools(
 def describe(name: Annotated[str, typer.Argument(help="Pool name.")]) -> None:
     """DESCRIBE COMPUTE POOL, with each node's free resources."""
     row = call("GET", f"/api/v1/compute-pools/{path_name(name)}")
-    properties(row, skip=("nodes",))
+    print_record(row, skip=("nodes",))
     nodes = row.get("nodes") or []
     if nodes:
-        table(nodes, ["name", "state", "free_cpu", "free_memory_gb", "free_gpu", "holders"],
-              title="nodes")  # fmt: skip
+        print_table(nodes, ["name", "state", "free_cpu", "free_memory_gb", "free_gpu", "holders"],
+                    title="nodes")  # fmt: skip
 
 
 def _alter(name: str, body: dict[str, Any]) -> dict:
@@ -198,7 +177,7 @@ def drop(
 @app.command("families")
 def families() -> None:
     """The instance families and the size of one node of each."""
-    table(
+    print_table(
         call("GET", "/api/v1/instance-families"),
         ["name", "vcpu", "memory_gb", "gpu", "gpu_type", "description"],
     )

@@ -23,9 +23,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from neve.cli._common import DatabaseOpt, SchemaOpt, fail, get_session
+from neve.cli._common import (
+    DatabaseOpt,
+    SchemaOpt,
+    fail,
+    get_session,
+    print_record,
+    print_table,
+)
 
 app = typer.Typer(
     help="Create, list, inspect, scale, suspend, resume and delete services.",
@@ -64,41 +70,17 @@ class _Api:
         return service_path(self.qualify(name))
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | dict):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
-    table = Table(title=title, header_style="bold")
-    for i, col in enumerate(columns):
-        table.add_column(col, overflow="fold", no_wrap=i == 0)
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    console.print(table)
-
-
 def _describe(row: dict) -> None:
-    table = Table(show_header=False, title=row.get("qualified_name"))
-    table.add_column("property", style="bold")
-    table.add_column("value", overflow="fold")
-    for key, value in row.items():
-        if key in ("instances", "spec"):
-            continue
-        table.add_row(key, _cell(value))
     try:
         spec = json.loads(row.get("spec") or "{}")
     except ValueError:
         spec = {}
-    for key, value in spec.items():
-        table.add_row(f"spec.{key}", _cell(value))
-    console.print(table)
+    record = {k: v for k, v in row.items() if k not in ("instances", "spec")}
+    record.update({f"spec.{key}": value for key, value in spec.items()})
+    print_record(record, title=row.get("qualified_name"))
     instances = row.get("instances") or []
     if instances:
-        _table(
+        print_table(
             instances,
             ["instance_id", "status", "message", "restart_count", "start_time", "host", "port"],
             title="instances",
@@ -240,7 +222,7 @@ def list_services(
         rows = api.call("GET", "/api/v1/services", params=params)
     except NeveError as exc:
         raise fail(exc) from None
-    _table(
+    print_table(
         [
             {
                 "service": f"{r['database_name']}.{r['schema_name']}.{r['name']}",

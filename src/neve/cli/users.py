@@ -30,7 +30,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from neve.cli._common import print_record, print_table
 
 app = typer.Typer(help="Users, roles, grants, access tokens and key pairs.", add_completion=False)
 roles_app = typer.Typer(help="Create, drop, list, grant and revoke roles.", add_completion=False)
@@ -84,19 +85,6 @@ def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
         raise typer.Exit(code=1) from None
 
 
-def _table(rows: list[dict], columns: list[str] | None = None) -> None:
-    if not rows:
-        console.print("(none)")
-        return
-    columns = columns or list(rows[0])
-    table = Table(header_style="bold")
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    console.print(table)
-
-
 def _password(prompt: bool, from_stdin: bool) -> str | None:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
@@ -135,7 +123,7 @@ def create_user(
 @app.command("list")
 def list_users() -> None:
     """SHOW USERS."""
-    _table(
+    print_table(
         _run(_call, "GET", "/api/v1/users"),
         ["name", "default_role", "disabled", "has_password", "rsa_public_key_fp", "owner"],
     )
@@ -145,7 +133,7 @@ def list_users() -> None:
 def describe_user(name: str) -> None:
     """DESCRIBE USER."""
     row = _run(_call, "GET", f"/api/v1/users/{name}")
-    _table([{"property": k, "value": v} for k, v in row.items()])
+    print_record(row)
 
 
 @app.command("alter")
@@ -274,7 +262,7 @@ def drop_role(name: str, if_exists: Annotated[bool, typer.Option()] = False) -> 
 @roles_app.command("list")
 def list_roles() -> None:
     """SHOW ROLES."""
-    _table(_run(_call, "GET", "/api/v1/roles"), ["name", "owner", "comment", "created_on"])
+    print_table(_run(_call, "GET", "/api/v1/roles"), ["name", "owner", "comment", "created_on"])
 
 
 def _grantee(user: str | None, role: str | None, *, prefix: str) -> dict[str, str]:
@@ -377,7 +365,7 @@ def show_grants(
         columns = ["privilege", "granted_on", "name", "grantee_name", "grant_option", "granted_by"]
     else:
         columns = ["role", "granted_to", "grantee_name", "granted_by"]
-    _table(rows, columns)
+    print_table(rows, columns)
 
 
 # -- tokens ---------------------------------------------------------------------------------------
@@ -409,7 +397,7 @@ def create_token(
 def list_tokens(user: Annotated[str | None, typer.Option()] = None) -> None:
     """List programmatic access tokens (never their secrets)."""
     params = {"user": user} if user else None
-    _table(
+    print_table(
         _run(_call, "GET", "/api/v1/tokens", params=params),
         ["name", "user", "role", "status", "created_on", "expires_on"],
     )
