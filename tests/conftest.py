@@ -100,14 +100,14 @@ def postgres_catalog_url() -> Iterator[str]:
 def control_plane(neve_home: Path) -> Iterator:
     """A real control plane daemon for a temp account, and an admin session connected to it."""
     import neve
-    from neve.control import daemon
 
     session = neve.connect(neve_home)
     try:
         yield session
     finally:
         session.close()
-        daemon.stop(neve_home)
+        # the daemon, and what outlives it on purpose: ingress proxies, service instances
+        stop_account_processes(neve_home)
 
 
 def stop_account_processes(home: Path, timeout_s: float = 20.0) -> None:

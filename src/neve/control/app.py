@@ -54,7 +54,15 @@ API_PREFIX = "/api/v1"
 HEALTH_PATH = f"{API_PREFIX}/health"
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
 #: Component route modules, in mount order; each exports ``routes`` (and maybe ``PUBLIC_PATHS``).
-COMPONENT_ROUTES = ("registry", "compute", "environments", "services", "sql", "security")
+COMPONENT_ROUTES = (
+    "registry",
+    "compute",
+    "environments",
+    "services",
+    "sql",
+    "security",
+    "dataplane",
+)
 _ROUTES_DIR = Path(__file__).parent / "routes"
 _GATEWAY_APP = Path(neve.__file__).parent / "gateway" / "app.py"
 
@@ -300,6 +308,12 @@ def create_app(account: Account, *, daemon_id: str | None = None) -> Starlette:
         yield
         if gateway is not None:
             await gateway.aclose()  # its pooled connections to service instances
+        if (_ROUTES_DIR / "dataplane.py").exists():
+            from neve.control.routes.dataplane import close_publisher
+
+            # Serving has ended: the proxies keep their answers while no control plane runs
+            # (the daemon's own token, revoked next, is not pushed to them).
+            close_publisher(account)
 
     app = Starlette(
         routes=builtin + routes,

@@ -335,6 +335,15 @@ class ControlDaemon:
         }
         write_atomic(info_path(self.home), json.dumps(info, indent=2) + "\n")
         scheduler.start()
+        self._start_data_plane(scheduler)
         log.info("serving %s at %s (pid %d)", self.home, info["url"], info["pid"])
         await serving
         return 0
+
+    def _start_data_plane(self, scheduler: Scheduler) -> None:
+        """Adopt or start the ingress proxies (they outlive this daemon) and keep them up."""
+        from neve.dataplane.proxies import PROXY_CHECK_INTERVAL_S, ProxySupervisor
+
+        proxies = ProxySupervisor(self.settings, host=self.host, scheme=self.scheme)
+        threading.Thread(target=proxies.ensure_quietly, name="neve-proxies", daemon=True).start()
+        scheduler.every(PROXY_CHECK_INTERVAL_S, proxies.ensure_quietly, "dataplane.proxies")

@@ -31,6 +31,7 @@ from neve.catalog import lookup
 from neve.catalog import models as m
 from neve.compute.families import instance_family
 from neve.context import RequestContext, admin_context
+from neve.dataplane.proxies import ingress_url
 from neve.dataplane.targets import CatalogIngressTargets, IngressTarget
 from neve.errors import (
     InvalidArgumentError,
@@ -135,7 +136,11 @@ class ServiceManager:
         sec.require(s, ctx, privs[0], svc)  # raises with the precise message
 
     def _control_url(self) -> str | None:
-        """The control plane's URL (for the path form of the ingress), if one is running."""
+        """Where the path form of the ingress is served: the account's ingress proxies (their
+        port stays the same across control plane restarts), else the control plane's own."""
+        proxies = ingress_url(self.account.settings.home)
+        if proxies:
+            return proxies
         path = self.account.settings.home / "control.json"
         try:
             info = json.loads(path.read_text())

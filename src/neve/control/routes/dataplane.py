@@ -1,0 +1,192 @@
+"""The control plane's answers to the data plane: the route table and the proxies' look-ups.
+
+For the account's ingress proxies only (they send the proxy secret, ``X-Neve-Proxy-Secret``)::
+
+    GET  /api/v1/routes?version=N&wait=S&admin=URL   the route table once it differs from N
+    POST /api/v1/routes/authenticate  {"headers": {...}}            -> {"ctx", "expires"}
+    POST /api/v1/routes/authorize     {"ctx", "host", "name"}       -> {"target"}
+    POST /api/v1/routes/wake          {"ctx", "service_id", "timeout_s"} -> {"target"}
+    POST /api/v1/routes/touch         {"service_id"}                -> {}
+    POST /api/v1/routes/signatures    {"ctx", "service_id"}         -> {method: signature}
+
+For any signed-in user: ``GET /api/v1/ingress`` -> ``{"url"}``, where the proxies listen (the
+client sends ``mv.run(..., service_name=)`` there; ``url`` is null when there are none).
+Rows never come here: these are look-ups.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from neve.context import RequestContext
+from neve.control.routes._base import (
+    Call,
+    endpoint,
+    error_response,
+    json_response,
+    parse_json,
+    read_body,
+)
+from neve.dataplane.proxies import SECRET_HEADER, ingress_url, proxy_records, proxy_secret
+from neve.dataplane.publish import RoutePublisher
+from neve.dataplane.routes import ROUTES_PATH, ctx_from_dict, ctx_to_dict, target_to_dict
+from neve.dataplane.targets import CatalogIngressTargets
+from neve.errors import InvalidArgumentError, NeveError, PermissionDeniedError, check_fields
+from neve.gateway.access import AccountAccess
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+#: Longest a long-poll may ask to wait.
+MAX_WAIT_S = 60.0
+
+_publishers: weakref.WeakKeyDictionary[Any, RoutePublisher] = weakref.WeakKeyDictionary()
+_accesses: weakref.WeakKeyDictionary[Any, AccountAccess] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def publisher(account: Account) -> RoutePublisher:
+    """The account's route publisher (one per control plane process)."""
+    with _lock:
+        pub = _publishers.get(account)
+        if pub is None:
+            pub = _publishers[account] = RoutePublisher(account)
+            # the proxies this daemon adopted may not have long-polled it yet
+            for record in proxy_records(account.settings.home):
+                pub.know_proxy(record.admin_url)
+        return pub
+
+
+def close_publisher(account: Account) -> None:
+    """Stop publishing (the control plane stops serving)."""
+    with _lock:
+        pub = _publishers.pop(account, None)
+    if pub is not None:
+        pub.close()
+
+
+def _access(account: Account) -> AccountAccess:
+    with _lock:
+        access = _accesses.get(account)
+        if access is None:
+            access = _accesses[account] = AccountAccess(account)
+        return access
+
+
+def proxy_endpoint(fn: Callable[[Account, dict[str, Any], dict[str, Any]], Any]):
+    """``fn(account, query, body)`` behind the proxy secret, run in a worker thread."""
+
+    @functools.wraps(fn)
+    async def handler(request: Request) -> Response:
+        account = request.app.state.account
+        expected = proxy_secret(account.settings.home)
+        given = request.headers.get(SECRET_HEADER, "")
+        if not expected or not hmac.compare_digest(given, expected):
+            return error_response(
+                PermissionDeniedError("the route table answers only to the account's proxies")
+            )
+        try:
+            raw = await read_body(request)
+            body = parse_json(raw) if raw else {}
+            if not isinstance(body, dict):
+                raise InvalidArgumentError("request body must be a JSON object")
+            result = await run_in_threadpool(fn, account, dict(request.query_params), body)
+        except NeveError as err:
+            return error_response(err)
+        return json_response(result)
+
+    return handler
+
+
+def _number(value: Any, what: str, default: float) -> float:
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be a number") from None
+
+
+def _ctx(body: dict[str, Any]) -> RequestContext:
+    try:
+        return ctx_from_dict(body["ctx"])
+    except (KeyError, TypeError):
+        raise InvalidArgumentError("ctx must be {user, role, database, schema}") from None
+
+
+@proxy_endpoint
+def route_table(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+    version = int(_number(query.get("version"), "version", 0))
+    wait = min(MAX_WAIT_S, max(0.0, _number(query.get("wait"), "wait", 0)))
+    return publisher(account).wait(version, wait, admin_url=query.get("admin"))
+
+
+@proxy_endpoint
+def authenticate(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+    check_fields(body, {"headers"}, what="authenticate")
+    headers = {str(k).lower(): str(v) for k, v in (body.get("headers") or {}).items()}
+    ctx, expires = _access(account).authenticate(headers)
+    return {"ctx": ctx_to_dict(ctx), "expires": expires.isoformat()}
+
+
+@proxy_endpoint
+def authorize(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+    check_fields(body, {"ctx", "host", "name"}, what="authorize")
+    target = _access(account).authorized_target(_ctx(body), body.get("host"), body.get("name"))
+    return {"target": target_to_dict(target)}
+
+
+@proxy_endpoint
+def wake(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+    check_fields(body, {"ctx", "service_id", "timeout_s"}, what="wake")
+    timeout = min(600.0, max(0.0, _number(body.get("timeout_s"), "timeout_s", 120.0)))
+    target = _access(account).ensure_running(_ctx(body), int(body["service_id"]), timeout)
+    return {"target": target_to_dict(target)}
+
+
+@proxy_endpoint
+def touch(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+    check_fields(body, {"service_id"}, what="touch")
+    _access(account).touch(int(body["service_id"]))
+    return {}
+
+
+@proxy_endpoint
+def signatures(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+    check_fields(body, {"ctx", "service_id"}, what="signatures")
+    return CatalogIngressTargets(account).service_methods(_ctx(body), int(body["service_id"]))
+
+
+@endpoint
+def ingress(call: Call) -> dict:
+    return {"url": ingress_url(call.account.settings.home)}
+
+
+PUBLIC_PATHS = {
+    ROUTES_PATH,
+    ROUTES_PATH + "/authenticate",
+    ROUTES_PATH + "/authorize",
+    ROUTES_PATH + "/wake",
+    ROUTES_PATH + "/touch",
+    ROUTES_PATH + "/signatures",
+}
+
+routes = [
+    Route(ROUTES_PATH, route_table, methods=["GET"]),
+    Route(ROUTES_PATH + "/authenticate", authenticate, methods=["POST"]),
+    Route(ROUTES_PATH + "/authorize", authorize, methods=["POST"]),
+    Route(ROUTES_PATH + "/wake", wake, methods=["POST"]),
+    Route(ROUTES_PATH + "/touch", touch, methods=["POST"]),
+    Route(ROUTES_PATH + "/signatures", signatures, methods=["POST"]),
+    Route("/api/v1/ingress", ingress, methods=["GET"]),
+]

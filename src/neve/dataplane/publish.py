@@ -1,0 +1,180 @@
+"""The route table the control plane publishes to the data plane (its side of the long-poll).
+
+The table names every service with what a proxy needs to route to it: its qualified name,
+ingress host, status, ready instances and method names. ``epoch`` changes with every security
+change (a revoked token or grant), so a proxy drops its cached security answers when it sees
+a new one. ``version`` grows whenever the table changes; ``wait(version)`` blocks until it
+differs (``GET /api/v1/routes?version=N``).
+
+Changes are picked up by rebuilding the table from the catalog every ``interval_s`` (services
+change state from several places: the supervisor, resumes, drops), and at once on a security
+change, which is also pushed to every known proxy (``POST <admin>/_neve/invalidate``) before the
+change's own request returns: a revocation applies at once in the proxies too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+from sqlalchemy import select
+
+from neve.catalog import lookup
+from neve.catalog import models as m
+from neve.dataplane.proxies import SECRET_HEADER, proxy_secret
+from neve.dataplane.targets import READY_INSTANCE_STATUSES, method_names
+
+if TYPE_CHECKING:
+    from neve.control.account import Account
+
+log = logging.getLogger("neve.dataplane")
+
+#: How often the table is rebuilt from the catalog.
+DEFAULT_INTERVAL_S = 0.25
+#: A proxy not heard from for this long is no longer told about security changes.
+PROXY_FORGET_S = 120.0
+INVALIDATE_PATH = "/_neve/invalidate"
+
+
+class RoutePublisher:
+    """One per control plane; thread-safe."""
+
+    def __init__(self, account: Account, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self.account = account
+        self.interval_s = interval_s
+        self._cond = threading.Condition()
+        self._version = 0
+        self._digest = b""
+        self._table: dict[str, Any] = {}
+        self._nonce = secrets.token_hex(4)  # epochs of two control plane runs never collide
+        self._proxies: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.refresh()
+        add_listener = getattr(account.security, "add_listener", None)
+        if add_listener is not None:
+            add_listener(self._security_changed)
+
+    # -- the table --------------------------------------------------------------------------------
+    def _build(self) -> dict[str, Any]:
+        services = []
+        with self.account.catalog.transaction() as s:
+            for svc in s.scalars(select(m.Service).order_by(m.Service.id)):
+                instances = sorted(
+                    (inst.instance_index, inst.host, int(inst.port))
+                    for inst in svc.instances
+                    if inst.status in READY_INSTANCE_STATUSES and inst.host and inst.port
+                )
+                signatures = None
+                if svc.model_version_id is not None:
+                    version = s.get(m.ModelVersion, svc.model_version_id)
+                    signatures = version.signatures if version is not None else None
+                services.append(
+                    {
+                        "id": svc.id,
+                        "name": str(lookup.qualified(s, svc.schema_id, svc.name)),
+                        "status": svc.status,
+                        "status_reason": svc.status_reason,
+                        "ingress_enabled": bool(svc.ingress_enabled),
+                        "ingress_host": svc.ingress_host,
+                        "instances": [[host, port] for _, host, port in instances],
+                        "methods": method_names(signatures),
+                        "max_batch_rows": (svc.spec or {}).get("max_batch_rows"),
+                    }
+                )
+        epoch = f"{self._nonce}:{self.account.security.generation}"
+        return {"epoch": epoch, "services": services}
+
+    def refresh(self) -> bool:
+        """Rebuild the table; True (and waiters woken) when it changed."""
+        table = self._build()
+        digest = hashlib.sha256(orjson.dumps(table)).digest()
+        with self._cond:
+            if digest == self._digest:
+                return False
+            self._digest = digest
+            self._version += 1
+            self._table = {"version": self._version, **table}
+            self._cond.notify_all()
+        return True
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def table(self) -> dict[str, Any]:
+        with self._cond:
+            return self._table
+
+    def know_proxy(self, admin_url: str) -> None:
+        """Tell ``admin_url`` about security changes (a proxy this daemon adopted)."""
+        self._proxies[admin_url] = time.monotonic()
+
+    def wait(self, version: int, timeout_s: float, *, admin_url: str | None = None) -> dict:
+        """The table once its version differs from ``version`` (or after ``timeout_s``)."""
+        if admin_url:
+            self._proxies[admin_url] = time.monotonic()
+        self._start()
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._cond:
+            while self._version == version and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._table
+
+    # -- keeping it current -----------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._loop, name="neve-routes", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.refresh()
+            except Exception:  # the catalog may be briefly busy; the next pass retries
+                log.exception("rebuilding the route table failed")
+
+    def _security_changed(self) -> None:
+        try:
+            self.refresh()
+        except Exception:
+            log.exception("rebuilding the route table after a security change failed")
+        self.push_invalidate()
+
+    def push_invalidate(self, extra_admin_urls: tuple[str, ...] = ()) -> None:
+        """Tell every known proxy to drop its cached security answers (now, synchronously)."""
+        now = time.monotonic()
+        for url, seen in list(self._proxies.items()):
+            if now - seen > PROXY_FORGET_S:
+                self._proxies.pop(url, None)
+        urls = set(self._proxies) | set(extra_admin_urls)
+        secret = proxy_secret(self.account.settings.home) or ""
+        for url in urls:
+            try:
+                httpx.post(
+                    url + INVALIDATE_PATH,
+                    headers={SECRET_HEADER: secret},
+                    timeout=1.0,
+                    trust_env=False,
+                )
+            except httpx.HTTPError as exc:  # a proxy that is gone; its long-poll also tells it
+                log.info("proxy %s did not take the invalidation (%s)", url, type(exc).__name__)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        remove = getattr(self.account.security, "remove_listener", None)
+        if remove is not None:
+            remove(self._security_changed)
