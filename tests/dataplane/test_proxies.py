@@ -25,8 +25,9 @@ SVC = "ML.REG.PROXIED"
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    import neve
     from conftest import stop_account_processes
+
+    import neve
 
     home = tmp_path_factory.mktemp("proxy-home")
     (home / "settings.toml").write_text(
