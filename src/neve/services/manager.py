@@ -1,8 +1,8 @@
 """Services: a logged model version running as N inference-server instances on a compute pool.
 
-``ServiceManager(account)`` is the contract the SQL engine, the gateway, the REST routes and the
-client call (see ``/work/notes/services_interface.md``); every method takes the caller's
-``RequestContext`` first and checks privileges with ``account.security``:
+``ServiceManager(account)`` is what the SQL engine, the gateway, the REST routes and the client
+call; every method takes the caller's ``RequestContext`` first and checks privileges with
+``account.security``:
 
 - create: ownership of the model, USAGE on the compute pool(s), READ on the image repository,
   CREATE SERVICE on the schema, USAGE on build integrations, BIND SERVICE ENDPOINT on the
@@ -770,14 +770,21 @@ class ServiceManager:
         table: pa.Table,
         *,
         timeout_s: float = 300,
+        params: dict[str, Any] | None = None,
+        partition_column: str | None = None,
     ) -> pa.Table:
         """A table of one column per method input -> a table of its outputs, row for row.
 
         The columnar twin of :meth:`invoke` (Arrow IPC on the wire); SQL service functions
-        call it.
+        call it. ``params``: the method's parameters; ``partition_column``: a table function,
+        called once per partition (``ServiceInvoker.invoke_arrow``).
         """
         return self.invoker.invoke_arrow(
-            table=table, timeout_s=timeout_s, **self._target(ctx, name, method)
+            table=table,
+            timeout_s=timeout_s,
+            params=params,
+            partition_column=partition_column,
+            **self._target(ctx, name, method),
         )
 
     def _target(
