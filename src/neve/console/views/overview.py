@@ -11,7 +11,8 @@ from starlette.responses import Response
 
 from neve.catalog import models as m
 from neve.console.views import Viewer, attempt
-from neve.context import RequestContext
+from neve.context import ACCOUNTADMIN, RequestContext
+from neve.security.objects import OBJECT_TYPES
 from neve.services import states
 from neve.sql import objects
 
@@ -24,6 +25,34 @@ SERVICE_STATUSES = ("RUNNING", "PENDING", "STARTING", "SUSPENDED", "SUSPENDING",
 
 def _matches(q: str, *values: Any) -> bool:
     return not q or any(q in str(v or "").lower() for v in values)
+
+
+class _Candidates(set):
+    """Ids of services with some grant to the role's roles, and those roles."""
+
+    roles: set[str]
+
+
+def _maybe_visible(s: Any, security: Any, ctx: RequestContext) -> _Candidates | None:
+    """A cheap necessary condition for seeing a service, in one query: the role (or a role it
+    inherits) owns it or holds a grant on it. ``has_privilege`` still decides for each
+    candidate; this only spares it the services it would refuse (None: no narrowing, e.g.
+    for ACCOUNTADMIN, which sees everything)."""
+    if ctx.role == ACCOUNTADMIN:
+        return None
+    roles = security.effective_roles(s, ctx.role)
+    if ACCOUNTADMIN in roles:  # a role granted ACCOUNTADMIN sees everything too
+        return None
+    found = _Candidates(
+        s.scalars(
+            select(m.Grant.object_id).where(
+                m.Grant.object_type == OBJECT_TYPES[m.Service],
+                m.Grant.grantee_role.in_(roles),
+            )
+        )
+    )
+    found.roles = roles
+    return found
 
 
 def visible_services(account: Any, ctx: RequestContext) -> list[dict[str, Any]]:
@@ -42,7 +71,10 @@ def visible_services(account: Any, ctx: RequestContext) -> list[dict[str, Any]]:
     )
     out = []
     with account.catalog.transaction() as s:
+        maybe = _maybe_visible(s, security, ctx)
         for svc, sch, db, pool in s.execute(query):
+            if maybe is not None and svc.id not in maybe and svc.owner_role not in maybe.roles:
+                continue  # neither owned nor granted anything: has_privilege would say no
             if not any(security.has_privilege(s, ctx, p, svc) for p in SEE_SERVICE):
                 continue
             spec = svc.spec or {}
