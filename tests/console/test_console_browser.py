@@ -91,11 +91,8 @@ def stack(tmp_path_factory) -> Iterator[dict]:
             session.sql(statement).collect()
         yield {"session": session, "url": session.url, "token": session.token}
     finally:
-        try:
-            session.sql("DROP SERVICE IF EXISTS ml.apps.echo_svc").collect()
-        finally:
-            session.close()
-            stop_account_processes(home)
+        session.close()
+        stop_account_processes(home)  # the daemon, then the instance it left running
 
 
 @pytest.fixture(scope="module")
