@@ -202,3 +202,18 @@ def test_a_suspended_service_is_woken_through_a_proxy(session, service):
     assert resp.status_code == 200, resp.text
     assert len(resp.json()["data"]) == 4
     assert session.sql(f"DESCRIBE SERVICE {SVC}").collect()[0].status == "RUNNING"
+
+
+def test_mv_run_sends_its_rows_through_the_proxies(session, service):
+    from neve.dataplane.client import DataPlaneClient
+
+    home = session.account_home
+    wait_for(lambda: _proxies_up(home, 2), timeout=60, what="two ingress proxies")
+    mv, train = service
+    test = train.head(40)
+    remote = mv.run(test, function_name="predict", service_name="proxied")
+    pd.testing.assert_frame_equal(remote, mv.run(test, function_name="predict"))
+    # the look-up names the proxies: the rows above went there, not to the control plane
+    found = DataPlaneClient(session._transport.call, dict).lookup(SVC, "predict", 30)
+    assert found.ingress_url == f"{ingress_info(home)['url']}/svc/{SVC}"
+    assert found.instances and found.route == "predict"

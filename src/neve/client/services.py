@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote as url_quote
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from neve.errors import (
@@ -36,8 +37,8 @@ from neve.errors import (
 )
 from neve.identifiers import QualifiedName, qualify, quote
 
-#: Rows per request to the control plane (the control plane splits them into the service's
-#: ``max_batch_rows`` and sends those to the instances concurrently).
+#: Rows per request through the data plane (an ingress proxy or an instance; the instance
+#: cuts them into its batches).
 DEFAULT_REQUEST_ROWS = 10_000
 POLL_INTERVAL_S = 0.5
 TERMINAL = ("RUNNING", "FAILED", "SUSPENDED")
@@ -305,10 +306,11 @@ class ServiceMixin:
         route = f"{path}/invoke/{url_quote(method, safe='')}"
         step = max(1, int(request_rows))
         table = _input_table(data, signature)
+        plane = self._data_plane(str(qn), method, timeout_s)
         if table is not None:
-            # Columns travel as Arrow IPC, to the daemon and on to the service.
+            # Columns travel as Arrow IPC, through the data plane (a proxy or the instances).
             parts = [
-                self._invoke_arrow(route, table.slice(start, step), timeout_s)
+                self._invoke_arrow(route, table.slice(start, step), timeout_s, plane)
                 for start in range(0, table.num_rows, step)
             ]
             out = _arrow_output_frame(parts, signature, data.index)
@@ -327,20 +329,66 @@ class ServiceMixin:
                         strict=True,
                     )
                 ]
-                answer = self._client.call(
-                    "POST",
-                    route,
-                    json={"data": rows, "timeout_s": timeout_s},
-                    timeout=timeout_s + 30,
-                )
+                if plane is not None:
+                    client, target = plane
+                    answer = orjson.loads(
+                        client.send(
+                            target,
+                            orjson.dumps({"data": rows}, option=orjson.OPT_SERIALIZE_NUMPY),
+                            content_type="application/json",
+                            timeout_s=timeout_s,
+                            service=str(qn),
+                            method=method,
+                        )
+                    )
+                else:
+                    answer = self._client.call(
+                        "POST",
+                        route,
+                        json={"data": rows, "timeout_s": timeout_s},
+                        timeout=timeout_s + 30,
+                    )
                 outputs.extend(out for _idx, out in answer["data"])
             out = _output_frame(outputs, signature, data.index)
         keep = [c for c in data.columns if c not in set(out.columns)]
         return pd.concat([data[keep], out], axis=1)
 
-    def _invoke_arrow(self, route: str, table: Any, timeout_s: float) -> Any:
+    def _data_plane(self, service: str, method: str, timeout_s: float) -> tuple[Any, Any] | None:
+        """A data-plane client and the service's route; None where the control plane does not
+        offer the look-up (then rows go through its invoke route)."""
+        from neve.dataplane.client import DataPlaneClient
+
+        def auth_headers() -> dict[str, str]:
+            transport = getattr(self._client, "transport", self._client)
+            token = getattr(transport, "token", None)
+            headers = dict(self._client.headers()) if hasattr(self._client, "headers") else {}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            return headers
+
+        client = DataPlaneClient(self._client.call, auth_headers)
+        try:
+            return client, client.lookup(service, method, timeout_s)
+        except ObjectNotFoundError:  # the service and method exist: the route does not
+            return None
+
+    def _invoke_arrow(
+        self, route: str, table: Any, timeout_s: float, plane: tuple[Any, Any] | None = None
+    ) -> Any:
         from neve.server import arrow_ipc
 
+        if plane is not None:
+            client, target = plane
+            return arrow_ipc.read_stream(
+                client.send(
+                    target,
+                    arrow_ipc.write_stream(table),
+                    content_type=arrow_ipc.ARROW_STREAM,
+                    timeout_s=timeout_s,
+                    service=target.label,
+                    method=target.route,
+                )
+            )
         content = self._client.call(
             "POST",
             route,

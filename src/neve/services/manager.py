@@ -805,6 +805,21 @@ class ServiceManager:
 
         return {"label": str(qn), "route": route, "endpoints": endpoints, "chunk_rows": chunk}
 
+    def route(
+        self, ctx: RequestContext, name: str | QualifiedName, method: str, *, timeout_s: float
+    ) -> dict[str, Any]:
+        """What a data-plane caller needs (USAGE checked; a suspended service is woken):
+        ``label``, ``route``, ready ``instances`` and whether it has an ``ingress`` endpoint."""
+        target = self._target(ctx, name, method)
+        with self.account.catalog.transaction() as s:
+            ingress = bool(self._service(s, ctx, name).ingress_enabled)
+        return {
+            "label": target["label"],
+            "route": target["route"],
+            "instances": [list(a) for a in target["endpoints"](False, timeout_s)],
+            "ingress": ingress,
+        }
+
     def _ready_addresses(
         self, ctx: RequestContext, sid: int, *, refresh: bool, timeout_s: float
     ) -> list[tuple[str, int]]:

@@ -9,9 +9,11 @@ For the account's ingress proxies only (they send the proxy secret, ``X-Neve-Pro
     POST /api/v1/routes/touch         {"service_id"}                -> {}
     POST /api/v1/routes/signatures    {"ctx", "service_id"}         -> {method: signature}
 
-For any signed-in user: ``GET /api/v1/ingress`` -> ``{"url"}``, where the proxies listen (the
-client sends ``mv.run(..., service_name=)`` there; ``url`` is null when there are none).
-Rows never come here: these are look-ups.
+For any signed-in user: ``GET /api/v1/ingress`` -> ``{"url"}``, where the proxies listen
+(null when there are none), and ``POST /api/v1/routes/lookup {"service", "method",
+"timeout_s"}`` -> ``{"label", "route", "instances", "ingress_url"}`` (USAGE on the service;
+a suspended one is woken): where ``mv.run(..., service_name=)`` sends its rows. Rows never
+come here: these are look-ups.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from starlette.routing import Route
 from neve.context import RequestContext
 from neve.control.routes._base import (
     Call,
+    body_fields,
     endpoint,
     error_response,
     json_response,
@@ -172,6 +175,21 @@ def ingress(call: Call) -> dict:
     return {"url": ingress_url(call.account.settings.home)}
 
 
+@endpoint
+def lookup(call: Call) -> dict:
+    """Where ``mv.run(..., service_name=)`` sends its rows (USAGE on the service)."""
+    body = body_fields(call, {"service", "method", "timeout_s"}, what="lookup")
+    if not isinstance(body.get("service"), str) or not isinstance(body.get("method"), str):
+        raise InvalidArgumentError("lookup: service and method must be strings")
+    timeout = min(600.0, max(1.0, _number(body.get("timeout_s"), "timeout_s", 120.0)))
+    found = call.account.services.route(
+        call.ctx, body["service"], body["method"], timeout_s=timeout
+    )
+    proxies = ingress_url(call.account.settings.home) if found.pop("ingress") else None
+    found["ingress_url"] = f"{proxies}/svc/{found['label']}" if proxies else None
+    return found
+
+
 PUBLIC_PATHS = {
     ROUTES_PATH,
     ROUTES_PATH + "/authenticate",
@@ -189,4 +207,5 @@ routes = [
     Route(ROUTES_PATH + "/touch", touch, methods=["POST"]),
     Route(ROUTES_PATH + "/signatures", signatures, methods=["POST"]),
     Route("/api/v1/ingress", ingress, methods=["GET"]),
+    Route(ROUTES_PATH + "/lookup", lookup, methods=["POST"]),
 ]
