@@ -48,7 +48,7 @@ def main() -> int:
         conda_dependencies=["xgboost"],
         sample_input_data=train,
     )
-    print(mv.show_functions()[["name", "target_method"]].to_string(index=False))
+    print(pd.DataFrame(mv.show_functions())[["name", "target_method"]].to_string(index=False))
 
     step("run in-process (warehouse mode)")
     print(mv.run(test, function_name="predict"))

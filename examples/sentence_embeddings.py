@@ -64,7 +64,7 @@ def connect_and_log() -> Embeddings:
     )
     print(f"logged {mv.fully_qualified_model_name} version {mv.version_name}")
     print(f"target platforms: {mv.target_platforms}")
-    print(mv.show_functions()[["name", "target_method"]].to_string(index=False))
+    print(pd.DataFrame(mv.show_functions())[["name", "target_method"]].to_string(index=False))
     return Embeddings(session, registry, model, version=mv)
 
 

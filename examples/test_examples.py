@@ -55,3 +55,16 @@ def test_sentence_embeddings(tmp_path: Path) -> None:
     assert "4 sentences -> embedding dimension: 384" in out
     assert "ENCODE" in out
     assert "in-process embeddings match the original model" in out
+
+
+@pytest.mark.slow
+def test_many_model_forecast(tmp_path: Path) -> None:
+    out = run_example("many_model_forecast.py", tmp_path / "home")
+    assert "100 stores x 56 days = 5600 rows" in out
+    assert "FORECAST TABLE_FUNCTION partitioned: True" in out
+    assert "700 forecast rows for 100 stores" in out
+    assert "params={'horizon': 14}: 28 rows for 2 stores" in out
+    assert "params={'horizon': 14} on the service: 28 rows, as in-process" in out
+    for form in ("service", "SQL service", "SQL model"):
+        assert f"in-process == {form}: 700 rows" in out
+    assert "in-process, service and SQL forecasts agree for 100 stores" in out

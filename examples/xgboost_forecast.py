@@ -87,7 +87,7 @@ def connect_and_log(model: xgb.XGBRegressor, train: pd.DataFrame, test: pd.DataF
     print(f"logged {mv.fully_qualified_model_name} version {mv.version_name}")
     print(f"target platforms: {mv.target_platforms}")
     print("dependencies:", ", ".join(mv.dependencies))
-    print(mv.show_functions()[["name", "target_method"]].to_string(index=False))
+    print(pd.DataFrame(mv.show_functions())[["name", "target_method"]].to_string(index=False))
     return Forecast(session, registry, model, train, test, version=mv)
 
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import quote as url_quote
 
 import orjson
 import pyarrow as pa
@@ -94,6 +95,50 @@ class _ArrowFormat(_WireFormat):
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
+class _PartitionFormat(_ArrowFormat):
+    """A table function's rows: one request per partition (the rows sharing a value of
+    ``column``), each answered with any number of rows; the answers are joined with the
+    partition's value in front."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+
+    def chunks(self, payload: pa.Table, size: int) -> list[pa.Table]:
+        import pyarrow.compute as pc
+
+        names = {name.upper(): name for name in payload.column_names}
+        column = (
+            self.column if self.column in payload.column_names else names.get(self.column.upper())
+        )
+        if column is None:
+            raise InvalidArgumentError(
+                f"partition column {self.column!r} is not among the input columns "
+                f"{payload.column_names}"
+            )
+        self.column = column
+        keys = payload.column(column)
+        # Partitions in the order their first row appears; rows keep their order.
+        return [
+            payload.filter(pc.equal(keys, value) if value.is_valid else pc.is_null(keys))
+            for value in pc.unique(keys)
+        ]
+
+    def decode(self, label: str, chunk: pa.Table, content: bytes) -> pa.Table:
+        try:
+            table = arrow_ipc.read_stream(content)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ModelExecutionError(
+                f"service {label} answered with a body that is not an Arrow stream: {exc}"
+            ) from None
+        if self.column in table.column_names:
+            return table
+        key = chunk.column(self.column)
+        return table.add_column(0, self.column, pa.repeat(key[0], table.num_rows).cast(key.type))
+
+    def join(self, parts: list[pa.Table]) -> pa.Table:
+        return pa.concat_tables(parts, promote_options="default") if parts else pa.table({})
+
+
 JSON_ROWS = _WireFormat()
 ARROW_COLUMNS = _ArrowFormat()
 
@@ -134,11 +179,21 @@ class ServiceInvoker:
         endpoints: EndpointSource,
         chunk_rows: int | None,
         timeout_s: float,
+        params: dict[str, Any] | None = None,
+        partition_column: str | None = None,
     ) -> pa.Table:
-        """Send ``table`` (one column per method input) as Arrow; a table of outputs back."""
+        """Send ``table`` (one column per method input) as Arrow; a table of outputs back.
+
+        ``params``: the method's parameters for every request. ``partition_column``: a table
+        function, called once per partition (its answers: the partition column, then the
+        method's output rows).
+        """
         if table.num_rows == 0:
             raise InvalidArgumentError(f"service {label}: no rows to send")
-        return self._invoke(ARROW_COLUMNS, label, route, table, endpoints, chunk_rows, timeout_s)
+        if params:
+            route += "?params=" + url_quote(orjson.dumps(params).decode(), safe="")
+        wire = _PartitionFormat(partition_column) if partition_column else ARROW_COLUMNS
+        return self._invoke(wire, label, route, table, endpoints, chunk_rows, timeout_s)
 
     def _invoke(
         self,

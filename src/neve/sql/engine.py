@@ -278,6 +278,8 @@ class SqlEngine:
             timer.daemon = True
             timer.start()
             try:
+                for tf in planned.partitioned_calls:
+                    self._register_table_function(con, ctx, tf)
                 return self._fetch(con, planned.sql)
             except duckdb.CatalogException as exc:
                 if not wide and errors.first is None:
@@ -301,6 +303,33 @@ class SqlEngine:
                 raise self._error(exc, errors, planned) from None
             finally:
                 timer.cancel()
+
+    def _register_table_function(
+        self, con: duckdb.DuckDBPyConnection, ctx: RequestContext, tf: Any
+    ) -> None:
+        """Evaluate a ``TABLE(f(...) OVER (PARTITION BY k))`` over its source rows (selected in
+        this statement's instance) and register the answer as the table the statement reads."""
+        from neve.sql import table_functions
+
+        call = tf.call
+        rows = con.sql(tf.input_sql).to_arrow_table()
+
+        def call_service(table: pa.Table, *, partition_column: str) -> pa.Table:
+            timeout = float(call.options.get("BATCH_TIMEOUT_SECS") or 300)
+            return self.account.services.invoke_arrow(
+                ctx,
+                call.service,
+                call.method,
+                table,
+                timeout_s=timeout,
+                partition_column=partition_column,
+            )
+
+        def load() -> Any:
+            return self.models.get(call.model_key, call.model_loader)
+
+        result = table_functions.evaluate(tf, rows, call_service=call_service, load_model=load)
+        con.register(tf.table_name, result)
 
     def _set(self, ctx: RequestContext, tree: exp.Set, text: str) -> SqlResult:
         """SET of a user setting: checked on a locked instance, kept for the next statements."""

@@ -45,7 +45,7 @@ from neve.errors import (
 )
 from neve.identifiers import QualifiedName, ident, qualify, quote
 from neve.models.signature import ModelSignature
-from neve.sql import access
+from neve.sql import access, table_functions
 from neve.sql import functions as fns
 from neve.sql.lexer import BANG_PREFIX, BangCall, line_col, rewrite_bang_calls, tokenize
 from neve.sql.warehouse import neve_schema, rewrite_tables
@@ -73,6 +73,8 @@ class BoundCall:
     # MODEL: the version row's identity and where its files are
     model_key: str | None = None
     model_loader: Any = None
+    #: FUNCTION, or TABLE_FUNCTION for a partitioned method
+    function_type: str = "FUNCTION"
 
 
 @dataclass
@@ -87,6 +89,8 @@ class PlannedStatement:
     #: it may reach schemas it does not name (catalog and table functions, PRAGMA, ...): attach
     #: every schema the role may read
     wide: bool = False
+    #: ``TABLE(f(...) OVER (PARTITION BY k))`` calls, evaluated and registered before it runs
+    partitioned_calls: list[table_functions.TableFunctionCall] = field(default_factory=list)
 
 
 #: Names that reach tables or the catalog without naming a table in the FROM clause.
@@ -183,6 +187,10 @@ class Planner:
         with self.account.catalog.transaction() as s:
             self._check_schemas(s, used, writes)
             projections = self._projection_names(tree, bangs)
+            # Table functions first: their calls leave the tree (a registered table instead).
+            partitioned = table_functions.extract(
+                tree, lambda fn, n: self._bind_table_call(s, fn, bangs, n), self._new_table_name
+            )
             self._bind_functions(s, tree, bangs)
         for db, sch in used:
             self.engine.warehouse.ensure_schema(db, sch)
@@ -198,6 +206,7 @@ class Planner:
             schemas=used,
             writes=writes,
             wide=bool(_WIDE.search(text)) or _has_table_function(tree),
+            partitioned_calls=partitioned,
         )
 
     # -- schemas ----------------------------------------------------------------------------------
@@ -234,6 +243,36 @@ class Planner:
 
     def _new_udf_name(self) -> str:
         return f"__neve_udf_{self.query_id}_{len(self.calls)}"
+
+    def _new_table_name(self) -> str:
+        self._tables = getattr(self, "_tables", 0) + 1
+        return f"__neve_table_{self.query_id}_{self._tables}"
+
+    def _bind_table_call(
+        self, s: Session, node: exp.Anonymous, bangs: dict[str, BangCall], nargs: int
+    ) -> BoundCall:
+        """The function inside ``TABLE(...)``: a service's or a model's partitioned method."""
+        parts, _target = _call_name(node)
+        call: BoundCall | None
+        if len(parts) == 1 and parts[0].upper().startswith(BANG_PREFIX):
+            bang = bangs[parts[0].upper()]
+            call = (
+                self._bind_bang_service(s, bang, nargs)
+                if bang.kind == "SERVICE"
+                else self._bind_model(s, bang, nargs)
+            )
+        else:
+            call = self._bind_named(s, parts, nargs)
+        if call is None:
+            raise ObjectNotFoundError(
+                f"TABLE({'.'.join(parts)}(...)): no service or model function of that name"
+            )
+        if call.function_type != "TABLE_FUNCTION":
+            raise SignatureError(
+                f"{call.display} is not a table function (not a partitioned method): call it "
+                "in the select list, or mark the method @neve.partitioned_api"
+            )
+        return call
 
     def _bind_named(self, s: Session, parts: list[str], nargs: int) -> BoundCall | None:
         raw = ".".join(parts)
@@ -291,6 +330,10 @@ class Planner:
         self.account.security.require(s, self.ctx, "USAGE", service)
         signature = ModelSignature.from_dict(fn.signature)
         _check_arity(display, signature, nargs)
+        version = (
+            s.get(m.ModelVersion, service.model_version_id) if service.model_version_id else None
+        )
+        spec = (version.signatures or {}).get(fn.method) if version is not None else None
         return BoundCall(
             udf_name=self._new_udf_name(),
             display=display,
@@ -301,6 +344,7 @@ class Planner:
             service=str(lookup.qualified(s, service.schema_id, service.name)),
             method=fn.method,
             options=fns.effective_options(fn),
+            function_type=_function_type(spec),
         )
 
     def _bind_model(self, s: Session, bang: BangCall, nargs: int) -> BoundCall:
@@ -336,6 +380,7 @@ class Planner:
             method=method_name,
             model_key=version.artifact_sha256,
             model_loader=self.engine.model_loader(version),
+            function_type=_function_type(sig_dict),
         )
 
     # -- output column names ----------------------------------------------------------------------
@@ -368,6 +413,13 @@ class Planner:
             proj = projections[i]
             if proj.sql(dialect="duckdb") != text:
                 proj.replace(exp.alias_(proj.copy(), exp.to_identifier(text, quoted=True)))
+
+
+def _function_type(spec: Any) -> str:
+    """FUNCTION or TABLE_FUNCTION, from a version's method entry (older ones have none)."""
+    if isinstance(spec, dict):
+        return str(spec.get("function_type") or "FUNCTION")
+    return "FUNCTION"
 
 
 def _check_arity(display: str, signature: ModelSignature, nargs: int) -> None:

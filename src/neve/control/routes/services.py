@@ -259,8 +259,16 @@ def _invoke_arrow(call: Call) -> Response:
         timeout = float(call.query.get("timeout_s") or 300)
     except ValueError:
         raise InvalidArgumentError("invoke: timeout_s must be a number of seconds") from None
+    extra: dict[str, Any] = {}
+    if call.query.get("params"):
+        params = parse_json(call.query["params"].encode())
+        if not isinstance(params, dict):
+            raise InvalidArgumentError("invoke: params must be a JSON object of values")
+        extra["params"] = params
+    if call.query.get("partition_column"):
+        extra["partition_column"] = call.query["partition_column"]
     outputs = call.account.services.invoke_arrow(
-        _ctx(call), _service(call), call.path["method"], table, timeout_s=timeout
+        _ctx(call), _service(call), call.path["method"], table, timeout_s=timeout, **extra
     )
     return Response(arrow_ipc.write_stream(outputs), media_type=arrow_ipc.ARROW_STREAM)
 

@@ -1,0 +1,100 @@
+"""``mv.run(..., service_name=...)`` with method parameters or a partitioned method.
+
+The rows go to the control plane as one Arrow IPC stream, with ``params`` and
+``partition_column`` in the query string; the control plane sends each partition to one
+instance call (or, with parameters only, the usual row batches with the parameters on each).
+A partitioned method's answer is the partition column followed by the method's output rows;
+any other method's is the input columns followed by the outputs, row for row, as ``run``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote as url_quote
+
+import pandas as pd
+
+from neve.errors import InvalidArgumentError, SignatureError
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def run_on_service(
+    mv: Any,
+    X: Any,
+    *,
+    service_name: str,
+    function_name: str | None,
+    partition_column: str | None,
+    params: dict[str, Any] | None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> pd.DataFrame:
+    """The service form of ``ModelVersion.run`` for parameters and table functions."""
+    import pyarrow as pa
+
+    from neve.client.services import _pick_method, service_path
+    from neve.models.signature import ModelSignature, column_lookup, to_dataframe
+    from neve.server import arrow_ipc
+
+    qn = mv._service_qn(service_name)
+    path = service_path(qn)
+    methods = mv._client.call("GET", path + "/methods")
+    method = _pick_method(methods, function_name, qn)
+    signature = ModelSignature.from_dict(methods[method])
+    partitioned = _is_partitioned(mv, method)
+    if partition_column is not None and not partitioned:
+        raise InvalidArgumentError(
+            f"function {method!r} is not partitioned: partition_column applies to methods "
+            "marked @neve.partitioned_api"
+        )
+    try:
+        data = X if isinstance(X, pd.DataFrame) else to_dataframe(X)
+    except SignatureError as exc:
+        raise SignatureError(f"{mv._label}: {exc.message}") from None
+    find = column_lookup(data.columns)
+    wanted = list(signature.input_names)
+    if partition_column is not None and find(partition_column) is None:
+        raise SignatureError(
+            f"{mv._label}: partition_column {partition_column!r} is not a column of the input; "
+            f"columns: {[str(c) for c in data.columns]}"
+        )
+    if partition_column is not None and partition_column not in wanted:
+        wanted.append(partition_column)
+    arrays, names = [], []
+    for name in wanted:
+        src = find(name)
+        if src is None:
+            raise SignatureError(
+                f"{mv._label}: input is missing column {name!r}; expected "
+                f"{signature.input_names}, got {[str(c) for c in data.columns]}"
+            )
+        arrays.append(pa.array(data[src], from_pandas=True))
+        names.append(name)
+    table = pa.Table.from_arrays(arrays, names=names)
+    query = f"?timeout_s={timeout_s:g}"
+    if params:
+        query += "&params=" + url_quote(json.dumps(params), safe="")
+    if partition_column is not None:
+        query += "&partition_column=" + url_quote(partition_column, safe="")
+    content = mv._client.call(
+        "POST",
+        f"{path}/invoke/{url_quote(method, safe='')}{query}",
+        content=arrow_ipc.write_stream(table),
+        headers={"Content-Type": arrow_ipc.ARROW_STREAM, "Accept": arrow_ipc.ARROW_STREAM},
+        timeout=timeout_s + 30,
+        raw=True,
+    )
+    out = arrow_ipc.read_stream(content).to_pandas()
+    if partitioned:
+        return out
+    out.index = data.index
+    keep = [c for c in data.columns if c not in set(out.columns)]
+    return pd.concat([data[keep], out], axis=1)
+
+
+def _is_partitioned(mv: Any, method: str) -> bool:
+    for f in mv.show_functions():
+        if f["target_method"] == method:
+            return bool(f["is_partitioned"])
+    return False
