@@ -1,8 +1,8 @@
 """Services: a logged model version running as N inference-server instances on a compute pool.
 
-``ServiceManager(account)`` is the contract the SQL engine, the gateway, the REST routes and the
-client call (see ``/work/notes/services_interface.md``); every method takes the caller's
-``RequestContext`` first and checks privileges with ``account.security``:
+``ServiceManager(account)`` is what the SQL engine, the gateway, the REST routes and the client
+call; every method takes the caller's ``RequestContext`` first and checks privileges with
+``account.security``:
 
 - create: ownership of the model, USAGE on the compute pool(s), READ on the image repository,
   CREATE SERVICE on the schema, USAGE on build integrations, BIND SERVICE ENDPOINT on the
@@ -31,6 +31,7 @@ from neve.catalog import lookup
 from neve.catalog import models as m
 from neve.compute.families import instance_family
 from neve.context import RequestContext, admin_context
+from neve.dataplane.proxies import ingress_url
 from neve.dataplane.targets import CatalogIngressTargets, IngressTarget
 from neve.errors import (
     InvalidArgumentError,
@@ -135,7 +136,11 @@ class ServiceManager:
         sec.require(s, ctx, privs[0], svc)  # raises with the precise message
 
     def _control_url(self) -> str | None:
-        """The control plane's URL (for the path form of the ingress), if one is running."""
+        """Where the path form of the ingress is served: the account's ingress proxies (their
+        port stays the same across control plane restarts), else the control plane's own."""
+        proxies = ingress_url(self.account.settings.home)
+        if proxies:
+            return proxies
         path = self.account.settings.home / "control.json"
         try:
             info = json.loads(path.read_text())
@@ -799,6 +804,21 @@ class ServiceManager:
             return self._ready_addresses(ctx, sid, refresh=refresh, timeout_s=remaining)
 
         return {"label": str(qn), "route": route, "endpoints": endpoints, "chunk_rows": chunk}
+
+    def route(
+        self, ctx: RequestContext, name: str | QualifiedName, method: str, *, timeout_s: float
+    ) -> dict[str, Any]:
+        """What a data-plane caller needs (USAGE checked; a suspended service is woken):
+        ``label``, ``route``, ready ``instances`` and whether it has an ``ingress`` endpoint."""
+        target = self._target(ctx, name, method)
+        with self.account.catalog.transaction() as s:
+            ingress = bool(self._service(s, ctx, name).ingress_enabled)
+        return {
+            "label": target["label"],
+            "route": target["route"],
+            "instances": [list(a) for a in target["endpoints"](False, timeout_s)],
+            "ingress": ingress,
+        }
 
     def _ready_addresses(
         self, ctx: RequestContext, sid: int, *, refresh: bool, timeout_s: float
