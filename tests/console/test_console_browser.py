@@ -211,7 +211,9 @@ def test_model_and_build_pages(admin) -> None:
     sync_api.expect(admin.locator("#version-V1")).to_contain_text("ECHO_SVC")
     sync_api.expect(admin.locator("#version-V1 dd.comment")).to_have_text(HOSTILE)
     shot(admin, "model")
-    admin.goto(SERVICE)
+    admin.goto(f"{SERVICE}?container=model-build")  # the build's log in the log panel
+    sync_api.expect(admin.locator("#log")).to_have_text(re.compile(r"\S"))
+    sync_api.expect(admin.locator("#live")).to_be_visible()
     admin.click("a[href^='/console/builds/']")
     sync_api.expect(admin.locator("h1")).to_contain_text("MODEL_BUILD_")
     assert admin.locator("#build-log").inner_text().strip()

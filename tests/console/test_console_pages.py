@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from neve.console import metrics_history as mh
 from neve.context import admin_context
+from neve.identifiers import QualifiedName
 
 ADMIN_PASSWORD = "Admin-pass-word-1"
 ANALYST_PASSWORD = "Analyst-pass-word-1"
@@ -187,6 +188,22 @@ def test_a_low_privilege_role_sees_and_does_less(account, admin) -> None:
     hidden = ana.get("/console/services/ML/APPS/SVC_002")
     assert hidden.status_code == 404 or "insufficient privileges" in hidden.text
     assert ana.get("/console/services/ML/APPS/SVC_002/logs?offset=0").status_code == 403
+
+
+def test_log_follow_reads_from_an_offset(account, admin) -> None:
+    log = account.services.logs.instance_log(QualifiedName("ML", "APPS", "SVC_003"), 0)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("first line\n")
+    url = "/console/services/ML/APPS/SVC_003/logs?instance=0&container=model-inference"
+    start = admin.get(f"{url}&offset=-1").json()
+    assert start == {"text": "", "offset": len("first line\n")}
+    page = admin.get("/console/services/ML/APPS/SVC_003").text
+    assert "first line" in page and f'data-offset="{start["offset"]}"' in page
+    with log.open("a") as fh:
+        fh.write("second <b>line</b>\n")
+    assert admin.get(f"{url}&offset={start['offset']}").json()["text"] == "second <b>line</b>\n"
+    build = admin.get("/console/services/ML/APPS/SVC_003/logs?container=model-build&offset=0")
+    assert build.status_code == 400 and "has no build job" in build.json()["message"]
 
 
 def test_worksheet_grid_and_error_position(admin) -> None:

@@ -37,7 +37,9 @@
       fetch(pre.dataset.follow + "&offset=" + offset, { credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
         .then(function (body) {
-          if (body.text) {
+          if (body.replace) {
+            if (body.text !== pre.textContent) pre.textContent = body.text;
+          } else if (body.text) {
             var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
             var text = pre.textContent + body.text;
             if (text.length > MAX_LOG_CHARS) text = text.slice(text.length - MAX_LOG_CHARS);

@@ -126,7 +126,8 @@ def _log_start(
         if not job:
             return {"text": "", "offset": None, "error": "this service has no build job"}
         text, error = attempt(services.get_service_logs, ctx, job, 0, container, TAIL_LINES)
-        return {"text": text or "", "offset": None, "error": error, "job": job}
+        # a build log is re-read whole while the page is open (offset 0: "replace" mode)
+        return {"text": text or "", "offset": None if error else 0, "error": error, "job": job}
     follow, error = attempt(
         services.follow_service_log, ctx, str(qn), _int(instance), container, -1
     )
@@ -147,8 +148,15 @@ def log_follow(viewer: Viewer) -> Response:
     """JSON ``{"text", "offset"}``: what the log got since ``offset`` (the page polls it)."""
     qn = qualified(viewer.path, "service")
     q = viewer.query
+    services = viewer.account.services
     try:
-        result = viewer.account.services.follow_service_log(
+        if q.get("container") == BUILD_CONTAINER_NAME:  # a build job's log: the whole text
+            job = services.describe_service(viewer.ctx, qn).get("build_job")
+            if not job:
+                raise InvalidArgumentError(f"service {qn} has no build job")
+            text = services.get_service_logs(viewer.ctx, job, 0, BUILD_CONTAINER_NAME, TAIL_LINES)
+            return JSONResponse({"text": text, "offset": 0, "replace": True})
+        result = services.follow_service_log(
             viewer.ctx,
             str(qn),
             _int(q.get("instance", "0")),
