@@ -116,6 +116,7 @@ def admin(browser, stack) -> Iterator:
     page.set_default_timeout(20_000)
     page.goto("/console")
     assert "/console/login" in page.url  # no session yet
+    shot(page, "login")
     page.fill("#token", stack["token"])
     page.click("#sign-in")
     page.wait_for_url(re.compile(r"/console$"))

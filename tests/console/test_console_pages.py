@@ -82,6 +82,8 @@ def test_pages_need_a_session(account) -> None:
     assert forged.status_code == 303 and "/console/login" in forged.headers["location"]
     # the REST API is untouched: still a 401 JSON without a bearer token
     assert client.get("/api/v1/services").status_code == 401
+    lost = client.get("/console/no/such/page")
+    assert lost.status_code == 404 and "no such console page" in lost.text
 
 
 def test_password_sign_in_sets_a_strict_http_only_cookie(account) -> None:

@@ -62,6 +62,8 @@ def _secure(response: Response) -> Response:
 
 def _to_login(request: Request) -> Response:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method != "GET":  # after signing in, come back to a page, not to a form's POST
+        target = PREFIX
     return RedirectResponse(f"{PREFIX}/login?next={url_quote(target, safe='')}", status_code=303)
 
 
@@ -211,8 +213,20 @@ def console_routes() -> list[BaseRoute]:
     ]
 
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    return _secure(
+        render.page(
+            "error.html",
+            status,
+            title="Not found" if status == 404 else "Not allowed",
+            message=f"{request.method} {request.url.path}: no such console page",
+        )
+    )
+
+
 def console_app(account: Account, *, history: MetricsHistory | None = None) -> Starlette:
-    app = Starlette(routes=console_routes())
+    app = Starlette(routes=console_routes(), exception_handlers={404: _not_found, 405: _not_found})
     app.state.account = account
     app.state.metrics_history = history or MetricsHistory.for_account(account)
     return app
