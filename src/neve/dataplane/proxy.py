@@ -166,6 +166,9 @@ async def _serve(home: Path, index: int, host: str, port: int) -> int:
         "access_log": False,
         "lifespan": "off",
         **uvicorn_options(settings),
+        # the gateway refuses past ingress_max_inflight itself, with Retry-After (uvicorn's
+        # own limit answers a bare 503)
+        "limit_concurrency": None,
     }
     server = uvicorn.Server(uvicorn.Config(app, **options))
     follow = asyncio.create_task(routes.run())

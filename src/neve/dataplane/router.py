@@ -28,12 +28,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 from prometheus_client import Counter
 
 from neve.dataplane.balancer import Address, LeastOutstanding
+from neve.dataplane.http1 import Http1Pool, InstanceFailed
 from neve.errors import ServiceUnavailableError
 from neve.server.config import TIMEOUT_HEADER
 
@@ -45,14 +45,6 @@ MAX_RETRY_AFTER_S = 2.0
 ALL_FAILED_PAUSE_S = 0.2
 #: ``Retry-After`` put on a 429/503 that came without one.
 DEFAULT_RETRY_AFTER_S = 1
-#: Failures before any answer: safe to send again elsewhere (no answer was produced).
-RETRYABLE = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.RemoteProtocolError,
-    httpx.ReadError,
-    httpx.WriteError,
-)
 OVERLOADED = frozenset({429, 503})
 
 RETRIES = Counter("neve_router_retries_total", "Attempts sent again", ["service", "reason"])
@@ -73,17 +65,12 @@ class RouterStats:
 
 @dataclass
 class Routed:
-    """An answer being streamed from ``address`` (async); ``close()`` it when relayed."""
+    """An instance's whole answer (async API)."""
 
     address: Address
-    response: httpx.Response
-    _router: Router
-
-    async def close(self) -> None:
-        try:
-            await self.response.aclose()
-        finally:
-            self._router.balancer.release(self.address)
+    status: int
+    headers: list[tuple[bytes, bytes]]  # lower-case names
+    body: bytes
 
 
 def retry_after(value: str | None) -> float:
@@ -115,7 +102,8 @@ class Router:
         self._timeout = httpx.Timeout(request_timeout_s, connect=connect_timeout_s)
         self._connect_timeout_s = connect_timeout_s
         self._sync: httpx.Client | None = None
-        self._async: httpx.AsyncClient | None = None
+        self._pool: Http1Pool | None = None
+        self._request_timeout_s = request_timeout_s
         self._lock = threading.Lock()
 
     # -- clients ----------------------------------------------------------------------------------
@@ -131,17 +119,6 @@ class Router:
                 )
             return self._sync
 
-    @property
-    def async_client(self) -> httpx.AsyncClient:
-        if self._async is None:
-            self._async = httpx.AsyncClient(
-                limits=self._limits,
-                timeout=self._timeout,
-                trust_env=False,
-                follow_redirects=False,
-            )
-        return self._async
-
     def close(self) -> None:
         with self._lock:
             if self._sync is not None:
@@ -149,9 +126,9 @@ class Router:
                 self._sync = None
 
     async def aclose(self) -> None:
-        if self._async is not None:
-            await self._async.aclose()
-            self._async = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         self.close()
 
     def url(self, address: Address, route: str, query: str = "") -> str:
@@ -230,7 +207,7 @@ class Router:
                 continue
             return resp
 
-    # -- async: streamed answers, overload handed back ------------------------------------------
+    # -- async: whole answers, overload handed back ---------------------------------------------
     async def open(
         self,
         route: str,
@@ -244,12 +221,12 @@ class Router:
         query: str = "",
         queue_deadline: float | None = None,
     ) -> Routed:
-        """Send to the best of ``instances``; the answer (any status) streams from ``Routed``.
+        """Send to the best of ``instances``; its answer, whatever the status.
 
         Instances that fail before answering are skipped; once all have, ``endpoints`` is asked
         once more with ``refresh=True``. ``queue_deadline`` (``loop.time()``) is passed on as
         the queue budget left. Raises ``ServiceUnavailableError`` when none answers, and
-        ``httpx.TimeoutException`` when the chosen one does not answer in time.
+        ``TimeoutError`` when the chosen one does not answer within the request timeout.
         """
         loop = asyncio.get_running_loop()
         tried: set[Address] = set()
@@ -274,15 +251,18 @@ class Router:
                 if left <= 0:
                     raise _queue_budget_spent(label)
                 sent.append((TIMEOUT_HEADER.encode(), f"{left:.3f}".encode()))
+            if self._pool is None:
+                self._pool = Http1Pool(connect_timeout_s=self._connect_timeout_s)
             self.balancer.acquire(address)
             self._count(requests=1)
             try:
-                request = self.async_client.build_request(
-                    method, self.url(address, route, query), headers=sent, content=content
+                answer = await asyncio.wait_for(
+                    self._pool.request(
+                        address, method, route + (f"?{query}" if query else ""), sent, content
+                    ),
+                    self._request_timeout_s,
                 )
-                response = await self.async_client.send(request, stream=True)
-            except RETRYABLE as exc:
-                self.balancer.release(address)
+            except InstanceFailed as exc:
                 self._failed(label, address, tried)
                 log.warning(
                     "service %s: instance %s:%s failed before answering (%s); retrying",
@@ -292,10 +272,9 @@ class Router:
                 )
                 last_error = exc
                 continue
-            except BaseException:
+            finally:
                 self.balancer.release(address)
-                raise
-            return Routed(address, response, self)
+            return Routed(address, answer.status, answer.headers, answer.body)
         raise ServiceUnavailableError(
             f"no instance of service {label} could be reached"
             + (f" ({type(last_error).__name__})" if last_error else "")
@@ -323,8 +302,3 @@ def _queue_budget_spent(label: str) -> ServiceUnavailableError:
     )
     err.retry_after_s = DEFAULT_RETRY_AFTER_S  # type: ignore[attr-defined]
     return err
-
-
-def with_retry_after(headers: Any, status: int) -> bool:
-    """Whether an answer of ``status`` with ``headers`` lacks the ``Retry-After`` it needs."""
-    return status in OVERLOADED and "retry-after" not in headers

@@ -38,15 +38,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import httpx
 import orjson
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers
 
 from neve.context import RequestContext
 from neve.dataplane.balancer import Address
-from neve.dataplane.router import Router
-from neve.dataplane.router import with_retry_after as needs_retry_after
+from neve.dataplane.router import OVERLOADED, Routed, Router
 from neve.dataplane.targets import TOUCH_INTERVAL_SECS, IngressTarget, IngressTargets
 from neve.errors import (
     AuthenticationError,
@@ -173,6 +171,7 @@ class Gateway:
         self.balancer = self.router.balancer
         self._wakes: dict[int, asyncio.Future[IngressTarget]] = {}
         self._touched: dict[int, float] = {}
+        self._inflight = 0
         # who a credential is, and which service (authorized) a caller reaches: see cache.py
         self._auth_cache = TtlCache(ttl=self.limits.auth_cache_secs)
         self._target_cache = TtlCache(ttl=self.limits.auth_cache_secs)
@@ -228,7 +227,15 @@ class Gateway:
         headers = Headers(scope=scope)
         request_id = request_id_from(headers)
         info: dict[str, Any] = {"service": "-", "user": "-", "role": "-", "instance": "-"}
+        self._inflight += 1
         try:
+            if self._inflight > self.limits.max_inflight:
+                # refused before reading anything more; the answer says when to come back
+                raise ServiceUnavailableError(
+                    f"the ingress is busy ({self.limits.max_inflight} requests in flight); "
+                    "retry later",
+                    code="INGRESS_BUSY",
+                )
             status = await self._handle(scope, receive, send, headers, request_id, info)
         except ClientGone:
             status = 499
@@ -239,6 +246,8 @@ class Gateway:
             status = await self._send_error(
                 send, NeveError(f"internal gateway error ({type(exc).__name__})"), request_id, 500
             )
+        finally:
+            self._inflight -= 1
         elapsed = time.perf_counter() - started
         REQUESTS.labels(info["service"], str(status)).inc()
         LATENCY.labels(info["service"]).observe(elapsed)
@@ -506,7 +515,7 @@ class Gateway:
                 query=scope.get("query_string", b"").decode("latin-1"),
                 queue_deadline=queue_deadline,
             )
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise HttpError(
                 504,
                 "GATEWAY_TIMEOUT",
@@ -514,11 +523,8 @@ class Gateway:
                 f"{self.limits.request_timeout_secs:g} s",
             ) from None
         info["instance"] = f"{routed.address[0]}:{routed.address[1]}"
-        try:
-            await self._relay(send, routed.response, request_id, self.limits.retry_after_secs)
-        finally:
-            await routed.close()
-        return routed.response.status_code
+        await self._relay(send, routed, request_id, self.limits.retry_after_secs)
+        return routed.status
 
     @staticmethod
     def _forward_headers(scope: Scope, ctx: RequestContext, request_id: str) -> list[tuple]:
@@ -535,25 +541,19 @@ class Gateway:
         return out
 
     @staticmethod
-    async def _relay(
-        send: Send, response: httpx.Response, request_id: str, retry_after_secs: int
-    ) -> None:
+    async def _relay(send: Send, routed: Routed, request_id: str, retry_after_secs: int) -> None:
         headers = [
-            (k.lower(), v)
-            for k, v in response.headers.raw
-            if k.lower() not in HOP_BY_HOP and k.lower() not in {b"x-request-id", b"server"}
+            (k, v)
+            for k, v in routed.headers
+            if k not in HOP_BY_HOP and k not in {b"x-request-id", b"server", b"content-length"}
         ]
+        headers.append((b"content-length", str(len(routed.body)).encode()))
         headers.append((b"x-request-id", request_id.encode()))
-        if needs_retry_after(response.headers, response.status_code):
+        if routed.status in OVERLOADED and not any(k == b"retry-after" for k, _ in headers):
             # every refusal tells the caller when to come back, whoever made it
             headers.append((b"retry-after", str(retry_after_secs).encode()))
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
-        async for chunk in response.aiter_raw():
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.start", "status": routed.status, "headers": headers})
+        await send({"type": "http.response.body", "body": routed.body, "more_body": False})
 
     def _touch(self, service_id: int) -> None:
         # at most once a second per service: auto-suspend needs the minute, not the request

@@ -18,6 +18,7 @@ setting                         default   meaning
 ``ingress_request_timeout_secs`` 300      an instance must answer within this: 504
 ``ingress_wake_timeout_secs``   120       hold a request this long for a suspended service: 503
 ``ingress_queue_timeout_secs``  10        a request's whole wait (proxy + instance queue): 503
+``ingress_max_inflight``        1000      more requests at once in one proxy: 503 + Retry-After
 ``ingress_auth_cache_secs``     1         reuse a token's / a service's look-up this long (0: off);
                                           changes made in this process apply at once
 =============================== ========= =====================================================
@@ -44,6 +45,7 @@ class GatewayLimits:
     connect_timeout_secs: float = 5.0
     retry_after_secs: int = 5
     queue_timeout_secs: float = 10.0
+    max_inflight: int = 1000
     auth_cache_secs: float = 1.0
 
     @classmethod
@@ -59,6 +61,7 @@ class GatewayLimits:
             wake_timeout_secs=float(x.get("ingress_wake_timeout_secs", cls.wake_timeout_secs)),
             auth_cache_secs=float(x.get("ingress_auth_cache_secs", cls.auth_cache_secs)),
             queue_timeout_secs=float(x.get("ingress_queue_timeout_secs", cls.queue_timeout_secs)),
+            max_inflight=int(x.get("ingress_max_inflight", cls.max_inflight)),
         )
 
 
