@@ -204,3 +204,29 @@ def test_chunks_of_one_request_keep_their_order(linear_dir: Path) -> None:
     out, _ = _batched(linear_dir, "predict", body, max_batch_rows=7, batch_timeout_s=0.0)
     expected = [linear_truth(i, -i, 0.5) for i in range(50)]
     np.testing.assert_allclose(out.columns[0], expected, atol=1e-9)
+
+
+def test_a_callers_queue_budget_shortens_the_wait_and_the_503_says_when_to_retry(
+    toolbox_dir: Path,
+) -> None:
+    # slow sleeps 0.1 s per batch of 2 rows; the queue timeout is long (5 s), but the second
+    # request says (X-Neve-Timeout, as a proxy does) that only 0.05 s of its budget is left.
+    async def body(batcher: MethodBatcher) -> list:
+        first = asyncio.ensure_future(batcher.submit(_request(batcher, [[0, "a", 1.0, 1]] * 2)))
+        await asyncio.sleep(0)
+        second = _request(batcher, [[1, "a", 2.0, 1]] * 2)
+        started = asyncio.get_running_loop().time()
+        try:
+            await batcher.submit(second, timeout_s=0.05)
+        except ServiceUnavailableError as err:
+            waited = asyncio.get_running_loop().time() - started
+            return [await first, err, waited]
+        raise AssertionError("the second request should not have been served in 0.05 s")
+
+    (served, err, waited), admission = _batched(
+        toolbox_dir, "slow", body, max_queue_rows=8, max_batch_rows=2, queue_timeout_s=5.0
+    )
+    assert [list(c) for c in served.columns] == [[10.0, 10.0]]
+    assert err.code == "QUEUE_TIMEOUT" and waited < 1.0
+    assert err.retry_after_s >= 1  # type: ignore[attr-defined]
+    assert admission.queued_rows == 0

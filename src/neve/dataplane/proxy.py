@@ -137,7 +137,9 @@ def _admin_socket() -> socket.socket:
     return sock
 
 
-async def _serve(home: Path, index: int, host: str, port: int) -> int:
+async def _serve(
+    home: Path, index: int, host: str, port: int, control_url: str | None = None
+) -> int:
     import uvicorn
 
     settings = load_settings(home)
@@ -156,7 +158,9 @@ async def _serve(home: Path, index: int, host: str, port: int) -> int:
         if gateway_ref:
             gateway_ref[0].invalidate()
 
-    routes = RouteTableClient(control_url_of(home), secret, admin_url=admin_url, on_epoch=on_epoch)
+    # a proxy on another node is told where the control plane is; a local one reads home
+    where = (lambda: control_url.rstrip("/")) if control_url else control_url_of(home)
+    routes = RouteTableClient(where, secret, admin_url=admin_url, on_epoch=on_epoch)
     access = ControlPlaneAccess(routes)
     gateway = Gateway(settings=settings, access=access)
     gateway_ref.append(gateway)
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--control-url", default=None, help="default: <home>/control.json")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -229,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM/SIGINT: uvicorn drains and returns; SIGHUP (a closed terminal) is not a reason
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        return asyncio.run(_serve(Path(args.home).resolve(), args.index, args.host, args.port))
+        return asyncio.run(
+            _serve(Path(args.home).resolve(), args.index, args.host, args.port, args.control_url)
+        )
     except OSError as exc:
         log.error("ingress proxy %d could not start: %s", args.index, exc)
         return 1

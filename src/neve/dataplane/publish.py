@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("neve.dataplane")
 
 #: How often the table is rebuilt from the catalog.
-DEFAULT_INTERVAL_S = 0.25
+DEFAULT_INTERVAL_S = 0.5
 #: A proxy not heard from for this long is no longer told about security changes.
 PROXY_FORGET_S = 120.0
 INVALIDATE_PATH = "/_neve/invalidate"

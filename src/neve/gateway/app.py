@@ -12,14 +12,17 @@ For every request, in this order (a request rejected at any step never reaches a
 limits on headers (431) -> service name syntax and path traversal (400) -> authentication (401)
 -> the service and USAGE on it (404 / 403) -> method route (404) -> body size and read deadline
 (413 / 408) -> wake a suspended service, bounded (503) -> forward to the ready instance with the
-fewest outstanding requests, retrying another instance when one fails before answering ->
-stream the answer back (429 + Retry-After pass through). Every answer carries ``X-Request-Id``,
+fewest outstanding requests through the data plane's ``Router``, retrying another instance
+when one fails before answering, with the queue budget left (``ingress_queue_timeout_secs``)
+passed on -> the answer back (every 429/503 with Retry-After). Every answer carries ``X-Request-Id``,
 and one log line per request (logger ``neve.gateway``) names it with the user, role, service,
 status, instance and latency. Who a token is and which service a caller may reach are cached
 for ``ingress_auth_cache_secs`` (1 s); a change made through the SecurityManager (a revoked
 token or grant) empties the cache at once.
 
-Wiring into the control plane (one server carries both)::
+Where it runs: in every ingress proxy process (``neve.dataplane.proxy``:
+``Gateway(settings=..., access=ControlPlaneAccess(...))``) and, for URLs that name the control
+plane, in the daemon itself (one server carries both)::
 
     gateway = build_gateway(account)
     asgi_app = IngressDispatch(control_app, gateway)   # routes ingress hosts and /svc/ here
