@@ -134,6 +134,12 @@ def main() -> None:
         ).to_pandas()
     )
     print(by_model.head(4).to_string(index=False))
+    sql_longer = session.sql(
+        f"SELECT * FROM (SELECT * FROM store_sales WHERE store_id <= 2), "
+        f"TABLE({svc}!forecast(store_id, day, sales, horizon => 14) OVER (PARTITION BY store_id))"
+    ).to_pandas()
+    pd.testing.assert_frame_equal(ordered(longer), ordered(sql_longer), check_dtype=False)
+    print(f"horizon => 14 in SQL: {len(sql_longer)} rows, as in-process")
 
     step("the three agree")
     for name, other in (("service", remote), ("SQL service", by_service), ("SQL model", by_model)):

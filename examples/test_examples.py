@@ -65,6 +65,7 @@ def test_many_model_forecast(tmp_path: Path) -> None:
     assert "700 forecast rows for 100 stores" in out
     assert "params={'horizon': 14}: 28 rows for 2 stores" in out
     assert "params={'horizon': 14} on the service: 28 rows, as in-process" in out
+    assert "horizon => 14 in SQL: 28 rows, as in-process" in out
     for form in ("service", "SQL service", "SQL model"):
         assert f"in-process == {form}: 700 rows" in out
     assert "in-process, service and SQL forecasts agree for 100 stores" in out

@@ -74,6 +74,15 @@ def test_service_calls_as_reference_code_writes_them(session) -> None:
     with pytest.raises(ValueError, match="no parameter"):
         mv.run(data, function_name="predict", service_name=SVC, params={"temperature": 1})
 
+    # SQL: `name => constant` after the arguments, for service and model functions
+    session.write_pandas(data, "numbers")
+    got = session.sql(f"SELECT a, {SVC}_predict(a, scale => 2) AS y FROM numbers ORDER BY a")
+    assert [r["Y"] for r in got.collect()] == [2.0, 4.0, 6.0]
+    got = session.sql("SELECT MODEL(scaler, v1)!predict(a, SCALE => -1.5) AS y FROM numbers")
+    assert sorted(r["Y"] for r in got.collect()) == [-4.5, -3.0, -1.5]
+    with pytest.raises(ValueError, match="no parameter"):
+        session.sql(f"SELECT {SVC}!predict(a, temperature => 1) FROM numbers").collect()
+
     # HTTP through the ingress: "params" beside "data"
     headers = {"Authorization": f"Bearer {session.create_token('compat_test')}"}
     base = f"{session.url}/svc/ML.REG.{SVC}"

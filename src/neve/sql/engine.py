@@ -10,6 +10,7 @@ after them; the changes come back in ``SqlResult.ctx_changes``.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -314,7 +315,9 @@ class SqlEngine:
         call = tf.call
         rows = con.sql(tf.input_sql).to_arrow_table()
 
-        def call_service(table: pa.Table, *, partition_column: str) -> pa.Table:
+        def call_service(
+            table: pa.Table, *, partition_column: str, params: dict | None
+        ) -> pa.Table:
             timeout = float(call.options.get("BATCH_TIMEOUT_SECS") or 300)
             return self.account.services.invoke_arrow(
                 ctx,
@@ -323,6 +326,7 @@ class SqlEngine:
                 table,
                 timeout_s=timeout,
                 partition_column=partition_column,
+                params=params,
             )
 
         def load() -> Any:
@@ -412,8 +416,11 @@ class SqlEngine:
     def _make_udf(self, ctx: RequestContext, call: BoundCall, errors: udfs.QueryErrors):
         if call.kind == "SERVICE":
             assert call.service is not None
+            caller = self._caller()
+            if call.call_params:  # `name => value` arguments ride on every batch
+                caller = functools.partial(caller, params=call.call_params)
             return udfs.service_udf(
-                caller=self._caller(),
+                caller=caller,
                 ctx=ctx,
                 service=call.service,
                 method=call.method,
@@ -425,6 +432,8 @@ class SqlEngine:
             )
         assert call.model_key is not None
         loaded = self.models.get(call.model_key, call.model_loader)
+        if call.call_params:
+            loaded = _WithParams(loaded, call.call_params)
         return udfs.model_udf(
             loaded=loaded, method=call.method, signature=call.signature, errors=errors
         )
@@ -450,6 +459,16 @@ class SqlEngine:
 
 class _NarrowMiss(Exception):
     """A statement bound on the schemas it names failed to find a catalog object."""
+
+
+class _WithParams:
+    """A loaded model whose calls carry a statement's ``name => value`` parameters."""
+
+    def __init__(self, loaded: Any, params: dict[str, Any]) -> None:
+        self._loaded, self._params = loaded, params
+
+    def call(self, method: str, data: Any) -> Any:
+        return self._loaded.call(method, data, self._params)
 
 
 def _name_statement(exc: NeveError, index: int, total: int, newlines_before: int) -> None:

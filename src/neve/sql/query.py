@@ -75,6 +75,8 @@ class BoundCall:
     model_loader: Any = None
     #: FUNCTION, or TABLE_FUNCTION for a partitioned method
     function_type: str = "FUNCTION"
+    #: method parameters given as ``name => constant`` after the arguments
+    call_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,7 +225,7 @@ class Planner:
     def _bind_functions(self, s: Session, tree: exp.Expression, bangs: dict[str, BangCall]) -> None:
         for node in list(tree.find_all(exp.Anonymous)):
             parts, target = _call_name(node)
-            args = list(node.expressions)
+            args = [a for a in node.expressions if not isinstance(a, exp.Kwarg)]
             if len(parts) == 1 and parts[0].upper().startswith(BANG_PREFIX):
                 bang = bangs.get(parts[0].upper())
                 if bang is None:
@@ -237,6 +239,7 @@ class Planner:
                 call = self._bind_named(s, parts, len(args))
                 if call is None:
                     continue
+            call.call_params = _call_params(call, node)
             replacement = exp.Anonymous(this=call.udf_name, expressions=args)
             target.replace(replacement)
             self.calls.append(call)
@@ -272,6 +275,7 @@ class Planner:
                 f"{call.display} is not a table function (not a partitioned method): call it "
                 "in the select list, or mark the method @neve.partitioned_api"
             )
+        call.call_params = _call_params(call, node)
         return call
 
     def _bind_named(self, s: Session, parts: list[str], nargs: int) -> BoundCall | None:
@@ -413,6 +417,48 @@ class Planner:
             proj = projections[i]
             if proj.sql(dialect="duckdb") != text:
                 proj.replace(exp.alias_(proj.copy(), exp.to_identifier(text, quoted=True)))
+
+
+def _call_params(call: BoundCall, node: exp.Anonymous) -> dict[str, Any]:
+    """``name => constant`` arguments: the method's parameters, checked against its signature
+    now (a SignatureError naming the function before any row is sent)."""
+    from neve.models.signature import resolve_params
+
+    given: dict[str, Any] = {}
+    for kw in node.expressions:
+        if not isinstance(kw, exp.Kwarg):
+            continue
+        name = kw.this.name
+        try:
+            given[name] = _constant(kw.expression)
+        except ValueError:
+            raise SignatureError(
+                f"function {call.display}: parameter {name} => {kw.expression.sql()} must be a "
+                "constant (a number, string, boolean or list of those)"
+            ) from None
+    if given:
+        # parameter names are case-insensitive in SQL: match them to the declared spelling
+        declared = {p.upper(): p for p in call.signature.params}
+        given = {declared.get(k.upper(), k): v for k, v in given.items()}
+        resolve_params(call.signature, given, method=call.display)
+    return given
+
+
+def _constant(node: exp.Expression) -> Any:
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return node.this
+        text = node.this
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    if isinstance(node, exp.Boolean):
+        return bool(node.this)
+    if isinstance(node, exp.Neg):
+        return -_constant(node.this)
+    if isinstance(node, exp.Array):
+        return [_constant(e) for e in node.expressions]
+    if isinstance(node, exp.Null):
+        return None
+    raise ValueError(node)
 
 
 def _function_type(spec: Any) -> str:

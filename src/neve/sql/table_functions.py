@@ -76,7 +76,7 @@ def extract(
                 f"TABLE({shown} OVER (...)) needs exactly one PARTITION BY expression "
                 f"(got {len(partition)}); combine several keys into one, e.g. a || '-' || b"
             )
-        args = list(fn.expressions)
+        args = [a for a in fn.expressions if not isinstance(a, exp.Kwarg)]  # not `name => value`
         call = bind(fn, len(args))
         key = partition[0]
         projections = [
@@ -86,10 +86,10 @@ def extract(
         projections.append(exp.alias_(key.copy(), exp.to_identifier(PARTITION_KEY, quoted=True)))
         input_sql = exp.select(*projections).from_(source.copy()).sql(dialect="duckdb")
         name = new_name()
-        alias = source.alias_or_name
+        alias = source.alias_or_name  # "" for a subquery without an alias
         replacement = exp.Table(
             this=exp.to_identifier(name, quoted=True),
-            alias=exp.TableAlias(this=exp.to_identifier(alias)),
+            alias=exp.TableAlias(this=exp.to_identifier(alias)) if alias else None,
         )
         _replace_source(select, source, node, replacement)
         found.append(
@@ -143,11 +143,13 @@ def evaluate(
             out = out.append_column(feat.name, pa.array([], type=pa.null()))
     elif call.kind == "SERVICE":
         assert call_service is not None
-        out = call_service(rows, partition_column=PARTITION_KEY)
+        out = call_service(rows, partition_column=PARTITION_KEY, params=call.call_params or None)
     else:
         assert load_model is not None
         loaded = load_model()
-        frame = loaded.call_partitioned(call.method, rows.to_pandas(), PARTITION_KEY)
+        frame = loaded.call_partitioned(
+            call.method, rows.to_pandas(), PARTITION_KEY, call.call_params or None
+        )
         out = pa.Table.from_pandas(frame, preserve_index=False)
     if PARTITION_KEY not in out.column_names:
         raise ModelExecutionError(
