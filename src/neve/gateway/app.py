@@ -286,6 +286,8 @@ class Gateway:
         request_id: str,
         info: dict[str, Any],
     ) -> int:
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
         self._check_headers(scope)
         host = headers.get("host", "")
         if self.is_ingress_host(host):
@@ -317,9 +319,10 @@ class Gateway:
         if not target.ready:
             self._target_cache.discard(target_key)  # its state is changing: do not reuse it
             target = await self._wake(ctx, target)
-        # The whole wait of a request for a running service (here and in the instance's
-        # queue) is one budget; waking a suspended one has its own bound (wake_timeout).
-        queue_deadline = asyncio.get_running_loop().time() + self.limits.queue_timeout_secs
+            arrived = loop.time()  # waking has its own bound (ingress_wake_timeout_secs)
+        # The whole wait of a request (look-ups, its body, and the instance's queue) is one
+        # budget: what is left of it goes to the instance.
+        queue_deadline = arrived + self.limits.queue_timeout_secs
         try:
             status = await self._forward(
                 scope, send, ctx, target, route, body, request_id, info, queue_deadline
