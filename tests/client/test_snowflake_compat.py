@@ -157,7 +157,9 @@ def _entries() -> list[tuple[str, str, Any]]:
     return [(c, m, spec) for c, methods in REFERENCE.items() for m, spec in methods.items()]
 
 
-@pytest.mark.parametrize(("cls", "member", "spec"), _entries(), ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize(
+    ("cls", "member", "spec"), _entries(), ids=[f"{c}.{m}" for c, m, _ in _entries()]
+)
 def test_member_has_the_reference_shape(cls: str, member: str, spec: Any) -> None:
     obj = getattr(CLASSES[cls], member, None)
     assert obj is not None, f"{cls}.{member} is missing"
