@@ -22,9 +22,14 @@ test: bootstrap
 test-fast: bootstrap
 	$(PYTEST) -m "not e2e" $(PYTEST_ARGS)
 
+# Style, types (mypy on src/; see [tool.mypy] for the modules still to be typed) and the
+# layering contracts of .importlinter (the server and the model handlers import no
+# control-plane package; the catalog imports nothing above it).
 lint: bootstrap
 	$(PY) -m ruff check src tests examples benchmarks
 	$(PY) -m ruff format --check src tests examples benchmarks
+	$(PY) -m mypy
+	.venv/bin/lint-imports
 
 format: bootstrap
 	$(PY) -m ruff format src tests examples benchmarks

@@ -34,7 +34,7 @@ def schema(s: Session, db: str, name: str) -> m.Schema:
 def in_schema(s: Session, cls: type[T], qn: QualifiedName, kind: str) -> T:
     """An object of ``cls`` (with schema_id and name) addressed db.schema.name."""
     sch = schema(s, qn.database, qn.schema)
-    obj = s.scalar(select(cls).where(cls.schema_id == sch.id, cls.name == qn.name))  # type: ignore[attr-defined]
+    obj = s.scalar(select(cls).where(cls.schema_id == sch.id, cls.name == qn.name))  # type: ignore[attr-defined,arg-type]
     if obj is None:
         raise ObjectNotFoundError(f"{kind} {qn} does not exist or not authorized")
     return obj
@@ -42,7 +42,7 @@ def in_schema(s: Session, cls: type[T], qn: QualifiedName, kind: str) -> T:
 
 def account_level(s: Session, cls: type[T], name: str, kind: str) -> T:
     """An account-level object (compute pool, integration, user, role) by name."""
-    obj = s.scalar(select(cls).where(cls.name == name))  # type: ignore[attr-defined]
+    obj = s.scalar(select(cls).where(cls.name == name))  # type: ignore[attr-defined,arg-type]
     if obj is None:
         raise ObjectNotFoundError(f"{kind} {name} does not exist or not authorized")
     return obj

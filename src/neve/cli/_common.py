@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -62,18 +61,15 @@ class CliOptions:
         return self.home.expanduser().resolve() if self.home else default_home()
 
 
-def options(ctx: click.Context | None = None) -> CliOptions:
+def options(ctx: typer.Context) -> CliOptions:
     """The global options (defaults when the command runs outside the ``neve`` root)."""
-    ctx = ctx or click.get_current_context(silent=True)
-    if ctx is None:
-        return CliOptions()
     root = ctx.find_root()
     if not isinstance(root.obj, CliOptions):
         root.obj = CliOptions()
     return root.obj
 
 
-def get_session(ctx: click.Context | None = None) -> Session:
+def get_session(ctx: typer.Context) -> Session:
     """A session for this command line, connected with the global options (made once)."""
     import neve
 
@@ -91,8 +87,7 @@ def get_session(ctx: click.Context | None = None) -> Session:
         token=opts.token,
         role=opts.role,
     )
-    root = (ctx or click.get_current_context()).find_root()
-    root.call_on_close(_closer(opts))
+    ctx.find_root().call_on_close(_closer(opts))
     return opts.session
 
 
@@ -194,7 +189,7 @@ def fail(exc: BaseException) -> typer.Exit:
 class NeveGroup(TyperGroup):
     """The root command: a ``NeveError`` from any sub-command is one red line and status 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's (vendored) click Context
         try:
             return super().invoke(ctx)
         except NeveError as exc:

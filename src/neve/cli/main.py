@@ -94,8 +94,9 @@ def main(
     values["user"] = user
     saved = {var: os.environ.get(var) for var in [*_ENV.values(), "NEVE_TOKEN"]}
     for key, var in _ENV.items():
-        if values[key] is not None:
-            os.environ[var] = values[key]
+        value = values[key]
+        if value is not None:
+            os.environ[var] = value
     if token is not None:
         os.environ["NEVE_TOKEN"] = token
     ctx.call_on_close(lambda: _restore(saved))

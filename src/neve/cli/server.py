@@ -62,7 +62,8 @@ def stop(
     home = options(ctx).resolved_home
     info = daemon.read_info(home)
     if daemon.stop(home, timeout_s=timeout):
-        console.print(f"stopped the control plane (pid {info['pid']}) of {home}")
+        pid = info["pid"] if info else "?"
+        console.print(f"stopped the control plane (pid {pid}) of {home}")
     else:
         console.print(f"no control plane runs for {home}")
 

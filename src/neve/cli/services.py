@@ -98,7 +98,7 @@ class _ProgressView:
         self.status.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.status.__exit__(*exc)
 
     def __call__(self, row: dict) -> None:
@@ -164,7 +164,7 @@ def create(
         sch = parts[-2] if len(parts) >= 2 else schema
         reg = neve.Registry(session, database_name=db, schema_name=sch)
         mv = reg.get_model(parts[-1]).version(version)
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             service_name=name,
             service_compute_pool=pool,
             image_repo=repo,

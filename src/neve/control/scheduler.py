@@ -65,7 +65,8 @@ class Scheduler:
     def every(self, interval_s: float, fn: Callable[[], object], name: str | None = None) -> None:
         """Call ``fn()`` every ``interval_s`` seconds (from the next interval on)."""
         check_periodic_task(interval_s, fn)
-        task = PeriodicTask(name or getattr(fn, "__qualname__", repr(fn)), float(interval_s), fn)
+        label = name or str(getattr(fn, "__qualname__", None) or repr(fn))
+        task = PeriodicTask(label, float(interval_s), fn)
         with self._lock:
             self._tasks.append(task)
             if self.running:

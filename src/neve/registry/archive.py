@@ -227,7 +227,7 @@ def _size_limited_filter(max_bytes: int | None, what: str):  # noqa: ANN202
 def _extract(fileobj: BinaryIO, mode: str, destination: Path, what: str, max_bytes: int | None):
     destination.mkdir(parents=True, exist_ok=False)
     try:
-        with tarfile.open(fileobj=fileobj, mode=mode) as tar:
+        with tarfile.open(fileobj=fileobj, mode=mode) as tar:  # type: ignore[call-overload]
             tar.extractall(destination, filter=_size_limited_filter(max_bytes, what))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         shutil.rmtree(destination, ignore_errors=True)

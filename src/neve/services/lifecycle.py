@@ -276,6 +276,8 @@ class Lifecycle:
         """Make the instance rows 0..target-1 exist (new ones PENDING); return the new indexes."""
         with self.account.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
+            if svc is None:
+                return []  # dropped meanwhile
             have = {i.instance_index for i in svc.instances}
             added = [i for i in range(target) if i not in have]
             for index in added:
@@ -452,6 +454,8 @@ class Lifecycle:
             )  # a fresh idle clock: do not auto-suspend at once
             with self.account.catalog.transaction() as s:
                 svc = s.get(m.Service, sid)
+                if svc is None:
+                    return False  # dropped meanwhile
                 target = initial_instances(svc.min_instances, svc.max_instances)
             self._set_target(sid, target)
             self.logs.event(ref.qn, f"resuming ({reason}): starting {target} instance(s)")

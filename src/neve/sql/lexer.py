@@ -12,6 +12,7 @@ they are replaced by placeholder function calls before sqlglot parses the query
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import TokenError
@@ -21,7 +22,8 @@ from neve.errors import SqlSyntaxError
 
 
 class _Tokenizer(DuckDB.Tokenizer):
-    COMMANDS: set = set()  # tokenize CALL/SHOW/EXECUTE bodies instead of one opaque string
+    # tokenize CALL/SHOW/EXECUTE bodies instead of one opaque string
+    COMMANDS: ClassVar[set[TokenType]] = set()
 
 
 #: Token types that can name something (keywords are words too: ``SHOW MODELS`` etc.).

@@ -202,7 +202,7 @@ class LocalBackend(ComputeBackend):
             except subprocess.TimeoutExpired:
                 pass
             with self._lock:
-                self._children.pop(handle.pid, None)
+                self._children.pop(child.pid, None)
 
     @staticmethod
     def _group_members(handle: InstanceHandle) -> list[psutil.Process]:

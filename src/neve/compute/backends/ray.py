@@ -383,7 +383,7 @@ class RayBackend(ComputeBackend):
 
     # -- watch ------------------------------------------------------------------------------------
     def is_alive(self, handle: InstanceHandle) -> bool:
-        name = handle.backend_ref.get("actor_name")
+        name = str(handle.backend_ref.get("actor_name") or "")
         actor = self._actor(handle)
         if actor is None:
             return False
@@ -489,8 +489,10 @@ class LogPump:
 
     def flush(self, name: str | None) -> bool:
         """Pull what is left of one instance's log (before it is stopped); False: not tracked."""
+        if not name:
+            return False
         with self._lock:
-            entry = self._tracked.get(name) if name else None
+            entry = self._tracked.get(name)
         if entry is None:
             return False
         for _ in range(64):  # up to 64 MiB left unread: pull until nothing new comes
