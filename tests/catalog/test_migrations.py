@@ -93,3 +93,23 @@ def test_a_catalog_at_an_unknown_revision_is_refused_clearly(tmp_path: Path) -> 
     engine.dispose()
     with pytest.raises(InvalidStateError, match="at revision 263ff379741e, which this neve"):
         Catalog(url)
+
+
+def test_timestamps_come_back_as_aware_utc(tmp_path: Path) -> None:
+    """One UTC column type: SQLite keeps no zone, yet every timestamp reads back aware in UTC;
+    a naive value written is taken as UTC, an aware one is converted."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    try:
+        plus2 = timezone(timedelta(hours=2))
+        with catalog.transaction() as s:
+            s.add(m.Database(name="NAIVE", owner_role="R", created_on=datetime(2026, 1, 1, 12)))
+            s.add(m.Database(name="PLUS2", owner_role="R", created_on=datetime(2026, 1, 1, 12, tzinfo=plus2)))  # fmt: skip
+        with catalog.transaction() as s:
+            rows = {d.name: d.created_on for d in s.scalars(select(m.Database))}
+        assert rows["NAIVE"] == datetime(2026, 1, 1, 12, tzinfo=UTC)
+        assert rows["PLUS2"] == datetime(2026, 1, 1, 10, tzinfo=UTC)
+        assert all(v.utcoffset() == timedelta(0) for v in rows.values())
+    finally:
+        catalog.dispose()

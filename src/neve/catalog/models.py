@@ -8,6 +8,7 @@ schema. JSON columns hold structured specs that are read whole and never queried
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
@@ -32,8 +34,29 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict: JSON, list: JSON}
 
 
+class UtcDateTime(TypeDecorator):
+    """A timestamp stored with its time zone and always read back as an aware UTC datetime.
+
+    SQLite keeps no zone (PostgreSQL does): without this, rows read from SQLite came back naive
+    and every reader had to re-attach UTC. Naive values written are taken as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 Name = String(255)
-Created = DateTime(timezone=True)
+Created = UtcDateTime()
 
 
 class Database(Base):

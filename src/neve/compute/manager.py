@@ -62,12 +62,6 @@ _EPS = 1e-9
 PoolListener = Callable[[RequestContext | None, str, str], None]
 
 
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -600,7 +594,7 @@ class ComputeManager:
         done = []
         with self._lock, self.account.catalog.transaction() as s:
             for pool in s.scalars(select(m.ComputePool).where(m.ComputePool.state == IDLE)):
-                since = _aware(pool.idle_since)
+                since = pool.idle_since
                 if not pool.auto_suspend_secs or since is None:
                     continue
                 if (now - since).total_seconds() < pool.auto_suspend_secs:
@@ -659,9 +653,9 @@ class ComputeManager:
             "auto_resume": bool(pool.auto_resume),
             "active_nodes": sum(1 for n in nodes if n.name in busy),
             "idle_nodes": sum(1 for n in nodes if n.name not in busy),
-            "created_on": _aware(pool.created_on),
-            "resumed_on": _aware(pool.resumed_on),
-            "updated_on": _aware(pool.updated_on),
+            "created_on": pool.created_on,
+            "resumed_on": pool.resumed_on,
+            "updated_on": pool.updated_on,
             "owner": pool.owner_role,
             "comment": pool.comment,
             "backend": pool.backend,

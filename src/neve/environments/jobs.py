@@ -82,12 +82,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def new_job_name() -> str:
     alphabet = string.ascii_uppercase + string.digits
     return "MODEL_BUILD_" + "".join(secrets.choice(alphabet) for _ in range(10))
@@ -558,7 +552,7 @@ class BuildJobs:
 
     def _job_dict(self, s: Session, job: m.Job) -> dict:
         image = s.get(m.Image, job.image_id) if job.image_id else None
-        started, finished = _aware(job.started_on), _aware(job.finished_on)
+        started, finished = job.started_on, job.finished_on
         image_path = image.path if image is not None else None
         ready = image is not None and image.status == READY
         return {
@@ -575,7 +569,7 @@ class BuildJobs:
             "service_id": job.service_id,
             "pool_id": job.pool_id,
             "owner": job.owner_role,
-            "created_on": _aware(job.created_on),
+            "created_on": job.created_on,
             "started_on": started,
             "finished_on": finished,
             "duration_s": (finished - started).total_seconds() if started and finished else None,
@@ -683,7 +677,7 @@ class BuildJobs:
     def image_row(repo: QualifiedName, image: m.Image) -> dict:
         inputs = dict(image.inputs or {})
         return {
-            "created_on": _aware(image.created_on),
+            "created_on": image.created_on,
             "image_name": f"model-env-{image.digest[:12]}",
             "tags": image.digest[:12],
             "digest": f"sha256:{image.digest}",

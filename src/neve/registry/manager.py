@@ -21,7 +21,6 @@ import json
 import re
 import shutil
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,12 +80,6 @@ ARCHIVE_REQUEST_FIELDS = {
 }
 DEFAULT_SCHEMA = "PUBLIC"
 _AUTO_NAME = re.compile(r"^V(\d+)$")
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def _json_value(value: Any, what: str) -> Any:
@@ -503,7 +496,7 @@ class RegistryManager:
             for alias in v.aliases or []:
                 aliases[alias] = v.name
         return {
-            "created_on": _aware(model.created_on),
+            "created_on": model.created_on,
             "name": model.name,
             "model_type": "USER_MODEL",
             "database_name": qn.database,
@@ -522,7 +515,7 @@ class RegistryManager:
         methods = v.signatures or {}
         services = [name for name, _status, _vid in self._services_using(s, [v.id])]
         return {
-            "created_on": _aware(v.created_on),
+            "created_on": v.created_on,
             "name": v.name,
             "aliases": list(v.aliases or []),
             "comment": v.comment,

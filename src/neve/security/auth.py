@@ -73,11 +73,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def aware(dt: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything neve stores is UTC."""
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def request_id_from(headers: Mapping[str, str]) -> str:
     """The caller's ``X-Request-Id`` when it is a sane token, else a fresh one."""
     given = _header(headers, REQUEST_ID_HEADER)
@@ -288,11 +283,11 @@ class AuthenticationMixin:
                     "name": r.name,
                     "user": owner.name,
                     "role": r.role,
-                    "created_on": aware(r.created_on),
-                    "expires_on": aware(r.expires_on),
+                    "created_on": r.created_on,
+                    "expires_on": r.expires_on,
                     "status": "REVOKED"
                     if r.revoked
-                    else ("EXPIRED" if aware(r.expires_on) <= now else "ACTIVE"),
+                    else ("EXPIRED" if r.expires_on <= now else "ACTIVE"),
                 }
                 for r in rows
             ]
@@ -371,12 +366,12 @@ class AuthenticationMixin:
             raise AuthenticationError("invalid token")
         if row.revoked:
             raise AuthenticationError(f"token {row.name or ''} has been revoked".replace("  ", " "))
-        if aware(row.expires_on) <= utcnow():
+        if row.expires_on <= utcnow():
             raise AuthenticationError("token has expired; log in again or issue a new token")
         user = s.get(m.User, row.user_id)
         if user is None or user.disabled:
             raise AuthenticationError("the token's user is disabled or no longer exists")
-        return user, row.role, aware(row.expires_on)
+        return user, row.role, row.expires_on
 
     def _user_from_jwt(self, s: Session, token: str) -> tuple[m.User, datetime]:
         subject = keypair.unverified_subject(token)

@@ -41,7 +41,7 @@ from neve.errors import (
 )
 from neve.identifiers import ident
 from neve.security import keypair, passwords
-from neve.security.auth import AuthenticationMixin, aware
+from neve.security.auth import AuthenticationMixin
 from neve.security.objects import (
     ACCOUNT,
     OBJECT_TYPES,
@@ -492,7 +492,7 @@ class SecurityManager(AuthenticationMixin):
         )
         return {
             "name": user.name,
-            "created_on": aware(user.created_on) if user.created_on else datetime.now(UTC),
+            "created_on": user.created_on if user.created_on else datetime.now(UTC),
             "default_role": user.default_role,
             "disabled": bool(user.disabled),
             "has_password": user.password_hash is not None,
@@ -575,7 +575,7 @@ class SecurityManager(AuthenticationMixin):
     def _role_row(role: m.Role) -> dict:
         return {
             "name": role.name,
-            "created_on": aware(role.created_on) if role.created_on else datetime.now(UTC),
+            "created_on": role.created_on if role.created_on else datetime.now(UTC),
             "owner": role.owner_role,
             "comment": role.comment,
         }
@@ -918,7 +918,7 @@ class SecurityManager(AuthenticationMixin):
     @staticmethod
     def _ownership_row(s: Session, obj: Any) -> dict:
         return {
-            "created_on": aware(getattr(obj, "created_on", None) or datetime.now(UTC)),
+            "created_on": (getattr(obj, "created_on", None) or datetime.now(UTC)),
             "privilege": OWNERSHIP,
             "granted_on": object_type(obj),
             "name": object_name(obj, s),
@@ -931,7 +931,7 @@ class SecurityManager(AuthenticationMixin):
     @staticmethod
     def _grant_row(s: Session, grant: m.Grant, obj: Any) -> dict:
         return {
-            "created_on": aware(grant.created_on),
+            "created_on": grant.created_on,
             "privilege": grant.privilege,
             "granted_on": grant.object_type,
             "name": object_name(obj, s),
@@ -966,7 +966,7 @@ class SecurityManager(AuthenticationMixin):
         ):
             rows.append(
                 {
-                    "created_on": aware(rg.created_on),
+                    "created_on": rg.created_on,
                     "privilege": "USAGE",
                     "granted_on": "ROLE",
                     "name": rg.role,
@@ -982,7 +982,7 @@ class SecurityManager(AuthenticationMixin):
     def _role_grant_rows(grants: Any) -> list[dict]:
         return [
             {
-                "created_on": aware(rg.created_on),
+                "created_on": rg.created_on,
                 "role": rg.role,
                 "granted_to": rg.grantee_type,
                 "grantee_name": rg.grantee,

@@ -38,7 +38,6 @@ from neve.catalog import models as m
 from neve.errors import NeveError
 from neve.services import states
 from neve.services.instances import InstanceRef, ServiceRef
-from neve.services.views import aware
 
 if TYPE_CHECKING:
     from neve.services.manager import ServiceManager
@@ -310,12 +309,10 @@ class Supervisor:
 
     def _started_on(self, sid: int, index: int) -> datetime | None:
         with self.account.catalog.transaction() as s:
-            return aware(
-                s.scalar(
-                    select(m.ServiceInstance.started_on).where(
-                        m.ServiceInstance.service_id == sid,
-                        m.ServiceInstance.instance_index == index,
-                    )
+            return s.scalar(
+                select(m.ServiceInstance.started_on).where(
+                    m.ServiceInstance.service_id == sid,
+                    m.ServiceInstance.instance_index == index,
                 )
             )
 
@@ -339,9 +336,7 @@ class Supervisor:
             if svc is None or not svc.auto_suspend_secs or svc.status != states.RUNNING:
                 return False
             last = max(
-                t
-                for t in (aware(svc.last_request_on), aware(svc.updated_on), aware(svc.created_on))
-                if t is not None
+                t for t in (svc.last_request_on, svc.updated_on, svc.created_on) if t is not None
             )
             idle = (datetime.now(UTC) - last).total_seconds()
             limit = svc.auto_suspend_secs

@@ -5,7 +5,6 @@ CONTAINERS and SYSTEM$GET_SERVICE_STATUS answer with (column names as the SQL su
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -17,12 +16,6 @@ from neve.services import states
 from neve.services.spec import CONTAINER_NAME, format_bytes
 
 ENDPOINT_NAME = "inference"
-
-
-def aware(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def dns_name(qn: QualifiedName, account_name: str) -> str:
@@ -96,9 +89,9 @@ def service_row(
         "ingress_enabled": bool(svc.ingress_enabled),
         "auto_suspend_secs": svc.auto_suspend_secs,
         "comment": svc.comment,
-        "created_on": aware(svc.created_on),
-        "updated_on": aware(svc.updated_on),
-        "last_request_on": aware(svc.last_request_on),
+        "created_on": svc.created_on,
+        "updated_on": svc.updated_on,
+        "last_request_on": svc.last_request_on,
         "spec": json.dumps(public_spec(spec), sort_keys=True),
         "qualified_name": str(qn),
     }
@@ -149,7 +142,7 @@ def container_rows(s: Session, svc: m.Service) -> list[dict[str, Any]]:
             "message": instance_message(inst),
             "image_name": image,
             "restart_count": inst.restart_count,
-            "start_time": aware(inst.started_on),
+            "start_time": inst.started_on,
             "host": inst.host,
             "port": inst.port,
             "pid": inst.pid,
@@ -196,7 +189,7 @@ def status_rows(s: Session, svc: m.Service) -> list[dict[str, Any]]:
             "serviceName": qn.name,
             "image": image,
             "restartCount": inst.restart_count,
-            "startTime": aware(inst.started_on),
+            "startTime": inst.started_on,
             "serviceStatus": svc.status,
             "health": "HEALTHY" if inst.status == states.INSTANCE_READY else "UNHEALTHY",
             "address": instance_address(inst),

@@ -9,7 +9,6 @@ warehouse tables.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
@@ -28,12 +27,6 @@ if TYPE_CHECKING:
 DEFAULT_SCHEMA = "PUBLIC"
 
 
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def _schema_name(ctx: RequestContext, raw: str) -> tuple[str, str]:
     parts = split_name(raw)
     if len(parts) > 2:
@@ -50,7 +43,7 @@ def _schema_name(ctx: RequestContext, raw: str) -> tuple[str, str]:
 
 def _database_row(db: m.Database) -> dict:
     return {
-        "created_on": _aware(db.created_on),
+        "created_on": db.created_on,
         "name": db.name,
         "owner": db.owner_role,
         "comment": db.comment,
@@ -59,7 +52,7 @@ def _database_row(db: m.Database) -> dict:
 
 def _schema_row(db: m.Database, sch: m.Schema) -> dict:
     return {
-        "created_on": _aware(sch.created_on),
+        "created_on": sch.created_on,
         "name": sch.name,
         "database_name": db.name,
         "owner": sch.owner_role,
@@ -234,7 +227,7 @@ def describe_database(account: Account, ctx: RequestContext, name: str) -> list[
         db = lookup.database(s, db_name)
         account.security.require(s, ctx, "USAGE", db)
         return [
-            {"created_on": _aware(sch.created_on), "name": sch.name, "kind": "SCHEMA"}
+            {"created_on": sch.created_on, "name": sch.name, "kind": "SCHEMA"}
             for sch in sorted(db.schemas, key=lambda x: x.name)
         ]
 
@@ -253,7 +246,7 @@ def describe_schema(account: Account, ctx: RequestContext, name: str) -> list[di
             (m.NetworkRule, "NETWORK RULE"),
         ):
             for obj in s.scalars(select(cls).where(cls.schema_id == sch.id).order_by(cls.name)):  # type: ignore[attr-defined]
-                rows.append({"created_on": _aware(obj.created_on), "name": obj.name, "kind": kind})
+                rows.append({"created_on": obj.created_on, "name": obj.name, "kind": kind})
     for table in account.sql.warehouse.tables(db_name, sch_name):
         rows.append({"created_on": None, "name": table["name"], "kind": table["kind"]})
     return rows
