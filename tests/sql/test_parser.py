@@ -247,3 +247,37 @@ def test_bang_calls_are_rewritten_to_placeholders() -> None:
     )
     with pytest.raises(SqlSyntaxError, match="MODEL"):
         rewrite_bang_calls("SELECT (a)!predict(b) FROM t")
+
+
+def test_create_service_from_specification() -> None:
+    yaml_text = "\nspec:\n  containers:\n  - name: 'x'   # it's; here\n    image: a/b:c\n"
+    script = (
+        f"CREATE SERVICE IF NOT EXISTS ml.reg.s IN COMPUTE POOL p FROM SPECIFICATION "
+        f"$${yaml_text}$$ MIN_INSTANCES = 2 MAX_INSTANCES = 3 AUTO_RESUME = FALSE "
+        "AUTO_SUSPEND_SECS = 60 EXTERNAL_ACCESS_INTEGRATIONS = (pypi) COMMENT = 'c'; SHOW SERVICES"
+    )
+    # the ; and quotes inside $$ ... $$ belong to the specification
+    first, second = split_statements(script)
+    assert second.text.strip() == "SHOW SERVICES"
+    st = p(first.text)
+    assert (st.kind, st.name, st.if_not_exists) == ("CREATE SERVICE", "ml.reg.s", True)
+    assert st.args == {"compute_pool": "p", "specification": yaml_text}
+    assert st.props == {
+        "MIN_INSTANCES": 2,
+        "MAX_INSTANCES": 3,
+        "AUTO_RESUME": False,
+        "AUTO_SUSPEND_SECS": 60,
+        "EXTERNAL_ACCESS_INTEGRATIONS": ["pypi"],
+        "COMMENT": "c",
+    }
+    # a quoted string works too
+    assert (
+        p("CREATE SERVICE s IN COMPUTE POOL p FROM SPECIFICATION 'spec: {}'").args["specification"]
+        == "spec: {}"
+    )
+    with pytest.raises(SqlSyntaxError, match="expected SPECIFICATION"):
+        p("CREATE SERVICE s IN COMPUTE POOL p FROM SPECIFICATION_FILE 'x.yaml'")
+    with pytest.raises(SqlSyntaxError, match="unknown property REPLICAS"):
+        p("CREATE SERVICE s IN COMPUTE POOL p FROM SPECIFICATION $$ x $$ REPLICAS = 2")
+    with pytest.raises(SqlSyntaxError, match="expected IN COMPUTE POOL"):
+        p("CREATE SERVICE s FROM SPECIFICATION $$ x $$")

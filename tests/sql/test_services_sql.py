@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import yaml
 
 from neve.context import admin_context
 from neve.errors import InvalidArgumentError, ObjectNotFoundError, SignatureError
@@ -247,7 +248,13 @@ def test_show_describe_endpoints_containers(env) -> None:
     assert run(env, "SHOW SERVICES LIKE 'other%'").rows == []
     described = run(env, "DESCRIBE SERVICE clf_svc")
     assert col(described, "status") == ["RUNNING"]
-    assert json.loads(col(described, "spec")[0])
+    spec = yaml.safe_load(col(described, "spec")[0])  # the reference's document shape
+    [container] = spec["spec"]["containers"]
+    assert container["env"]["MODEL_REF"] == "ML.PUBLIC.CLF/V1"
+    assert container["image"].endswith(
+        ":" + col(run(env, "SHOW IMAGES IN IMAGE REPOSITORY ml.public.images"), "tags")[0]
+    )
+    assert spec["spec"]["endpoints"][0]["public"] is True
     endpoints = run(env, "SHOW ENDPOINTS IN SERVICE clf_svc")
     assert endpoints.columns[:5] == ["name", "port", "protocol", "ingress_enabled", "ingress_url"]
     assert col(endpoints, "ingress_enabled") == [True]

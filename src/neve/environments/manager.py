@@ -194,6 +194,11 @@ class EnvironmentManager:
         st = self.account.settings
         return f"{st.account_name}.registry.{st.ingress_domain}/{qn.database}/{qn.schema}/{qn.name}".lower()
 
+    def image_full_name(self, repo: QualifiedName, image: m.Image) -> str:
+        """``<repository_url>/<image_name>:<tag>``: how a specification names a published image."""
+        row = self.jobs.image_row(repo, image)
+        return f"{self.repository_url(repo)}/{row['image_name']}:{row['tags']}"
+
     def _repo_row(self, s: Session, qn: QualifiedName, repo: m.ImageRepository) -> dict:
         images = s.scalars(select(m.Image).where(m.Image.repository_id == repo.id)).all()
         return {
@@ -302,7 +307,8 @@ class EnvironmentManager:
     def show_images(
         self, ctx: RequestContext, repo: str | QualifiedName, like: str | None = None
     ) -> list[dict]:
-        """SHOW IMAGES IN IMAGE REPOSITORY r: every image with status, size and inputs."""
+        """SHOW IMAGES IN IMAGE REPOSITORY r: every image with its full name (what a service
+        specification's ``image`` says), digest, status, size and inputs."""
         qn = self._qn(ctx, repo, "image repository")
         with self.account.catalog.transaction() as s:
             row = lookup.in_schema(s, m.ImageRepository, qn, "image repository")
@@ -310,7 +316,10 @@ class EnvironmentManager:
             images = s.scalars(
                 select(m.Image).where(m.Image.repository_id == row.id).order_by(m.Image.id)
             ).all()
-            out = [self.jobs.image_row(qn, image) for image in images]
+            out = [
+                {**self.jobs.image_row(qn, image), "image": self.image_full_name(qn, image)}
+                for image in images
+            ]
         return filter_like(out, like, "image_name")
 
     # -- network rules ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from neve.compute.resources import DEFAULT_CPU, DEFAULT_MEMORY_GB, ResourceReque
 from neve.context import RequestContext
 from neve.errors import BuildError, InvalidArgumentError, ObjectNotFoundError, ResourceError
 from neve.identifiers import QualifiedName
+from neve.services.specification import document_of, launch_settings, resolve_model_ref
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -148,9 +149,12 @@ class InstanceRuntime:
 
     # -- image ------------------------------------------------------------------------------------
     def build_image(self, ctx: RequestContext, ref: ServiceRef, *, force_rebuild: bool) -> int:
-        """Build (or reuse) the service's image as a MODEL_BUILD_ job; return the image id."""
+        """Build (or reuse) the service's image as a MODEL_BUILD_ job; return the image id.
+        A service created from a specification runs the published image it names."""
         envs = self.account.environments
         spec = ref.spec
+        if spec.get("document"):
+            return self.published_image(ref)
         job = envs.build_image(
             ctx,
             model_version_id=ref.model_version_id,
@@ -175,6 +179,17 @@ class InstanceRuntime:
             )
         return int(done["image_id"])
 
+    def published_image(self, ref: ServiceRef) -> int:
+        """The READY image a service from a specification was created with."""
+        with self.account.catalog.transaction() as s:
+            image = s.get(m.Image, ref.image_id) if ref.image_id is not None else None
+            if image is None or image.status != "READY":
+                raise ObjectNotFoundError(
+                    f"service {ref.qn}: the image of its specification "
+                    f"({ref.spec.get('image')}) is no longer published"
+                )
+            return image.id
+
     def python_of(self, ref: ServiceRef) -> str:
         """The python executable of the service's image."""
         with self.account.catalog.transaction() as s:
@@ -184,11 +199,18 @@ class InstanceRuntime:
             return str(self.account.environments.image_python(image))
 
     def model_dir_of(self, ref: ServiceRef) -> Path:
-        """The model version's files (from the registry's artifact store)."""
+        """The model version's files (from the registry's artifact store): the service's own
+        version, or for a service created from a specification the version its ``MODEL_REF``
+        names (which may have been dropped since: a custom service does not hold its model)."""
         with self.account.catalog.transaction() as s:
-            version = s.get(m.ModelVersion, ref.model_version_id) if ref.model_version_id else None
-            if version is None:
-                raise ObjectNotFoundError(f"service {ref.qn}: its model version no longer exists")
+            if ref.model_version_id is not None:
+                version = s.get(m.ModelVersion, ref.model_version_id)
+                if version is None:
+                    raise ObjectNotFoundError(
+                        f"service {ref.qn}: its model version no longer exists"
+                    )
+            else:
+                version = resolve_model_ref(s, ref.spec.get("model_ref"), label=f"service {ref.qn}")
             return Path(self.account.registry.version_path(version))
 
     # -- processes --------------------------------------------------------------------------------
@@ -204,6 +226,9 @@ class InstanceRuntime:
         holder = self.holder(ref, index)
         python = self.python_of(ref)
         model_dir = self.model_dir_of(ref)
+        # Model services and services from a specification start alike: from the document's
+        # container env (the server settings) and resources.
+        settings = launch_settings(document_of(ref.spec), label=f"service {ref.qn}")
         placement = compute.place(None, ref.pool_name, request, holder=holder)
         try:
             spec = InstanceSpec(
@@ -213,12 +238,14 @@ class InstanceRuntime:
                 instance_index=index,
                 log_path=str(log_path),
                 request=request,
-                num_workers=ref.spec.get("num_workers"),
-                max_batch_rows=ref.spec.get("max_batch_rows"),
+                num_workers=settings["num_workers"],
+                max_batch_rows=settings["max_batch_rows"],
+                env=settings["env"],
                 node=placement.node,
                 gpu_ids=tuple(placement.gpu_ids),
                 server_options={
-                    "device": ref.spec.get("device") or "cpu",
+                    **settings["server_options"],
+                    "device": settings["device"],
                     "model_name": ref.qn.name.lower(),
                 },
                 start_timeout_s=START_TIMEOUT_S,

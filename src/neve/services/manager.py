@@ -18,6 +18,7 @@ outlive the client and the daemon; ``recover()`` reattaches to them when the dae
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -53,12 +54,23 @@ from neve.services.logs import ServiceLogs, read_from, tail
 from neve.services.spec import (
     BUILD_CONTAINER_NAME,
     CONTAINER_NAME,
+    DEFAULT_IDLE_SUSPEND_SECS,
+    MAX_INSTANCES_LIMIT,
     default_num_workers,
     differences,
     identity,
     new_ingress_host,
     validate_create_args,
 )
+from neve.services.specification import (
+    ENV_MODEL_REF,
+    document_of,
+    launch_settings,
+    resolve_model_ref,
+    split_image_name,
+    to_yaml,
+)
+from neve.services.specification import parse as parse_specification
 from neve.services.supervisor import Supervisor
 from neve.services.views import (
     container_rows,
@@ -153,12 +165,27 @@ class ServiceManager:
         return f"http://{host}:{port}" if host and port else None
 
     def _row(self, s: Session, svc: m.Service) -> dict[str, Any]:
-        return service_row(
+        row = service_row(
             s,
             svc,
             account_name=self.account.settings.account_name,
             control_url=self._control_url(),
         )
+        row["spec"] = self._spec_yaml(s, svc)
+        return row
+
+    def _spec_yaml(self, s: Session, svc: m.Service) -> str:
+        """The service's specification document (YAML), its image by full published name:
+        what ``CREATE SERVICE ... FROM SPECIFICATION`` takes to run it again."""
+        spec = svc.spec or {}
+        image_name = spec.get("image")
+        if not spec.get("document") and svc.image_id is not None:
+            image = s.get(m.Image, svc.image_id)
+            repo = s.get(m.ImageRepository, image.repository_id) if image is not None else None
+            if image is not None and repo is not None:
+                rq = lookup.qualified(s, repo.schema_id, repo.name)
+                image_name = self.account.environments.image_full_name(rq, image)
+        return to_yaml(document_of(spec, image_name))
 
     # -- create -----------------------------------------------------------------------------------
     def create_service(
@@ -361,6 +388,215 @@ class ServiceManager:
                 raise
         return self._describe_by_id(sid)
 
+    def create_service_from_specification(
+        self,
+        ctx: RequestContext,
+        *,
+        service_name: str,
+        compute_pool: str,
+        specification: str | dict[str, Any],
+        if_not_exists: bool = False,
+        min_instances: int | None = None,
+        max_instances: int | None = None,
+        auto_resume: bool = True,
+        auto_suspend_secs: int | None = None,
+        external_access_integrations: list[str] | tuple[str, ...] = (),
+        comment: str | None = None,
+        block: bool = True,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """CREATE SERVICE ... FROM SPECIFICATION: a service running a published image with the
+        settings of a YAML document (typically a model service's, copied and changed).
+
+        Needs CREATE SERVICE on the schema, USAGE on the pool, READ on the image's repository,
+        USAGE on the model ``MODEL_REF`` names and BIND SERVICE ENDPOINT for a public endpoint.
+        Unlike a model service it does not hold its model: the model may be dropped, and the
+        service fails when it next starts an instance. Every check runs before anything is
+        written, in one transaction.
+        """
+        qn = self._qn(ctx, service_name)
+        label = f"service {qn}"
+        parsed = parse_specification(specification, label=label)
+        lo = 1 if min_instances is None else _int_arg(min_instances, "MIN_INSTANCES", 0)
+        hi = max(lo, 1) if max_instances is None else _int_arg(max_instances, "MAX_INSTANCES", 1)
+        if lo > hi:
+            raise InvalidArgumentError(
+                f"{label}: MIN_INSTANCES ({lo}) is greater than MAX_INSTANCES ({hi})"
+            )
+        if hi > MAX_INSTANCES_LIMIT:
+            raise InvalidArgumentError(
+                f"{label}: MAX_INSTANCES {hi} is over the limit of {MAX_INSTANCES_LIMIT}"
+            )
+        idle = (
+            None
+            if auto_suspend_secs is None
+            else _int_arg(auto_suspend_secs, "AUTO_SUSPEND_SECS", 0)
+        )
+        if lo == 0 and not idle:
+            idle = DEFAULT_IDLE_SUSPEND_SECS
+        image_key = "spec.containers[0].image"
+        sec = self.security
+        with self.account.catalog.transaction() as s:
+            sch = lookup.schema(s, qn.database, qn.schema)
+            existing = s.scalar(
+                select(m.Service).where(m.Service.schema_id == sch.id, m.Service.name == qn.name)
+            )
+            if existing is not None:
+                if not if_not_exists:
+                    raise ObjectExistsError(
+                        f"{label} already exists; drop it first or use CREATE SERVICE IF NOT EXISTS"
+                    )
+                self._require_any(s, ctx, existing, "MONITOR", "USAGE", "OPERATE")
+                return self._describe(s, existing)
+            sec.require(s, ctx, "CREATE SERVICE", sch)
+            pool = lookup.account_level(
+                s, m.ComputePool, ident(compute_pool, kind="compute pool name"), "compute pool"
+            )
+            sec.require(s, ctx, "USAGE", pool)
+            # The image: a READY image of a repository the role may READ.
+            db, schema, repo_name, tag = split_image_name(parsed.image, label=label)
+            repo_qn = QualifiedName(
+                ident(db, kind="database name"),
+                ident(schema, kind="schema name"),
+                ident(repo_name, kind="image repository name"),
+            )
+            try:
+                repo = lookup.in_schema(s, m.ImageRepository, repo_qn, "image repository")
+            except ObjectNotFoundError:
+                raise ObjectNotFoundError(
+                    f"{label}: {image_key} {parsed.image!r}: image repository {repo_qn} does "
+                    "not exist or not authorized"
+                ) from None
+            try:
+                sec.require(s, ctx, "READ", repo)
+            except PermissionDeniedError as exc:
+                raise PermissionDeniedError(
+                    f"{label}: {image_key} is in image repository {repo_qn}: {exc.message}"
+                ) from None
+            repo_url = self.account.environments.repository_url(repo_qn)
+            if not parsed.image.startswith("/") and not parsed.image.lower().startswith(
+                repo_url + "/"
+            ):
+                raise InvalidArgumentError(
+                    f"{label}: {image_key} {parsed.image!r} is not in this account's registry: "
+                    f"images of {repo_qn} are named {repo_url}/<image_name>:<tag>"
+                )
+            digest = tag.lower().removeprefix("sha256:")
+            image = next(
+                (
+                    i
+                    for i in s.scalars(
+                        select(m.Image).where(
+                            m.Image.repository_id == repo.id, m.Image.status == "READY"
+                        )
+                    )
+                    if len(digest) >= 12 and i.digest.startswith(digest)
+                ),
+                None,
+            )
+            if image is None:
+                raise ObjectNotFoundError(
+                    f"{label}: {image_key} {parsed.image!r}: image repository {repo_qn} has no "
+                    f"published image with tag or digest {tag!r} (SHOW IMAGES IN IMAGE "
+                    f"REPOSITORY {repo_qn})"
+                )
+            # The model the server loads: the role must be allowed to use it.
+            version_row = resolve_model_ref(s, parsed.model_ref, label=label)
+            model_row = s.get(m.Model, version_row.model_id)
+            model_qn = lookup.qualified(s, model_row.schema_id, model_row.name)
+            if not (
+                sec.is_owner(s, ctx, model_row) or sec.has_privilege(s, ctx, "USAGE", model_row)
+            ):
+                raise PermissionDeniedError(
+                    f"{label}: env {ENV_MODEL_REF} names model {model_qn}, on which role "
+                    f"{ctx.role} has no USAGE"
+                )
+            if parsed.public:
+                sec.require(s, ctx, "BIND SERVICE ENDPOINT", ACCOUNT)
+            integrations = []
+            for raw in external_access_integrations or ():
+                eai = lookup.account_level(
+                    s,
+                    m.ExternalAccessIntegration,
+                    ident(raw, kind="integration name"),
+                    "external access integration",
+                )
+                sec.require(s, ctx, "USAGE", eai)
+                integrations.append(eai.name)
+            resources = parsed.resources
+            try:
+                self._check_fits(pool, resources, version_row, qn)
+            except NeveError as exc:
+                raise type(exc)(
+                    f"{exc.message} (spec.containers[0].resources)", code=exc.code
+                ) from None
+            family = instance_family(pool.instance_family)
+            document = copy.deepcopy(parsed.document)
+            env = document["spec"]["containers"][0].setdefault("env", {})
+            if "NUM_WORKERS" not in env:
+                # Written into the document, so that it says how the instances really run.
+                env["NUM_WORKERS"] = str(default_num_workers(resources, family.vcpu))
+            settings = launch_settings(document, label=label)
+            spec = {
+                "kind": "custom",
+                "document": document,
+                "image": parsed.image,
+                "model_ref": f"{model_qn}/{version_row.name}",
+                "model": str(model_qn),
+                "version": version_row.name,
+                "model_type": version_row.model_type,
+                # The routes a caller may use, kept: the model may be dropped while it runs.
+                "signatures": dict(version_row.signatures or {}),
+                "image_repo": str(repo_qn),
+                "compute_pool": pool.name,
+                "external_access_integrations": integrations,
+                "resources": resources.to_dict(),
+                "num_workers": settings["num_workers"],
+                "max_batch_rows": settings["max_batch_rows"],
+                "device": settings["device"],
+                "ingress_enabled": parsed.public,
+                "auto_resume": bool(auto_resume),
+                "container": parsed.container,
+            }
+            svc = m.Service(
+                schema_id=sch.id,
+                name=qn.name,
+                model_version_id=None,  # a service from a specification does not hold its model
+                pool_id=pool.id,
+                image_id=image.id,
+                status=states.PENDING,
+                status_reason="starting from its specification",
+                spec=spec,
+                min_instances=lo,
+                max_instances=hi,
+                auto_suspend_secs=idle or None,
+                ingress_enabled=parsed.public,
+                ingress_host=(
+                    new_ingress_host(
+                        self.account.settings.account_name, self.account.settings.ingress_domain
+                    )
+                    if parsed.public
+                    else None
+                ),
+                owner_role=sec.owner_role_for_create(ctx),
+                comment=comment,
+            )
+            s.add(svc)
+            s.flush()
+            sid = svc.id
+        self.supervisor.start()
+        self.logs.event(
+            qn, f"created from a specification by {ctx.user} (role {ctx.role}); starting"
+        )
+        self.lifecycle.provision(ctx, sid, force_rebuild=False)
+        if block:
+            try:
+                self.lifecycle.wait_provisioned(sid, timeout_s)
+            except BaseException:
+                self._drop_by_id(sid, reason="creation failed")
+                raise
+        return self._describe_by_id(sid)
+
     def _check_fits(
         self, pool: m.ComputePool, resources: Any, version_row: m.ModelVersion, qn: QualifiedName
     ) -> None:
@@ -435,9 +671,8 @@ class ServiceManager:
     def _describe(self, s: Session, svc: m.Service) -> dict[str, Any]:
         row = self._row(s, svc)
         spec = svc.spec or {}
-        row["spec"] = json.dumps(
-            {k: v for k, v in spec.items() if k != "create_args"}, sort_keys=True, default=str
-        )
+        # MODEL: made by create_service, holds its model; CUSTOM: from a specification.
+        row["kind"] = "CUSTOM" if spec.get("document") else "MODEL"
         row["num_workers"] = spec.get("num_workers")
         row["max_batch_rows"] = spec.get("max_batch_rows")
         row["image_digest"] = None
@@ -510,8 +745,10 @@ class ServiceManager:
     @staticmethod
     def _methods(s: Session, svc: m.Service) -> dict[str, dict]:
         version = s.get(m.ModelVersion, svc.model_version_id) if svc.model_version_id else None
+        # A service from a specification keeps its model's signatures (the model may go).
+        signatures = version.signatures if version else (svc.spec or {}).get("signatures")
         out = {}
-        for method, spec in dict(version.signatures or {} if version else {}).items():
+        for method, spec in dict(signatures or {}).items():
             out[method] = spec.get("signature", spec) if isinstance(spec, dict) else spec
         return out
 
@@ -847,6 +1084,7 @@ class ServiceManager:
             if status is None:
                 raise ObjectNotFoundError(f"service #{service_id} no longer exists")
             if status[0] in states.RESUMABLE:
+                self._check_auto_resume(service_id)
                 self.supervisor.start()
                 self.lifecycle.resume(service_id, "resumed by a call", self._access_lost)
             with self.lifecycle.locks.try_hold(service_id) as got:
@@ -869,6 +1107,18 @@ class ServiceManager:
                     + ")"
                 )
             time.sleep(0.1)
+
+    def _check_auto_resume(self, sid: int) -> None:
+        """A service created with AUTO_RESUME = FALSE is resumed only by ALTER SERVICE."""
+        with self.account.catalog.transaction() as s:
+            svc = s.get(m.Service, sid)
+            if svc is None or (svc.spec or {}).get("auto_resume", True):
+                return
+            qn = lookup.qualified(s, svc.schema_id, svc.name)
+        raise ServiceUnavailableError(
+            f"service {qn} is suspended and was created with AUTO_RESUME = FALSE; resume it "
+            f"with ALTER SERVICE {qn} RESUME"
+        )
 
     def _promote(self, sid: int) -> None:
         """A resumed (STARTING) service is RUNNING once one instance is ready."""
@@ -948,7 +1198,17 @@ class ServiceManager:
             svc = s.get(m.Service, sid)
             if svc is None:
                 return "the service no longer exists"
-            version = s.get(m.ModelVersion, svc.model_version_id) if svc.model_version_id else None
+            spec = svc.spec or {}
+            if svc.model_version_id is None and spec.get("document"):
+                qn = lookup.qualified(s, svc.schema_id, svc.name)
+                try:  # a service from a specification: its MODEL_REF may have been dropped
+                    version = resolve_model_ref(s, spec.get("model_ref"), label=f"service {qn}")
+                except NeveError as exc:
+                    return exc.message
+            else:
+                version = (
+                    s.get(m.ModelVersion, svc.model_version_id) if svc.model_version_id else None
+                )
             if version is None:
                 return "its model version no longer exists"
             model = s.get(m.Model, version.model_id)

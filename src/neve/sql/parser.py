@@ -73,6 +73,14 @@ SERVICE_ALTER_PROPS = {
     "COMMENT": STR,
     "AUTO_SUSPEND_SECS": INT,
 }
+SERVICE_CREATE_PROPS = {
+    "MIN_INSTANCES": INT,
+    "MAX_INSTANCES": INT,
+    "AUTO_RESUME": BOOL,
+    "AUTO_SUSPEND_SECS": INT,
+    "EXTERNAL_ACCESS_INTEGRATIONS": NAMES,
+    "COMMENT": STR,
+}
 USER_PROPS = {
     "PASSWORD": STR,
     "RSA_PUBLIC_KEY": STR,
@@ -313,8 +321,9 @@ _CREATE_OBJECTS = {
     ("SCHEMA",),
     ("ROLE",),
     ("USER",),
+    ("SERVICE",),
 }
-_DROP_OBJECTS = _CREATE_OBJECTS | {("INTEGRATION",), ("SERVICE",), ("MODEL",)}
+_DROP_OBJECTS = _CREATE_OBJECTS | {("INTEGRATION",), ("MODEL",)}
 _ALTER_OBJECTS = {
     ("COMPUTE", "POOL"),
     ("SERVICE",),
@@ -368,6 +377,8 @@ def _create(p: _Parser) -> Statement | None:
     st = Statement(kind=kind, or_replace=or_replace)
     st.if_not_exists = p.if_not_exists()
     st.name = p.name(f"a {' '.join(obj).lower()} name")
+    if kind == "CREATE SERVICE":
+        return _create_service(p, st)
     table = {
         "CREATE COMPUTE POOL": POOL_CREATE_PROPS,
         "CREATE IMAGE REPOSITORY": COMMENT_PROPS,
@@ -379,6 +390,24 @@ def _create(p: _Parser) -> Statement | None:
         "CREATE USER": USER_PROPS,
     }[kind]
     st.props = p.props(table, kind)
+    p.end()
+    return st
+
+
+def _create_service(p: _Parser, st: Statement) -> Statement:
+    """``CREATE SERVICE [IF NOT EXISTS] s IN COMPUTE POOL p FROM SPECIFICATION $$ yaml $$
+    [MIN_INSTANCES = n] ...``: the specification is a string ($$...$$ or quoted)."""
+    if st.or_replace:
+        raise p.error("CREATE OR REPLACE SERVICE is not supported; drop the service first")
+    p.expect("IN", "COMPUTE", "POOL")
+    st.args["compute_pool"] = p.name("a compute pool name")
+    p.expect("FROM")
+    if not p.accept("SPECIFICATION"):
+        raise p.error(
+            "expected SPECIFICATION after FROM (the specification inline, between $$ and $$)"
+        )
+    st.args["specification"] = p.string("a specification between $$ and $$")
+    st.props = p.props(SERVICE_CREATE_PROPS, st.kind)
     p.end()
     return st
 

@@ -67,7 +67,21 @@ SHOW_COLUMNS: dict[str, list[str]] = {
         "images",
         "size_bytes",
     ],
-    "SHOW IMAGES": ["created_on", "image_name", "tags", "digest", "image_path", "size_bytes"],
+    "SHOW IMAGES": [
+        "created_on",
+        "image_name",
+        "tags",
+        "digest",
+        "image_path",
+        "size_bytes",
+        "status",
+        "build_seconds",
+        "repository",
+        "model",
+        "version",
+        "inputs",
+        "image",
+    ],
     "SHOW NETWORK RULES": [
         "created_on",
         "name",
@@ -698,6 +712,26 @@ def _show_integrations(engine: SqlEngine, ctx: RequestContext, st: Statement) ->
 def _show_services(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     rows = engine.account.services.show_services(ctx, **_scope_kwargs(st))
     return _result(st.kind, rows, st.like)
+
+
+@handles("CREATE SERVICE")
+def _create_service(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    props = st.props
+    started = datetime.now(UTC)
+    row = engine.account.services.create_service_from_specification(
+        ctx,
+        service_name=st.name or "",
+        compute_pool=st.args["compute_pool"],
+        specification=st.args["specification"],
+        if_not_exists=st.if_not_exists,
+        min_instances=props.get("MIN_INSTANCES"),
+        max_instances=props.get("MAX_INSTANCES"),
+        auto_resume=props.get("AUTO_RESUME", True),
+        auto_suspend_secs=props.get("AUTO_SUSPEND_SECS"),
+        external_access_integrations=props.get("EXTERNAL_ACCESS_INTEGRATIONS") or (),
+        comment=props.get("COMMENT"),
+    )
+    return _created(f"Service {row['name']}", row, started)
 
 
 @handles("DESCRIBE SERVICE")
