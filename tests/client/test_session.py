@@ -146,3 +146,22 @@ def test_write_pandas_into_another_schema_and_read_it_back(fresh) -> None:
     assert fresh.sql("SELECT count(*) AS n FROM sess_db.s2.uploaded").first()["N"] == 2
     with pytest.raises(InvalidArgumentError, match="qualified already"):
         fresh.write_pandas(df, "sess_db.s2.uploaded", schema="s2")
+
+
+def test_create_compute_pool_takes_every_pool_property(session) -> None:
+    session.create_compute_pool(
+        "py_pool",
+        instance_family="CPU_X64_XS",
+        auto_suspend_secs=120,
+        initially_suspended=True,
+        comment="from Python",
+    )
+    row = session.sql("DESCRIBE COMPUTE POOL py_pool").collect()[0]
+    assert (row["state"], row["auto_suspend_secs"], row["comment"]) == (
+        "SUSPENDED",
+        120,
+        "from Python",
+    )
+    with pytest.raises(InvalidArgumentError, match="auto_suspend_secs must be an integer"):
+        session.create_compute_pool("bad_pool", instance_family="CPU_X64_XS", auto_suspend_secs="1")
+    session.sql("DROP COMPUTE POOL py_pool").collect()

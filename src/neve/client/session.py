@@ -369,6 +369,8 @@ class Session:
         min_nodes: int = 1,
         max_nodes: int = 1,
         auto_resume: bool = True,
+        auto_suspend_secs: int | None = None,
+        initially_suspended: bool = False,
         if_not_exists: bool = False,
         comment: str | None = None,
         backend: str | None = None,
@@ -376,11 +378,20 @@ class Session:
     ) -> list[Row]:
         """``CREATE COMPUTE POOL`` from Python (same statement, same checks).
 
-        ``backend="ray"`` with ``address="ray://head:10001"`` (or ``"auto"``) backs the pool with
-        a Ray cluster; the default is the local backend (processes on this machine).
+        ``auto_suspend_secs``: suspend the pool once idle that long (0: never);
+        ``initially_suspended``: create it without starting nodes. ``backend="ray"`` with
+        ``address="ray://head:10001"`` (or ``"auto"``) backs the pool with a Ray cluster; the
+        default is the local backend (processes on this machine).
         """
-        if not isinstance(min_nodes, int) or not isinstance(max_nodes, int):
-            raise InvalidArgumentError("min_nodes and max_nodes must be integers")
+        for arg, value in (("min_nodes", min_nodes), ("max_nodes", max_nodes)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidArgumentError(f"compute pool {name}: {arg} must be an integer")
+        if auto_suspend_secs is not None and (
+            isinstance(auto_suspend_secs, bool) or not isinstance(auto_suspend_secs, int)
+        ):
+            raise InvalidArgumentError(
+                f"compute pool {name}: auto_suspend_secs must be an integer number of seconds"
+            )
         family = str(instance_family).replace("'", "''")
         text = (
             f"CREATE COMPUTE POOL {'IF NOT EXISTS ' if if_not_exists else ''}"
@@ -388,6 +399,10 @@ class Session:
             f"MIN_NODES = {min_nodes} MAX_NODES = {max_nodes} "
             f"INSTANCE_FAMILY = '{family}' AUTO_RESUME = {str(bool(auto_resume)).upper()}"
         )
+        if auto_suspend_secs is not None:
+            text += f" AUTO_SUSPEND_SECS = {auto_suspend_secs}"
+        if initially_suspended:
+            text += " INITIALLY_SUSPENDED = TRUE"
         if backend:
             text += " BACKEND = '" + str(backend).replace("'", "''") + "'"
         if address:
