@@ -25,9 +25,9 @@ SVC = "ML.REG.PROXIED"
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    from conftest import stop_account_processes
-
     import neve
+    from neve.control import daemon
+    from neve.dataplane.proxies import stop_proxies
 
     home = tmp_path_factory.mktemp("proxy-home")
     (home / "settings.toml").write_text(
@@ -40,9 +40,12 @@ def session(tmp_path_factory):
         yield sess
     finally:
         try:
+            # services and proxies outlive the daemon on purpose: stop what this module made
+            sess.sql(f"DROP SERVICE IF EXISTS {SVC}").collect()
             sess.close()
         finally:
-            stop_account_processes(home)
+            daemon.stop(home)
+            stop_proxies(home)
             if saved is None:
                 os.environ.pop("NEVE_HOME", None)
             else:
