@@ -7,8 +7,11 @@ bench-out/console/."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -48,51 +51,44 @@ class Echo(neve.CustomModel):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[dict]:
-    from conftest import stop_account_processes
-
-    home = tmp_path_factory.mktemp("console-e2e-home")
-    (home / "settings.toml").write_text(
-        "service_supervisor_interval_secs = 0.3\nservice_start_timeout_secs = 120\n"
+def stack(shared_control_plane) -> Iterator[dict]:
+    """The module's daemon (tests/conftest.py stops it and every process of its account) with
+    a model, a pool, a repository, a low-privilege user and one running service."""
+    session = shared_control_plane
+    reg = neve.Registry(session, database_name="ml", schema_name="apps")
+    mv = reg.log_model(
+        Echo(),
+        model_name="echo",
+        version_name="v1",
+        sample_input_data=pd.DataFrame({"NOTE": ["hello"]}),
+        comment=HOSTILE,
     )
-    session = neve.connect(str(home))
-    try:
-        reg = neve.Registry(session, database_name="ml", schema_name="apps")
-        mv = reg.log_model(
-            Echo(),
-            model_name="echo",
-            version_name="v1",
-            sample_input_data=pd.DataFrame({"NOTE": ["hello"]}),
-            comment=HOSTILE,
-        )
-        for statement in (
-            "CREATE COMPUTE POOL IF NOT EXISTS console_pool MIN_NODES = 1 MAX_NODES = 1 "
-            "INSTANCE_FAMILY = 'CPU_X64_S'",
-            "CREATE IMAGE REPOSITORY IF NOT EXISTS ml.apps.images",
-            "CREATE ROLE viewer",
-            f"CREATE USER viewer_user PASSWORD = '{VIEWER_PASSWORD}' DEFAULT_ROLE = viewer",
-            "GRANT ROLE viewer TO USER viewer_user",
-        ):
-            session.sql(statement).collect()
-        mv.create_service(
-            service_name="echo_svc",
-            service_compute_pool="console_pool",
-            image_repo="ml.apps.images",
-            ingress_enabled=True,
-            max_instances=1,
-            num_workers=1,
-            comment=HOSTILE,
-        )
-        for statement in (
-            "GRANT USAGE ON DATABASE ml TO ROLE viewer",
-            "GRANT USAGE ON SCHEMA ml.apps TO ROLE viewer",
-            "GRANT MONITOR ON SERVICE ml.apps.echo_svc TO ROLE viewer",
-        ):
-            session.sql(statement).collect()
-        yield {"session": session, "url": session.url, "token": session.token}
-    finally:
-        session.close()
-        stop_account_processes(home)  # the daemon, then the instance it left running
+    for statement in (
+        "CREATE COMPUTE POOL IF NOT EXISTS console_pool MIN_NODES = 1 MAX_NODES = 1 "
+        "INSTANCE_FAMILY = 'CPU_X64_S'",
+        "CREATE IMAGE REPOSITORY IF NOT EXISTS ml.apps.images",
+        "CREATE ROLE viewer",
+        f"CREATE USER viewer_user PASSWORD = '{VIEWER_PASSWORD}' DEFAULT_ROLE = viewer",
+        "GRANT ROLE viewer TO USER viewer_user",
+    ):
+        session.sql(statement).collect()
+    mv.create_service(
+        service_name="echo_svc",
+        service_compute_pool="console_pool",
+        image_repo="ml.apps.images",
+        ingress_enabled=True,
+        max_instances=1,
+        num_workers=1,
+        comment=HOSTILE,
+    )
+    for statement in (
+        "GRANT USAGE ON DATABASE ml TO ROLE viewer",
+        "GRANT USAGE ON SCHEMA ml.apps TO ROLE viewer",
+        "GRANT MONITOR ON SERVICE ml.apps.echo_svc TO ROLE viewer",
+    ):
+        session.sql(statement).collect()
+    # the daemon and the instance it runs are stopped with shared_control_plane
+    yield {"session": session, "url": session.url, "token": session.token}
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +160,19 @@ def test_service_page_follows_a_new_log_line(admin, stack) -> None:
     ingress = admin.locator("#ingress-url").inner_text()
     assert ingress.endswith("/svc/ML.APPS.ECHO_SVC")
     sync_api.expect(admin.locator("#snippet-curl")).to_contain_text(f"{ingress}/predict")
+    # the Python snippet works as pasted
+    ran = subprocess.run(
+        [sys.executable, "-c", admin.locator("#snippet-python").inner_text()],
+        env={
+            **{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},  # loopback
+            "NEVE_TOKEN": stack["token"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "'LENGTH': 4" in ran.stdout  # the example row's "text"
     note = f"console-{uuid.uuid4().hex[:10]}"
     assert note not in admin.locator("#log").inner_text()
     ingress_call(stack, ingress, note)  # after the page loaded: no reload from here on
