@@ -200,10 +200,10 @@ class ProxySupervisor:
         port = self._port(live)
         for index in range(self.count):
             if index not in live:
-                record = self._start(index, port)
-                if record is not None:
-                    live[index] = record
-                    port = record.port
+                started = self._start(index, port)
+                if started is not None:
+                    live[index] = started
+                    port = started.port
         if live:
             port = next(iter(live.values())).port
             self._publish(port)

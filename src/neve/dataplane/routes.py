@@ -31,7 +31,12 @@ import httpx
 from neve.context import RequestContext
 from neve.dataplane.proxies import SECRET_HEADER
 from neve.dataplane.targets import IngressTarget
-from neve.errors import NeveError, ServiceUnavailableError, error_from_dict
+from neve.errors import (
+    AuthenticationError,
+    NeveError,
+    ServiceUnavailableError,
+    error_from_dict,
+)
 
 log = logging.getLogger("neve.dataplane")
 
@@ -256,9 +261,7 @@ class ControlPlaneAccess:
             return ctx_from_dict(answer["ctx"]), datetime.fromisoformat(answer["expires"])
 
         ctx, expires = self._remembered(key, call, lambda v: v[1].timestamp())
-        if expires <= datetime.now(UTC):
-            from neve.errors import AuthenticationError
-
+        if expires <= datetime.now(UTC):  # a remembered answer outlived its token
             raise AuthenticationError("token has expired; log in again or issue a new token")
         return ctx, expires
 

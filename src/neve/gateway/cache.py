@@ -13,6 +13,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 
@@ -20,7 +21,7 @@ class TtlCache:
     def __init__(self, *, ttl: float, maxsize: int = 10_000) -> None:
         self.ttl = ttl
         self.maxsize = maxsize
-        self._items: OrderedDict[str, tuple[float, int, Any]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, Hashable, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -28,7 +29,7 @@ class TtlCache:
         # hashed: the cache never holds a caller's token in clear
         return hashlib.sha256(repr(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
-    def get(self, key: str, generation: int) -> Any:
+    def get(self, key: str, generation: Hashable) -> Any:
         if self.ttl <= 0:
             return None
         with self._lock:
@@ -42,7 +43,7 @@ class TtlCache:
             self._items.move_to_end(key)
             return value
 
-    def put(self, key: str, value: Any, generation: int, ttl: float | None = None) -> None:
+    def put(self, key: str, value: Any, generation: Hashable, ttl: float | None = None) -> None:
         if self.ttl <= 0:
             return
         lifetime = self.ttl if ttl is None else min(ttl, self.ttl)
