@@ -3,7 +3,8 @@
     neve services create ml.registry.forecast --version v1 --name forecast_svc \\
         --pool cpu_pool --repo ml.registry.images --instances 2 --ingress
     neve services list [--database ml [--schema registry]] [--pool cpu_pool]
-    neve services describe ml.registry.forecast_svc
+    neve services describe ml.registry.forecast_svc [--spec]   (--spec: the YAML specification)
+    neve services create --spec copy.yaml --pool cpu_pool --name forecast_copy --instances 2
     neve services suspend|resume ml.registry.forecast_svc
     neve services scale ml.registry.forecast_svc --min 1 --max 3
     neve services logs ml.registry.forecast_svc [--instance 0] [--last 100] [--events]
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -71,13 +73,11 @@ class _Api:
 
 
 def _describe(row: dict) -> None:
-    try:
-        spec = json.loads(row.get("spec") or "{}")
-    except ValueError:
-        spec = {}
     record = {k: v for k, v in row.items() if k not in ("instances", "spec")}
-    record.update({f"spec.{key}": value for key, value in spec.items()})
     print_record(record, title=row.get("qualified_name"))
+    if row.get("spec"):
+        console.print("[bold]specification[/bold] (neve services describe --spec)")
+        console.print(str(row["spec"]).rstrip(), markup=False, highlight=False)
     instances = row.get("instances") or []
     if instances:
         print_table(
@@ -125,11 +125,26 @@ def _now() -> str:
 @app.command("create")
 def create(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model: db.schema.name or name")],
-    version: Annotated[str, typer.Option("--version", "-v", help="Version name or alias.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Service name.")],
     pool: Annotated[str, typer.Option("--pool", help="Compute pool of the instances.")],
-    repo: Annotated[str, typer.Option("--repo", help="Image repository (db.schema.name).")],
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Model: db.schema.name or name (not with --spec)"),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", "-v", help="Version name or alias.")
+    ] = None,
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="Image repository (db.schema.name).")
+    ] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="Create the service from this YAML specification (CREATE SERVICE ... FROM "
+            "SPECIFICATION), e.g. a copy of `neve services describe --spec`.",
+        ),
+    ] = None,
     instances: Annotated[int, typer.Option("--instances", help="max_instances")] = 1,
     min_instances: Annotated[
         int | None, typer.Option("--min-instances", help="default: = --instances")
@@ -152,11 +167,29 @@ def create(
     database: DatabaseOpt = None,
     schema: SchemaOpt = None,
 ) -> None:
-    """Deploy a model version as a service (build the image, start the instances)."""
+    """Deploy a model version as a service (build the image, start the instances), or with
+    --spec create a service from a specification (its published image, its settings)."""
     import neve
     from neve.errors import NeveError
     from neve.identifiers import split_name
 
+    if spec is not None:
+        if model or version or repo:
+            raise typer.BadParameter("--spec takes no model, --version or --repo")
+        _create_from_spec(
+            ctx,
+            spec,
+            name=name,
+            pool=pool,
+            min_instances=min_instances if min_instances is not None else instances,
+            max_instances=instances,
+            auto_suspend_secs=auto_suspend_secs,
+            database=database,
+            schema=schema,
+        )
+        return
+    if not model or not version or not repo:
+        raise typer.BadParameter("a model, --version and --repo are required (or --spec FILE)")
     try:
         session = get_session(ctx)
         parts = split_name(model)
@@ -192,6 +225,44 @@ def create(
     console.print(f"[green]service {handle} is RUNNING[/green]")
     if row.get("inference_endpoint"):
         console.print(f"ingress host: {row['inference_endpoint']}")
+    if row.get("ingress_url"):
+        console.print(f"ingress url:  {row['ingress_url']}")
+
+
+def _create_from_spec(
+    ctx: typer.Context,
+    path: Path,
+    *,
+    name: str,
+    pool: str,
+    min_instances: int,
+    max_instances: int,
+    auto_suspend_secs: int | None,
+    database: str | None,
+    schema: str | None,
+) -> None:
+    from neve.errors import NeveError
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read --spec {path}: {exc.strerror}") from None
+    try:
+        session = get_session(ctx)
+        api = _Api(session, database, schema)
+        qualified = str(api.qualify(name))
+        with console.status(f"creating service {qualified} from {path} ..."):
+            row = session.create_service(
+                qualified,
+                compute_pool=pool,
+                spec=text,
+                min_instances=min_instances,
+                max_instances=max_instances,
+                auto_suspend_secs=auto_suspend_secs,
+            )
+    except NeveError as exc:
+        raise fail(exc) from None
+    console.print(f"[green]service {qualified} is {row.get('status')}[/green]")
     if row.get("ingress_url"):
         console.print(f"ingress url:  {row['ingress_url']}")
 
@@ -245,9 +316,17 @@ def describe(
     service: Annotated[str, typer.Argument(help="db.schema.name or name")],
     database: DatabaseOpt = None,
     schema: SchemaOpt = None,
+    spec: Annotated[
+        bool,
+        typer.Option("--spec", help="Print only the YAML specification (to copy and change)."),
+    ] = False,
 ) -> None:
     """DESCRIBE SERVICE: status, spec, endpoints and instances."""
-    _describe(_service_call(ctx, "GET", service, database, schema))
+    row = _service_call(ctx, "GET", service, database, schema)
+    if spec:
+        sys.stdout.write(str(row.get("spec") or ""))
+        return
+    _describe(row)
 
 
 def _service_call(

@@ -411,6 +411,51 @@ class Session:
             text += " COMMENT = '" + comment.replace("'", "''") + "'"
         return self.sql(text).collect()
 
+    def describe_service(self, name: str) -> dict[str, Any]:
+        """``DESCRIBE SERVICE``: one row as a dict; ``spec`` is its YAML specification."""
+        from neve.client.service_specs import _name
+
+        result = self.sql(f"DESCRIBE SERVICE {_name(name, 'service')}")
+        row = result.first()
+        if row is None:
+            raise NeveError(f"DESCRIBE SERVICE {name} returned no row")
+        return row.as_dict()
+
+    def create_service(
+        self,
+        name: str,
+        *,
+        compute_pool: str,
+        spec: str | dict[str, Any],
+        min_instances: int | None = None,
+        max_instances: int | None = None,
+        auto_resume: bool = True,
+        auto_suspend_secs: int | None = None,
+        external_access_integrations: list[str] | tuple[str, ...] = (),
+        comment: str | None = None,
+        if_not_exists: bool = False,
+    ) -> dict[str, Any]:
+        """``CREATE SERVICE name IN COMPUTE POOL p FROM SPECIFICATION``: a service from a YAML
+        specification (text, or a mapping such as a copied ``describe_service(...)["spec"]``);
+        returns its DESCRIBE row once it runs."""
+        from neve.client.service_specs import create_service_statement
+
+        self.sql(
+            create_service_statement(
+                name,
+                compute_pool=compute_pool,
+                spec=spec,
+                min_instances=min_instances,
+                max_instances=max_instances,
+                auto_resume=auto_resume,
+                auto_suspend_secs=auto_suspend_secs,
+                external_access_integrations=external_access_integrations,
+                comment=comment,
+                if_not_exists=if_not_exists,
+            )
+        )
+        return self.describe_service(name)
+
     def create_token(
         self, name: str, *, days_to_expiry: int | None = None, role: str | None = None
     ) -> str:
