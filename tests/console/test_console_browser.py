@@ -272,3 +272,7 @@ def test_suspend_and_resume(admin) -> None:
         time.sleep(1)
         admin.goto(SERVICE)
     sync_api.expect(admin.locator("#instances")).to_contain_text("READY")
+    admin.fill("input[name=min_instances]", "0")  # scale: idle may now suspend it
+    admin.click("#scale")
+    sync_api.expect(admin.locator("#message")).to_have_text("Instance limits changed.")
+    sync_api.expect(admin.locator("#instance-counts")).to_contain_text("(min 0, max 1)")
