@@ -73,6 +73,15 @@ def test_service_calls_as_reference_code_writes_them(session) -> None:
     )
     with pytest.raises(ValueError, match="no parameter"):
         mv.run(data, function_name="predict", service_name=SVC, params={"temperature": 1})
+    strict = mv.run(data, function_name="predict", service_name=SVC, strict_input_validation=True)
+    assert list(strict["y"]) == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="strict_input_validation"):
+        mv.run(
+            data.astype(str),
+            function_name="predict",
+            service_name=SVC,
+            strict_input_validation=True,
+        )
 
     # SQL: `name => constant` after the arguments, for service and model functions
     session.write_pandas(data, "numbers")

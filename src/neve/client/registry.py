@@ -853,6 +853,10 @@ class ModelVersion(ServiceMixin):
         output rows. ``strict_input_validation`` refuses input that would need conversion.
         """
         if service_name is not None:
+            if strict_input_validation:
+                info = self._describe()
+                method, signature = self._function(info["methods"], function_name)
+                _check_strict(self._input_frame(X, signature), signature, self._label)
             runner = getattr(self, "_run_on_service", None)
             if runner is None:
                 raise NotSupportedError(
