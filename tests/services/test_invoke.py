@@ -213,3 +213,29 @@ def test_killed_instance_costs_no_call(servers, model_dir, tmp_path):
     assert invoker.totals.failed_attempts >= 1
     for out in results:
         np.testing.assert_allclose([next(iter(o.values())) for o in out], expected, rtol=1e-9)
+
+
+def test_a_batch_that_cannot_reach_an_instance_gives_up_after_its_retries():
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on: every attempt is refused
+        s.bind(("127.0.0.1", 0))
+        dead = ("127.0.0.1", s.getsockname()[1])
+    invoker = ServiceInvoker()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailableError, match="could not be reached after 3 attempts"):
+            invoker.invoke_arrow(
+                label="svc",
+                route="predict",
+                table=pa.table({"A": [1.0], "B": [2.0]}),
+                endpoints=lambda refresh, remaining: [dead],
+                chunk_rows=None,
+                timeout_s=60,
+                retries=2,  # SQL's MAX_BATCH_RETRIES: the router's, not a loop of the UDF's
+            )
+        assert time.monotonic() - started < 30  # not the whole 60 s deadline
+        assert invoker.totals.failed_attempts == 3
+    finally:
+        invoker.close()

@@ -146,17 +146,25 @@ class Router:
         headers: Mapping[str, str] | None = None,
         method: str = "POST",
         retry_overloaded: bool = True,
+        max_failures: int | None = None,
     ) -> httpx.Response:
         """The first answer that is not a failure to answer (``deadline``: ``time.monotonic``).
 
         Returns any HTTP answer but an admission refusal (with ``retry_overloaded``), which is
         retried after its ``Retry-After`` until the deadline; raises ``ServiceUnavailableError``
-        when no instance answered in time.
+        when no instance answered in time, or after ``max_failures`` + 1 attempts that failed
+        to reach one (SQL's ``MAX_BATCH_RETRIES``; None: until the deadline).
         """
         excluded: set[Address] = set()
         refresh = False
         last_error: str | None = None
+        failures = 0
         while True:
+            if max_failures is not None and failures > max_failures:
+                raise ServiceUnavailableError(
+                    f"service {label} could not be reached after {failures} attempts"
+                    + (f" (last error: {last_error})" if last_error else "")
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ServiceUnavailableError(
@@ -191,11 +199,13 @@ class Router:
                     ) from None
                 last_error = f"{type(exc).__name__} from {address[0]}:{address[1]}"
                 self._failed(label, address, excluded)
+                failures += 1
                 continue
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__} from {address[0]}:{address[1]}: {exc}"
                 log.info("service %s: instance %s:%s failed (%s); retrying", label, *address, exc)
                 self._failed(label, address, excluded)
+                failures += 1
                 refresh = True
                 continue
             if retry_overloaded and resp.status_code in OVERLOADED:

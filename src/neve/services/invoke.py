@@ -181,6 +181,7 @@ class ServiceInvoker:
         timeout_s: float,
         params: dict[str, Any] | None = None,
         partition_column: str | None = None,
+        retries: int | None = None,
     ) -> pa.Table:
         """Send ``table`` (one column per method input) as Arrow; a table of outputs back.
 
@@ -193,7 +194,7 @@ class ServiceInvoker:
         if params:
             route += "?params=" + url_quote(orjson.dumps(params).decode(), safe="")
         wire = _PartitionFormat(partition_column) if partition_column else ARROW_COLUMNS
-        return self._invoke(wire, label, route, table, endpoints, chunk_rows, timeout_s)
+        return self._invoke(wire, label, route, table, endpoints, chunk_rows, timeout_s, retries)
 
     def _invoke(
         self,
@@ -204,14 +205,17 @@ class ServiceInvoker:
         endpoints: EndpointSource,
         chunk_rows: int | None,
         timeout_s: float,
+        retries: int | None = None,
     ) -> Any:
         deadline = time.monotonic() + timeout_s
         size = max(1, int(chunk_rows or DEFAULT_CHUNK_ROWS))
         chunks = wire.chunks(payload, size)
         if len(chunks) == 1:
-            return self._send_chunk(wire, label, route, chunks[0], endpoints, deadline)
+            return self._send_chunk(wire, label, route, chunks[0], endpoints, deadline, retries)
         futures = [
-            self._pool.submit(self._send_chunk, wire, label, route, chunk, endpoints, deadline)
+            self._pool.submit(
+                self._send_chunk, wire, label, route, chunk, endpoints, deadline, retries
+            )
             for chunk in chunks
         ]
         try:
@@ -230,6 +234,7 @@ class ServiceInvoker:
         chunk: Any,
         endpoints: EndpointSource,
         deadline: float,
+        retries: int | None = None,
     ) -> Any:
         # Balancing, retry on another instance and Retry-After are the router's (one policy).
         resp = self.router.send(
@@ -239,6 +244,7 @@ class ServiceInvoker:
             deadline=deadline,
             content=wire.encode(chunk),
             headers={"Content-Type": wire.content_type, "Accept": wire.content_type},
+            max_failures=retries,
         )
         if resp.status_code == 200:
             return wire.decode(label, chunk, resp.content)

@@ -1009,18 +1009,21 @@ class ServiceManager:
         timeout_s: float = 300,
         params: dict[str, Any] | None = None,
         partition_column: str | None = None,
+        retries: int | None = None,
     ) -> pa.Table:
         """A table of one column per method input -> a table of its outputs, row for row.
 
         The columnar twin of :meth:`invoke` (Arrow IPC on the wire); SQL service functions
         call it. ``params``: the method's parameters; ``partition_column``: a table function,
-        called once per partition (``ServiceInvoker.invoke_arrow``).
+        called once per partition (``ServiceInvoker.invoke_arrow``); ``retries``: attempts
+        after a failure to reach an instance (None: until ``timeout_s``).
         """
         return self.invoker.invoke_arrow(
             table=table,
             timeout_s=timeout_s,
             params=params,
             partition_column=partition_column,
+            retries=retries,
             **self._target(ctx, name, method),
         )
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +30,6 @@ from neve.context import RequestContext
 from neve.errors import (
     ModelExecutionError,
     NeveError,
-    OverloadedError,
-    ServiceUnavailableError,
 )
 from neve.models.signature import FeatureSpec, ModelSignature
 
@@ -53,13 +50,13 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "TIMESTAMP_NTZ": pa.timestamp("us"),
 }
 
-#: Errors worth another attempt: the service was not reachable or was overloaded. A model
-#: error (the method raised) would fail again, so it is not retried.
-RETRYABLE = (ServiceUnavailableError, OverloadedError, TimeoutError, ConnectionError)
-
 
 class ServiceCaller(Protocol):
-    """``account.services.invoke_arrow``'s shape: a table of inputs in, a table of outputs out."""
+    """``account.services.invoke_arrow``'s shape: a table of inputs in, a table of outputs out.
+
+    The data plane's router behind it balances, retries another instance (at most ``retries``
+    times) and honours Retry-After until ``timeout_s``: a UDF does not retry on its own.
+    """
 
     def __call__(
         self,
@@ -69,6 +66,7 @@ class ServiceCaller(Protocol):
         table: pa.Table,
         *,
         timeout_s: float = 300,
+        retries: int | None = None,
     ) -> pa.Table: ...
 
 
@@ -208,28 +206,26 @@ def service_udf(
     types = [arrow_type(f) for f in outputs]
 
     def send(batch: pa.Table) -> pa.Table | None:
-        attempt = 0
-        while True:
-            try:
-                errors.count(batch.num_rows)
-                out = caller(ctx, service, method, batch, timeout_s=options.batch_timeout_secs)
-                if out.num_rows != batch.num_rows:
-                    raise ModelExecutionError(
-                        f"service {service} answered {out.num_rows} rows for a batch of "
-                        f"{batch.num_rows} (function {function})"
-                    )
-                return out
-            except RETRYABLE:
-                if attempt >= options.max_batch_retries:
-                    if options.on_batch_failure == "RETURN_NULL":
-                        return None
-                    raise
-                attempt += 1
-                time.sleep(min(2.0, 0.1 * 2**attempt))
-            except NeveError:
-                if options.on_batch_failure == "RETURN_NULL":
-                    return None
-                raise
+        errors.count(batch.num_rows)
+        try:
+            out = caller(
+                ctx,
+                service,
+                method,
+                batch,
+                timeout_s=options.batch_timeout_secs,
+                retries=options.max_batch_retries,
+            )
+            if out.num_rows != batch.num_rows:
+                raise ModelExecutionError(
+                    f"service {service} answered {out.num_rows} rows for a batch of "
+                    f"{batch.num_rows} (function {function})"
+                )
+        except NeveError:
+            if options.on_batch_failure == "RETURN_NULL":
+                return None
+            raise
+        return out
 
     def udf(*cols: pa.Array) -> pa.Array:
         try:
