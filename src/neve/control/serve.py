@@ -239,7 +239,7 @@ class ControlDaemon:
             token = account.security.local_admin_token()
             write_atomic(token_path(self.home), token, mode=0o600)
             self.server = self._server(account)
-            return asyncio.run(self._serve(sock, scheduler))
+            return asyncio.run(self._serve(sock, scheduler, account))
         finally:
             scheduler.stop()
             if token is not None:
@@ -310,7 +310,7 @@ class ControlDaemon:
         app = create_app(account, daemon_id=self.daemon_id)
         return uvicorn.Server(uvicorn.Config(app, **options))
 
-    async def _serve(self, sock: socket.socket, scheduler: Scheduler) -> int:
+    async def _serve(self, sock: socket.socket, scheduler: Scheduler, account: Account) -> int:
         server = self.server
         assert server is not None
         if self.stop_requested.is_set():
@@ -337,8 +337,23 @@ class ControlDaemon:
         scheduler.start()
         self._start_data_plane(scheduler)
         log.info("serving %s at %s (pid %d)", self.home, info["url"], info["pid"])
-        await serving
+        releaser = asyncio.create_task(self._release_long_polls_on_exit(account))
+        try:
+            await serving
+        finally:
+            releaser.cancel()
         return 0
+
+    async def _release_long_polls_on_exit(self, account: Account) -> None:
+        """Once uvicorn is told to stop, answer the proxies' route-table long-polls at once:
+        uvicorn's graceful shutdown waits for open requests, and each long-poll would otherwise
+        hold the stop for up to ``control_shutdown_timeout_secs``."""
+        from neve.control.routes.dataplane import close_publisher
+
+        server = self.server
+        while server is not None and not server.should_exit:
+            await asyncio.sleep(0.05)
+        close_publisher(account)
 
     def _start_data_plane(self, scheduler: Scheduler) -> None:
         """Adopt or start the ingress proxies (they outlive this daemon) and keep them up."""

@@ -172,6 +172,8 @@ class RoutePublisher:
                 log.info("proxy %s did not take the invalidation (%s)", url, type(exc).__name__)
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         with self._cond:
             self._cond.notify_all()

@@ -71,9 +71,10 @@ def publisher(account: Account) -> RoutePublisher:
 
 
 def close_publisher(account: Account) -> None:
-    """Stop publishing (the control plane stops serving)."""
+    """Stop publishing (the control plane stops serving): waiting long-polls are answered and
+    later ones return at once (the closed publisher stays, so none blocks on a new one)."""
     with _lock:
-        pub = _publishers.pop(account, None)
+        pub = _publishers.get(account)
     if pub is not None:
         pub.close()
 
