@@ -349,8 +349,21 @@ def test_drop_model_leaves_the_copy_serving_until_it_restarts(env, source):
     env.sql(f"DROP MODEL {MODEL}")
     out = services.invoke(env.ctx, COPY, "predict", _rows(env.test_df))
     assert len(out) == len(env.test_df)
-    # a restart needs the model: the instance fails, the service says why
-    [inst] = services.show_containers(env.ctx, COPY)
+    # a new instance needs the model: it cannot start, its log and the events say why
+    env.sql(f"ALTER SERVICE {COPY} SET MIN_INSTANCES = 2 MAX_INSTANCES = 2")
+    wait_for(
+        lambda: (
+            "model ML.REG.LIN (env MODEL_REF) does not exist"
+            in services.get_service_logs(env.ctx, COPY, 1)
+        ),
+        30,
+        "instance 1's log to name the dropped model",
+    )
+    assert "cannot start" in services.get_service_logs(env.ctx, COPY, 0, "events")
+    out = services.invoke(env.ctx, COPY, "predict", _rows(env.test_df))
+    assert len(out) == len(env.test_df)  # instance 0 still serves
+    # a restart needs the model: the service fails and says why
+    inst = next(i for i in services.show_containers(env.ctx, COPY) if i["status"] == "READY")
     pid = int(inst["pid"])
     os.killpg(pid, signal.SIGKILL)
     row = wait_for(
@@ -361,6 +374,6 @@ def test_drop_model_leaves_the_copy_serving_until_it_restarts(env, source):
     )
     assert "model ML.REG.LIN" in row["status_reason"] and "dropped" in row["status_reason"]
     events = services.get_service_logs(env.ctx, COPY, 0, "events")
-    assert "model ML.REG.LIN" in events.splitlines()[-1]
+    assert "FAILED" in events.splitlines()[-1] and "model ML.REG.LIN" in events.splitlines()[-1]
     assert not alive(pid)
     env.sql(f"DROP SERVICE {COPY}")

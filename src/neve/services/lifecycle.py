@@ -325,6 +325,8 @@ class Lifecycle:
                     backend_ref=None,
                 )
                 self.logs.event(ref.qn, f"instance {index} cannot start: {why}", level=30)
+                # In the instance's own log too: SYSTEM$GET_SERVICE_LOGS shows why it is down.
+                self.logs.mark_start(ref.qn, index, f"cannot start: {why}")
                 if raise_on_error:
                     raise
                 return False

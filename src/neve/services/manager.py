@@ -541,7 +541,7 @@ class ServiceManager:
                 "kind": "custom",
                 "document": document,
                 "image": parsed.image,
-                "model_ref": f"{model_qn}/{version_row.name}",
+                "model_ref": f"{model_qn}/{quote(version_row.name)}",
                 "model": str(model_qn),
                 "version": version_row.name,
                 "model_type": version_row.model_type,

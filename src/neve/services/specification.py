@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 
 from neve.catalog import lookup
 from neve.catalog import models as m
-from neve.errors import InvalidArgumentError, ObjectNotFoundError
-from neve.identifiers import ident, qualify
+from neve.errors import InvalidArgumentError, NeveError, ObjectNotFoundError
+from neve.identifiers import ident, qualify, quote, split_name
 from neve.services.spec import (
     CONTAINER_NAME,
     Resources,
@@ -83,7 +83,11 @@ class ModelRef:
     def parse(cls, text: Any, *, label: str) -> ModelRef:
         raw = str(text or "").strip()
         model, sep, version = raw.rpartition("/")
-        if not sep or not model or not version or model.count(".") != 2:
+        try:  # quoted names may hold dots: count the parts as SQL does
+            parts = len(split_name(model)) if model else 0
+        except NeveError:
+            parts = 0
+        if not sep or not version or parts != 3:
             raise InvalidArgumentError(
                 f"{label}: env {ENV_MODEL_REF} must be <database>.<schema>.<model>/<version>, "
                 f"got {text!r}"
@@ -394,7 +398,9 @@ def document_of(spec: dict[str, Any], image: str | None = None) -> dict[str, Any
         return document
     return render(
         image=image,
-        model_ref=str(spec.get("model_ref") or f"{spec.get('model')}/{spec.get('version')}"),
+        model_ref=str(
+            spec.get("model_ref") or f"{spec.get('model')}/{quote(str(spec.get('version')))}"
+        ),
         num_workers=spec.get("num_workers"),
         max_batch_rows=spec.get("max_batch_rows"),
         device=spec.get("device") or "cpu",
