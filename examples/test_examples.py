@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from account_processes import stop_account_processes
 
 pytestmark = pytest.mark.e2e  # starts processes: see the Development section
 
@@ -19,7 +20,6 @@ EXAMPLES = Path(__file__).resolve().parent
 
 
 def run_example(name: str, home: Path, timeout: float = 240) -> str:
-    from neve.control import daemon
 
     env = {**os.environ, "NEVE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     try:
@@ -32,7 +32,7 @@ def run_example(name: str, home: Path, timeout: float = 240) -> str:
             timeout=timeout,
         )
     finally:
-        daemon.stop(home)
+        stop_account_processes(home)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{output[-4000:]}"
     return proc.stdout

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from account_processes import stop_account_processes
 
 # Model weights come only from files tests make or packages that ship them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -108,38 +109,6 @@ def control_plane(neve_home: Path) -> Iterator:
         session.close()
         # the daemon, and what outlives it on purpose: ingress proxies, service instances
         stop_account_processes(neve_home)
-
-
-def stop_account_processes(home: Path, timeout_s: float = 20.0) -> None:
-    """Stop the control plane of ``home`` and kill any process still working for that account
-    (service instances and build jobs are detached on purpose, so a failed test could leave
-    them behind). Use it in the teardown of every fixture that starts a daemon."""
-    import psutil
-
-    from neve.control import daemon
-
-    home = Path(home).resolve()
-    daemon.stop(home, timeout_s=timeout_s)
-    needle = str(home) + os.sep  # "/x/home-1/" must not match "/x/home-10"
-    me = os.getpid()
-    leftovers = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if proc.info["pid"] == me:
-            continue
-        try:
-            mine = any(needle in part + os.sep for part in proc.info["cmdline"] or []) or (
-                (proc.environ().get("NEVE_HOME", "") + os.sep).startswith(needle)
-            )
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        if mine:
-            leftovers.append(proc)
-    for proc in leftovers:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(leftovers, timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from account_processes import stop_account_processes
 
 import neve
 
@@ -11,7 +12,6 @@ import neve
 def served_account(tmp_path_factory):
     """A session on a real control plane daemon (neve.connect on a fresh account directory),
     and an ``Account`` on the same directory to check what the catalog and store hold."""
-    from neve.control import daemon
     from neve.control.account import Account
 
     home = tmp_path_factory.mktemp("neve-home")
@@ -22,4 +22,4 @@ def served_account(tmp_path_factory):
     finally:
         session.close()
         account.close()
-        daemon.stop(home)
+        stop_account_processes(home)

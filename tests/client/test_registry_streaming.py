@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from account_processes import stop_account_processes
 
 import neve
 from neve.errors import ObjectNotFoundError, PayloadTooLargeError
@@ -83,7 +84,7 @@ def limited(tmp_path_factory):
         yield session, home, daemon.read_info(home)["pid"]
     finally:
         session.close()
-        daemon.stop(home)
+        stop_account_processes(home)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
+from account_processes import stop_account_processes
 from typer.testing import CliRunner
 
 from neve.cli.main import app
@@ -18,7 +19,6 @@ pytestmark = pytest.mark.e2e  # starts processes: see the Development section
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
     """Runs ``neve --home <fresh account> ...``; stops the daemon the first command starts."""
-    from neve.control import daemon
 
     home = tmp_path_factory.mktemp("cli-home")
     runner = CliRunner()
@@ -30,7 +30,7 @@ def cli(tmp_path_factory):
     try:
         yield invoke
     finally:
-        daemon.stop(home)
+        stop_account_processes(home)
 
 
 @pytest.fixture(scope="module")

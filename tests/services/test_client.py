@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from account_processes import stop_account_processes
 from svc_helpers import alive, process_tree
 from typer.testing import CliRunner
 
@@ -29,7 +30,6 @@ SVC = "LIN_SVC"
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     import neve
-    from neve.control import daemon
 
     home = tmp_path_factory.mktemp("client-home")
     (home / "settings.toml").write_text("service_supervisor_interval_secs = 0.3\n")
@@ -46,7 +46,7 @@ def session(tmp_path_factory):
                 sess.sql(f"DROP SERVICE IF EXISTS {name}").collect()
             sess.close()
         finally:
-            daemon.stop(home)
+            stop_account_processes(home)
             if saved is None:
                 os.environ.pop("NEVE_HOME", None)
             else:

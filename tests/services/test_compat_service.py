@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from account_processes import stop_account_processes
 
 import neve
 from neve.identifiers import quote
@@ -28,7 +29,6 @@ class Scaler(neve.CustomModel):
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    from neve.control import daemon
 
     home = tmp_path_factory.mktemp("compat-svc-home")
     saved = os.environ.get("NEVE_HOME")
@@ -43,7 +43,7 @@ def session(tmp_path_factory):
                 sess.sql(f"DROP SERVICE IF EXISTS {name}").collect()
             sess.close()
         finally:
-            daemon.stop(home)
+            stop_account_processes(home)
             if saved is None:
                 os.environ.pop("NEVE_HOME", None)
             else:
