@@ -13,6 +13,7 @@ import os
 import signal
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from svc_helpers import MODEL, POOL, REPO, alive
@@ -303,6 +304,70 @@ def test_create_copy_with_more_workers_and_two_instances(env, source):
     assert "already exists" in str(again.rows)
     with pytest.raises(ObjectExistsError, match="COPY_SVC already exists"):
         env.sql(_create_sql(COPY, document))
+
+
+def test_function_on_the_copys_endpoint(env, source):
+    """CREATE FUNCTION ... SERVICE = ... ENDPOINT = ... AS '/path': SQL on any service."""
+    create = (
+        "CREATE FUNCTION ml.reg.copy_score(a NUMBER, b FLOAT) RETURNS FLOAT "
+        f"SERVICE = {COPY} ENDPOINT = inference MAX_BATCH_ROWS = 10 AS '/predict'"
+    )
+    env.sql(create)
+    assert "COPY_SCORE" in _col(env.sql("SHOW FUNCTIONS IN SCHEMA ml.reg"), "name")
+    env.sql("CREATE OR REPLACE TABLE ml.reg.feats AS SELECT * FROM (VALUES (1.5, -2.0), "
+            "(0.25, 0.5), (-1.0, 3.0)) t(a, b)")  # fmt: skip
+    got = env.sql("SELECT copy_score(a, b) AS y FROM ml.reg.feats ORDER BY a")
+    frame = pd.DataFrame({"A": [-1.0, 0.25, 1.5], "B": [3.0, 0.5, -2.0]})
+    expected = load_model(env.model_dir).call("predict", frame).iloc[:, 0].to_numpy()
+    np.testing.assert_allclose([r[0] for r in got.rows], expected, rtol=1e-9)
+    with pytest.raises(ObjectExistsError, match="COPY_SCORE already exists"):
+        env.sql(create)
+    env.sql(create.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
+    cases = [
+        (
+            create.replace("'/predict'", "'/nope'"),
+            ObjectNotFoundError,
+            r"has no path '/nope'; paths: /predict",
+        ),
+        (
+            create.replace("ENDPOINT = inference", "ENDPOINT = other"),
+            ObjectNotFoundError,
+            r"has no endpoint 'other'; endpoints: inference",
+        ),
+        (
+            create.replace("b FLOAT)", "b FLOAT, c FLOAT)"),
+            InvalidArgumentError,
+            r"3 argument\(s\) declared, but /predict of service ML\.REG\.COPY_SVC takes 2",
+        ),
+        (
+            create.replace("RETURNS FLOAT", "RETURNS OBJECT"),
+            InvalidArgumentError,
+            r"answers one value",
+        ),
+    ]
+    for statement, error, message in cases:
+        with pytest.raises(error, match=message):
+            env.sql(statement.replace("copy_score", "copy_bad"))
+    assert "COPY_BAD" not in _col(env.sql("SHOW FUNCTIONS IN SCHEMA ml.reg"), "name")
+    # USAGE on the service and CREATE FUNCTION on the schema
+    sec = env.account.security
+    sec.create_role(env.ctx, "FN_ROLE")
+    sec.grant_role(env.ctx, "FN_ROLE", to_user="ADMIN")
+    for privilege, kind, name in [("USAGE", "DATABASE", "ML"), ("USAGE", "SCHEMA", "ML.REG")]:
+        sec.grant(env.ctx, privilege, kind, name, "FN_ROLE")
+    role = RequestContext(user="ADMIN", role="FN_ROLE", database="ML", schema="REG")
+    other = create.replace("copy_score", "copy_fn")
+    with pytest.raises(PermissionDeniedError, match="needs CREATE FUNCTION on SCHEMA ML.REG"):
+        env.sql(other, role)
+    sec.grant(env.ctx, "CREATE FUNCTION", "SCHEMA", "ML.REG", "FN_ROLE")
+    with pytest.raises(PermissionDeniedError, match="needs USAGE on SERVICE ML.REG.COPY_SVC"):
+        env.sql(other, role)
+    # a generated function goes with its service only
+    with pytest.raises(InvalidArgumentError, match="generated for its service"):
+        env.sql("DROP FUNCTION ml.reg.src_svc_predict")
+    env.sql("DROP FUNCTION ml.reg.copy_score(NUMBER, FLOAT)")
+    assert "COPY_SCORE" not in _col(env.sql("SHOW FUNCTIONS IN SCHEMA ml.reg"), "name")
+    env.sql("DROP FUNCTION IF EXISTS ml.reg.copy_score")
 
 
 def test_copy_is_operated_like_a_model_service(env, source):

@@ -281,3 +281,25 @@ def test_create_service_from_specification() -> None:
         p("CREATE SERVICE s IN COMPUTE POOL p FROM SPECIFICATION $$ x $$ REPLICAS = 2")
     with pytest.raises(SqlSyntaxError, match="expected IN COMPUTE POOL"):
         p("CREATE SERVICE s FROM SPECIFICATION $$ x $$")
+
+
+def test_create_and_drop_function_on_a_service_endpoint() -> None:
+    st = p(
+        "CREATE OR REPLACE FUNCTION ml.reg.score(a NUMBER(38, 0), b VARCHAR(10)) RETURNS FLOAT "
+        "SERVICE = ml.reg.copy ENDPOINT = inference MAX_BATCH_ROWS = 100 AS '/predict'"
+    )
+    assert (st.kind, st.name, st.or_replace) == ("CREATE FUNCTION", "ml.reg.score", True)
+    assert st.args == {
+        "arguments": [("a", "NUMBER"), ("b", "VARCHAR")],
+        "returns": "FLOAT",
+        "path": "/predict",
+    }
+    assert st.props == {"SERVICE": "ml.reg.copy", "ENDPOINT": "inference", "MAX_BATCH_ROWS": 100}
+    # without SERVICE = ... it is not a management statement
+    assert parse_management("CREATE FUNCTION f(x) AS x + 1") is None
+    with pytest.raises(SqlSyntaxError, match="needs ENDPOINT"):
+        p("CREATE FUNCTION f(a NUMBER) RETURNS FLOAT SERVICE = s AS '/predict'")
+    with pytest.raises(SqlSyntaxError, match="expected RETURNS"):
+        p("CREATE FUNCTION f(a NUMBER) SERVICE = s ENDPOINT = e AS '/predict'")
+    st = p("DROP FUNCTION IF EXISTS ml.reg.score(NUMBER, VARCHAR)")
+    assert (st.kind, st.name, st.if_exists) == ("DROP FUNCTION", "ml.reg.score", True)

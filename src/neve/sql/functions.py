@@ -26,7 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from neve.catalog import models as m
-from neve.errors import InvalidArgumentError, ObjectExistsError
+from neve.errors import InvalidArgumentError, ObjectExistsError, ObjectNotFoundError
 from neve.models.signature import FeatureSpec, ModelSignature
 
 KIND_SERVICE = "SERVICE"
@@ -211,3 +211,135 @@ def describe_signature(signature: ModelSignature) -> str:
     """``(A DOUBLE, B DOUBLE) -> DOUBLE`` for error messages and SHOW FUNCTIONS."""
     args = ", ".join(f"{f.name} {duck_type(f)}" for f in signature.inputs)
     return f"({args}) RETURN {return_duck_type(signature)}"
+
+
+# -- functions created on any service's endpoint ------------------------------------------------
+
+#: Functions made by CREATE FUNCTION ... SERVICE = s ENDPOINT = e AS '/path' (not generated).
+KIND_ENDPOINT = "ENDPOINT"
+#: SQL types a CREATE FUNCTION may declare; the values travel in the method's own types.
+SCALAR_SQL_TYPES = {
+    "NUMBER", "DECIMAL", "NUMERIC", "INT", "INTEGER", "BIGINT", "SMALLINT", "TINYINT",
+    "FLOAT", "FLOAT4", "FLOAT8", "DOUBLE", "REAL", "VARCHAR", "STRING", "TEXT", "CHAR",
+    "BOOLEAN", "BINARY", "VARBINARY", "TIMESTAMP", "TIMESTAMP_NTZ", "DATE",
+}  # fmt: skip
+STRUCT_SQL_TYPES = {"OBJECT", "VARIANT"}
+
+
+def _service_signatures(session: Session, service_row: m.Service) -> dict[str, Any]:
+    """Method -> signature: the model version's, or the copy a service from a specification
+    keeps."""
+    version = (
+        session.get(m.ModelVersion, service_row.model_version_id)
+        if service_row.model_version_id
+        else None
+    )
+    if version is not None:
+        return dict(version.signatures or {})
+    return dict((service_row.spec or {}).get("signatures") or {})
+
+
+def create_endpoint_function(
+    session: Session,
+    *,
+    schema_id: int,
+    name: str,
+    label: str,
+    service_row: m.Service,
+    service_label: str,
+    endpoint: str,
+    endpoints: list[str],
+    path: str,
+    args: list[tuple[str, str]],
+    returns: str,
+    options: dict[str, Any],
+    or_replace: bool,
+) -> m.Function:
+    """``CREATE [OR REPLACE] FUNCTION f(a NUMBER, ...) RETURNS t SERVICE = s ENDPOINT = e
+    AS '/path'`` (call inside a transaction; privileges are the caller's to check).
+
+    The function calls the method the path names with the service-function data format, like a
+    generated one: its arguments are the method's inputs in order, so their count must match;
+    a scalar return type needs a method with one output, OBJECT one with several."""
+    if endpoint.upper() not in {e.upper() for e in endpoints}:
+        raise ObjectNotFoundError(
+            f"function {label}: service {service_label} has no endpoint {endpoint!r}; "
+            f"endpoints: {', '.join(endpoints) or 'none'}"
+        )
+    route = str(path).strip().strip("/").lower().replace("-", "_")
+    methods = _service_signatures(session, service_row)
+    method = next((m_ for m_ in methods if m_.lower() == route), None)
+    if method is None:
+        raise ObjectNotFoundError(
+            f"function {label}: service {service_label} has no path {path!r}; paths: "
+            f"{', '.join('/' + m_.lower() for m_ in sorted(methods)) or 'none'}"
+        )
+    signature = ModelSignature.from_dict(
+        _signature_dict(methods[method], method=method, service=service_label)
+    )
+    for arg_name, sql_type in args:
+        if sql_type.upper() not in SCALAR_SQL_TYPES:
+            raise InvalidArgumentError(
+                f"function {label}: argument {arg_name} has type {sql_type}, which a service "
+                "function cannot take; use NUMBER, FLOAT, VARCHAR, BOOLEAN, ..."
+            )
+    if len(args) != len(signature.inputs):
+        raise InvalidArgumentError(
+            f"function {label}: {len(args)} argument(s) declared, but {path} of service "
+            f"{service_label} takes {len(signature.inputs)}: {describe_signature(signature)}"
+        )
+    kind = returns.upper()
+    if len(signature.outputs) == 1 and kind not in SCALAR_SQL_TYPES:
+        raise InvalidArgumentError(
+            f"function {label}: RETURNS {returns}, but {path} answers one value "
+            f"({duck_type(signature.outputs[0])}); declare a scalar type"
+        )
+    if len(signature.outputs) > 1 and kind not in STRUCT_SQL_TYPES:
+        raise InvalidArgumentError(
+            f"function {label}: RETURNS {returns}, but {path} answers "
+            f"{len(signature.outputs)} values; declare RETURNS OBJECT"
+        )
+    opts = validate_options(options, function=label)
+    existing = session.scalar(
+        select(m.Function).where(m.Function.schema_id == schema_id, m.Function.name == name)
+    )
+    if existing is not None:
+        if existing.kind != KIND_ENDPOINT:
+            raise ObjectExistsError(
+                f"function {label} already exists and belongs to its service (it is dropped "
+                "with the service); choose another name"
+            )
+        if not or_replace:
+            raise ObjectExistsError(
+                f"function {label} already exists; use CREATE OR REPLACE FUNCTION or DROP "
+                "FUNCTION first"
+            )
+        existing.service_id, existing.method = service_row.id, method
+        existing.signature, existing.options = signature.to_dict(), opts
+        session.flush()
+        return existing
+    fn = m.Function(
+        schema_id=schema_id,
+        name=name,
+        kind=KIND_ENDPOINT,
+        service_id=service_row.id,
+        method=method,
+        signature=signature.to_dict(),
+        options=opts,
+    )
+    session.add(fn)
+    session.flush()
+    return fn
+
+
+def drop_endpoint_function(session: Session, fn: m.Function, *, label: str) -> None:
+    """DROP FUNCTION: only a created one; a generated function goes with its service."""
+    if fn.kind != KIND_ENDPOINT:
+        raise InvalidArgumentError(
+            f"function {label} was generated for its service and is dropped with it "
+            "(DROP SERVICE); it cannot be dropped alone"
+        )
+    session.execute(
+        delete(m.Grant).where(m.Grant.object_type == "FUNCTION", m.Grant.object_id == fn.id)
+    )
+    session.delete(fn)

@@ -96,6 +96,8 @@ FUNCTION_PROPS = {
     "BATCH_TIMEOUT_SECS": NUM,
 }
 
+FUNCTION_CREATE_PROPS = {"SERVICE": WORD, "ENDPOINT": WORD, **FUNCTION_PROPS}
+
 #: Object types a GRANT/REVOKE/SHOW GRANTS ON may name (longest first when matching).
 GRANT_OBJECT_TYPES = [
     ("EXTERNAL", "ACCESS", "INTEGRATION"),
@@ -367,6 +369,8 @@ def _create(p: _Parser) -> Statement | None:
     or_replace = p.peek_word(1) == "OR" and p.peek_word(2) == "REPLACE"
     if or_replace:
         i = 3
+    if p.peek_word(i) == "FUNCTION":
+        return _create_function(p, i + 1, or_replace)
     obj = _object_after(p, i, _CREATE_OBJECTS)
     if obj is None:
         return None
@@ -412,7 +416,65 @@ def _create_service(p: _Parser, st: Statement) -> Statement:
     return st
 
 
+def _sql_type(p: _Parser, what: str) -> str:
+    """A type name such as ``NUMBER``, ``NUMBER(38, 0)`` or ``VARCHAR(100)`` (size dropped)."""
+    tok = p.peek()
+    if tok is None or not is_word(tok):
+        raise p.error(f"expected {what}")
+    p.advance()
+    if p.accept_punct(TokenType.L_PAREN):
+        while not p.accept_punct(TokenType.R_PAREN):
+            p.advance()
+    return tok.text.upper()
+
+
+def _create_function(p: _Parser, start: int, or_replace: bool) -> Statement | None:
+    """``CREATE [OR REPLACE] FUNCTION f(a NUMBER, ...) RETURNS t SERVICE = s ENDPOINT = e
+    [MAX_BATCH_ROWS = n ...] AS '/path'``: a function on a service's endpoint. Any other
+    CREATE FUNCTION (no ``SERVICE =``) is not a management statement."""
+    words = [(word(t), t.token_type) for t in p.tokens]
+    if not any(
+        w == "SERVICE" and i + 1 < len(words) and words[i + 1][1] == TokenType.EQ
+        for i, (w, _) in enumerate(words)
+    ):
+        return None
+    p.pos = start
+    st = Statement(kind="CREATE FUNCTION", or_replace=or_replace)
+    st.if_not_exists = p.if_not_exists()
+    st.name = p.name("a function name")
+    p.expect_punct(TokenType.L_PAREN, "(")
+    args: list[tuple[str, str]] = []
+    if not p.accept_punct(TokenType.R_PAREN):
+        while True:
+            arg = p.name("an argument name")
+            args.append((arg, _sql_type(p, f"a type for argument {arg}")))
+            if p.accept_punct(TokenType.R_PAREN):
+                break
+            p.expect_punct(TokenType.COMMA, ",")
+    st.args["arguments"] = args
+    p.expect("RETURNS")
+    st.args["returns"] = _sql_type(p, "a return type")
+    st.props = p.props(FUNCTION_CREATE_PROPS, st.kind, stop=("AS",))
+    for key in ("SERVICE", "ENDPOINT"):
+        if key not in st.props:
+            raise p.error(f"CREATE FUNCTION needs {key} = ... before AS")
+    p.expect("AS")
+    st.args["path"] = p.string("the endpoint path, e.g. '/predict'")
+    p.end()
+    return st
+
+
 def _drop(p: _Parser) -> Statement | None:
+    if p.peek_word(1) == "FUNCTION":
+        p.pos = 2
+        st = Statement(kind="DROP FUNCTION")
+        st.if_exists = p.if_exists()
+        st.name = p.name("a function name")
+        if p.accept_punct(TokenType.L_PAREN):  # argument types: accepted, not needed
+            while not p.accept_punct(TokenType.R_PAREN):
+                p.advance()
+        p.end()
+        return st
     obj = _object_after(p, 1, _DROP_OBJECTS)
     if obj is None:
         return None

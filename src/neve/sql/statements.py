@@ -944,6 +944,62 @@ def _find_function(s: Any, ctx: RequestContext, name: str) -> m.Function:
     return lookup.in_schema(s, m.Function, qn, "function")
 
 
+@handles("CREATE FUNCTION")
+def _create_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    """A function on any service's endpoint: CREATE FUNCTION on the schema, USAGE on the
+    service."""
+    from neve.services.specification import document_of
+
+    qn = qualify(st.name or "", database=ctx.database, schema=ctx.schema, kind="function")
+    props = dict(st.props)
+    service_name, endpoint = str(props.pop("SERVICE")), str(props.pop("ENDPOINT"))
+    security = engine.account.security
+    with engine.account.catalog.transaction() as s:
+        sch = lookup.schema(s, qn.database, qn.schema)
+        security.require(s, ctx, "CREATE FUNCTION", sch)
+        sq = qualify(service_name, database=ctx.database, schema=ctx.schema, kind="service")
+        service = lookup.in_schema(s, m.Service, sq, "service")
+        security.require(s, ctx, "USAGE", service)
+        if st.if_not_exists and s.scalar(
+            select(m.Function).where(m.Function.schema_id == sch.id, m.Function.name == qn.name)
+        ):
+            return _status(f"Function {qn.name} already exists, statement succeeded.")
+        document = document_of(service.spec or {})
+        endpoints = [str(e.get("name")) for e in document["spec"].get("endpoints") or []]
+        fns.create_endpoint_function(
+            s,
+            schema_id=sch.id,
+            name=qn.name,
+            label=str(qn),
+            service_row=service,
+            service_label=str(sq),
+            endpoint=endpoint,
+            endpoints=endpoints,
+            path=st.args["path"],
+            args=st.args["arguments"],
+            returns=st.args["returns"],
+            options=props,
+            or_replace=st.or_replace,
+        )
+    return _status(f"Function {qn.name} successfully created.")
+
+
+@handles("DROP FUNCTION")
+def _drop_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    """Needs what creating it needed: CREATE FUNCTION on its schema."""
+    qn = qualify(st.name or "", database=ctx.database, schema=ctx.schema, kind="function")
+    with engine.account.catalog.transaction() as s:
+        try:
+            fn = lookup.in_schema(s, m.Function, qn, "function")
+        except ObjectNotFoundError:
+            if st.if_exists:
+                return _executed()
+            raise
+        engine.account.security.require(s, ctx, "CREATE FUNCTION", s.get(m.Schema, fn.schema_id))
+        fns.drop_endpoint_function(s, fn, label=str(qn))
+    return _dropped(qn.name, "function name")
+
+
 @handles("DESCRIBE FUNCTION")
 def _describe_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     with engine.account.catalog.transaction() as s:
