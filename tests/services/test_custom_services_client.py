@@ -1,8 +1,8 @@
 """The README's "Custom services from a specification" walk through a real daemon: a model
 service's spec copied with ``neve services describe --spec``, its workers raised, the copy
-created with ``neve services create --spec`` on two instances, called over HTTP and from
-Python, ``session.create_service`` refusing a bad spec, and DROP MODEL leaving the copy
-serving."""
+created with ``neve services create --spec`` on two instances, called over HTTP, from Python and
+from SQL (a function on its endpoint), ``session.create_service`` refusing a bad spec, and DROP
+MODEL leaving the copy serving."""
 
 from __future__ import annotations
 
@@ -112,6 +112,17 @@ def test_copy_a_model_service_and_drop_the_model(session, tmp_path):
     pd.testing.assert_frame_equal(
         mv.run(test, function_name="predict", service_name="lin_copy"), local
     )
+
+    # and from SQL, through a function on its endpoint
+    session.sql(
+        "CREATE FUNCTION ml.reg.lin_copy_predict(a NUMBER, b NUMBER) RETURNS FLOAT "
+        "SERVICE = ml.reg.lin_copy ENDPOINT = inference AS '/predict'"
+    ).collect()
+    session.write_pandas(test, "feats", database="ml", schema="reg")
+    scored = session.sql(
+        'SELECT ml.reg.lin_copy_predict("A", "B") AS y FROM ml.reg.feats'
+    ).to_pandas()
+    np.testing.assert_allclose(scored["y"].to_numpy(), local.iloc[:, -1].to_numpy())
 
     # from Python: the same statement and checks
     again = session.create_service(
