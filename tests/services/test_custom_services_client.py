@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from account_processes import stop_account_processes
 from typer.testing import CliRunner
 
 from neve.errors import InvalidArgumentError, NeveError
@@ -24,7 +25,6 @@ pytestmark = pytest.mark.e2e  # starts processes: see the Development section
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     import neve
-    from neve.control import daemon
 
     home = tmp_path_factory.mktemp("custom-client-home")
     (home / "settings.toml").write_text("service_supervisor_interval_secs = 0.3\n")
@@ -40,7 +40,7 @@ def session(tmp_path_factory):
                 sess.sql(f"DROP SERVICE IF EXISTS {name}").collect()
             sess.close()
         finally:
-            daemon.stop(home)
+            stop_account_processes(home)
             if saved is None:
                 os.environ.pop("NEVE_HOME", None)
             else:
