@@ -296,3 +296,26 @@ def test_metrics_history_turns_counters_into_rates_and_quantiles() -> None:
     now[0] += 400
     assert history.series("S", 300)["t"] == []  # out of the 5-minute window
     assert history.series("S", 3600)["t"] == [1002.0]
+
+
+def test_running_services_are_sampled_before_anyone_watches() -> None:
+    """A plot opened later still has its history: the background pass samples every running
+    service (with its own context), keeps it while it runs, and forgets it once it stops."""
+    pages = iter([PAGE_1, PAGE_2])
+    now = [1000.0]
+    running = [(admin_context(), "S")]
+    history = mh.MetricsHistory(
+        lambda ctx, svc: next(pages).encode(),
+        interval_s=3600,
+        idle_s=60,
+        clock=lambda: now[0],
+        running=lambda: list(running),
+        background_interval_s=10,
+    )
+    history.sample_running()  # baseline
+    now[0] += 10
+    history.sample_running()
+    assert history.series("S", 300)["t"] == [1010.0]  # a point nobody asked for
+    running.clear()
+    history.sample_running()  # stopped and nobody watching: forgotten
+    assert history.series("S", 300)["t"] == []

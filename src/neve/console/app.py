@@ -228,7 +228,11 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 def console_app(account: Account, *, history: MetricsHistory | None = None) -> Starlette:
     app = Starlette(routes=console_routes(), exception_handlers={404: _not_found, 405: _not_found})
     app.state.account = account
-    app.state.metrics_history = history or MetricsHistory.for_account(account)
+    if history is None:
+        # Sample every running service from the start, so a plot opened later has its hour.
+        history = MetricsHistory.for_account(account)
+        history.start_background()
+    app.state.metrics_history = history
     return app
 
 

@@ -6,7 +6,12 @@ metrics page, a background thread scrapes the service every ``interval_s`` secon
 manager's ``service_metrics``: every instance in one page, labelled ``instance``), turns each pair
 of consecutive scrapes into per-instance points (requests/s, rows/s, p50/p99 latency, 429/503
 answers per second, queue depth) and keeps the last ``window_s`` seconds in a ring buffer. A
-service nobody looked at for ``idle_s`` seconds is no longer sampled; the thread ends when none is.
+service nobody looked at for ``idle_s`` seconds is no longer sampled every ``interval_s``.
+
+So that a page opened later still shows the last hour, ``start_background`` also samples every
+running service every ``background_interval_s`` seconds (``running``: the services and the
+context to scrape them with; the control plane passes a system context, and each page checks
+its viewer's MONITOR privilege before showing points).
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ class _Watched:
     points: deque[tuple[float, dict[str, dict[str, float | None]]]]
     last_raw: dict[str, Raw] | None = None
     last_time: float = 0.0
+    running: bool = False  # listed by the background sampler: kept while the service runs
 
 
 class MetricsHistory:
@@ -142,8 +148,13 @@ class MetricsHistory:
         window_s: float = 3600.0,
         idle_s: float = 60.0,
         clock: Callable[[], float] = time.time,
+        running: Callable[[], list[tuple[RequestContext, str]]] | None = None,
+        background_interval_s: float = 10.0,
     ) -> None:
         self._scrape = scrape
+        self._running = running
+        self.background_interval_s = background_interval_s
+        self._background: threading.Thread | None = None
         self.interval_s = interval_s
         self.window_s = window_s
         self.idle_s = idle_s
@@ -154,10 +165,66 @@ class MetricsHistory:
 
     @classmethod
     def for_account(cls, account: Account, **kwargs: Any) -> MetricsHistory:
+        from neve.context import admin_context
+
         def scrape(ctx: RequestContext, service: str) -> bytes:
             return account.services.service_metrics(ctx, service)
 
-        return cls(scrape, **kwargs)
+        def running() -> list[tuple[RequestContext, str]]:
+            ctx = admin_context()
+            return [
+                (ctx, str(row["qualified_name"]))
+                for row in account.services.show_services(ctx)
+                if row.get("status") == "RUNNING"
+            ]
+
+        return cls(scrape, running=running, **kwargs)
+
+    def start_background(self) -> None:
+        """Sample every running service every ``background_interval_s`` (idempotent)."""
+        if self._running is None:
+            return
+        with self._lock:
+            if self._background is not None and self._background.is_alive():
+                return
+            self._background = threading.Thread(
+                target=self._run_background, name="neve-console-metrics-all", daemon=True
+            )
+            self._background.start()
+
+    def sample_running(self) -> None:
+        """One background pass: keep an entry for each running service and sample the ones no
+        page is watching (watched ones are sampled more often already); forget the others."""
+        assert self._running is not None
+        listed = dict((name, ctx) for ctx, name in self._running())
+        now = self._clock()
+        unwatched = []
+        with self._lock:
+            for name, ctx in listed.items():
+                entry = self._watched.get(name)
+                if entry is None:
+                    maxlen = int(self.window_s / min(self.interval_s, self.background_interval_s))
+                    entry = _Watched(ctx, 0.0, deque(maxlen=maxlen + 2))
+                    self._watched[name] = entry
+                entry.running = True
+                if now - entry.last_seen > self.idle_s:
+                    entry.ctx = ctx  # no viewer now: sample with the background's context
+                    unwatched.append(name)
+            for name, entry in list(self._watched.items()):
+                if name not in listed and entry.running:
+                    entry.running = False
+                    if now - entry.last_seen > self.idle_s:
+                        del self._watched[name]  # stopped, and no page shows it
+        for name in unwatched:
+            self.sample(name)
+
+    def _run_background(self) -> None:
+        while True:
+            try:
+                self.sample_running()
+            except Exception:  # noqa: BLE001 (the catalog may be busy; the next pass retries)
+                pass
+            time.sleep(self.background_interval_s)
 
     def watch(self, ctx: RequestContext, service: str) -> None:
         """Keep sampling ``service`` (with this viewer's privileges) for the next ``idle_s``
@@ -203,10 +270,12 @@ class MetricsHistory:
             now = self._clock()
             with self._lock:
                 for name in [
-                    n for n, e in self._watched.items() if now - e.last_seen > self.idle_s
+                    n
+                    for n, e in self._watched.items()
+                    if now - e.last_seen > self.idle_s and not e.running
                 ]:
                     del self._watched[name]
-                names = list(self._watched)
+                names = [n for n, e in self._watched.items() if now - e.last_seen <= self.idle_s]
                 if not names:
                     self._thread = None
                     return
