@@ -228,20 +228,18 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 def console_app(account: Account, *, history: MetricsHistory | None = None) -> Starlette:
     app = Starlette(routes=console_routes(), exception_handlers={404: _not_found, 405: _not_found})
     app.state.account = account
-    if history is None:
-        # Sample every running service from the start, so a plot opened later has its hour.
-        history = MetricsHistory.for_account(account)
-        history.start_background()
-    app.state.metrics_history = history
+    app.state.metrics_history = history or MetricsHistory.for_account(account)
     return app
 
 
 class ConsoleDispatch:
     """Serves ``/console`` paths with the console app; passes every other request on."""
 
-    def __init__(self, app: ASGIApp, account: Account) -> None:
+    def __init__(
+        self, app: ASGIApp, account: Account, history: MetricsHistory | None = None
+    ) -> None:
         self.app = app
-        self.console = console_app(account)
+        self.console = console_app(account, history=history)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""

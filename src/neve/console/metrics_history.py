@@ -155,6 +155,7 @@ class MetricsHistory:
         self._running = running
         self.background_interval_s = background_interval_s
         self._background: threading.Thread | None = None
+        self._stop = threading.Event()
         self.interval_s = interval_s
         self.window_s = window_s
         self.idle_s = idle_s
@@ -185,6 +186,7 @@ class MetricsHistory:
         if self._running is None:
             return
         with self._lock:
+            self._stop.clear()
             if self._background is not None and self._background.is_alive():
                 return
             self._background = threading.Thread(
@@ -218,13 +220,17 @@ class MetricsHistory:
         for name in unwatched:
             self.sample(name)
 
+    def stop(self) -> None:
+        """End the background sampling (the control plane stops serving)."""
+        self._stop.set()
+
     def _run_background(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 self.sample_running()
             except Exception:  # noqa: BLE001 (the catalog may be busy; the next pass retries)
                 pass
-            time.sleep(self.background_interval_s)
+            self._stop.wait(self.background_interval_s)
 
     def watch(self, ctx: RequestContext, service: str) -> None:
         """Keep sampling ``service`` (with this viewer's privileges) for the next ``idle_s``

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import neve
 from neve.console.app import ConsoleDispatch
+from neve.console.metrics_history import MetricsHistory
 from neve.control.routes._base import error_response, json_response
 from neve.errors import AuthenticationError, NeveError
 
@@ -300,12 +301,16 @@ def create_app(account: Account, *, daemon_id: str | None = None) -> Starlette:
 
         gateway = build_gateway(account)
         middleware.append(Middleware(IngressDispatch, gateway=gateway))
-    middleware.append(Middleware(ConsoleDispatch, account=account))  # /console: its own sign-in
+    # /console: its own sign-in; its metrics history samples running services while we serve
+    history = MetricsHistory.for_account(account)
+    middleware.append(Middleware(ConsoleDispatch, account=account, history=history))
     middleware.append(Middleware(AuthenticationMiddleware, account=account, public_paths=public))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        history.start_background()
         yield
+        history.stop()
         if gateway is not None:
             await gateway.aclose()  # its pooled connections to service instances
         if (_ROUTES_DIR / "dataplane.py").exists():
