@@ -8,7 +8,13 @@ where ``from conftest import ...`` may find another directory's conftest).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neve.client.session import Session
 
 
 def stop_account_processes(home: Path, timeout_s: float = 20.0) -> None:
@@ -41,3 +47,34 @@ def stop_account_processes(home: Path, timeout_s: float = 20.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(leftovers, timeout=10)
+
+
+@contextmanager
+def daemon_session(home: Path, *, settings: str | None = None) -> Iterator[Session]:
+    """A real control plane for ``home`` (``settings`` written to its settings.toml first) and
+    an admin session on it, with ``NEVE_HOME`` pointing there meanwhile (CLI commands run in
+    this process find it). At the end: every service dropped, the daemon and everything still
+    working for the account stopped, ``NEVE_HOME`` restored."""
+    import neve
+    from neve.identifiers import quote
+
+    if settings is not None:
+        (home / "settings.toml").write_text(settings)
+    saved = os.environ.get("NEVE_HOME")
+    os.environ["NEVE_HOME"] = str(home)
+    sess = neve.connect(str(home))
+    try:
+        yield sess
+    finally:
+        try:
+            # Services outlive the daemon on purpose: drop what a failed test left running.
+            for row in sess.sql("SHOW SERVICES IN ACCOUNT").collect():
+                name = ".".join(quote(row[k]) for k in ("database_name", "schema_name", "name"))
+                sess.sql(f"DROP SERVICE IF EXISTS {name}").collect()
+            sess.close()
+        finally:
+            stop_account_processes(home)
+            if saved is None:
+                os.environ.pop("NEVE_HOME", None)
+            else:
+                os.environ["NEVE_HOME"] = saved

@@ -4,7 +4,6 @@ suspended service is woken through them, and ``ingress_url`` names their port.""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from account_processes import daemon_session
 from waits import wait_for
 
 from neve.dataplane.proxies import healthy, ingress_info, proxy_records
@@ -25,31 +25,9 @@ SVC = "ML.REG.PROXIED"
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    import neve
-    from neve.control import daemon
-    from neve.dataplane.proxies import stop_proxies
-
-    home = tmp_path_factory.mktemp("proxy-home")
-    (home / "settings.toml").write_text(
-        "service_supervisor_interval_secs = 0.3\ningress_proxies = 2\n"
-    )
-    saved = os.environ.get("NEVE_HOME")
-    os.environ["NEVE_HOME"] = str(home)
-    sess = neve.connect(str(home))
-    try:
+    settings = "service_supervisor_interval_secs = 0.3\ningress_proxies = 2\n"
+    with daemon_session(tmp_path_factory.mktemp("proxy-home"), settings=settings) as sess:
         yield sess
-    finally:
-        try:
-            # services and proxies outlive the daemon on purpose: stop what this module made
-            sess.sql(f"DROP SERVICE IF EXISTS {SVC}").collect()
-            sess.close()
-        finally:
-            daemon.stop(home)
-            stop_proxies(home)
-            if saved is None:
-                os.environ.pop("NEVE_HOME", None)
-            else:
-                os.environ["NEVE_HOME"] = saved
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from account_processes import stop_account_processes
+from account_processes import daemon_session
 from svc_helpers import alive, process_tree
 from typer.testing import CliRunner
 
 from neve.errors import SignatureError
-from neve.identifiers import quote
 
 pytestmark = pytest.mark.e2e  # starts processes: see the Development section
 
@@ -29,28 +28,10 @@ SVC = "LIN_SVC"
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    import neve
-
-    home = tmp_path_factory.mktemp("client-home")
-    (home / "settings.toml").write_text("service_supervisor_interval_secs = 0.3\n")
-    saved = os.environ.get("NEVE_HOME")
-    os.environ["NEVE_HOME"] = str(home)
-    sess = neve.connect(str(home))
-    try:
+    with daemon_session(
+        tmp_path_factory.mktemp("client-home"), settings="service_supervisor_interval_secs = 0.3\n"
+    ) as sess:
         yield sess
-    finally:
-        try:
-            # Services outlive the daemon on purpose: drop what a failed test left running.
-            for row in sess.sql("SHOW SERVICES IN ACCOUNT").collect():
-                name = ".".join(quote(row[k]) for k in ("database_name", "schema_name", "name"))
-                sess.sql(f"DROP SERVICE IF EXISTS {name}").collect()
-            sess.close()
-        finally:
-            stop_account_processes(home)
-            if saved is None:
-                os.environ.pop("NEVE_HOME", None)
-            else:
-                os.environ["NEVE_HOME"] = saved
 
 
 @pytest.fixture(scope="module")

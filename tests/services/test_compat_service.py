@@ -5,16 +5,13 @@ binary and JSON modes."""
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from account_processes import stop_account_processes
+from account_processes import daemon_session
 
 import neve
-from neve.identifiers import quote
 
 pytestmark = pytest.mark.e2e  # starts processes: see the Development section
 
@@ -29,25 +26,8 @@ class Scaler(neve.CustomModel):
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-
-    home = tmp_path_factory.mktemp("compat-svc-home")
-    saved = os.environ.get("NEVE_HOME")
-    os.environ["NEVE_HOME"] = str(home)
-    sess = neve.connect(str(home))
-    try:
+    with daemon_session(tmp_path_factory.mktemp("compat-svc-home")) as sess:
         yield sess
-    finally:
-        try:
-            for row in sess.sql("SHOW SERVICES IN ACCOUNT").collect():
-                name = ".".join(quote(row[k]) for k in ("database_name", "schema_name", "name"))
-                sess.sql(f"DROP SERVICE IF EXISTS {name}").collect()
-            sess.close()
-        finally:
-            stop_account_processes(home)
-            if saved is None:
-                os.environ.pop("NEVE_HOME", None)
-            else:
-                os.environ["NEVE_HOME"] = saved
 
 
 def test_service_calls_as_reference_code_writes_them(session) -> None:

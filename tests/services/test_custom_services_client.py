@@ -6,45 +6,26 @@ MODEL leaving the copy serving."""
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from account_processes import stop_account_processes
+from account_processes import daemon_session
 from typer.testing import CliRunner
 
 from neve.errors import InvalidArgumentError, NeveError
-from neve.identifiers import quote
 
 pytestmark = pytest.mark.e2e  # starts processes: see the Development section
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    import neve
-
-    home = tmp_path_factory.mktemp("custom-client-home")
-    (home / "settings.toml").write_text("service_supervisor_interval_secs = 0.3\n")
-    saved = os.environ.get("NEVE_HOME")
-    os.environ["NEVE_HOME"] = str(home)
-    sess = neve.connect(str(home))
-    try:
+    with daemon_session(
+        tmp_path_factory.mktemp("custom-client-home"),
+        settings="service_supervisor_interval_secs = 0.3\n",
+    ) as sess:
         yield sess
-    finally:
-        try:
-            for row in sess.sql("SHOW SERVICES IN ACCOUNT").collect():
-                name = ".".join(quote(row[k]) for k in ("database_name", "schema_name", "name"))
-                sess.sql(f"DROP SERVICE IF EXISTS {name}").collect()
-            sess.close()
-        finally:
-            stop_account_processes(home)
-            if saved is None:
-                os.environ.pop("NEVE_HOME", None)
-            else:
-                os.environ["NEVE_HOME"] = saved
 
 
 def test_copy_a_model_service_and_drop_the_model(session, tmp_path):
