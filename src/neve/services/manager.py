@@ -22,6 +22,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -277,16 +278,9 @@ class ServiceManager:
                 sec.require(s, ctx, "USAGE", build_pool)
             repo = lookup.in_schema(s, m.ImageRepository, repo_qn, "image repository")
             sec.require(s, ctx, "READ", repo)
-            integrations = []
-            for raw in args.build_external_access_integrations:
-                eai = lookup.account_level(
-                    s,
-                    m.ExternalAccessIntegration,
-                    ident(raw, kind="integration name"),
-                    "external access integration",
-                )
-                sec.require(s, ctx, "USAGE", eai)
-                integrations.append(eai.name)
+            integrations = self._usable_integrations(
+                s, ctx, args.build_external_access_integrations
+            )
             if args.ingress_enabled:
                 sec.require(s, ctx, "BIND SERVICE ENDPOINT", ACCOUNT)
             key = identity(
@@ -513,16 +507,7 @@ class ServiceManager:
                 )
             if parsed.public:
                 sec.require(s, ctx, "BIND SERVICE ENDPOINT", ACCOUNT)
-            integrations = []
-            for raw in external_access_integrations or ():
-                eai = lookup.account_level(
-                    s,
-                    m.ExternalAccessIntegration,
-                    ident(raw, kind="integration name"),
-                    "external access integration",
-                )
-                sec.require(s, ctx, "USAGE", eai)
-                integrations.append(eai.name)
+            integrations = self._usable_integrations(s, ctx, external_access_integrations or ())
             resources = parsed.resources
             try:
                 self._check_fits(pool, resources, version_row, qn)
@@ -1026,6 +1011,22 @@ class ServiceManager:
             retries=retries,
             **self._target(ctx, name, method),
         )
+
+    def _usable_integrations(
+        self, s: Session, ctx: RequestContext, names: Iterable[str]
+    ) -> list[str]:
+        """The external access integrations ``names`` (normalized), each one the role may use."""
+        out = []
+        for raw in names:
+            eai = lookup.account_level(
+                s,
+                m.ExternalAccessIntegration,
+                ident(raw, kind="integration name"),
+                "external access integration",
+            )
+            self.security.require(s, ctx, "USAGE", eai)
+            out.append(eai.name)
+        return out
 
     def _target(
         self, ctx: RequestContext, name: str | QualifiedName, method: str
