@@ -30,7 +30,9 @@ from neve.errors import (
     InvalidArgumentError,
     ModelExecutionError,
     NeveError,
+    ObjectNotFoundError,
     ServiceUnavailableError,
+    SignatureError,
     error_from_dict,
 )
 
@@ -139,12 +141,16 @@ def answer_error(label: str, route: str, status: int, content: bytes) -> NeveErr
         message = f"service {label} ({route}): {body['message']}"
         if body.get("type") in ERRORS_BY_NAME:
             return error_from_dict({**body, "message": message})
-        code = str(body.get("code") or "") or None
+        code = str(body.get("code") or "")
     else:
         message = f"service {label} ({route}) answered HTTP {status}: {content[:300]!r}"
-        code = None
+        code = ""
     if status in (429, 503):
-        return ServiceUnavailableError(message, code=code)
+        return ServiceUnavailableError(message, code=code or None)
+    if status == 404:
+        return ObjectNotFoundError(message)
+    if code == SignatureError.code or (status == 400 and "signature" in code.lower()):
+        return SignatureError(message)
     if 400 <= status < 500:
-        return InvalidArgumentError(message, code=code)
-    return ModelExecutionError(message, code=code)
+        return InvalidArgumentError(message, code=code or None)
+    return ModelExecutionError(message, code=code or None)

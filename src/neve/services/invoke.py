@@ -25,15 +25,11 @@ import orjson
 import pyarrow as pa
 
 from neve.dataplane.balancer import Address
+from neve.dataplane.client import answer_error
 from neve.dataplane.router import Router, RouterStats
 from neve.errors import (
-    ERRORS_BY_NAME,
     InvalidArgumentError,
     ModelExecutionError,
-    NeveError,
-    ObjectNotFoundError,
-    SignatureError,
-    error_from_dict,
 )
 from neve.server import arrow_ipc
 
@@ -248,7 +244,7 @@ class ServiceInvoker:
         )
         if resp.status_code == 200:
             return wire.decode(label, chunk, resp.content)
-        raise _service_error(label, route, resp.status_code, resp.content)
+        raise answer_error(label, route, resp.status_code, resp.content)
 
     @property
     def totals(self) -> RouterStats:
@@ -275,28 +271,6 @@ def _outputs(label: str, chunk: list[list], content: bytes) -> list[dict]:
         return [by_index[row[0]] for row in chunk]
     except KeyError as exc:
         raise ModelExecutionError(f"service {label} answered no row for index {exc}") from None
-
-
-def _service_error(label: str, route: str, status: int, content: bytes) -> NeveError:
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        message = f"service {label} ({route}): {body['message']}"
-        if body.get("type") in ERRORS_BY_NAME:
-            return error_from_dict({**body, "message": message})
-        code = str(body.get("code") or "")
-    else:
-        message = f"service {label} ({route}) answered HTTP {status}: {content[:300]!r}"
-        code = ""
-    if status == 404:
-        return ObjectNotFoundError(message)
-    if code == SignatureError.code or (status == 400 and "signature" in code.lower()):
-        return SignatureError(message)
-    if 400 <= status < 500:
-        return InvalidArgumentError(message, code=code or None)
-    return ModelExecutionError(message, code=code or None)
 
 
 def _default(obj: Any) -> Any:
