@@ -26,7 +26,6 @@ import contextlib
 import gc
 import logging
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -50,7 +49,7 @@ from neve.models.modeldir import MethodSpec, read_manifest
 from neve.models.signature import ModelSignature, resolve_params
 from neve.server import arrow_ipc, metrics, protocol, v2_binary
 from neve.server.batching import Admission, MethodBatcher
-from neve.server.config import TIMEOUT_HEADER, ServerConfig
+from neve.server.config import TIMEOUT_HEADER, ServerConfig, configure_logging
 from neve.server.pool import WorkerPool
 
 log = logging.getLogger("neve.server")
@@ -218,7 +217,7 @@ class ServerState:
 def create_app(config: ServerConfig | None = None) -> Starlette:
     """The ASGI app of an instance's front process (no argument: config from the environment)."""
     config = config or ServerConfig.from_env()
-    _configure_logging(config.log_level)
+    configure_logging(config.log_level)
     state = ServerState(config)
 
     async def answer(
@@ -568,13 +567,3 @@ def _query_params(request: Request) -> dict[str, Any] | None:
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(protocol.dumps(body), status, media_type=JSON)
-
-
-def _configure_logging(level: str) -> None:
-    if log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s neve.server: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level.upper())
-    log.propagate = False

@@ -9,7 +9,9 @@ Standard library only: the front process never imports the model framework.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, fields
 
 from neve.errors import InvalidArgumentError
@@ -141,3 +143,16 @@ class ServerConfig:
         data = json.loads(raw)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def configure_logging(level: str) -> None:
+    """Send the ``neve.server`` log to stderr at ``level`` (the front process and every worker
+    call this once; the instance's log file is their stderr)."""
+    log = logging.getLogger("neve.server")
+    if log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s neve.server: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False

@@ -28,6 +28,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from neve.server.config import configure_logging
+
 #: Intra-op thread pools read these when their library loads: set before any import of them.
 THREAD_ENV = (
     "OMP_NUM_THREADS",
@@ -51,7 +53,7 @@ def main(conn: Connection, model_dir: str, device: str, threads: int, log_level:
     # Ctrl-C reaches the whole process group; the front decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(thread_env(threads))
-    _configure_logging(log_level)
+    configure_logging(log_level)
     try:
         started = time.perf_counter()
         model = _load(model_dir, device, threads)
@@ -172,13 +174,3 @@ def _flush_and_exit(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
-
-
-def _configure_logging(level: str) -> None:
-    if log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s neve.server: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level.upper())
-    log.propagate = False
