@@ -128,7 +128,8 @@ class ModelVersion(Base):
 
 
 class Function(Base):
-    """A SQL-callable function: a service function (<SERVICE>_<METHOD>) in a schema."""
+    """A SQL-callable function in a schema: a service function (<SERVICE>_<METHOD>), one created
+    on a service's endpoint (ENDPOINT) or an external function calling a URL (EXTERNAL)."""
 
     __tablename__ = "functions"
     __table_args__ = (UniqueConstraint("schema_id", "name"),)
@@ -141,6 +142,10 @@ class Function(Base):
     signature: Mapped[dict] = mapped_column(default=dict)
     options: Mapped[dict] = mapped_column(default=dict)
     created_on: Mapped[datetime] = mapped_column(Created, default=utcnow)
+    # EXTERNAL functions: {"api_integration", "url", "returns", "comment"}
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The role that created an EXTERNAL function; other functions are owned through their service
+    owner_role: Mapped[str | None] = mapped_column(Name, nullable=True)
 
 
 class ComputePool(Base):
@@ -244,6 +249,16 @@ class ExternalAccessIntegration(Base):
     owner_role: Mapped[str] = mapped_column(Name)
     comment: Mapped[str | None] = mapped_column(Text)
     created_on: Mapped[datetime] = mapped_column(Created, default=utcnow)
+    # Integrations share one namespace and one grant type (INTEGRATION): EXTERNAL_ACCESS (builds
+    # and services reach the hosts of network rules) or API (external functions call a URL).
+    integration_type: Mapped[str] = mapped_column(
+        String(32), default="EXTERNAL_ACCESS", server_default="EXTERNAL_ACCESS"
+    )
+    # API: {"api_provider", "api_allowed_prefixes", "api_blocked_prefixes"}
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # API: the key sent to the remote, sealed with the account's key (neve.security.sealed);
+    # never shown
+    secret: Mapped[str | None] = mapped_column(Text)
 
 
 class Service(Base):
@@ -378,3 +393,7 @@ class Token(Base):
     expires_on: Mapped[datetime] = mapped_column(Created)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_on: Mapped[datetime] = mapped_column(Created, default=utcnow)
+    # A token scoped to services: the ids of the only services whose ingress endpoints it may
+    # call (it can do nothing else); NULL for an unscoped token
+    services: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text)
