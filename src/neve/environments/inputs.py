@@ -44,6 +44,8 @@ SERVER_PACKAGES = (
     "pandas",
     "cloudpickle",
     "threadpoolctl",  # sizes each worker's OpenMP/BLAS pools (neve.server.worker)
+    "grpcio",  # the V2 gRPC port (neve.server.v2_grpc)
+    "protobuf",
 )
 #: Common model frameworks put into the base when they are installed next to the control plane
 #: (override with the account setting ``base_frameworks``).

@@ -41,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="model directory written by save_model")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    p.add_argument("--port-file", help="write the bound port to this file once listening")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=-1,
+        help="also serve the V2 gRPC protocol on this port (0 picks a free one; -1: off)",
+    )
+    p.add_argument(
+        "--port-file",
+        help="write the bound port (and the gRPC port on a second line) once listening",
+    )
     p.add_argument(
         "--num-workers", type=int, default=None, help="default: 2*cpus+1 on cpu, 1 on cuda"
     )
@@ -125,6 +134,22 @@ def main(argv: list[str] | None = None) -> int:
     port = sock.getsockname()[1]
     app = create_app(config)
     state = app.state.server
+    grpc_frontend = None
+    grpc_port = None
+    if args.grpc_port >= 0:
+        try:
+            from neve.server.v2_grpc.frontend import GrpcFrontend
+        except Exception as exc:  # an image built before gRPC: serve HTTP alone
+            print(f"neve.server: V2 gRPC off ({type(exc).__name__}: {exc})", flush=True)
+            args.grpc_port = -1
+    if args.grpc_port >= 0:
+        grpc_frontend = GrpcFrontend(state)
+        try:
+            grpc_port = grpc_frontend.start(config.host, args.grpc_port)
+        except (OSError, RuntimeError) as exc:
+            print(f"neve.server: cannot serve gRPC on port {args.grpc_port}: {exc}", flush=True)
+            sock.close()
+            return STARTUP_FAILURE
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -143,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
 
     state.on_fatal = fatal
     if args.port_file:
-        _write_atomically(Path(args.port_file), f"{port}\n")
+        lines = [port] if grpc_port is None else [port, grpc_port]
+        _write_atomically(Path(args.port_file), "".join(f"{n}\n" for n in lines))
+    also = "" if grpc_port is None else f" (V2 gRPC on port {grpc_port})"
     print(
-        f"neve.server: serving {config.model_dir} on http://{config.host}:{port} with "
+        f"neve.server: serving {config.model_dir} on http://{config.host}:{port}{also} with "
         f"{config.num_workers} worker(s), {config.concurrency} batch(es) at once, "
         f"{config.threads} thread(s) per worker (pid {os.getpid()})",
         flush=True,
@@ -157,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if grpc_frontend is not None:
+            grpc_frontend.stop()
     if state.pool.failed:
         print(f"neve.server: {state.pool.failed}; exiting", flush=True)
         return STARTUP_FAILURE

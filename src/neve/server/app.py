@@ -22,6 +22,7 @@ Routes::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -49,23 +50,17 @@ from neve.models.modeldir import MethodSpec, read_manifest
 from neve.models.signature import ModelSignature, resolve_params
 from neve.server import arrow_ipc, metrics, protocol, v2_binary
 from neve.server.batching import Admission, MethodBatcher
-from neve.server.config import TIMEOUT_HEADER, ServerConfig, configure_logging
+from neve.server.config import (
+    TIMEOUT_HEADER,
+    ServerConfig,
+    configure_logging,
+    timeout_from_header,
+)
 from neve.server.pool import WorkerPool
 
 log = logging.getLogger("neve.server")
 JSON = "application/json"
 UNKNOWN_METHOD = "_unknown"  # metrics label for requests to no method (bounded cardinality)
-
-
-def _timeout_header(value: str | None) -> float | None:
-    """Seconds from ``X-Neve-Timeout`` (None when absent or not a number)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds == seconds else None  # NaN: ignore
 
 
 def method_routes(methods: list[str]) -> dict[str, str]:
@@ -100,11 +95,14 @@ class ServerState:
         self.routes: dict[str, str] = method_routes(list(self.methods))
         self.ready = False
         self.loaded_in_s = 0.0
+        #: The event loop batchers run on (another protocol's threads submit to it).
+        self.loop: asyncio.AbstractEventLoop | None = None
         #: Called when the server cannot go on (a worker cannot load the model any more).
         self.on_fatal: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         started = time.perf_counter()
+        self.loop = asyncio.get_running_loop()
         await self.pool.start()
         self.loaded_in_s = time.perf_counter() - started
         for spec in self.methods.values():
@@ -158,6 +156,34 @@ class ServerState:
 
     def default_method(self) -> str:
         return "predict" if "predict" in self.batchers else next(iter(self.batchers))
+
+    def v2_target(self, name: str) -> str | None:
+        """A method for a V2 model name, or None when ``name`` is the served model's name."""
+        if name.lower() == self.config.model_name.lower():
+            return None
+        return self.resolve(name)
+
+    def v2_method(self, name: str, payload: Any) -> str:
+        """The method a V2 request runs: named by the model name, else ``parameters.method``."""
+        target = self.v2_target(name)
+        if target is not None:
+            return target
+        params = payload.get("parameters") if isinstance(payload, dict) else None
+        asked = params.get("method") if isinstance(params, dict) else None
+        return self.resolve(str(asked)) if asked else self.default_method()
+
+    def method_params(self, method: str, given: dict[str, Any] | None) -> dict[str, Any]:
+        """The call's parameter values, checked here so a bad one is a 400 for its request."""
+        sig = self.methods[method].signature
+        if not sig.params and not given:
+            return {}
+        return resolve_params(sig, given, method=method)
+
+    def answer_index(self, method: str, parsed: protocol.ServiceRequest, out: Any) -> list[Any]:
+        """Row ids of an answer: a table function's own rows from 0; others echo the input's."""
+        if self.methods[method].partitioned:
+            return list(range(len(out.columns[0]) if out.columns else 0))
+        return parsed.index
 
     async def read_body(self, request: Request, method: str) -> tuple[bytes, int]:
         """The request body, refusing it (413/429) before reading when it cannot be admitted.
@@ -274,7 +300,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                 state.admission.release_bytes(reserved)
             del body
             out = await state.batchers[method].submit(
-                parsed, timeout_s=_timeout_header(request.headers.get(TIMEOUT_HEADER))
+                parsed, timeout_s=timeout_from_header(request.headers.get(TIMEOUT_HEADER))
             )
             answer_headers: dict[str, str] = {}
             if arrow:
@@ -312,12 +338,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     # ------------------------------------------------------------ service-function format
 
-    def method_params(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
-        """The call's parameter values, checked here so a bad one is a 400 for its request."""
-        sig = state.methods[method].signature
-        if not sig.params and not given:
-            return {}
-        return resolve_params(sig, given, method=method)
+    method_params = state.method_params
+    answer_index = state.answer_index
 
     def parse_service(
         payload: Any, method: str, bools: bool
@@ -326,12 +348,6 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         parsed = protocol.parse_service_request(payload, sig.inputs, method, bools=bools)
         parsed.params = method_params(method, protocol.request_params(payload))
         return parsed, None
-
-    def answer_index(method: str, parsed: protocol.ServiceRequest, out: Any) -> list[Any]:
-        # A table function answers its own rows, numbered from 0; others echo the input's.
-        if state.methods[method].partitioned:
-            return list(range(len(out.columns[0]) if out.columns else 0))
-        return parsed.index
 
     def encode_service(
         method: str, extra: Any, parsed: protocol.ServiceRequest, out: protocol.OutputColumns
@@ -350,11 +366,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
 
     # ------------------------------------------------------------ Open Inference Protocol
 
-    def v2_target(name: str) -> str | None:
-        """A method for a V2 model name, or None when ``name`` is the served model's name."""
-        if name.lower() == config.model_name.lower():
-            return None
-        return state.resolve(name)
+    v2_target = state.v2_target
 
     def parse_v2(payload: Any, method: str, bools: bool) -> tuple[protocol.ServiceRequest, Any]:
         sig = state.methods[method].signature
@@ -377,12 +389,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             return protocol.loads(body)
 
         def method_of(payload: Any) -> str:
-            target = v2_target(name)
-            if target is not None:
-                return target
-            params = payload.get("parameters") if isinstance(payload, dict) else None
-            asked = params.get("method") if isinstance(params, dict) else None
-            return state.resolve(str(asked)) if asked else state.default_method()
+            return state.v2_method(name, payload)
 
         def encode_v2(
             method: str, extra: Any, parsed: protocol.ServiceRequest, out: protocol.OutputColumns

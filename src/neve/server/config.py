@@ -156,3 +156,14 @@ def configure_logging(level: str) -> None:
     log.addHandler(handler)
     log.setLevel(level.upper())
     log.propagate = False
+
+
+def timeout_from_header(value: str | None) -> float | None:
+    """Seconds from ``X-Neve-Timeout`` (None when absent or not a number)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds == seconds else None  # NaN: ignore

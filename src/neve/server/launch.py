@@ -40,6 +40,7 @@ OPTION_FLAGS = {
     "device": "--device",
     "model_name": "--model-name",
     "log_level": "--log-level",
+    "grpc_port": "--grpc-port",
 }
 FLAG_OPTIONS = {"access_log": "--access-log"}
 
@@ -77,6 +78,17 @@ def server_command(
     return cmd
 
 
+def read_port_file(path: str | os.PathLike) -> tuple[int, int | None] | None:
+    """(HTTP port, V2 gRPC port or None) from a server's ``--port-file``; None until written."""
+    try:
+        lines = Path(path).read_text().split()
+    except OSError:
+        return None
+    if not lines:
+        return None
+    return int(lines[0]), (int(lines[1]) if len(lines) > 1 else None)
+
+
 class ServerProcess:
     """A running ``python -m neve.server`` process (the front plus its workers)."""
 
@@ -95,6 +107,8 @@ class ServerProcess:
         self.model_dir = model_dir
         self.host = host
         self.port = port
+        #: The V2 gRPC port (``grpc_port=`` option), None when the server serves HTTP only.
+        self.grpc_port: int | None = None
         self.log_path = log_path
         self._remove_log = remove_log
         self._scratch = scratch
@@ -109,6 +123,14 @@ class ServerProcess:
         if self.host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"http://{host}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of the V2 gRPC port (what ``tritonclient.grpc`` takes as url)."""
+        if self.grpc_port is None:
+            raise InvalidArgumentError("this server was started without grpc_port")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
     def is_alive(self) -> bool:
         return self.process.poll() is None
@@ -227,7 +249,8 @@ def start_server(
     ``opts`` are the server's options by keyword: ``max_batch_rows``, ``max_queue_rows``,
     ``batch_timeout_ms``, ``max_body_bytes``, ``max_inflight_bytes``, ``queue_timeout_s``,
     ``max_connections``, ``max_concurrent_batches``, ``threads_per_worker``, ``device``,
-    ``model_name``, ``log_level``, ``access_log``.
+    ``model_name``, ``log_level``, ``access_log``, ``grpc_port`` (0: serve V2 gRPC on a free
+    port, then ``ServerProcess.grpc_port``).
     The server's stdout and stderr go to ``log_path`` (appended), or to a temporary file
     removed by ``stop()``.
     """
@@ -260,7 +283,7 @@ def start_server(
         process, str(model_dir), host, 0, log_file, remove_log=remove_log, scratch=scratch
     )
     deadline = time.monotonic() + start_timeout
-    while not port_file.exists():
+    while (ports := read_port_file(port_file)) is None:
         code = process.poll()
         if code is not None or time.monotonic() >= deadline:
             tail = server.log_tail()
@@ -270,7 +293,7 @@ def start_server(
                 f"inference server for {model_dir} {why}: {' '.join(cmd)}\n{tail}"
             )
         time.sleep(0.02)
-    server.port = int(port_file.read_text().strip())
+    server.port, server.grpc_port = ports
     return server
 
 

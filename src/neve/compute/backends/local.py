@@ -24,7 +24,7 @@ import psutil
 from neve.compute.backends.base import ComputeBackend, InstanceHandle, InstanceSpec
 from neve.compute.backends.ray_actor import instance_environment, rotate_log
 from neve.errors import ServiceUnavailableError
-from neve.server.launch import server_command
+from neve.server.launch import read_port_file, server_command
 
 _CREATE_TIME_SLACK = 0.05  # seconds: psutil create times are rounded
 
@@ -59,7 +59,7 @@ class LocalBackend(ComputeBackend):
             num_workers=spec.num_workers,
             port_file=port_file,
             max_batch_rows=spec.max_batch_rows,
-            **spec.server_options,
+            **{"grpc_port": 0, **spec.server_options},
         )
         env = self._environment(spec)
         try:
@@ -92,8 +92,10 @@ class LocalBackend(ComputeBackend):
                     "instance": spec.instance_index,
                 },
             )
-            handle.port = self._wait_for_port(process, port_file, spec, handle)
+            handle.port, grpc_port = self._wait_for_port(process, port_file, spec, handle)
             handle.backend_ref["port"] = handle.port
+            if grpc_port is not None:
+                handle.backend_ref["grpc_port"] = grpc_port
             return handle
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -117,13 +119,12 @@ class LocalBackend(ComputeBackend):
         port_file: Path,
         spec: InstanceSpec,
         handle: InstanceHandle,
-    ) -> int:
+    ) -> tuple[int, int | None]:
         deadline = time.monotonic() + spec.start_timeout_s
         while True:
-            if port_file.exists():
-                text = port_file.read_text().strip()
-                if text:
-                    return int(text)
+            ports = read_port_file(port_file)
+            if ports is not None:
+                return ports
             code = process.poll()
             if code is not None or time.monotonic() >= deadline:
                 self.stop_instance(handle, timeout=2.0)

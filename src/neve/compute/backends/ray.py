@@ -216,7 +216,7 @@ class RayBackend(ComputeBackend):
             num_workers=num_workers,
             port_file="{port_file}",
             max_batch_rows=spec.max_batch_rows,
-            **spec.server_options,
+            **{"grpc_port": 0, **spec.server_options},
         )[3:]  # drop "python -m neve.server": the actor runs the image's python
         config = {
             "service": spec.service,
@@ -301,6 +301,7 @@ class RayBackend(ComputeBackend):
                 "service": spec.service,
                 "instance": spec.instance_index,
                 "port": int(info["port"]),
+                **({"grpc_port": int(info["grpc_port"])} if info.get("grpc_port") else {}),
             },
         )
         if not info["shared_logs"]:

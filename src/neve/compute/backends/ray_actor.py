@@ -218,6 +218,7 @@ class InstanceActor:
         self._spawned = threading.Event()
         self._exit_code: int | None = None
         self.port: int | None = None
+        self.grpc_port: int | None = None
         self._log_acked = 0  # log bytes the control plane has confirmed it holds
         self.local_paths: dict[str, str] = {}
         self.shared_logs = self.config.get("ship") != "always" and _probe_matches(
@@ -336,8 +337,9 @@ class InstanceActor:
         self._spawned.wait(30)
         deadline = time.monotonic() + float(self.config.get("start_timeout_s", 60))
         while True:
-            if port_file.exists() and port_file.read_text().strip():
-                self.port = int(port_file.read_text().strip())
+            ports = _read_ports(port_file)
+            if ports is not None:
+                self.port, self.grpc_port = ports
                 return self.info()
             if self._exit_code is not None or time.monotonic() >= deadline:
                 why = (
@@ -383,6 +385,7 @@ class InstanceActor:
         return {
             "host": self.host,
             "port": self.port,
+            "grpc_port": self.grpc_port,
             "pid": process.pid if process is not None else None,
             "alive": process is not None and self._exit_code is None and process.poll() is None,
             "exit_code": self._exit_code,
@@ -476,3 +479,15 @@ def _safe(name: str) -> str:
 
 if __name__ == "__main__":  # pragma: no cover - a tool: print a tree's fingerprint
     print(tree_fingerprint(sys.argv[1]))
+
+
+def _read_ports(path: Path) -> tuple[int, int | None] | None:
+    """(HTTP port, gRPC port or None) from the server's port file (``neve.server.launch``'s
+    ``read_port_file``; this module stays standard-library only)."""
+    try:
+        lines = path.read_text().split()
+    except OSError:
+        return None
+    if not lines:
+        return None
+    return int(lines[0]), (int(lines[1]) if len(lines) > 1 else None)
