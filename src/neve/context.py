@@ -14,6 +14,10 @@ class RequestContext:
     request_id: str | None = None
     #: Warehouse settings the user SET earlier in the request (name, value): see neve.sql.limits
     settings: tuple[tuple[str, str], ...] = ()
+    #: A token scoped to services authenticated this call: the ids of the only services whose
+    #: ingress endpoints it may reach (None: an unscoped credential). Only the ingress accepts
+    #: such a token; every other entry point refuses it.
+    service_scope: tuple[int, ...] | None = None
 
     def with_(self, **changes) -> RequestContext:
         return replace(self, **changes)

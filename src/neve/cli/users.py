@@ -13,7 +13,9 @@
     neve users grant USAGE service ml.apps.forecast_svc --to-role analyst [--with-grant-option]
     neve users revoke USAGE service ml.apps.forecast_svc --from-role analyst
     neve users grants [--to-role R | --of-role R | --to-user U | --on TYPE NAME]
-    neve users tokens create ci [--days 30] [--role analyst] | list | revoke ci
+    neve users tokens create ci [--days 30] [--restrict-role analyst] | list | revoke ci
+    neve users tokens create share --service ml.apps.forecast_svc   (only that service's
+                                                       ingress endpoints, nothing else)
 
 The control plane is the local account's (``neve.connect()``), or the one at ``--url`` /
 ``NEVE_URL`` with ``--token`` / ``NEVE_TOKEN``; ``--role`` / ``NEVE_ROLE`` picks the role.
@@ -379,6 +381,15 @@ def create_token(
         str | None, typer.Option("--restrict-role", help="The token acts only in this role")
     ] = None,
     user: Annotated[str | None, typer.Option(help="For another user (needs its ownership)")] = None,
+    service: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--service",
+            help="Scope it to this service's ingress endpoints (repeat for several); a scoped "
+            "token can do nothing else",
+        ),
+    ] = None,
+    comment: Annotated[str | None, typer.Option(help="A comment shown by list")] = None,
 ) -> None:
     """Create a programmatic access token and print it (shown once, stored only hashed)."""
     body: dict[str, Any] = {"name": name, "days_to_expiry": days}
@@ -386,9 +397,16 @@ def create_token(
         body["role"] = restrict_role
     if user:
         body["user"] = user
+    if service:
+        body["services"] = list(service)
+    if comment:
+        body["comment"] = comment
     result = _run(_call, "POST", "/api/v1/tokens", json=body)
+    scope = (
+        f", scoped to service(s) {', '.join(result['services'])}" if result.get("services") else ""
+    )
     err_console.print(
-        f"token {result['name']} of user {result['user']}, expires {result['expires_on']}"
+        f"token {result['name']} of user {result['user']}, expires {result['expires_on']}{scope}"
     )
     typer.echo(result["token"])
 
@@ -399,7 +417,7 @@ def list_tokens(user: Annotated[str | None, typer.Option()] = None) -> None:
     params = {"user": user} if user else None
     print_table(
         _run(_call, "GET", "/api/v1/tokens", params=params),
-        ["name", "user", "role", "status", "created_on", "expires_on"],
+        ["name", "user", "role", "services", "status", "created_on", "expires_on", "comment"],
     )
 
 

@@ -457,14 +457,24 @@ class Session:
         return self.describe_service(name)
 
     def create_token(
-        self, name: str, *, days_to_expiry: int | None = None, role: str | None = None
+        self,
+        name: str,
+        *,
+        days_to_expiry: int | None = None,
+        role: str | None = None,
+        services: list[str] | None = None,
     ) -> str:
-        """A programmatic access token for the current user (e.g. for calls to the ingress)."""
+        """A programmatic access token for the current user (e.g. for calls to the ingress).
+
+        ``services`` scopes it to those services' ingress endpoints: it can call them and do
+        nothing else (the token to hand to another installation's API integration)."""
         body: dict[str, Any] = {"name": name}
         if days_to_expiry is not None:
             body["days_to_expiry"] = days_to_expiry
         if role is not None:
             body["role"] = role
+        if services is not None:
+            body["services"] = list(services)
         return self._transport.call("POST", "/api/v1/tokens", json=body)["token"]
 
     @property

@@ -78,16 +78,19 @@ def ctx_to_dict(ctx: RequestContext) -> dict[str, Any]:
         "database": ctx.database,
         "schema": ctx.schema,
         "request_id": ctx.request_id,
+        "service_scope": list(ctx.service_scope) if ctx.service_scope is not None else None,
     }
 
 
 def ctx_from_dict(data: Mapping[str, Any]) -> RequestContext:
+    scope = data.get("service_scope")
     return RequestContext(
         user=str(data["user"]),
         role=str(data["role"]),
         database=data.get("database"),
         schema=data.get("schema"),
         request_id=data.get("request_id"),
+        service_scope=tuple(int(i) for i in scope) if scope is not None else None,
     )
 
 
@@ -269,7 +272,16 @@ class ControlPlaneAccess:
         self, ctx: RequestContext, host: str | None, name: str | None
     ) -> IngressTarget:
         body = {"ctx": ctx_to_dict(ctx), "host": host, "name": name}
-        key = ("authorize", ctx.user, ctx.role, ctx.database, ctx.schema, host, name)
+        key = (
+            "authorize",
+            ctx.user,
+            ctx.role,
+            ctx.database,
+            ctx.schema,
+            host,
+            name,
+            ctx.service_scope,
+        )
 
         def call() -> IngressTarget:
             return target_from_dict(self._post("/authorize", body)["target"])

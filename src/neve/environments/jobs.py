@@ -183,6 +183,11 @@ class BuildJobs:
             integ = lookup.account_level(
                 s, m.ExternalAccessIntegration, name, "external access integration"
             )
+            if integ.integration_type != "EXTERNAL_ACCESS":
+                raise InvalidArgumentError(
+                    f"integration {name} is an API integration (for external functions), not an "
+                    "external access integration"
+                )
             if not (
                 self.security.is_owner(s, ctx, integ)
                 or self.security.has_privilege(s, ctx, "USAGE", integ)

@@ -412,10 +412,12 @@ class EnvironmentManager:
     # -- external access integrations -------------------------------------------------------------
     @staticmethod
     def _integration_row(integ: m.ExternalAccessIntegration) -> dict:
+        # SHOW INTEGRATIONS lists API integrations too (neve.sql.external), as on the reference
+        api = integ.integration_type == "API"
         return {
             "name": integ.name,
-            "type": "EXTERNAL_ACCESS",
-            "category": "SECURITY",
+            "type": "EXTERNAL_API" if api else "EXTERNAL_ACCESS",
+            "category": "API" if api else "SECURITY",
             "enabled": bool(integ.enabled),
             "comment": integ.comment,
             "created_on": _aware(integ.created_on),

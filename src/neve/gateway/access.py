@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from neve.catalog import models as m
 from neve.context import RequestContext
 from neve.dataplane.targets import CatalogIngressTargets, IngressTarget, IngressTargets
-from neve.errors import NeveError, ObjectNotFoundError
+from neve.errors import NeveError, ObjectNotFoundError, PermissionDeniedError
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -63,13 +63,16 @@ class AccountAccess:
         return self.account.security.generation
 
     def authenticate(self, headers: Mapping[str, str]) -> tuple[RequestContext, datetime]:
-        return self.account.security.authenticate(headers)
+        # the ingress is the one place a token scoped to services is accepted
+        return self.account.security.authenticate(headers, ingress=True)
 
     def authorized_target(
         self, ctx: RequestContext, host: str | None, name: str | None
     ) -> IngressTarget:
-        """The service and a USAGE check on it, in the caller's role."""
+        """The service and a USAGE check on it, in the caller's role (and, for a token scoped
+        to services, that it is one of them)."""
         target = self.targets.ingress_target(ctx, host=host, name=name)
+        check_scope(ctx, target.service_id, target.qualified_name)
         with self.account.catalog.transaction() as s:
             svc = s.get(m.Service, target.service_id)
             if svc is None:
@@ -85,6 +88,7 @@ class AccountAccess:
     def ensure_running(
         self, ctx: RequestContext, service_id: int, timeout_s: float
     ) -> IngressTarget:
+        check_scope(ctx, service_id, f"#{service_id}")
         return self.targets.ensure_running(ctx, service_id, timeout_s)
 
     def touch(self, service_id: int) -> None:
@@ -99,6 +103,14 @@ class AccountAccess:
             except NeveError:
                 pass
         return CatalogIngressTargets(self.account).service_methods(ctx, target.service_id)
+
+
+def check_scope(ctx: RequestContext, service_id: int, label: str) -> None:
+    """A token scoped to services reaches only those (403 for any other)."""
+    if ctx.service_scope is not None and service_id not in ctx.service_scope:
+        raise PermissionDeniedError(
+            f"the token is scoped to other services' endpoints: it may not call service {label}"
+        )
 
 
 def _default_targets(account: Account) -> IngressTargets:

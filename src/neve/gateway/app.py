@@ -302,8 +302,10 @@ class Gateway:
         ctx = await self._authenticate(headers)
         ctx = ctx.with_(request_id=request_id)
         info.update(user=ctx.user, role=ctx.role)
+        # the scope is part of the key: a token scoped to services must never reuse a target
+        # an unscoped credential of the same user and role was allowed to reach
         target_key = TtlCache.key(
-            ctx.user, ctx.role, ctx.database, ctx.schema, by_host, service_name
+            ctx.user, ctx.role, ctx.database, ctx.schema, by_host, service_name, ctx.service_scope
         )
         target = await self._target(ctx, by_host, service_name, target_key)
         info["service"] = target.qualified_name

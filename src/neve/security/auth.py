@@ -14,6 +14,12 @@ plus ``X-Neve-Role`` (use this role; the user must hold it), ``X-Neve-Database``
 ``X-Neve-Context: {"role", "database", "schema"}`` is read too (the single headers win). A token
 restricted to a role (a PAT created with ``role=``) can only ever act in that role or roles it
 inherits, whichever header asks for another.
+
+A PAT created with ``services=`` is *scoped to services*: it authenticates only at the ingress
+(``authenticate(headers, ingress=True)``) and its context carries ``service_scope``, the ids of
+the only services whose endpoints it may call (the gateway checks it). Everywhere else (the REST
+API, SQL, the console) it is refused with 403, so a token handed to another installation for an
+external function can do nothing but call those endpoints.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from neve.catalog import lookup
 from neve.catalog import models as m
 from neve.context import ACCOUNTADMIN, ADMIN_USER, PUBLIC, RequestContext
 from neve.errors import (
@@ -38,7 +45,7 @@ from neve.errors import (
     ObjectNotFoundError,
     PermissionDeniedError,
 )
-from neve.identifiers import ident
+from neve.identifiers import ident, qualify
 from neve.security import keypair, passwords
 from neve.security.throttle import LoginThrottle
 from neve.security.tokens import (
@@ -228,13 +235,20 @@ class AuthenticationMixin:
         role: str | None = None,
         user: str | None = None,
         comment: str | None = None,
+        services: list[str] | tuple[str, ...] | None = None,
     ) -> dict:
-        """A programmatic access token; the secret is in the result and nowhere else."""
+        """A programmatic access token; the secret is in the result and nowhere else.
+
+        ``services`` scopes it to those services' ingress endpoints (names resolved in the
+        caller's current database and schema; the caller needs USAGE on each, and so does the
+        ``role`` it is restricted to): it can call them and nothing else."""
         token_name = ident(name, kind="token name")
         if not isinstance(days_to_expiry, int) or not 1 <= days_to_expiry <= MAX_PAT_DAYS:
             raise InvalidArgumentError(
                 f"days_to_expiry for token {token_name} must be an integer from 1 to {MAX_PAT_DAYS}"
             )
+        if comment is not None and not isinstance(comment, str):
+            raise InvalidArgumentError(f"comment of token {token_name} must be a string")
         with self.account.catalog.transaction() as s:
             owner = self._token_user(s, ctx, user)
             if s.scalar(
@@ -257,16 +271,83 @@ class AuthenticationMixin:
                         f"role {restriction} is not granted to user {owner.name}; a token can "
                         "only be restricted to a role the user holds"
                     )
+            scope = (
+                None
+                if services is None
+                else self._token_services(s, ctx, token_name, services, owner.name, restriction)
+            )
             token, row = self._issue(
                 s, owner, PAT, timedelta(days=days_to_expiry), name=token_name, role=restriction
             )
+            row.services = scope
+            row.comment = comment
             return {
                 "name": token_name,
                 "user": owner.name,
                 "token": token,
                 "role": restriction,
+                "services": self._scope_names(s, scope),
                 "expires_on": row.expires_on,
+                "comment": comment,
             }
+
+    def _token_services(
+        self,
+        s: Session,
+        ctx: RequestContext,
+        token_name: str,
+        services: list[str] | tuple[str, ...],
+        user: str,
+        restriction: str | None,
+    ) -> list[int]:
+        """The ids of the services a scoped token names: each one exists, has an ingress
+        endpoint, and may be used by the caller (and by the role the token is restricted to)."""
+        if isinstance(services, str) or not isinstance(services, list | tuple):
+            raise InvalidArgumentError(
+                f"services of token {token_name} must be a list of service names"
+            )
+        if not services:
+            raise InvalidArgumentError(
+                f"token {token_name}: SERVICES = () names no service; name the services whose "
+                "endpoints the token may call, or leave SERVICES out for an unscoped token"
+            )
+        ids: list[int] = []
+        for raw in services:
+            if not isinstance(raw, str):
+                raise InvalidArgumentError(f"token {token_name}: service names must be strings")
+            qn = qualify(raw, database=ctx.database, schema=ctx.schema, kind="service")
+            svc = lookup.in_schema(s, m.Service, qn, "service")
+            self.require(s, ctx, "USAGE", svc)  # type: ignore[attr-defined]
+            if restriction is not None:
+                acting = RequestContext(user=user, role=restriction)
+                if not self.has_privilege(s, acting, "USAGE", svc):  # type: ignore[attr-defined]
+                    raise PermissionDeniedError(
+                        f"token {token_name}: role {restriction} has no USAGE on service {qn}; "
+                        "a token restricted to it could not call the service"
+                    )
+            if not svc.ingress_enabled:
+                raise InvalidArgumentError(
+                    f"token {token_name}: service {qn} has no ingress endpoint (it was created "
+                    "with ingress_enabled=False), so a token scoped to it could call nothing"
+                )
+            if svc.id not in ids:
+                ids.append(svc.id)
+        return sorted(ids)
+
+    @staticmethod
+    def _scope_names(s: Session, scope: list[int] | None) -> list[str] | None:
+        """A scoped token's services by name (one dropped since shows as ``#id (dropped)``)."""
+        if scope is None:
+            return None
+        names = []
+        for sid in scope:
+            svc = s.get(m.Service, sid)
+            names.append(
+                str(lookup.qualified(s, svc.schema_id, svc.name))
+                if svc is not None
+                else f"#{sid} (dropped)"
+            )
+        return names
 
     def list_tokens(self, ctx: RequestContext, *, user: str | None = None) -> list[dict]:
         """The user's programmatic access tokens (never their secrets)."""
@@ -283,11 +364,13 @@ class AuthenticationMixin:
                     "name": r.name,
                     "user": owner.name,
                     "role": r.role,
+                    "services": self._scope_names(s, r.services),
                     "created_on": r.created_on,
                     "expires_on": r.expires_on,
                     "status": "REVOKED"
                     if r.revoked
                     else ("EXPIRED" if r.expires_on <= now else "ACTIVE"),
+                    "comment": r.comment,
                 }
                 for r in rows
             ]
@@ -333,19 +416,34 @@ class AuthenticationMixin:
         """The caller's context from HTTP headers, or ``AuthenticationError`` (401)."""
         return self.authenticate(headers)[0]
 
-    def authenticate(self, headers: Mapping[str, str]) -> tuple[RequestContext, datetime]:
-        """Like ``authenticate_request``, plus when the credential expires (for caches)."""
+    def authenticate(
+        self, headers: Mapping[str, str], *, ingress: bool = False
+    ) -> tuple[RequestContext, datetime]:
+        """Like ``authenticate_request``, plus when the credential expires (for caches).
+
+        A token scoped to services is accepted only with ``ingress`` (the ingress gateway,
+        which then keeps the caller to those services); anywhere else it is refused (403)."""
         token = bearer_token(_header(headers, "authorization"))
         context = context_header(_header(headers, CONTEXT_HEADER))
         role_wanted = _header(headers, ROLE_HEADER) or context.get("role")
         database = _header(headers, DATABASE_HEADER) or context.get("database")
         schema = _header(headers, SCHEMA_HEADER) or context.get("schema")
+        scope: tuple[int, ...] | None = None
         with self.account.catalog.transaction() as s:
             if looks_like_jwt(token):
                 user, expires = self._user_from_jwt(s, token)
                 restriction = None
             else:
-                user, restriction, expires = self._user_from_token(s, token)
+                row = self._token_row(s, token)
+                user, restriction, expires = self._user_of(s, row)
+                if row.services is not None:
+                    if not ingress:
+                        raise PermissionDeniedError(
+                            f"token {row.name} is scoped to the ingress endpoints of service(s) "
+                            f"{', '.join(self._scope_names(s, row.services) or [])}: it cannot "
+                            "call the REST API, run SQL or sign in to the console"
+                        )
+                    scope = tuple(int(i) for i in row.services)
             role = self._pick_role(s, user, role_wanted, restriction=restriction)
         ctx = RequestContext(
             user=user.name,
@@ -353,6 +451,7 @@ class AuthenticationMixin:
             database=ident(database, kind="database name") if database else None,
             schema=ident(schema, kind="schema name") if schema else None,
             request_id=request_id_from(headers),
+            service_scope=scope,
         )
         return ctx, expires
 
@@ -361,6 +460,11 @@ class AuthenticationMixin:
         return self.authenticate_request({"authorization": f"Bearer {token}"})
 
     def _user_from_token(self, s: Session, token: str) -> tuple[m.User, str | None, datetime]:
+        return self._user_of(s, self._token_row(s, token))
+
+    @staticmethod
+    def _token_row(s: Session, token: str) -> m.Token:
+        """The token's row, if it is valid now (not revoked, not expired)."""
         row = s.scalar(select(m.Token).where(m.Token.token_sha256 == token_sha256(token)))
         if row is None:
             raise AuthenticationError("invalid token")
@@ -368,6 +472,10 @@ class AuthenticationMixin:
             raise AuthenticationError(f"token {row.name or ''} has been revoked".replace("  ", " "))
         if row.expires_on <= utcnow():
             raise AuthenticationError("token has expired; log in again or issue a new token")
+        return row
+
+    @staticmethod
+    def _user_of(s: Session, row: m.Token) -> tuple[m.User, str | None, datetime]:
         user = s.get(m.User, row.user_id)
         if user is None or user.disabled:
             raise AuthenticationError("the token's user is disabled or no longer exists")

@@ -1024,6 +1024,11 @@ class ServiceManager:
                 ident(raw, kind="integration name"),
                 "external access integration",
             )
+            if eai.integration_type != "EXTERNAL_ACCESS":
+                raise InvalidArgumentError(
+                    f"integration {eai.name} is an API integration (for external functions), "
+                    "not an external access integration"
+                )
             self.security.require(s, ctx, "USAGE", eai)
             out.append(eai.name)
         return out

@@ -39,6 +39,7 @@ from neve.identifiers import QualifiedName, qualify
 from neve.sql import access
 from neve.sql import udf as udfs
 from neve.sql.access import schema_access
+from neve.sql.external import ExternalCaller
 from neve.sql.lexer import split_statements
 from neve.sql.limits import USER_SETTINGS, QueryLimits, user_setting
 from neve.sql.parser import parse_management
@@ -126,6 +127,8 @@ class SqlEngine:
         #: How service functions reach a service; ``account.services.invoke_arrow`` unless
         #: replaced.
         self.service_caller: udfs.ServiceCaller | None = None
+        #: How external functions reach their URLs (HTTP, one connection pool)
+        self.external = ExternalCaller()
 
     # -- resources --------------------------------------------------------------------------------
     @property
@@ -159,6 +162,7 @@ class SqlEngine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.external.close()
         if self._warehouse is not None:
             self._warehouse.close()
 
@@ -414,6 +418,31 @@ class SqlEngine:
         return rel.to_arrow_table(), types
 
     def _make_udf(self, ctx: RequestContext, call: BoundCall, errors: udfs.QueryErrors):
+        if call.external is not None:
+            target = call.external
+
+            def send(
+                _ctx: RequestContext,
+                _name: str,
+                _method: str,
+                table: pa.Table,
+                *,
+                timeout_s: float = 300,
+                retries: int | None = None,
+            ) -> pa.Table:
+                return self.external.call(target, table, timeout_s=timeout_s, retries=retries)
+
+            return udfs.service_udf(
+                caller=send,
+                ctx=ctx,
+                service=target.url,
+                method="",
+                function=call.display,
+                signature=call.signature,
+                options=udfs.BatchOptions.from_options(call.options),
+                pool=self._pool,
+                errors=errors,
+            )
         if call.kind == "SERVICE":
             assert call.service is not None
             caller = self._caller()

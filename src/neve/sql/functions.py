@@ -217,6 +217,8 @@ def describe_signature(signature: ModelSignature) -> str:
 
 #: Functions made by CREATE FUNCTION ... SERVICE = s ENDPOINT = e AS '/path' (not generated).
 KIND_ENDPOINT = "ENDPOINT"
+#: Functions made by CREATE EXTERNAL FUNCTION ... API_INTEGRATION = i AS '<url>' (neve.sql.external)
+KIND_EXTERNAL = "EXTERNAL"
 #: SQL types a CREATE FUNCTION may declare; the values travel in the method's own types.
 SCALAR_SQL_TYPES = {
     "NUMBER", "DECIMAL", "NUMERIC", "INT", "INTEGER", "BIGINT", "SMALLINT", "TINYINT",
@@ -333,8 +335,9 @@ def create_endpoint_function(
 
 
 def drop_endpoint_function(session: Session, fn: m.Function, *, label: str) -> None:
-    """DROP FUNCTION: only a created one; a generated function goes with its service."""
-    if fn.kind != KIND_ENDPOINT:
+    """DROP FUNCTION: only a created one (on an endpoint, or external); a generated function
+    goes with its service."""
+    if fn.kind not in (KIND_ENDPOINT, KIND_EXTERNAL):
         raise InvalidArgumentError(
             f"function {label} was generated for its service and is dropped with it "
             "(DROP SERVICE); it cannot be dropped alone"

@@ -97,6 +97,20 @@ FUNCTION_PROPS = {
 }
 
 FUNCTION_CREATE_PROPS = {"SERVICE": WORD, "ENDPOINT": WORD, **FUNCTION_PROPS}
+EXTERNAL_FUNCTION_PROPS = {"API_INTEGRATION": WORD, "COMMENT": STR, **FUNCTION_PROPS}
+API_INTEGRATION_PROPS = {
+    "API_PROVIDER": WORD,
+    "API_ALLOWED_PREFIXES": STRS,
+    "API_BLOCKED_PREFIXES": STRS,
+    "API_KEY": STR,
+    "ENABLED": BOOL,
+    "COMMENT": STR,
+}
+API_INTEGRATION_ALTER_PROPS = {
+    k: v for k, v in API_INTEGRATION_PROPS.items() if k != "API_PROVIDER"
+}
+#: ALTER USER [u] ADD PROGRAMMATIC ACCESS TOKEN t ...: SERVICES scopes it to those services
+PAT_PROPS = {"ROLE_RESTRICTION": WORD, "DAYS_TO_EXPIRY": INT, "SERVICES": NAMES, "COMMENT": STR}
 
 #: Object types a GRANT/REVOKE/SHOW GRANTS ON may name (longest first when matching).
 GRANT_OBJECT_TYPES = [
@@ -319,6 +333,7 @@ _CREATE_OBJECTS = {
     ("IMAGE", "REPOSITORY"),
     ("NETWORK", "RULE"),
     ("EXTERNAL", "ACCESS", "INTEGRATION"),
+    ("API", "INTEGRATION"),
     ("DATABASE",),
     ("SCHEMA",),
     ("ROLE",),
@@ -332,6 +347,7 @@ _ALTER_OBJECTS = {
     ("MODEL",),
     ("FUNCTION",),
     ("USER",),
+    ("API", "INTEGRATION"),
 }
 _DESCRIBE_OBJECTS = {
     ("COMPUTE", "POOL"),
@@ -342,6 +358,8 @@ _DESCRIBE_OBJECTS = {
     ("IMAGE", "REPOSITORY"),
     ("DATABASE",),
     ("SCHEMA",),
+    ("API", "INTEGRATION"),
+    ("INTEGRATION",),
 }
 
 
@@ -371,6 +389,10 @@ def _create(p: _Parser) -> Statement | None:
         i = 3
     if p.peek_word(i) == "FUNCTION":
         return _create_function(p, i + 1, or_replace)
+    if p.peek_word(i) == "SECURE" and p.peek_word(i + 1) == "EXTERNAL":
+        raise p.error("SECURE external functions are not supported; leave SECURE out")
+    if p.peek_word(i) == "EXTERNAL" and p.peek_word(i + 1) == "FUNCTION":
+        return _create_external_function(p, i + 2, or_replace)
     obj = _object_after(p, i, _CREATE_OBJECTS)
     if obj is None:
         return None
@@ -388,6 +410,7 @@ def _create(p: _Parser) -> Statement | None:
         "CREATE IMAGE REPOSITORY": COMMENT_PROPS,
         "CREATE NETWORK RULE": NETWORK_RULE_PROPS,
         "CREATE INTEGRATION": INTEGRATION_PROPS,
+        "CREATE API INTEGRATION": API_INTEGRATION_PROPS,
         "CREATE DATABASE": COMMENT_PROPS,
         "CREATE SCHEMA": COMMENT_PROPS,
         "CREATE ROLE": COMMENT_PROPS,
@@ -442,16 +465,7 @@ def _create_function(p: _Parser, start: int, or_replace: bool) -> Statement | No
     st = Statement(kind="CREATE FUNCTION", or_replace=or_replace)
     st.if_not_exists = p.if_not_exists()
     st.name = p.name("a function name")
-    p.expect_punct(TokenType.L_PAREN, "(")
-    args: list[tuple[str, str]] = []
-    if not p.accept_punct(TokenType.R_PAREN):
-        while True:
-            arg = p.name("an argument name")
-            args.append((arg, _sql_type(p, f"a type for argument {arg}")))
-            if p.accept_punct(TokenType.R_PAREN):
-                break
-            p.expect_punct(TokenType.COMMA, ",")
-    st.args["arguments"] = args
+    st.args["arguments"] = _argument_list(p)
     p.expect("RETURNS")
     st.args["returns"] = _sql_type(p, "a return type")
     st.props = p.props(FUNCTION_CREATE_PROPS, st.kind, stop=("AS",))
@@ -462,6 +476,40 @@ def _create_function(p: _Parser, start: int, or_replace: bool) -> Statement | No
     st.args["path"] = p.string("the endpoint path, e.g. '/predict'")
     p.end()
     return st
+
+
+def _create_external_function(p: _Parser, start: int, or_replace: bool) -> Statement:
+    """``CREATE [OR REPLACE] EXTERNAL FUNCTION [IF NOT EXISTS] f(a NUMBER, ...) RETURNS t
+    API_INTEGRATION = i [MAX_BATCH_ROWS = n ...] [COMMENT = '...'] AS '<url>'``: a function that
+    sends its rows in batches to a URL speaking the external-function data format."""
+    p.pos = start
+    st = Statement(kind="CREATE EXTERNAL FUNCTION", or_replace=or_replace)
+    st.if_not_exists = p.if_not_exists()
+    st.name = p.name("a function name")
+    st.args["arguments"] = _argument_list(p)
+    p.expect("RETURNS")
+    st.args["returns"] = _sql_type(p, "a return type")
+    st.props = p.props(EXTERNAL_FUNCTION_PROPS, st.kind, stop=("AS",))
+    if "API_INTEGRATION" not in st.props:
+        raise p.error("CREATE EXTERNAL FUNCTION needs API_INTEGRATION = <integration> before AS")
+    p.expect("AS")
+    st.args["url"] = p.string("the URL the function calls, e.g. 'https://host/svc/name/predict'")
+    p.end()
+    return st
+
+
+def _argument_list(p: _Parser) -> list[tuple[str, str]]:
+    """``(a NUMBER, b VARCHAR)``: the arguments' names and types."""
+    p.expect_punct(TokenType.L_PAREN, "(")
+    args: list[tuple[str, str]] = []
+    if not p.accept_punct(TokenType.R_PAREN):
+        while True:
+            arg = p.name("an argument name")
+            args.append((arg, _sql_type(p, f"a type for argument {arg}")))
+            if p.accept_punct(TokenType.R_PAREN):
+                break
+            p.expect_punct(TokenType.COMMA, ",")
+    return args
 
 
 def _drop(p: _Parser) -> Statement | None:
@@ -490,7 +538,46 @@ def _drop(p: _Parser) -> Statement | None:
     return st
 
 
+def _alter_user_token(p: _Parser) -> Statement | None:
+    """``ALTER USER [IF EXISTS] [u] ADD {PROGRAMMATIC ACCESS TOKEN | PAT} t [ROLE_RESTRICTION =
+    'r'] [DAYS_TO_EXPIRY = n] [SERVICES = (s, ...)] [COMMENT = '...']`` and ``... REMOVE
+    {PROGRAMMATIC ACCESS TOKEN | PAT} t``; None for any other ALTER USER."""
+
+    def token_words(ahead: int) -> int:
+        """How many words ``PAT`` / ``PROGRAMMATIC ACCESS TOKEN`` take ``ahead`` of here."""
+        if p.peek_word(ahead) == "PAT":
+            return 1
+        if [p.peek_word(ahead + k) for k in range(3)] == ["PROGRAMMATIC", "ACCESS", "TOKEN"]:
+            return 3
+        return 0
+
+    p.pos = 2
+    if_exists = p.if_exists()
+    name = None
+    if not (p.peek_word() in ("ADD", "REMOVE") and token_words(1)):
+        tok = p.peek()
+        if tok is None or not is_word(tok):
+            return None
+        name = p.name("a user name")
+    action = p.peek_word()
+    width = token_words(1) if action in ("ADD", "REMOVE") else 0
+    if not width:
+        return None
+    p.pos += 1 + width
+    st = Statement(kind=f"ALTER USER {action} PAT", name=name, if_exists=if_exists)
+    st.args["token"] = p.name("a token name")
+    if action == "ADD":
+        st.props = p.props(PAT_PROPS, "ALTER USER ... ADD PROGRAMMATIC ACCESS TOKEN")
+    p.end()
+    return st
+
+
 def _alter(p: _Parser) -> Statement | None:
+    if p.peek_word(1) == "USER":
+        found = _alter_user_token(p)
+        if found is not None:
+            return found
+        p.pos = 0
     obj = _object_after(p, 1, _ALTER_OBJECTS)
     if obj is None:
         return None
@@ -553,6 +640,10 @@ def _alter(p: _Parser) -> Statement | None:
         p.expect("SET")
         st.args["action"] = "SET"
         st.props = p.props(USER_PROPS, kind)
+    elif kind == "ALTER API INTEGRATION":
+        p.expect("SET")
+        st.args["action"] = "SET"
+        st.props = p.props(API_INTEGRATION_ALTER_PROPS, kind)
     p.end()
     return st
 
@@ -627,6 +718,16 @@ def _show(p: _Parser) -> Statement:
         st.args.update(p.show_scope())
     elif p.accept("EXTERNAL", "ACCESS", "INTEGRATIONS") or p.accept("INTEGRATIONS"):
         st = Statement("SHOW INTEGRATIONS", like=p.like())
+    elif p.accept("API", "INTEGRATIONS"):
+        st = Statement("SHOW API INTEGRATIONS", like=p.like())
+    elif p.accept("USER", "PROGRAMMATIC", "ACCESS", "TOKENS") or p.accept("USER", "PATS"):
+        st = Statement("SHOW USER PATS")
+        if p.accept("FOR", "USER"):
+            st.name = p.name("a user name")
+    elif p.accept("EXTERNAL", "FUNCTIONS"):
+        st = Statement("SHOW FUNCTIONS", like=p.like())
+        st.args.update(p.show_scope())
+        st.args["external"] = True
     elif p.accept("SERVICES"):
         st = Statement("SHOW SERVICES", like=p.like())
         if p.accept("IN", "COMPUTE", "POOL"):
@@ -684,8 +785,9 @@ def _show(p: _Parser) -> Statement:
     else:
         raise p.error(
             "unknown SHOW statement; expected one of COMPUTE POOLS, IMAGE REPOSITORIES, IMAGES, "
-            "NETWORK RULES, INTEGRATIONS, SERVICES, ENDPOINTS, SERVICE CONTAINERS, MODELS, "
-            "VERSIONS, DATABASES, SCHEMAS, TABLES, FUNCTIONS, ROLES, USERS, GRANTS"
+            "NETWORK RULES, INTEGRATIONS, API INTEGRATIONS, SERVICES, ENDPOINTS, SERVICE "
+            "CONTAINERS, MODELS, VERSIONS, DATABASES, SCHEMAS, TABLES, FUNCTIONS, EXTERNAL "
+            "FUNCTIONS, USER PROGRAMMATIC ACCESS TOKENS, ROLES, USERS, GRANTS"
         )
     p.end()
     return st

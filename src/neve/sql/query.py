@@ -45,7 +45,7 @@ from neve.errors import (
 )
 from neve.identifiers import QualifiedName, ident, qualify, quote
 from neve.models.signature import ModelSignature
-from neve.sql import access, table_functions
+from neve.sql import access, external, table_functions
 from neve.sql import functions as fns
 from neve.sql.lexer import BANG_PREFIX, BangCall, line_col, rewrite_bang_calls, tokenize
 from neve.sql.warehouse import neve_schema, rewrite_tables
@@ -77,6 +77,8 @@ class BoundCall:
     function_type: str = "FUNCTION"
     #: method parameters given as ``name => constant`` after the arguments
     call_params: dict[str, Any] = field(default_factory=dict)
+    #: EXTERNAL: where the batches go (``neve.sql.external``)
+    external: external.ExternalTarget | None = None
 
 
 @dataclass
@@ -328,6 +330,8 @@ class Planner:
     def _bind_service_function(
         self, s: Session, fn: m.Function, *, display: str, nargs: int
     ) -> BoundCall:
+        if fn.kind == external.KIND_EXTERNAL:
+            return self._bind_external(s, fn, display=display, nargs=nargs)
         service = s.get(m.Service, fn.service_id) if fn.service_id is not None else None
         if service is None:
             raise ObjectNotFoundError(f"function {display}: its service no longer exists")
@@ -349,6 +353,26 @@ class Planner:
             method=fn.method,
             options=fns.effective_options(fn),
             function_type=_function_type(spec),
+        )
+
+    def _bind_external(self, s: Session, fn: m.Function, *, display: str, nargs: int) -> BoundCall:
+        """An external function: USAGE on it, its API integration enabled and allowing its URL
+        (checked now, before any row is sent)."""
+        label = str(lookup.qualified(s, fn.schema_id, fn.name))
+        target = external.bind(s, self.account, self.ctx, fn, label)
+        signature = ModelSignature.from_dict(fn.signature)
+        _check_arity(display, signature, nargs)
+        return BoundCall(
+            udf_name=self._new_udf_name(),
+            display=display,
+            kind=external.KIND_EXTERNAL,
+            signature=signature,
+            params=[fns.duck_type(f) for f in signature.inputs],
+            return_type=fns.return_duck_type(signature),
+            service=target.url,
+            method="",
+            options=fns.effective_options(fn),
+            external=target,
         )
 
     def _bind_model(self, s: Session, bang: BangCall, nargs: int) -> BoundCall:

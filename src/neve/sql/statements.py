@@ -3,7 +3,8 @@
 Compute pools go to ``account.compute``, image repositories, network rules and integrations to
 ``account.environments``, models and versions to ``account.registry``, services to
 ``account.services``, users, roles and grants to ``account.security``, databases and schemas to
-``neve.sql.objects``, tables to the warehouse and functions to ``neve.sql.functions``.
+``neve.sql.objects``, tables to the warehouse, functions to ``neve.sql.functions``, and API
+integrations and external functions to ``neve.sql.external``.
 
 Managers return dicts keyed by the reference platform's SHOW column names; they become rows
 here, and ``SHOW ... LIKE 'pat%'`` is applied in one place (:func:`filter_like`), on the
@@ -25,8 +26,8 @@ from neve.context import RequestContext
 from neve.errors import InvalidArgumentError, NotSupportedError, ObjectNotFoundError
 from neve.identifiers import ident, qualify, quote
 from neve.like import filter_like
+from neve.sql import external, objects
 from neve.sql import functions as fns
-from neve.sql import objects
 from neve.sql.parser import Statement
 
 if TYPE_CHECKING:
@@ -229,6 +230,28 @@ SHOW_COLUMNS: dict[str, list[str]] = {
         "method",
         "arguments",
         "options",
+        "is_external_function",
+        "api_integration",
+        "url",
+    ],
+    "SHOW API INTEGRATIONS": [
+        "name",
+        "type",
+        "category",
+        "enabled",
+        "comment",
+        "created_on",
+        "owner",
+    ],
+    "SHOW USER PATS": [
+        "name",
+        "user_name",
+        "role_restriction",
+        "services",
+        "expires_at",
+        "status",
+        "comment",
+        "created_on",
     ],
 }
 
@@ -487,6 +510,69 @@ def _alter_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlRes
     return _executed()
 
 
+@handles("ALTER USER ADD PAT")
+def _add_token(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    """ALTER USER [u] ADD PROGRAMMATIC ACCESS TOKEN t [ROLE_RESTRICTION = r] [DAYS_TO_EXPIRY =
+    n] [SERVICES = (s, ...)] [COMMENT = '...']: the secret is in this result and nowhere else."""
+    if st.if_exists and not _user_exists(engine, st.name):
+        return _executed()
+    props = st.props
+    kwargs: dict[str, Any] = {
+        "role": props.get("ROLE_RESTRICTION"),
+        "user": st.name,
+        "comment": props.get("COMMENT"),
+        "services": props.get("SERVICES"),
+    }
+    if "DAYS_TO_EXPIRY" in props:
+        kwargs["days_to_expiry"] = props["DAYS_TO_EXPIRY"]
+    row = engine.account.security.create_token(ctx, st.args["token"], **kwargs)
+    return _one(
+        {
+            "token_name": row["name"],
+            "token_secret": row["token"],
+            "user_name": row["user"],
+            "role_restriction": row["role"],
+            "services": row["services"],
+            "expires_at": row["expires_on"],
+        }
+    )
+
+
+@handles("ALTER USER REMOVE PAT")
+def _remove_token(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    """ALTER USER [u] REMOVE PROGRAMMATIC ACCESS TOKEN t: revoked at once, at the ingress too."""
+    if st.if_exists and not _user_exists(engine, st.name):
+        return _executed()
+    engine.account.security.revoke_token(ctx, st.args["token"], user=st.name)
+    return _executed()
+
+
+@handles("SHOW USER PATS")
+def _show_tokens(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    rows = [
+        {
+            "name": t["name"],
+            "user_name": t["user"],
+            "role_restriction": t["role"],
+            "services": t["services"],
+            "expires_at": t["expires_on"],
+            "status": t["status"],
+            "comment": t["comment"],
+            "created_on": t["created_on"],
+        }
+        for t in engine.account.security.list_tokens(ctx, user=st.name)
+    ]
+    return _result(st.kind, rows)
+
+
+def _user_exists(engine: SqlEngine, name: str | None) -> bool:
+    if name is None:
+        return True
+    user = ident(name, kind="user name")
+    with engine.account.catalog.transaction() as s:
+        return s.scalar(select(m.User.id).where(m.User.name == user)) is not None
+
+
 @handles("DROP USER")
 def _drop_user(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     engine.account.security.drop_user(ctx, st.name or "", if_exists=st.if_exists)
@@ -699,6 +785,56 @@ def _drop_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> 
     return _executed()
 
 
+@handles("CREATE API INTEGRATION")
+def _create_api_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    started = datetime.now(UTC)
+    row = external.ApiIntegrations(engine.account).create(
+        ctx,
+        st.name or "",
+        or_replace=st.or_replace,
+        if_not_exists=st.if_not_exists,
+        **_lower_props(st.props),
+    )
+    return _created(f"Integration {quote(row['name'])}", row, started)
+
+
+@handles("ALTER API INTEGRATION")
+def _alter_api_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    external.ApiIntegrations(engine.account).alter(
+        ctx, st.name or "", if_exists=st.if_exists, **_lower_props(st.props)
+    )
+    return _executed()
+
+
+@handles("SHOW API INTEGRATIONS")
+def _show_api_integrations(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _result(st.kind, external.ApiIntegrations(engine.account).show(ctx), st.like)
+
+
+@handles("DESCRIBE API INTEGRATION")
+def _describe_api_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    return _one(external.ApiIntegrations(engine.account).describe(ctx, st.name or ""))
+
+
+@handles("DESCRIBE INTEGRATION")
+def _describe_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    """Either kind of integration: an API integration's properties (never its key), or an
+    external access integration's row."""
+    name = ident(st.name or "", kind="integration name")
+    with engine.account.catalog.transaction() as s:
+        integ = lookup.account_level(s, m.ExternalAccessIntegration, name, "integration")
+        kind = integ.integration_type
+    if kind == external.API:
+        return _one(external.ApiIntegrations(engine.account).describe(ctx, name))
+    return _one(engine.account.environments.describe_external_access_integration(ctx, name))
+
+
+@handles("DROP API INTEGRATION")
+def _drop_api_integration(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    external.ApiIntegrations(engine.account).drop(ctx, st.name or "", if_exists=st.if_exists)
+    return _dropped(st.name or "", "integration name")
+
+
 @handles("SHOW INTEGRATIONS")
 def _show_integrations(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     rows = engine.account.environments.show_external_access_integrations(ctx)
@@ -896,6 +1032,12 @@ def _function_rows(s: Any, fn_rows: list[m.Function]) -> list[dict]:
         qn = lookup.qualified(s, fn.schema_id, fn.name)
         service = s.get(m.Service, fn.service_id) if fn.service_id else None
         sig = fns.ModelSignature.from_dict(fn.signature)
+        is_external = fn.kind == external.KIND_EXTERNAL
+        details = external.function_details(fn) if is_external else {}
+        arguments = f"{fn.name}{fns.describe_signature(sig)}"
+        if is_external:
+            args = ", ".join(f"{f.name} {fns.duck_type(f)}" for f in sig.inputs)
+            arguments = f"{fn.name}({args}) RETURN {(fn.details or {}).get('returns')}"
         rows.append(
             {
                 "created_on": fn.created_on
@@ -905,19 +1047,30 @@ def _function_rows(s: Any, fn_rows: list[m.Function]) -> list[dict]:
                 "schema_name": qn.schema,
                 "database_name": qn.database,
                 "service_name": service.name if service is not None else None,
-                "method": fn.method,
-                "arguments": f"{fn.name}{fns.describe_signature(sig)}",
+                "method": fn.method or None,
+                "arguments": arguments,
                 "options": dict(fns.effective_options(fn)),
+                "is_external_function": is_external,
+                "api_integration": details.get("api_integration"),
+                "url": details.get("url"),
             }
         )
     return rows
+
+
+def _may_see_function(engine: SqlEngine, s: Any, ctx: RequestContext, fn: m.Function) -> bool:
+    """A service's function with USAGE on the service; an external one with USAGE on it."""
+    security = engine.account.security
+    if fn.kind == external.KIND_EXTERNAL:
+        return bool(security.has_privilege(s, ctx, "USAGE", fn))
+    service = s.get(m.Service, fn.service_id) if fn.service_id else None
+    return service is None or bool(security.has_privilege(s, ctx, "USAGE", service))
 
 
 @handles("SHOW FUNCTIONS")
 def _show_functions(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     scope = st.args.get("scope")
     with engine.account.catalog.transaction() as s:
-        security = engine.account.security
         query = select(m.Function).join(m.Schema).join(m.Database)
         if scope == "DATABASE":
             query = query.where(
@@ -930,11 +1083,13 @@ def _show_functions(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sq
                 else (ctx.database, ctx.schema)
             )
             query = query.where(m.Database.name == db, m.Schema.name == sch)
-        visible = []
-        for fn in s.scalars(query.order_by(m.Function.name)):
-            service = s.get(m.Service, fn.service_id) if fn.service_id else None
-            if service is None or security.has_privilege(s, ctx, "USAGE", service):
-                visible.append(fn)
+        if st.args.get("external"):
+            query = query.where(m.Function.kind == external.KIND_EXTERNAL)
+        visible = [
+            fn
+            for fn in s.scalars(query.order_by(m.Function.name))
+            if _may_see_function(engine, s, ctx, fn)
+        ]
         rows = _function_rows(s, visible)
     return _result(st.kind, rows, st.like)
 
@@ -984,6 +1139,24 @@ def _create_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> S
     return _status(f"Function {qn.name} successfully created.")
 
 
+@handles("CREATE EXTERNAL FUNCTION")
+def _create_external_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
+    """A function calling a URL through an API integration: CREATE FUNCTION on the schema,
+    USAGE on the integration (see ``neve.sql.external``)."""
+    message = external.create_external_function(
+        engine.account,
+        ctx,
+        st.name or "",
+        args=st.args["arguments"],
+        returns=st.args["returns"],
+        url=st.args["url"],
+        props=st.props,
+        or_replace=st.or_replace,
+        if_not_exists=st.if_not_exists,
+    )
+    return _status(message)
+
+
 @handles("DROP FUNCTION")
 def _drop_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
     """Needs what creating it needed: CREATE FUNCTION on its schema."""
@@ -1007,17 +1180,30 @@ def _describe_function(engine: SqlEngine, ctx: RequestContext, st: Statement) ->
         service = s.get(m.Service, fn.service_id) if fn.service_id else None
         if service is not None:
             engine.account.security.require(s, ctx, "USAGE", service)
+        elif fn.kind == external.KIND_EXTERNAL:
+            engine.account.security.require(s, ctx, "USAGE", fn)
         row = _function_rows(s, [fn])[0]
     sig = fns.ModelSignature.from_dict(fn.signature)
-    props = [
+    props: list[dict[str, Any]] = [
         {
             "property": "signature",
             "value": "(" + ", ".join(f"{f.name} {fns.duck_type(f)}" for f in sig.inputs) + ")",
         },
-        {"property": "returns", "value": fns.return_duck_type(sig)},
-        {"property": "service", "value": row["service_name"]},
-        {"property": "method", "value": fn.method},
     ]
+    if fn.kind == external.KIND_EXTERNAL:
+        details = external.function_details(fn)
+        props += [
+            {"property": "returns", "value": (fn.details or {}).get("returns")},
+            {"property": "api_integration", "value": details["api_integration"]},
+            {"property": "url", "value": details["url"]},
+            {"property": "comment", "value": details["comment"]},
+        ]
+    else:
+        props += [
+            {"property": "returns", "value": fns.return_duck_type(sig)},
+            {"property": "service", "value": row["service_name"]},
+            {"property": "method", "value": fn.method},
+        ]
     props += [{"property": k, "value": str(v)} for k, v in row["options"].items()]
     return _one(props)
 
@@ -1034,6 +1220,8 @@ def _alter_function(engine: SqlEngine, ctx: RequestContext, st: Statement) -> Sq
         service = s.get(m.Service, fn.service_id) if fn.service_id else None
         if service is not None:
             engine.account.security.require_owner(s, ctx, service)
+        else:  # an external function: its owner
+            engine.account.security.require_owner(s, ctx, fn)
         options = dict(fn.options or {})
         if st.args["action"] == "SET":
             options.update(fns.validate_options(st.props, function=fn.name))

@@ -113,11 +113,18 @@ def use_role(call: Call) -> dict:
 
 @endpoint(status=201)
 def create_token(call: Call) -> dict:
-    """Create a programmatic access token {"name", "days_to_expiry", "role", "user"}.
+    """Create a programmatic access token {"name", "days_to_expiry", "role", "user", "comment",
+    "services"} (``services``: scoped to those services' ingress endpoints, nothing else).
 
     The secret is in the answer and nowhere else (the catalog keeps its SHA-256)."""
-    body = body_fields(call, {"name", "days_to_expiry", "role", "user", "comment"}, what="a token")
-    kwargs: dict[str, Any] = {k: body[k] for k in ("role", "user", "comment") if k in body}
+    body = body_fields(
+        call,
+        {"name", "days_to_expiry", "role", "user", "comment", "services"},
+        what="a token",
+    )
+    kwargs: dict[str, Any] = {
+        k: body[k] for k in ("role", "user", "comment", "services") if k in body
+    }
     if "days_to_expiry" in body:
         kwargs["days_to_expiry"] = body["days_to_expiry"]
     return call.account.security.create_token(
