@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic import ValidationError as _ValidationError
 
 from neve.errors import InvalidArgumentError
@@ -107,6 +107,8 @@ class SettingsFile(BaseModel):
     ingress_proxies: NonNegativeInt | None = None
     ingress_host: str | None = None
     ingress_port: NonNegativeInt | None = None
+    # V2 gRPC port of the proxies: 0 the last one (else a free one), -1 no gRPC ingress
+    ingress_grpc_port: int | None = Field(default=None, ge=-1)
     ingress_proxy_orphan_secs: PositiveFloat | None = None
     ingress_max_inflight: PositiveInt | None = None
     # services (neve.services)

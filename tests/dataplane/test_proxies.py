@@ -198,3 +198,84 @@ def test_mv_run_sends_its_rows_through_the_proxies(session, service):
     found = DataPlaneClient(session._transport.call, dict).lookup(SVC, "predict", 30)
     assert found.ingress_url == f"{ingress_info(home)['url']}/svc/{SVC}"
     assert found.instances and found.route == "predict"
+
+
+# -------------------------------------------------------------- V2 gRPC through the proxies
+
+
+def _grpc_inputs(grpcclient, frame: pd.DataFrame) -> list:
+    inputs = []
+    for name in ("A", "B"):
+        t = grpcclient.InferInput(name, [len(frame)], "FP64")
+        t.set_data_from_numpy(frame[name].to_numpy(dtype=np.float64))
+        inputs.append(t)
+    return inputs
+
+
+def test_v2_grpc_through_the_proxies(session, service):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    home = session.account_home
+    records = wait_for(lambda: _proxies_up(home, 2), timeout=60, what="two ingress proxies")
+    info = ingress_info(home)
+    assert {r.grpc_port for r in records} == {info["grpc_port"]}  # one gRPC port, shared
+    mv, train = service
+    frame = train.head(7)
+    in_process = mv.run(frame, function_name="predict")
+    token = session.create_token("grpc_caller")
+    auth = {"authorization": f"Bearer {token}"}
+    client = grpcclient.InferenceServerClient(url=info["grpc_address"])
+    try:
+        assert client.is_server_live()
+        meta = client.get_model_metadata(SVC, headers=auth, as_json=True)
+        assert [i["name"] for i in meta["inputs"]] == ["A", "B"]
+        in_schema = {**auth, "x-neve-database": "ml", "x-neve-schema": "reg"}
+        for model_name, headers in (
+            (SVC, auth),
+            (f"{SVC}/predict", auth),
+            ("proxied", in_schema),  # a bare name in the caller's schema, as over HTTP
+        ):
+            result = client.infer(model_name, _grpc_inputs(grpcclient, frame), headers=headers)
+            [output] = result.get_response().outputs
+            np.testing.assert_allclose(result.as_numpy(output.name), in_process[output.name])
+        # what a caller gets wrong is a status naming it
+        cases = [
+            ({}, SVC, "StatusCode.UNAUTHENTICATED", "authorization"),
+            (auth, "ML.REG.NO_SUCH", "StatusCode.NOT_FOUND", "NO_SUCH"),
+            (auth, f"{SVC}/nope", "StatusCode.NOT_FOUND", "nope"),
+            ({"authorization": "Bearer nvp_wrong"}, SVC, "StatusCode.UNAUTHENTICATED", ""),
+        ]
+        for headers, model_name, status, fragment in cases:
+            with pytest.raises(InferenceServerException) as err:
+                client.infer(model_name, _grpc_inputs(grpcclient, frame), headers=headers)
+            assert err.value.status() == status, (model_name, err.value.message())
+            assert fragment.lower() in err.value.message().lower()
+    finally:
+        client.close()
+
+
+def test_v2_grpc_wakes_a_suspended_service(session, service):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+
+    home = session.account_home
+    wait_for(lambda: _proxies_up(home, 2), timeout=60, what="two ingress proxies")
+    session.sql(f"ALTER SERVICE {SVC} SUSPEND").collect()
+    wait_for(
+        lambda: session.sql(f"DESCRIBE SERVICE {SVC}").collect()[0].status == "SUSPENDED",
+        timeout=60,
+        what="the service suspended",
+    )
+    token = session.create_token("grpc_waker")
+    client = grpcclient.InferenceServerClient(url=ingress_info(home)["grpc_address"])
+    try:
+        result = client.infer(
+            SVC,
+            _grpc_inputs(grpcclient, service[1].head(3)),
+            headers={"authorization": f"Bearer {token}"},
+            client_timeout=180,
+        )
+    finally:
+        client.close()
+    assert result.as_numpy(result.get_response().outputs[0].name).shape == (3,)
+    assert session.sql(f"DESCRIBE SERVICE {SVC}").collect()[0].status == "RUNNING"

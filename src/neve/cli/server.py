@@ -92,6 +92,8 @@ def status(
             {
                 "state": "running",
                 **{k: info.get(k) for k in ("pid", "url", "version", "started_on", "uptime_s")},
+                "ingress": info.get("ingress_url") or info.get("url"),
+                "ingress gRPC": info.get("ingress_grpc") or "-",
                 "home": info["home"],
                 "log": info["log"],
             }

@@ -15,6 +15,8 @@ setting                     default                       meaning
                                                           the control plane's own ingress remains)
 ``ingress_port``            0 (the last one, else free)   the port every proxy listens on
 ``ingress_host``            the control plane's host      the address they listen on
+``ingress_grpc_port``       0 (the last one, else free)   the V2 gRPC port every proxy listens on
+                                                          (-1: no gRPC ingress)
 =========================== ============================= ==========================================
 
 The proxies and the control plane share a secret (``<home>/run/proxy.secret``, 0600, kept
@@ -51,6 +53,7 @@ PROXY_DIR = "run/proxies"
 SECRET_FILE = "run/proxy.secret"
 INGRESS_FILE = "ingress.json"
 PORT_FILE = "ingress.port"
+GRPC_PORT_FILE = "ingress-grpc.port"
 SECRET_HEADER = "x-neve-proxy-secret"
 HEALTH_PATH = "/_neve/health"
 START_TIMEOUT_S = 30.0
@@ -97,6 +100,12 @@ def ingress_url(home: Path) -> str | None:
     return str(info["url"]).rstrip("/") if info and info.get("url") else None
 
 
+def ingress_grpc_address(home: Path) -> str | None:
+    """``host:port`` of the proxies' V2 gRPC ingress (what ``tritonclient.grpc`` takes)."""
+    info = ingress_info(home)
+    return str(info["grpc_address"]) if info and info.get("grpc_address") else None
+
+
 @dataclass(frozen=True)
 class ProxyRecord:
     index: int
@@ -104,6 +113,7 @@ class ProxyRecord:
     port: int
     admin_url: str
     version: str
+    grpc_port: int | None = None
 
     @classmethod
     def read(cls, path: Path) -> ProxyRecord | None:
@@ -115,6 +125,7 @@ class ProxyRecord:
                 int(data["port"]),
                 str(data["admin_url"]),
                 str(data["version"]),
+                int(data["grpc_port"]) if data.get("grpc_port") else None,
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -198,15 +209,17 @@ class ProxySupervisor:
             elif record.index >= self.count and _alive(record.pid):
                 _terminate(record.pid)  # fewer proxies asked for now
         port = self._port(live)
+        grpc_port = self._grpc_port(live)
         for index in range(self.count):
             if index not in live:
-                started = self._start(index, port)
+                started = self._start(index, port, grpc_port)
                 if started is not None:
                     live[index] = started
                     port = started.port
+                    grpc_port = started.grpc_port if started.grpc_port else grpc_port
         if live:
-            port = next(iter(live.values())).port
-            self._publish(port)
+            first = next(iter(live.values()))
+            self._publish(first.port, first.grpc_port)
         return [live[i] for i in sorted(live)]
 
     def _port(self, live: dict[int, ProxyRecord]) -> int:
@@ -223,7 +236,24 @@ class ProxySupervisor:
             return last
         return _free_port(self.host)
 
-    def _start(self, index: int, port: int) -> ProxyRecord | None:
+    def _grpc_port(self, live: dict[int, ProxyRecord]) -> int:
+        """The gRPC ingress port (-1: none), chosen as ``_port`` chooses the HTTP one."""
+        for record in live.values():
+            if record.grpc_port:
+                return record.grpc_port
+        configured = self.settings.extra.get("ingress_grpc_port", 0)
+        configured = 0 if configured is None else int(configured)
+        if configured:
+            return configured
+        try:
+            last = int((self.home / GRPC_PORT_FILE).read_text().strip())
+        except (OSError, ValueError):
+            last = 0
+        if last and _port_free(self.host, last):
+            return last
+        return _free_port(self.host)
+
+    def _start(self, index: int, port: int, grpc_port: int = -1) -> ProxyRecord | None:
         path = record_path(self.home, index)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -241,6 +271,8 @@ class ProxySupervisor:
             self.host,
             "--port",
             str(port),
+            "--grpc-port",
+            str(grpc_port),
         ]
         env = {**os.environ, "NEVE_HOME": str(self.home)}
         with open(logs / f"proxy-{index}.log", "ab") as out:
@@ -273,11 +305,18 @@ class ProxySupervisor:
         _terminate(proc.pid)
         return None
 
-    def _publish(self, port: int) -> None:
+    def _publish(self, port: int, grpc_port: int | None = None) -> None:
         (self.home / PORT_FILE).write_text(f"{port}\n")
         host = self.host
         url_host = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
-        info = {"url": f"{self.scheme}://{url_host}:{port}", "host": host, "port": port}
+        info: dict[str, Any] = {
+            "url": f"{self.scheme}://{url_host}:{port}",
+            "host": host,
+            "port": port,
+        }
+        if grpc_port:
+            (self.home / GRPC_PORT_FILE).write_text(f"{grpc_port}\n")
+            info.update(grpc_port=grpc_port, grpc_address=f"{url_host}:{grpc_port}")
         tmp = self.home / (INGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps(info) + "\n")
         tmp.replace(self.home / INGRESS_FILE)

@@ -39,6 +39,7 @@ from neve.dataplane.proxies import (
 from neve.dataplane.publish import INVALIDATE_PATH
 from neve.dataplane.routes import ControlPlaneAccess, RouteTableClient, control_url_of
 from neve.gateway.app import Gateway, Receive, Scope, Send
+from neve.gateway.grpc_ingress import GrpcIngress
 from neve.gateway.limits import uvicorn_options
 
 log = logging.getLogger("neve.dataplane")
@@ -138,7 +139,12 @@ def _admin_socket() -> socket.socket:
 
 
 async def _serve(
-    home: Path, index: int, host: str, port: int, control_url: str | None = None
+    home: Path,
+    index: int,
+    host: str,
+    port: int,
+    control_url: str | None = None,
+    grpc_port: int = -1,
 ) -> int:
     import uvicorn
 
@@ -185,6 +191,16 @@ async def _serve(
         follow.cancel()
         await serving
         return 1
+    grpc_ingress: GrpcIngress | None = None
+    bound_grpc: int | None = None
+    if grpc_port >= 0:
+        grpc_ingress = GrpcIngress(gateway)
+        try:
+            bound_grpc = await grpc_ingress.start(host, grpc_port)
+        except (OSError, RuntimeError) as exc:
+            log.error("ingress proxy %d: no gRPC ingress on port %d: %s", index, grpc_port, exc)
+            await grpc_ingress.stop(0)
+            grpc_ingress = None
     path = record_path(home, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -196,11 +212,19 @@ async def _serve(
                 "port": port,
                 "admin_url": admin_url,
                 "version": neve.__version__,
+                "grpc_port": bound_grpc,
             }
         )
     )
     tmp.replace(path)
-    log.info("ingress proxy %d serving %s on port %d (admin %s)", index, home, port, admin_url)
+    log.info(
+        "ingress proxy %d serving %s on port %d, gRPC %s (admin %s)",
+        index,
+        home,
+        port,
+        bound_grpc or "off",
+        admin_url,
+    )
     try:
         await serving
     finally:
@@ -208,6 +232,8 @@ async def _serve(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if grpc_ingress is not None:
+            await grpc_ingress.stop()
         await gateway.aclose()
         access.close()
         with contextlib.suppress(OSError, ValueError):
@@ -223,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control-url", default=None, help="default: <home>/control.json")
+    parser.add_argument(
+        "--grpc-port", type=int, default=-1, help="V2 gRPC ingress port (0: a free one; -1: off)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -235,7 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return asyncio.run(
-            _serve(Path(args.home).resolve(), args.index, args.host, args.port, args.control_url)
+            _serve(
+                Path(args.home).resolve(),
+                args.index,
+                args.host,
+                args.port,
+                args.control_url,
+                args.grpc_port,
+            )
         )
     except OSError as exc:
         log.error("ingress proxy %d could not start: %s", args.index, exc)

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.grpc_port >= 0:
         grpc_frontend = GrpcFrontend(state)
         try:
-            grpc_port = grpc_frontend.start(config.host, args.grpc_port)
+            grpc_port = state.grpc_port = grpc_frontend.start(config.host, args.grpc_port)
         except (OSError, RuntimeError) as exc:
             print(f"neve.server: cannot serve gRPC on port {args.grpc_port}: {exc}", flush=True)
             sock.close()

@@ -97,6 +97,8 @@ class ServerState:
         self.loaded_in_s = 0.0
         #: The event loop batchers run on (another protocol's threads submit to it).
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: The V2 gRPC port when one is served (``GET /ready`` names it for the ingress).
+        self.grpc_port: int | None = None
         #: Called when the server cannot go on (a worker cannot load the model any more).
         self.on_fatal: Callable[[str], None] | None = None
 
@@ -158,8 +160,9 @@ class ServerState:
         return "predict" if "predict" in self.batchers else next(iter(self.batchers))
 
     def v2_target(self, name: str) -> str | None:
-        """A method for a V2 model name, or None when ``name`` is the served model's name."""
-        if name.lower() == self.config.model_name.lower():
+        """A method for a V2 model name, or None for the served model's name (or none: the
+        ingress forwards a call that named only the service with an empty model name)."""
+        if not name or name.lower() == self.config.model_name.lower():
             return None
         return self.resolve(name)
 
@@ -452,6 +455,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                 "workers_ready": state.pool.ready_count(),
                 "max_concurrent_batches": state.pool.concurrency,
                 "threads_per_worker": state.pool.threads,
+                "grpc_port": state.grpc_port,
             }
         )
 

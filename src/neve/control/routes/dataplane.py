@@ -40,7 +40,13 @@ from neve.control.routes._base import (
     parse_json,
     read_body,
 )
-from neve.dataplane.proxies import SECRET_HEADER, ingress_url, proxy_records, proxy_secret
+from neve.dataplane.proxies import (
+    SECRET_HEADER,
+    ingress_grpc_address,
+    ingress_url,
+    proxy_records,
+    proxy_secret,
+)
 from neve.dataplane.publish import RoutePublisher
 from neve.dataplane.routes import ROUTES_PATH, ctx_from_dict, ctx_to_dict, target_to_dict
 from neve.dataplane.targets import CatalogIngressTargets
@@ -173,7 +179,8 @@ def signatures(account: Account, query: dict[str, Any], body: dict[str, Any]) ->
 
 @endpoint
 def ingress(call: Call) -> dict:
-    return {"url": ingress_url(call.account.settings.home)}
+    home = call.account.settings.home
+    return {"url": ingress_url(home), "grpc_address": ingress_grpc_address(home)}
 
 
 @endpoint
