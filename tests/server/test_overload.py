@@ -38,6 +38,7 @@ def server(toolbox_dir: Path) -> Iterator[ServerProcess]:
         queue_timeout_s=1.0,
         max_body_bytes=512 * 1024,
         max_inflight_bytes=1024 * 1024,  # ~6 big bodies at once; more are refused unread
+        grpc_port=0,
     )
     yield srv
     srv.stop()
@@ -114,3 +115,55 @@ def test_flood_gets_200_429_or_503_correct_results_and_bounded_memory(
     assert metric_value(text, "neve_server_queue_rows", method="slow") == 0
     # Still healthy afterwards.
     assert httpx.post(f"{server.url}/slow", content=_body(7), timeout=30).status_code == 200
+
+
+async def _grpc_flood(address: str, calls: int) -> list[tuple[str, object, dict]]:
+    import grpc.aio
+
+    from neve.server.v2_grpc import grpc_predict_v2_pb2 as pb
+    from neve.server.v2_grpc import method_path
+
+    def request(i: int) -> pb.ModelInferRequest:
+        r = pb.ModelInferRequest(model_name="slow")
+        for name, datatype, field, values in (
+            ("name", "BYTES", "bytes_contents", [b"s"] * ROWS_PER_REQUEST),
+            ("x", "FP64", "fp64_contents", [i * 100.0 + k for k in range(ROWS_PER_REQUEST)]),
+            ("n", "INT64", "int64_contents", [1] * ROWS_PER_REQUEST),
+        ):
+            t = r.inputs.add(name=name, datatype=datatype, shape=[ROWS_PER_REQUEST])
+            getattr(t.contents, field).extend(values)
+        return r
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        infer = channel.unary_unary(
+            method_path("ModelInfer"),
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+
+        async def one(i: int) -> tuple[str, object, dict]:
+            try:
+                answer = await infer(request(i), timeout=60)
+                return "OK", answer, {}
+            except grpc.aio.AioRpcError as err:
+                return err.code().name, err.details(), dict(err.trailing_metadata() or ())
+
+        return await asyncio.gather(*(one(i) for i in range(calls)))
+
+
+def test_grpc_flood_gets_answers_or_refusals_with_retry_after(server: ServerProcess) -> None:
+    import numpy as np
+
+    results = asyncio.run(_grpc_flood(server.grpc_address, 60))
+    codes = [code for code, _, _ in results]
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}, codes
+    assert "OK" in codes and len(set(codes)) > 1, codes  # some served, some refused
+    for i, (code, answer, trailer) in enumerate(results):
+        if code == "OK":
+            y = np.frombuffer(answer.raw_output_contents[0], dtype="<f8")  # type: ignore[attr-defined]
+            np.testing.assert_array_equal(
+                y, [(i * 100.0 + k) * 10 for k in range(ROWS_PER_REQUEST)]
+            )
+        else:
+            assert float(trailer["retry-after"]) > 0, (code, answer)
+    assert server.is_alive()

@@ -477,6 +477,11 @@ class Session:
             body["services"] = list(services)
         return self._transport.call("POST", "/api/v1/tokens", json=body)["token"]
 
+    def ingress(self) -> dict[str, str | None]:
+        """Where the account's ingress proxies listen: ``{"url", "grpc_address"}`` (the HTTP
+        base of ``/svc/<service>/...`` and the ``host:port`` of V2 gRPC; None when absent)."""
+        return self._transport.call("GET", "/api/v1/ingress")
+
     @property
     def token(self) -> str:
         """This session's own bearer token."""
