@@ -225,6 +225,29 @@ def test_instances_spread_over_nodes_and_serve_the_model(spread, cluster, work, 
         assert info["log_path"] == h.backend_ref["log_path"]
     log_text = Path(handles[0].backend_ref["log_path"]).read_text()
     assert "neve.server: serving" in log_text
+    # the second port: V2 gRPC, recorded in the handle and named by the instance
+    for h in handles:
+        grpc_port = h.backend_ref["grpc_port"]
+        assert grpc_port > 0 and grpc_port != h.port
+        ready = httpx.get(f"{h.url}/ready", timeout=10).json()
+        assert ready["grpc_port"] == grpc_port
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    client = grpcclient.InferenceServerClient(
+        url=f"127.0.0.1:{handles[0].backend_ref['grpc_port']}"
+    )
+    try:
+        assert client.is_server_ready()
+        meta = client.get_model_metadata("predict", as_json=True)
+        inputs = []
+        for k, tensor in enumerate(meta["inputs"]):
+            t = grpcclient.InferInput(tensor["name"], [len(ROWS)], tensor["datatype"])
+            t.set_data_from_numpy(np.array([row[k + 1] for row in ROWS], dtype=np.float64))
+            inputs.append(t)
+        result = client.infer("predict", inputs)
+        [output] = result.get_response().outputs
+        np.testing.assert_allclose(result.as_numpy(output.name), expected, rtol=1e-9)
+    finally:
+        client.close()
     # the handle survives the catalog: JSON round trip
     again = InstanceHandle.from_json(handles[0].to_json())
     assert again == handles[0]
