@@ -615,6 +615,7 @@ class ModelVersion(ServiceMixin):
         self._transport = self._client.transport
         self._version_name = version_name
         self._row = row
+        self._functions: list[dict[str, Any]] | None = None  # show_functions: never changes
 
     def __repr__(self) -> str:
         return f"ModelVersion({self.fully_qualified_model_name}, {quote(self.version_name)})"
@@ -850,7 +851,9 @@ class ModelVersion(ServiceMixin):
         signature by name), or a list / numpy array (matched by position). ``params`` sets the
         method's declared parameters for this call. A partitioned method (a table function)
         runs once per value of ``partition_column`` and returns that column followed by its
-        output rows. ``strict_input_validation`` refuses input that would need conversion.
+        output rows; without ``partition_column`` all rows are one partition and the answer is
+        the method's output rows (in this process and on a service alike).
+        ``strict_input_validation`` refuses input that would need conversion.
         """
         if service_name is not None:
             if strict_input_validation:
@@ -863,9 +866,13 @@ class ModelVersion(ServiceMixin):
                     f"{self._label}: running on service {service_name} needs the services "
                     "component (neve.client.services), which is not available"
                 )
-            if partition_column is not None or params:
-                from neve.client import table_calls
+            from neve.client import table_calls
 
+            if (
+                partition_column is not None
+                or params
+                or table_calls.is_table_function(self, function_name)
+            ):
                 return table_calls.run_on_service(
                     self,
                     X,

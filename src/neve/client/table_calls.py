@@ -4,7 +4,9 @@ The rows go to the control plane as one Arrow IPC stream, with ``params`` and
 ``partition_column`` in the query string; the control plane sends each partition to one
 instance call (or, with parameters only, the usual row batches with the parameters on each).
 A partitioned method's answer is the partition column followed by the method's output rows;
-any other method's is the input columns followed by the outputs, row for row, as ``run``.
+without ``partition_column`` all rows are one partition (one instance call) and the answer is
+the method's output rows, as in this process. Any other method's answer is the input columns
+followed by the outputs, row for row, as ``run``.
 """
 
 from __future__ import annotations
@@ -93,8 +95,28 @@ def run_on_service(
     return pd.concat([data[keep], out], axis=1)
 
 
+def is_table_function(mv: Any, function_name: str | None) -> bool:
+    """Whether ``function_name`` (None: the version's only function) is a partitioned method
+    of ``mv``; a name it does not have is not (the service's own error names it)."""
+    functions = _functions(mv)
+    if function_name is None:
+        return len(functions) == 1 and bool(functions[0]["is_partitioned"])
+    wanted = function_name.upper().replace("-", "_")
+    return any(
+        f["is_partitioned"] and wanted in (f["name"].upper(), f["target_method"].upper())
+        for f in functions
+    )
+
+
 def _is_partitioned(mv: Any, method: str) -> bool:
-    for f in mv.show_functions():
-        if f["target_method"] == method:
+    for f in _functions(mv):
+        if f["target_method"].upper() == method.upper():
             return bool(f["is_partitioned"])
     return False
+
+
+def _functions(mv: Any) -> list[dict[str, Any]]:
+    """``mv.show_functions()``, read once per ModelVersion (a version's methods never change)."""
+    if getattr(mv, "_functions", None) is None:
+        mv._functions = mv.show_functions()
+    return list(mv._functions)

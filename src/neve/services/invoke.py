@@ -9,7 +9,9 @@ concurrently through the data plane's ``Router`` (pooled keep-alive connections;
 instance with the fewest outstanding requests; a chunk whose instance failed before answering
 goes to another one; a 429/503 is retried after its ``Retry-After``). Every other error is the
 service's own answer and is raised as the matching neve error with the service's message.
-Results come back in input order.
+Results come back in input order. A table function's (partitioned method's) rows are cut by
+partition instead: one request per value of the partition column, or one for all rows without
+one, never at ``max_batch_rows``; each answers any number of rows.
 """
 
 from __future__ import annotations
@@ -135,8 +137,44 @@ class _PartitionFormat(_ArrowFormat):
         return pa.concat_tables(parts, promote_options="default") if parts else pa.table({})
 
 
+class _WholeArrowFormat(_ArrowFormat):
+    """A table function's rows without a partition column: all of them are one partition,
+    sent as one request (never cut at ``max_batch_rows``) and answered with any number of
+    rows, as the method's own answer in this process."""
+
+    def chunks(self, payload: pa.Table, size: int) -> list[pa.Table]:
+        return [payload]
+
+    def decode(self, label: str, chunk: pa.Table, content: bytes) -> pa.Table:
+        try:
+            return arrow_ipc.read_stream(content)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ModelExecutionError(
+                f"service {label} answered with a body that is not an Arrow stream: {exc}"
+            ) from None
+
+
+class _WholeJsonFormat(_WireFormat):
+    """JSON rows of a table function: one partition, one request; the answer's rows (any
+    number, numbered from 0 by the instance) in order."""
+
+    def chunks(self, payload: list[list], size: int) -> list[list[list]]:
+        return [payload]
+
+    def decode(self, label: str, chunk: list[list], content: bytes) -> list[dict]:
+        try:
+            data = orjson.loads(content)["data"]
+            return [out for _index, out in data]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ModelExecutionError(
+                f"service {label} answered with a body that is not the service-function format"
+            ) from None
+
+
 JSON_ROWS = _WireFormat()
 ARROW_COLUMNS = _ArrowFormat()
+WHOLE_JSON_ROWS = _WholeJsonFormat()
+WHOLE_ARROW_COLUMNS = _WholeArrowFormat()
 
 
 class ServiceInvoker:
@@ -160,11 +198,15 @@ class ServiceInvoker:
         endpoints: EndpointSource,
         chunk_rows: int | None,
         timeout_s: float,
+        partitioned: bool = False,
     ) -> list[dict]:
-        """Send ``rows`` (FLAT, each starting with its row index) to ``POST /<route>``."""
+        """Send ``rows`` (FLAT, each starting with its row index) to ``POST /<route>``; one
+        output dict per row back. ``partitioned``: the method is a table function, the rows
+        are one partition (one request) and the answer is its rows, in order."""
         if not rows:
             return []
-        return self._invoke(JSON_ROWS, label, route, rows, endpoints, chunk_rows, timeout_s)
+        wire = WHOLE_JSON_ROWS if partitioned else JSON_ROWS
+        return self._invoke(wire, label, route, rows, endpoints, chunk_rows, timeout_s)
 
     def invoke_arrow(
         self,
@@ -178,18 +220,24 @@ class ServiceInvoker:
         params: dict[str, Any] | None = None,
         partition_column: str | None = None,
         retries: int | None = None,
+        partitioned: bool = False,
     ) -> pa.Table:
         """Send ``table`` (one column per method input) as Arrow; a table of outputs back.
 
         ``params``: the method's parameters for every request. ``partition_column``: a table
         function, called once per partition (its answers: the partition column, then the
-        method's output rows).
+        method's output rows). ``partitioned`` without ``partition_column``: a table function
+        whose rows are all one partition (one request; its answer as it is).
         """
         if table.num_rows == 0:
             raise InvalidArgumentError(f"service {label}: no rows to send")
         if params:
             route += "?params=" + url_quote(orjson.dumps(params).decode(), safe="")
-        wire = _PartitionFormat(partition_column) if partition_column else ARROW_COLUMNS
+        wire: _WireFormat
+        if partition_column:
+            wire = _PartitionFormat(partition_column)
+        else:
+            wire = WHOLE_ARROW_COLUMNS if partitioned else ARROW_COLUMNS
         return self._invoke(wire, label, route, table, endpoints, chunk_rows, timeout_s, retries)
 
     def _invoke(

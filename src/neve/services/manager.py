@@ -979,10 +979,29 @@ class ServiceManager:
         *,
         timeout_s: float = 300,
     ) -> list[dict]:
-        """FLAT rows ``[[idx, a, b, ...], ...]`` -> one output dict per row, in order."""
-        return self.invoker.invoke(
-            rows=rows, timeout_s=timeout_s, **self._target(ctx, name, method)
-        )
+        """FLAT rows ``[[idx, a, b, ...], ...]`` -> one output dict per row, in order (a table
+        function's: the rows it answers, see :meth:`invoke_rows`)."""
+        return [
+            out for _index, out in self.invoke_rows(ctx, name, method, rows, timeout_s=timeout_s)
+        ]
+
+    def invoke_rows(
+        self,
+        ctx: RequestContext,
+        name: str | QualifiedName,
+        method: str,
+        rows: list[list],
+        *,
+        timeout_s: float = 300,
+    ) -> list[list]:
+        """FLAT rows -> ``[[idx, {output: value}], ...]``: a function's row for row, with the
+        input's indexes; a table function's (partitioned method) all rows as one partition,
+        one instance call, its answer's rows numbered from 0 (as an instance answers them)."""
+        target = self._target(ctx, name, method)
+        outputs = self.invoker.invoke(rows=rows, timeout_s=timeout_s, **target)
+        if target["partitioned"]:
+            return [[index, out] for index, out in enumerate(outputs)]
+        return [[row[0], out] for row, out in zip(rows, outputs, strict=True)]
 
     def invoke_arrow(
         self,
@@ -999,17 +1018,25 @@ class ServiceManager:
         """A table of one column per method input -> a table of its outputs, row for row.
 
         The columnar twin of :meth:`invoke` (Arrow IPC on the wire); SQL service functions
-        call it. ``params``: the method's parameters; ``partition_column``: a table function,
-        called once per partition (``ServiceInvoker.invoke_arrow``); ``retries``: attempts
-        after a failure to reach an instance (None: until ``timeout_s``).
+        call it. ``params``: the method's parameters; ``retries``: attempts after a failure to
+        reach an instance (None: until ``timeout_s``). A table function (partitioned method)
+        is called once per partition of ``partition_column`` (``ServiceInvoker.invoke_arrow``),
+        or without it once for all rows (one partition, as ``mv.run`` in-process); its answer
+        is its own rows.
         """
+        target = self._target(ctx, name, method)
+        if partition_column and not target["partitioned"]:
+            raise InvalidArgumentError(
+                f"function {target['route']!r} of service {target['label']} is not "
+                "partitioned: partition_column applies to methods marked @neve.partitioned_api"
+            )
         return self.invoker.invoke_arrow(
             table=table,
             timeout_s=timeout_s,
             params=params,
             partition_column=partition_column,
             retries=retries,
-            **self._target(ctx, name, method),
+            **target,
         )
 
     def _usable_integrations(
@@ -1036,7 +1063,8 @@ class ServiceManager:
     def _target(
         self, ctx: RequestContext, name: str | QualifiedName, method: str
     ) -> dict[str, Any]:
-        """Where an invoke goes, after the USAGE check: label, route, endpoints, chunk rows."""
+        """Where an invoke goes, after the USAGE check: label, route, endpoints, chunk rows,
+        whether the method is partitioned (a table function)."""
         with self.account.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self.security.require(s, ctx, "USAGE", svc)
@@ -1044,12 +1072,19 @@ class ServiceManager:
             route = _route(method, self._methods(s, svc), qn)
             sid = svc.id
             chunk = (svc.spec or {}).get("max_batch_rows")
+            partitioned = _is_table_function(s, svc, route)
         self.touch(sid)
 
         def endpoints(refresh: bool, remaining: float) -> list[tuple[str, int]]:
             return self._ready_addresses(ctx, sid, refresh=refresh, timeout_s=remaining)
 
-        return {"label": str(qn), "route": route, "endpoints": endpoints, "chunk_rows": chunk}
+        return {
+            "label": str(qn),
+            "route": route,
+            "endpoints": endpoints,
+            "chunk_rows": chunk,
+            "partitioned": partitioned,
+        }
 
     def route(
         self, ctx: RequestContext, name: str | QualifiedName, method: str, *, timeout_s: float
@@ -1256,6 +1291,17 @@ def _route(method: str, methods: dict[str, Any], qn: QualifiedName) -> str:
     raise ObjectNotFoundError(
         f"service {qn} has no method {method!r}; methods: {', '.join(sorted(methods)) or 'none'}"
     )
+
+
+def _is_table_function(s: Session, svc: m.Service, route: str) -> bool:
+    """Whether the method served at ``route`` is partitioned (its manifest entry says
+    TABLE_FUNCTION): the model version's entry, or the one a specification service kept."""
+    version = s.get(m.ModelVersion, svc.model_version_id) if svc.model_version_id else None
+    entries = version.signatures if version else (svc.spec or {}).get("signatures")
+    for method, entry in dict(entries or {}).items():
+        if str(method).lower() == route:
+            return isinstance(entry, dict) and entry.get("function_type") == "TABLE_FUNCTION"
+    return False
 
 
 def _int_arg(value: Any, what: str, minimum: int) -> int:

@@ -241,6 +241,13 @@ class Planner:
                 call = self._bind_named(s, parts, len(args))
                 if call is None:
                     continue
+            if call.function_type == "TABLE_FUNCTION":
+                raise SignatureError(
+                    f"{call.display} is a table function (a partitioned method: all rows of a "
+                    "partition in, any number of rows out), not a function of one row: call it "
+                    f"in the FROM clause, FROM <table>, TABLE({call.display}(...) OVER "
+                    "(PARTITION BY <column>))"
+                )
             call.call_params = _call_params(call, node)
             replacement = exp.Anonymous(this=call.udf_name, expressions=args)
             target.replace(replacement)

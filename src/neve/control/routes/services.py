@@ -17,7 +17,10 @@ double-quoted, URL-encoded segment keeps its case)::
     GET    .../{name}/logs?instance=0&container=model-inference&last=100   {"text": ...}
     POST   .../{name}/invoke/{method}                    {"data": [[idx, a, b], ...],
                                                           "timeout_s"?} -> {"data": [[idx, {..}]]}
-           (or an Arrow IPC stream of input columns, ?timeout_s=; answered with output columns)
+           (or an Arrow IPC stream of input columns, ?timeout_s=&params=&partition_column=;
+           answered with output columns). A table function (partitioned method) answers its
+           own rows (numbered from 0): once per partition_column value, all rows one
+           partition without it.
     GET    /api/v1/build_jobs/{job}/logs[?last=]               a build job's log {"text": ...}
 
 The create body holds ``model``, ``version``, ``service_name`` (qualified or resolved against
@@ -233,10 +236,10 @@ def invoke(call: Call) -> dict | Response:
         )
     _check_row_count(len(rows))
     timeout = float(body.get("timeout_s") or 300)
-    outputs = call.account.services.invoke(
+    answer = call.account.services.invoke_rows(
         _ctx(call), _service(call), call.path["method"], rows, timeout_s=timeout
     )
-    return {"data": [[row[0], out] for row, out in zip(rows, outputs, strict=True)]}
+    return {"data": answer}
 
 
 def _check_row_count(n: int) -> None:
