@@ -1,8 +1,9 @@
 """The README's "Custom services from a specification" walk through a real daemon: a model
 service's spec copied with ``neve services describe --spec``, its workers raised, the copy
 created with ``neve services create --spec`` on two instances, called over HTTP, from Python and
-from SQL (a function on its endpoint), ``session.create_service`` refusing a bad spec, and DROP
-MODEL leaving the copy serving."""
+from SQL (a function on its endpoint), its ingress checking and documenting the same methods as
+the model service's (OpenAPI), ``session.create_service`` refusing a bad spec, and DROP MODEL
+leaving the copy serving."""
 
 from __future__ import annotations
 
@@ -94,6 +95,19 @@ def test_copy_a_model_service_and_drop_the_model(session, tmp_path):
         mv.run(test, function_name="predict", service_name="lin_copy"), local
     )
 
+    # the ingress treats both kinds alike: the same methods, checked and documented
+    model_doc = _openapi(session, "ml.reg.lin_svc", headers)
+    copy_doc = _openapi(session, "ml.reg.lin_copy", headers)
+    assert set(copy_doc["paths"]) == set(model_doc["paths"]) == {"/predict"}
+    assert copy_doc["paths"] == model_doc["paths"]
+    row_schema = copy_doc["paths"]["/predict"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]["properties"]["data"]["items"]
+    assert [f["title"] for f in row_schema["prefixItems"]] == ["row index", "A", "B"]
+    unknown = httpx.post(f"{endpoint.ingress_url}/nope", json=body, headers=headers)
+    assert unknown.status_code == 404
+    assert "no method 'nope'; methods: predict" in unknown.json()["message"]
+
     # and from SQL, through a function on its endpoint
     session.sql(
         "CREATE FUNCTION ml.reg.lin_copy_predict(a NUMBER, b NUMBER) RETURNS FLOAT "
@@ -124,4 +138,13 @@ def test_copy_a_model_service_and_drop_the_model(session, tmp_path):
     session.sql("DROP MODEL ml.reg.lin").collect()
     resp = httpx.post(f"{endpoint.ingress_url}/predict", json=body, headers=headers)
     assert resp.status_code == 200, resp.text  # the copy serves the model it loaded
+    assert _openapi(session, "ml.reg.lin_copy", headers)["paths"] == copy_doc["paths"]
     session.sql("DROP SERVICE ml.reg.lin_copy").collect()
+
+
+def _openapi(session, service: str, headers: dict[str, str]) -> dict:
+    """The OpenAPI document the ingress proxies serve for ``service``."""
+    [endpoint] = session.sql(f"SHOW ENDPOINTS IN SERVICE {service}").collect()
+    resp = httpx.get(f"{endpoint.ingress_url}/openapi.json", headers=headers)
+    assert resp.status_code == 200, resp.text
+    return resp.json()

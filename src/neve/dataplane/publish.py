@@ -28,7 +28,7 @@ from sqlalchemy import select
 from neve.catalog import lookup
 from neve.catalog import models as m
 from neve.dataplane.proxies import SECRET_HEADER, proxy_secret
-from neve.dataplane.targets import READY_INSTANCE_STATUSES, method_names
+from neve.dataplane.targets import READY_INSTANCE_STATUSES, method_names, service_signatures
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -71,10 +71,6 @@ class RoutePublisher:
                     for inst in svc.instances
                     if inst.status in READY_INSTANCE_STATUSES and inst.host and inst.port
                 )
-                signatures = None
-                if svc.model_version_id is not None:
-                    version = s.get(m.ModelVersion, svc.model_version_id)
-                    signatures = version.signatures if version is not None else None
                 services.append(
                     {
                         "id": svc.id,
@@ -84,7 +80,7 @@ class RoutePublisher:
                         "ingress_enabled": bool(svc.ingress_enabled),
                         "ingress_host": svc.ingress_host,
                         "instances": [[host, port] for _, host, port in instances],
-                        "methods": method_names(signatures),
+                        "methods": method_names(service_signatures(s, svc)),
                         "max_batch_rows": (svc.spec or {}).get("max_batch_rows"),
                     }
                 )

@@ -12,6 +12,12 @@ the look-up); the gateway calls whichever the account offers:
 ``Service.ingress_host`` holds the full lower-case host name without port
 (``<random>-<account>.<ingress_domain>``); an instance is routable when its status is in
 ``READY_INSTANCE_STATUSES`` and it has a host and port.
+
+A service's methods (``service_signatures``) are those of the model its instances load: a model
+service's own version, or for a service created from a specification the version its
+``MODEL_REF`` named, kept in its spec when it was created (that model may be dropped while the
+service serves it). The route table, the ingress (method check, OpenAPI document) and the
+control plane's look-ups all read them there, so both kinds of service are routed alike.
 """
 
 from __future__ import annotations
@@ -73,6 +79,28 @@ def method_names(signatures: dict | None) -> tuple[str, ...] | None:
     return tuple(sorted(str(k).lower() for k in signatures))
 
 
+def service_method_entries(s, svc: m.Service) -> dict[str, dict]:
+    """Method name -> the entry the model's manifest stores for it (``signature``, ``options``,
+    ``function_type``) for what the service's instances serve (inside an open catalog session);
+    empty when unknown (its model version is gone)."""
+    if svc.model_version_id is not None:
+        version = s.get(m.ModelVersion, svc.model_version_id)
+        stored = version.signatures if version is not None else None
+    else:  # from a specification: the entries of its MODEL_REF's version, kept at creation
+        stored = (svc.spec or {}).get("signatures")
+    return {str(method): entry for method, entry in dict(stored or {}).items()}
+
+
+def service_signatures(s, svc: m.Service) -> dict[str, dict]:
+    """Method name -> its signature (``inputs``/``outputs``), as ``service_method_entries``."""
+    return {
+        method: entry["signature"]
+        if isinstance(entry, dict) and "signature" in entry and "inputs" not in entry
+        else entry
+        for method, entry in service_method_entries(s, svc).items()
+    }
+
+
 def target_of(s, svc: m.Service) -> IngressTarget:
     """An ``IngressTarget`` from a service row (inside an open catalog session)."""
     instances = [
@@ -84,16 +112,12 @@ def target_of(s, svc: m.Service) -> IngressTarget:
         )
         if inst.status in READY_INSTANCE_STATUSES and inst.host and inst.port
     ]
-    signatures = None
-    if svc.model_version_id is not None:
-        version = s.get(m.ModelVersion, svc.model_version_id)
-        signatures = version.signatures if version is not None else None
     return IngressTarget(
         service_id=svc.id,
         qualified_name=str(lookup.qualified(s, svc.schema_id, svc.name)),
         status=svc.status,
         instances=instances,
-        methods=method_names(signatures),
+        methods=method_names(service_signatures(s, svc)),
         status_reason=svc.status_reason,
         owner_role=svc.owner_role,
     )
@@ -184,7 +208,4 @@ class CatalogIngressTargets:
         """Method name -> signature dict, for the OpenAPI document."""
         with self.account.catalog.transaction() as s:
             svc = s.get(m.Service, service_id)
-            if svc is None or svc.model_version_id is None:
-                return {}
-            version = s.get(m.ModelVersion, svc.model_version_id)
-            return dict(version.signatures or {}) if version is not None else {}
+            return service_signatures(s, svc) if svc is not None else {}

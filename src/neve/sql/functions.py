@@ -26,6 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from neve.catalog import models as m
+from neve.dataplane.targets import service_method_entries
 from neve.errors import InvalidArgumentError, ObjectExistsError, ObjectNotFoundError
 from neve.models.signature import FeatureSpec, ModelSignature
 
@@ -228,19 +229,6 @@ SCALAR_SQL_TYPES = {
 STRUCT_SQL_TYPES = {"OBJECT", "VARIANT"}
 
 
-def _service_signatures(session: Session, service_row: m.Service) -> dict[str, Any]:
-    """Method -> signature: the model version's, or the copy a service from a specification
-    keeps."""
-    version = (
-        session.get(m.ModelVersion, service_row.model_version_id)
-        if service_row.model_version_id
-        else None
-    )
-    if version is not None:
-        return dict(version.signatures or {})
-    return dict((service_row.spec or {}).get("signatures") or {})
-
-
 def create_endpoint_function(
     session: Session,
     *,
@@ -269,7 +257,7 @@ def create_endpoint_function(
             f"endpoints: {', '.join(endpoints) or 'none'}"
         )
     route = str(path).strip().strip("/").lower().replace("-", "_")
-    methods = _service_signatures(session, service_row)
+    methods = service_method_entries(session, service_row)
     method = next((m_ for m_ in methods if m_.lower() == route), None)
     if method is None:
         raise ObjectNotFoundError(
