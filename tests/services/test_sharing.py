@@ -5,7 +5,8 @@ A (the provider) serves a model and makes a token scoped to that service; B (the
 stores it in an API integration and scores its own table through an external function on A's
 ingress URL: the same numbers as A's own service function. The token can do nothing else on
 A (its REST API, SQL, another service); once A revokes it, B's query fails at once, naming the
-remote service. The README's "Sharing a service with another installation" is this flow.
+remote service. The README's "Sharing a service with another installation" is this flow, and
+its Python block is run here as written.
 """
 
 from __future__ import annotations
@@ -145,3 +146,56 @@ def test_b_scores_a_table_through_a_service_of_a(provider, consumer):
         r for r in a.sql("SHOW USER PROGRAMMATIC ACCESS TOKENS").collect() if r["name"] == "FOR_B"
     ]
     assert (listed["status"], listed["services"]) == ("REVOKED", expected_services)
+
+
+def test_the_readme_flow_runs_as_written(provider, consumer, capsys):
+    """The README's Python block, with its two ``neve.connect`` calls pointed at A and B."""
+    import re
+    from pathlib import Path
+
+    from sklearn.linear_model import LinearRegression
+
+    import neve
+
+    a = provider
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({"a": rng.normal(size=100), "b": rng.normal(size=100)})
+    mv = neve.Registry(a, database_name="ml", schema_name="registry").log_model(
+        LinearRegression().fit(train, 2 * train.a + train.b),
+        model_name="forecast",
+        version_name="v1",
+        conda_dependencies=["scikit-learn"],
+        sample_input_data=train,
+    )
+    a.sql(
+        "CREATE COMPUTE POOL IF NOT EXISTS share_pool MIN_NODES = 1 MAX_NODES = 1 "
+        "INSTANCE_FAMILY = 'CPU_X64_S'"
+    ).collect()
+    a.sql("CREATE IMAGE REPOSITORY IF NOT EXISTS ml.registry.images").collect()
+    mv.create_service(
+        service_name="forecast_svc",
+        service_compute_pool="share_pool",
+        image_repo="ml.registry.images",
+        ingress_enabled=True,
+        max_instances=1,
+        num_workers=1,
+    )
+    a.write_pandas(train.head(20), "features", database="ml", schema="registry")
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Sharing a service with another installation") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for original in ("neve.connect()", 'neve.connect(str(Path.home() / "neve-b"))'):
+        assert code.count(original) == 1, original
+    code = code.replace("neve.connect()", "_provider").replace(
+        'neve.connect(str(Path.home() / "neve-b"))', "_consumer"
+    )
+    scope = {"_provider": provider, "_consumer": consumer}
+    with pytest.raises(PermissionDeniedError, match="FOR_B has been revoked"):
+        exec(compile(code, "README.md", "exec"), scope)  # its last statement is refused
+    printed = capsys.readouterr().out.splitlines()  # the frame B scored before the revocation
+    assert printed[0].split() == ["a", "b", "y"] and len(printed) == 21
+    expected = mv.run(train.head(20), function_name="predict").iloc[:, -1].to_numpy()
+    np.testing.assert_allclose(
+        [float(line.split()[-1]) for line in printed[1:]], expected, atol=1e-5
+    )
