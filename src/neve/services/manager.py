@@ -34,7 +34,12 @@ from neve.catalog import models as m
 from neve.compute.families import instance_family
 from neve.context import RequestContext, admin_context
 from neve.dataplane.proxies import ingress_url
-from neve.dataplane.targets import CatalogIngressTargets, IngressTarget
+from neve.dataplane.targets import (
+    CatalogIngressTargets,
+    IngressTarget,
+    service_method_entries,
+    service_signatures,
+)
 from neve.errors import (
     InvalidArgumentError,
     InvalidStateError,
@@ -721,21 +726,12 @@ class ServiceManager:
             return status_rows(s, svc)
 
     def service_methods(self, ctx: RequestContext, name: str | QualifiedName) -> dict[str, dict]:
-        """Method name -> signature dict (from the model version's manifest)."""
+        """Method name -> signature dict: its model version's, or for a service from a
+        specification those of the version its ``MODEL_REF`` named (kept: the model may go)."""
         with self.account.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "USAGE", "MONITOR")
-            return self._methods(s, svc)
-
-    @staticmethod
-    def _methods(s: Session, svc: m.Service) -> dict[str, dict]:
-        version = s.get(m.ModelVersion, svc.model_version_id) if svc.model_version_id else None
-        # A service from a specification keeps its model's signatures (the model may go).
-        signatures = version.signatures if version else (svc.spec or {}).get("signatures")
-        out = {}
-        for method, spec in dict(signatures or {}).items():
-            out[method] = spec.get("signature", spec) if isinstance(spec, dict) else spec
-        return out
+            return service_signatures(s, svc)
 
     def get_service_logs(
         self,
@@ -1069,7 +1065,7 @@ class ServiceManager:
             svc = self._service(s, ctx, name)
             self.security.require(s, ctx, "USAGE", svc)
             qn = lookup.qualified(s, svc.schema_id, svc.name)
-            route = _route(method, self._methods(s, svc), qn)
+            route = _route(method, service_signatures(s, svc), qn)
             sid = svc.id
             chunk = (svc.spec or {}).get("max_batch_rows")
             partitioned = _is_table_function(s, svc, route)
@@ -1296,10 +1292,8 @@ def _route(method: str, methods: dict[str, Any], qn: QualifiedName) -> str:
 def _is_table_function(s: Session, svc: m.Service, route: str) -> bool:
     """Whether the method served at ``route`` is partitioned (its manifest entry says
     TABLE_FUNCTION): the model version's entry, or the one a specification service kept."""
-    version = s.get(m.ModelVersion, svc.model_version_id) if svc.model_version_id else None
-    entries = version.signatures if version else (svc.spec or {}).get("signatures")
-    for method, entry in dict(entries or {}).items():
-        if str(method).lower() == route:
+    for method, entry in service_method_entries(s, svc).items():
+        if method.lower() == route:
             return isinstance(entry, dict) and entry.get("function_type") == "TABLE_FUNCTION"
     return False
 

@@ -36,6 +36,7 @@ from sqlglot.tokens import TokenType
 from neve.catalog import lookup
 from neve.catalog import models as m
 from neve.context import RequestContext
+from neve.dataplane.targets import service_method_entries
 from neve.errors import (
     InvalidIdentifierError,
     NotSupportedError,
@@ -345,10 +346,7 @@ class Planner:
         self.account.security.require(s, self.ctx, "USAGE", service)
         signature = ModelSignature.from_dict(fn.signature)
         _check_arity(display, signature, nargs)
-        version = (
-            s.get(m.ModelVersion, service.model_version_id) if service.model_version_id else None
-        )
-        spec = (version.signatures or {}).get(fn.method) if version is not None else None
+        spec = service_method_entries(s, service).get(fn.method)
         return BoundCall(
             udf_name=self._new_udf_name(),
             display=display,
