@@ -5,7 +5,9 @@ instances: they land on 3 different Ray nodes and are called from Python (``invo
 ``mv.run`` uses), SQL (the service function) and HTTP (the ingress of the control plane's app).
 Then one node is removed while calls keep coming: every call is answered (a retried success at
 worst) and the service gets back to 3 ready instances on the nodes left. Then scale down,
-suspend, auto-resume on the next call, and drop with nothing left running.
+suspend, auto-resume on the next call, and drop with nothing left running. Before the node goes,
+a service created from the model service's specification runs beside it on the same pool
+(HTTP, SQL, suspend, resume, drop).
 
 The tests run in order on one cluster and one service (module scope). The account, model and
 image repository come from this directory's ``env`` fixture (conftest.py).
@@ -216,6 +218,67 @@ def test_instance_logs_come_back(env, service):
     assert "neve.server: serving" in log
 
 
+COPY = "ML.REG.RAY_COPY"
+
+
+def test_custom_service_from_the_spec_on_ray(env, service, expected):
+    """The model service's specification, copied unchanged, as a service of its own on the Ray
+    pool: called over the ingress (its OpenAPI lists the same method) and from SQL, suspended
+    (its actor goes), resumed, dropped; the model service's 3 instances keep running."""
+    services = env.account.services
+    spec = services.describe_service(env.ctx, SVC)["spec"]
+    env.sql(
+        f"CREATE SERVICE {COPY} IN COMPUTE POOL {RAY_POOL} FROM SPECIFICATION $$\n{spec}$$ "
+        "MIN_INSTANCES = 1 MAX_INSTANCES = 1"
+    )
+    row = services.describe_service(env.ctx, COPY)
+    assert (row["status"], row["kind"], row["current_instances"]) == ("RUNNING", "CUSTOM", 1)
+    assert row["instances"][0]["node"] in backend(env).node_names()
+    assert len(_actors(backend(env), COPY)) == 1
+    # HTTP: its ingress endpoint, with a token
+    headers = {"Authorization": f"Bearer {env.account.security.local_admin_token()}"}
+    with AppServer(env.account) as app:
+        resp = httpx.post(
+            f"{app.url}/svc/ml.reg.ray_copy/predict",
+            json={"data": rows_of(env.test_df)},
+            headers=headers,
+            timeout=30,
+        )
+        doc = httpx.get(f"{app.url}/svc/ml.reg.ray_copy/openapi.json", headers=headers)
+    assert resp.status_code == 200, resp.text
+    np.testing.assert_allclose([next(iter(r[1].values())) for r in resp.json()["data"]], expected)
+    assert doc.status_code == 200 and set(doc.json()["paths"]) == {"/predict"}
+    # SQL: a function on its endpoint
+    env.sql(
+        "CREATE FUNCTION ml.reg.ray_copy_predict(a FLOAT, b FLOAT) RETURNS FLOAT "
+        f"SERVICE = {COPY} ENDPOINT = inference AS '/predict'"
+    )
+    env.account.sql.write_table(
+        env.ctx, "ray_copy_features", pa.table({"A": env.test_df.A, "B": env.test_df.B})
+    )
+    query = "SELECT ray_copy_predict(a, b) AS p FROM ray_copy_features"
+    np.testing.assert_allclose(env.sql(query).arrow.column("p").to_numpy(), expected, rtol=1e-9)
+    # suspend: its actor and server go, the model service's stay
+    env.sql(f"ALTER SERVICE {COPY} SUSPEND")
+    assert services.describe_service(env.ctx, COPY)["status"] == "SUSPENDED"
+    wait_for(lambda: not _actors(backend(env), COPY), 60, "the copy's actor to go")
+    wait_for(lambda: len(server_processes(env.home)) == 3, 60, "the copy's server to stop")
+    # resume: a new instance on a Ray node, called again
+    env.sql(f"ALTER SERVICE {COPY} RESUME")
+    wait_for(
+        lambda: services.describe_service(env.ctx, COPY)["status"] == "RUNNING",
+        120,
+        "the copy to run again",
+    )
+    assert len(_actors(backend(env), COPY)) == 1
+    np.testing.assert_allclose(env.sql(query).arrow.column("p").to_numpy(), expected, rtol=1e-9)
+    # drop: nothing of it is left running
+    env.sql(f"DROP SERVICE {COPY}")
+    wait_for(lambda: not _actors(backend(env), COPY), 60, "the copy's actor to go")
+    wait_for(lambda: len(server_processes(env.home)) == 3, 60, "the copy's server to stop")
+    assert services.describe_service(env.ctx, SVC)["current_instances"] == 3
+
+
 def test_removing_a_node_loses_no_call_and_the_service_recovers(env, cluster, service, expected):
     services = env.account.services
     before = instances(env)
@@ -297,11 +360,13 @@ def _node_id(cluster, node_name: str) -> str:
     return next(n for n in cluster.node_ids() if node_name == f"ray-{n[:8]}")
 
 
-def _actors(ray_backend) -> list[str]:
+def _actors(ray_backend, service: str | None = None) -> list[str]:
+    """The pool's named actors (``<service>/<instance>/<suffix>``), of one service if named."""
     import ray
 
     return [
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
         if a["namespace"] == ray_backend.namespace
+        and (service is None or a["name"].startswith(service + "/"))
     ]
