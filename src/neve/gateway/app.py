@@ -57,7 +57,7 @@ from neve.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
-from neve.gateway.access import AccountAccess, IngressAccess
+from neve.gateway.access import AccountAccess, IngressAccess, check_scope
 from neve.gateway.cache import TtlCache
 from neve.gateway.limits import GatewayLimits
 from neve.gateway.openapi import ingress_openapi
@@ -353,6 +353,9 @@ class Gateway:
         generation = self.access.generation
         cached = self._target_cache.get(key, generation)
         if cached is not None:
+            # a token scoped to services never reaches another through an answer cached for
+            # an unscoped credential (whatever key the caller chose)
+            check_scope(ctx, cached.service_id, cached.qualified_name)
             return cached
         target = await anyio.to_thread.run_sync(self.access.authorized_target, ctx, host, name)
         self._target_cache.put(key, target, generation)
