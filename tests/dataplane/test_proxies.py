@@ -220,7 +220,11 @@ def test_v2_grpc_through_the_proxies(session, service):
     records = wait_for(lambda: _proxies_up(home, 2), timeout=60, what="two ingress proxies")
     info = ingress_info(home)
     assert {r.grpc_port for r in records} == {info["grpc_port"]}  # one gRPC port, shared
-    assert session.ingress() == {"url": info["url"], "grpc_address": info["grpc_address"]}
+    assert session.ingress() == {
+        "url": info["url"],
+        "grpc_address": info["grpc_address"],
+        "nodes": [],
+    }
     mv, train = service
     frame = train.head(7)
     in_process = mv.run(frame, function_name="predict")

@@ -477,9 +477,11 @@ class Session:
             body["services"] = list(services)
         return self._transport.call("POST", "/api/v1/tokens", json=body)["token"]
 
-    def ingress(self) -> dict[str, str | None]:
-        """Where the account's ingress proxies listen: ``{"url", "grpc_address"}`` (the HTTP
-        base of ``/svc/<service>/...`` and the ``host:port`` of V2 gRPC; None when absent)."""
+    def ingress(self) -> dict[str, Any]:
+        """Where the account's ingress proxies listen: ``{"url", "grpc_address", "nodes"}``:
+        the HTTP base of ``/svc/<service>/...`` and the ``host:port`` of V2 gRPC on this
+        machine (None when absent), and the proxies on Ray nodes (``pool``, ``node``, ``url``,
+        ``grpc_address`` each), any of which serves every service."""
         return self._transport.call("GET", "/api/v1/ingress")
 
     @property

@@ -18,6 +18,7 @@ others) to see it. ``backend_for(pool)`` gives the ``ComputeBackend`` that runs 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -60,6 +61,8 @@ _EPS = 1e-9
 #: ``listener(ctx, pool_name, action)``: called before SUSPEND or STOP ALL of a pool, so the
 #: services component can suspend or drop what runs there (compute must not import services).
 PoolListener = Callable[[RequestContext | None, str, str], None]
+
+log = logging.getLogger("neve.compute")
 
 
 def _now() -> datetime:
@@ -238,7 +241,20 @@ class ComputeManager:
                     f"{', '.join(holders)}"
                 )
             self.security.on_drop(s, pool)
+            cluster = (pool.backend, pool.address)
             s.delete(pool)
+            shared = s.scalar(
+                select(func.count(m.ComputePool.id)).where(
+                    m.ComputePool.backend == cluster[0], m.ComputePool.address == cluster[1]
+                )
+            )
+        with self._lock:
+            cached = self._backends.get(pool_name)
+        if cached is not None and not shared:
+            try:  # the last pool on its cluster: its node proxies go with it
+                cached[1].stop_ingress_proxies()
+            except Exception:  # the cluster may be gone already
+                log.exception("stopping the ingress proxies of pool %s failed", pool_name)
         self._forget_backend(pool_name)
         return True
 
@@ -587,6 +603,25 @@ class ComputeManager:
             ):
                 out.append(_placement(pool, node, alloc))
             return out
+
+    def ensure_ingress_proxies(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every pool's node proxies (``ComputeBackend.ensure_ingress_proxies``), one pass per
+        cluster; each record names its ``pool``. A cluster that cannot be reached is logged."""
+        with self.account.catalog.transaction() as s:
+            pools = [(p.name, p.backend, p.address) for p in s.scalars(select(m.ComputePool))]
+        seen: set[tuple[str, str | None]] = set()
+        out: list[dict[str, Any]] = []
+        for name, kind, address in pools:
+            if (kind, address) in seen:
+                continue
+            seen.add((kind, address))
+            try:
+                found = self.backend_for(name).ensure_ingress_proxies(config)
+            except Exception:
+                log.exception("ingress proxies of compute pool %s", name)
+                continue
+            out.extend({"pool": name, **record} for record in found)
+        return out
 
     def suspend_idle_pools(self, now: datetime | None = None) -> list[str]:
         """AUTO_SUSPEND_SECS: suspend pools idle that long; the supervisor loop calls this."""

@@ -335,7 +335,7 @@ class ControlDaemon:
         }
         write_atomic(info_path(self.home), json.dumps(info, indent=2) + "\n")
         scheduler.start()
-        self._start_data_plane(scheduler)
+        self._start_data_plane(scheduler, account, info["url"])
         log.info("serving %s at %s (pid %d)", self.home, info["url"], info["pid"])
         releaser = asyncio.create_task(self._release_long_polls_on_exit(account))
         try:
@@ -355,10 +355,13 @@ class ControlDaemon:
             await asyncio.sleep(0.05)
         close_publisher(account)
 
-    def _start_data_plane(self, scheduler: Scheduler) -> None:
-        """Adopt or start the ingress proxies (they outlive this daemon) and keep them up."""
-        from neve.dataplane.proxies import PROXY_CHECK_INTERVAL_S, ProxySupervisor
+    def _start_data_plane(self, scheduler: Scheduler, account: Account, url: str) -> None:
+        """Adopt or start the ingress proxies (they outlive this daemon) and keep them up: this
+        machine's, and one on every node of every Ray pool's cluster (``NodeProxies``)."""
+        from neve.dataplane.proxies import PROXY_CHECK_INTERVAL_S, NodeProxies, ProxySupervisor
 
         proxies = ProxySupervisor(self.settings, host=self.host, scheme=self.scheme)
         threading.Thread(target=proxies.ensure_quietly, name="neve-proxies", daemon=True).start()
         scheduler.every(PROXY_CHECK_INTERVAL_S, proxies.ensure_quietly, "dataplane.proxies")
+        nodes = NodeProxies(self.settings, url, account.compute.ensure_ingress_proxies)
+        scheduler.every(PROXY_CHECK_INTERVAL_S, nodes.ensure_quietly, "dataplane.node_proxies")

@@ -36,6 +36,8 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,9 +55,15 @@ PROXY_DIR = "run/proxies"
 SECRET_FILE = "run/proxy.secret"
 INGRESS_FILE = "ingress.json"
 PORT_FILE = "ingress.port"
+NODE_PROXIES_FILE = "run/node-proxies.json"
 GRPC_PORT_FILE = "ingress-grpc.port"
 SECRET_HEADER = "x-neve-proxy-secret"
 HEALTH_PATH = "/_neve/health"
+#: The control plane tells a proxy on a Ray node where it is now (``{"url"}``, with the secret).
+CONTROL_PATH = "/_neve/control"
+#: How a proxy without a home (on a Ray node) gets its secret and settings (JSON).
+SECRET_ENV = "NEVE_PROXY_SECRET"
+SETTINGS_ENV = "NEVE_PROXY_SETTINGS"
 START_TIMEOUT_S = 30.0
 #: How often the daemon checks that its proxies run (and restarts the dead ones).
 PROXY_CHECK_INTERVAL_S = 5.0
@@ -323,6 +331,86 @@ class ProxySupervisor:
 
     def admin_urls(self) -> tuple[str, ...]:
         return tuple(r.admin_url for r in proxy_records(self.home))
+
+
+class NodeProxies:
+    """The proxies on Ray nodes: one per node of every Ray pool's cluster, kept by the compute
+    backends (``ensure`` is given as ``ensure_on_nodes(config)``, the compute manager's
+    ``ensure_ingress_proxies``), told where this control plane is, and listed in
+    ``<home>/run/node-proxies.json`` (``node_proxies(home)``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        control_url: str,
+        ensure_on_nodes: Callable[[dict[str, Any]], list[dict[str, Any]]],
+    ) -> None:
+        self.settings = settings
+        self.home = Path(settings.home).resolve()
+        self.control_url = control_url.rstrip("/")
+        self.ensure_on_nodes = ensure_on_nodes
+
+    def config(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        path = self.home / "settings.toml"
+        if path.exists():
+            values = tomllib.loads(path.read_text())
+        port = values.get("ingress_port") or 0
+        grpc_port = values.get("ingress_grpc_port")
+        return {
+            "python": sys.executable,
+            "control_url": self.control_url,
+            "secret": proxy_secret(self.home, create=True),
+            "settings": values,
+            "port": int(port),
+            "grpc_port": 0 if grpc_port is None else int(grpc_port),
+        }
+
+    def ensure_quietly(self) -> None:
+        try:
+            self.ensure()
+        except Exception:
+            log.exception("starting the ingress proxies on Ray nodes failed")
+
+    def ensure(self) -> list[dict[str, Any]]:
+        config = self.config()
+        records = self.ensure_on_nodes(config)
+        for record in records:
+            if record.get("control_url") != self.control_url and record.get("admin_url"):
+                retarget(record["admin_url"], self.control_url, config["secret"])
+                record["control_url"] = self.control_url
+        path = self.home / NODE_PROXIES_FILE
+        if records or path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(records, indent=1) + "\n")
+            tmp.replace(path)
+        return records
+
+
+def node_proxies(home: Path) -> list[dict[str, Any]]:
+    """The proxies on Ray nodes as last seen: ``pool``, ``node``, ``url``, ``grpc_address``..."""
+    try:
+        records = json.loads((Path(home) / NODE_PROXIES_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return records if isinstance(records, list) else []
+
+
+def retarget(admin_url: str, control_url: str, secret: str) -> bool:
+    """Tell a proxy that does not read ``control.json`` where the control plane is now."""
+    try:
+        httpx.post(
+            admin_url + CONTROL_PATH,
+            json={"url": control_url},
+            headers={SECRET_HEADER: secret},
+            timeout=3.0,
+            trust_env=False,
+        ).raise_for_status()
+        return True
+    except httpx.HTTPError as exc:
+        log.warning("proxy %s was not told the control plane's URL: %s", admin_url, exc)
+        return False
 
 
 def stop_proxies(home: Path, timeout_s: float = 10.0) -> int:

@@ -2,13 +2,19 @@
 
 It serves the ingress gateway (``neve.gateway.app.Gateway``: authentication, the service, USAGE,
 routes, body limits, waking, the router) on the account's ingress port, which every proxy of
-the account shares (``SO_REUSEPORT``), with ``ControlPlaneAccess`` for its look-ups and the
-route table followed by long-poll. A second, loopback-only port (its admin URL) answers
-``GET /_neve/health`` and ``POST /_neve/invalidate`` (the control plane's push after a
-security change; it must carry the proxy secret).
+the account shares (``SO_REUSEPORT``), and V2 gRPC on the ingress gRPC port
+(``neve.gateway.grpc_ingress``), with ``ControlPlaneAccess`` for its look-ups and the route
+table followed by long-poll. A second port (its admin URL; loopback on the account's machine)
+answers ``GET /_neve/health``, ``POST /_neve/invalidate`` (the control plane's push after a
+security change) and ``POST /_neve/control`` (where the control plane is now); both POSTs must
+carry the proxy secret.
 
-Once serving it writes ``<home>/run/proxies/<index>.json`` (pid, port, admin URL, version) so
+Once serving it writes ``<home>/run/proxies/<index>.json`` (pid, ports, admin URL, version) so
 that a daemon, the current one or the next, adopts it. SIGTERM stops it after draining.
+
+On a Ray node (``ray_actor.ProxyActor`` starts it) there is no home: ``--control-url``,
+``--record-file`` and ``--admin-host`` (the node's address, so the control plane can push),
+with the secret and the settings in ``NEVE_PROXY_SECRET`` / ``NEVE_PROXY_SETTINGS``.
 """
 
 from __future__ import annotations
@@ -23,21 +29,26 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 import neve
-from neve.config import load_settings
+from neve.config import Settings, check_settings, load_settings
 from neve.dataplane.proxies import (
+    CONTROL_PATH,
     HEALTH_PATH,
+    SECRET_ENV,
     SECRET_HEADER,
+    SETTINGS_ENV,
     proxy_secret,
     record_path,
 )
 from neve.dataplane.publish import INVALIDATE_PATH
 from neve.dataplane.routes import ControlPlaneAccess, RouteTableClient, control_url_of
+from neve.errors import InvalidArgumentError
 from neve.gateway.app import Gateway, Receive, Scope, Send
 from neve.gateway.grpc_ingress import GrpcIngress
 from neve.gateway.limits import uvicorn_options
@@ -53,12 +64,18 @@ class ProxyApp:
     """The gateway on the ingress port; health and invalidation on the admin port."""
 
     def __init__(
-        self, gateway: Gateway, access: ControlPlaneAccess, admin_port: int, home: Path
+        self,
+        gateway: Gateway,
+        access: ControlPlaneAccess,
+        admin_port: int,
+        home: Path,
+        control: ControlTarget | None = None,
     ) -> None:
         self.gateway = gateway
         self.access = access
         self.admin_port = admin_port
         self.home = home
+        self.control = control
         self.secret = access.routes.secret
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,18 +97,41 @@ class ProxyApp:
                     "version": neve.__version__,
                     "routes_version": routes.version,
                     "connected": routes.connected,
+                    "control_url": routes.control_url(),
                 },
             )
-        elif path == INVALIDATE_PATH and method == "POST":
+        elif path in (INVALIDATE_PATH, CONTROL_PATH) and method == "POST":
             given = dict(scope.get("headers") or []).get(SECRET_HEADER.encode(), b"").decode()
             if not hmac.compare_digest(given, self.secret):
                 await _json(send, 403, {"code": "FORBIDDEN", "message": "wrong proxy secret"})
+                return
+            if path == CONTROL_PATH:  # the control plane moved (a restart on another port)
+                body = await _body(receive)
+                url = body.get("url") if isinstance(body, dict) else None
+                if self.control is None or not isinstance(url, str) or not url:
+                    await _json(send, 400, {"code": "INVALID", "message": "no control url"})
+                    return
+                self.control.told = url.rstrip("/")
+                await _json(send, 200, {"control_url": self.control.told})
                 return
             self.access.invalidate()
             self.gateway.invalidate()
             await _json(send, 200, {"invalidated": True})
         else:
             await _json(send, 404, {"code": "NOT_FOUND", "message": f"no admin route {path}"})
+
+
+async def _body(receive: Receive) -> Any:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    try:
+        return orjson.loads(b"".join(chunks) or b"null")
+    except orjson.JSONDecodeError:
+        return None
 
 
 async def _json(send: Send, status: int, payload: Any) -> None:
@@ -101,7 +141,7 @@ async def _json(send: Send, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _watch(server: Any, routes: RouteTableClient, home: Path, orphan_s: float) -> None:
+async def _watch(server: Any, routes: RouteTableClient, home: Path | None, orphan_s: float) -> None:
     """Stop when the account is gone, or its control plane has been away for ``orphan_s``."""
     loop = asyncio.get_running_loop()
     last_seen = loop.time()
@@ -109,7 +149,7 @@ async def _watch(server: Any, routes: RouteTableClient, home: Path, orphan_s: fl
         await asyncio.sleep(2.0)
         if routes.connected:
             last_seen = loop.time()
-        if not home.is_dir():
+        if home is not None and not home.is_dir():
             log.info("account directory %s is gone: stopping", home)
             server.should_exit = True
             return
@@ -131,32 +171,48 @@ def _ingress_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _admin_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+def _admin_socket(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
     sock.listen(64)
     return sock
 
 
-async def _serve(
-    home: Path,
-    index: int,
-    host: str,
-    port: int,
-    control_url: str | None = None,
-    grpc_port: int = -1,
-) -> int:
+@dataclass
+class ProxyOptions:
+    """What one proxy process serves, and for which account.
+
+    On the account's machine ``home`` holds everything (settings, the secret, the control
+    plane's address, the proxy's record). A proxy on a Ray node has no home: it is handed the
+    settings, the secret (``NEVE_PROXY_SECRET``) and the control plane's URL, writes its record
+    to ``record_file`` and listens for the control plane's pushes on the node's address.
+    """
+
+    index: int
+    host: str
+    port: int
+    grpc_port: int = -1
+    home: Path | None = None
+    control_url: str | None = None
+    settings: Settings | None = None
+    secret: str | None = None
+    record_file: Path | None = None
+    admin_host: str = "127.0.0.1"
+
+
+async def _serve(options: ProxyOptions) -> int:
     import uvicorn
 
-    settings = load_settings(home)
-    secret = proxy_secret(home)
+    home = options.home
+    settings = options.settings or load_settings(home)
+    secret = options.secret or (proxy_secret(home) if home else None)
     if not secret:
-        log.error("no proxy secret in %s: the control plane starts proxies", home)
+        log.error("no proxy secret for %s: the control plane starts proxies", home)
         return 2
-    ingress = _ingress_socket(host, port)
-    admin = _admin_socket()
+    ingress = _ingress_socket(options.host, options.port)
+    admin = _admin_socket(options.admin_host)
     admin_port = admin.getsockname()[1]
-    admin_url = f"http://127.0.0.1:{admin_port}"
+    admin_url = f"http://{_url_host(options.admin_host)}:{admin_port}"
 
     gateway_ref: list[Gateway] = []
 
@@ -164,14 +220,15 @@ async def _serve(
         if gateway_ref:
             gateway_ref[0].invalidate()
 
-    # a proxy on another node is told where the control plane is; a local one reads home
-    where = (lambda: control_url.rstrip("/")) if control_url else control_url_of(home)
-    routes = RouteTableClient(where, secret, admin_url=admin_url, on_epoch=on_epoch)
+    # a proxy on another node is told where the control plane is (and told again when it
+    # moves: POST /_neve/control); a local one reads home
+    control = ControlTarget(options.control_url, home)
+    routes = RouteTableClient(control.url, secret, admin_url=admin_url, on_epoch=on_epoch)
     access = ControlPlaneAccess(routes)
     gateway = Gateway(settings=settings, access=access)
     gateway_ref.append(gateway)
-    app = ProxyApp(gateway, access, admin_port, home)
-    options: dict[str, Any] = {
+    app = ProxyApp(gateway, access, admin_port, home or settings.home, control)
+    uvicorn_config: dict[str, Any] = {
         "log_config": None,
         "access_log": False,
         "lifespan": "off",
@@ -180,7 +237,7 @@ async def _serve(
         # own limit answers a bare 503)
         "limit_concurrency": None,
     }
-    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_config))
     follow = asyncio.create_task(routes.run())
     orphan_s = float(settings.extra.get("ingress_proxy_orphan_secs", DEFAULT_ORPHAN_S))
     watch = asyncio.create_task(_watch(server, routes, home, orphan_s))
@@ -193,23 +250,28 @@ async def _serve(
         return 1
     grpc_ingress: GrpcIngress | None = None
     bound_grpc: int | None = None
-    if grpc_port >= 0:
+    if options.grpc_port >= 0:
         grpc_ingress = GrpcIngress(gateway)
         try:
-            bound_grpc = await grpc_ingress.start(host, grpc_port)
+            bound_grpc = await grpc_ingress.start(options.host, options.grpc_port)
         except (OSError, RuntimeError) as exc:
-            log.error("ingress proxy %d: no gRPC ingress on port %d: %s", index, grpc_port, exc)
+            log.error(
+                "ingress proxy %d: no gRPC ingress on port %d: %s",
+                options.index,
+                options.grpc_port,
+                exc,
+            )
             await grpc_ingress.stop(0)
             grpc_ingress = None
-    path = record_path(home, index)
+    path = options.record_file or record_path(home or settings.home, options.index)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(
         json.dumps(
             {
-                "index": index,
+                "index": options.index,
                 "pid": os.getpid(),
-                "port": port,
+                "port": ingress.getsockname()[1],  # --port 0: the one bound
                 "admin_url": admin_url,
                 "version": neve.__version__,
                 "grpc_port": bound_grpc,
@@ -219,9 +281,9 @@ async def _serve(
     tmp.replace(path)
     log.info(
         "ingress proxy %d serving %s on port %d, gRPC %s (admin %s)",
-        index,
-        home,
-        port,
+        options.index,
+        home or options.control_url,
+        ingress.getsockname()[1],
         bound_grpc or "off",
         admin_url,
     )
@@ -242,15 +304,40 @@ async def _serve(
     return 0
 
 
+class ControlTarget:
+    """Where the control plane is: read from ``<home>/control.json``, or as last told."""
+
+    def __init__(self, url: str | None, home: Path | None) -> None:
+        self.told = url.rstrip("/") if url else None
+        self._read_home = control_url_of(home) if home is not None and not url else None
+
+    def url(self) -> str | None:
+        return self._read_home() if self._read_home is not None else self.told
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neve.dataplane.proxy")
-    parser.add_argument("--home", required=True)
+    parser.add_argument("--home", default=None, help="the account's directory (on its machine)")
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control-url", default=None, help="default: <home>/control.json")
     parser.add_argument(
         "--grpc-port", type=int, default=-1, help="V2 gRPC ingress port (0: a free one; -1: off)"
+    )
+    parser.add_argument(
+        "--record-file",
+        default=None,
+        help="where to write pid/ports once serving (default: <home>/run/proxies/<index>.json)",
+    )
+    parser.add_argument(
+        "--admin-host", default=None, help="address of the admin port (default: 127.0.0.1)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -263,19 +350,43 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM/SIGINT: uvicorn drains and returns; SIGHUP (a closed terminal) is not a reason
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        return asyncio.run(
-            _serve(
-                Path(args.home).resolve(),
-                args.index,
-                args.host,
-                args.port,
-                args.control_url,
-                args.grpc_port,
-            )
-        )
+        options = _options(args)
+    except (InvalidArgumentError, ValueError) as exc:
+        parser.error(str(exc))
+    try:
+        return asyncio.run(_serve(options))
     except OSError as exc:
         log.error("ingress proxy %d could not start: %s", args.index, exc)
         return 1
+
+
+def _options(args: argparse.Namespace) -> ProxyOptions:
+    options = ProxyOptions(
+        index=args.index,
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        control_url=args.control_url,
+        record_file=Path(args.record_file) if args.record_file else None,
+        admin_host=args.admin_host or "127.0.0.1",
+    )
+    if args.home:
+        options.home = Path(args.home).resolve()
+        return options
+    # a proxy without a home (on a Ray node): everything comes from its launcher
+    if not args.control_url or not args.record_file:
+        raise ValueError("without --home, --control-url and --record-file are required")
+    options.secret = os.environ.get(SECRET_ENV) or None
+    values = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
+    checked = check_settings(values, source=SETTINGS_ENV)
+    known = {f.name for f in fields(Settings)} - {"home", "extra"}
+    run_dir = Path(args.record_file).resolve().parent
+    options.settings = Settings(
+        home=run_dir,
+        extra={k: v for k, v in checked.items() if k not in known and v is not None},
+        **{k: v for k, v in checked.items() if k in known},
+    )
+    return options
 
 
 if __name__ == "__main__":

@@ -157,6 +157,18 @@ class ComputeBackend(ABC):
                 )
             time.sleep(0.1)
 
+    def ensure_ingress_proxies(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """Keep an ingress proxy on each of the pool's nodes; what each one reports.
+
+        The ``local`` pool's machine is the control plane's, whose own proxies serve it: none
+        here. ``config``: ``control_url``, ``secret``, ``settings``, ``python``, ``port``,
+        ``grpc_port`` (see ``ray_actor.ProxyActor``).
+        """
+        return []
+
+    def stop_ingress_proxies(self) -> None:  # noqa: B027 (optional hook, see above)
+        """Stop the proxies ``ensure_ingress_proxies`` started (the pool is dropped)."""
+
     def close(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing)
         """Release client resources. Running instances are left running (they outlive us)."""
 

@@ -72,6 +72,19 @@ def _remote_actor_class(ray: Any) -> Any:
         return _actor_class
 
 
+_proxy_class: Any = None
+
+
+def _remote_proxy_class(ray: Any) -> Any:
+    """``ProxyActor`` as a Ray actor class (pickled by value, as ``InstanceActor``)."""
+    global _proxy_class
+    with _actor_class_lock:
+        if _proxy_class is None:
+            ray.cloudpickle.register_pickle_by_value(ray_actor)
+            _proxy_class = ray.remote(ray_actor.ProxyActor)
+        return _proxy_class
+
+
 def node_name(node_id: str) -> str:
     """The pool-node name of a Ray node (``ray-`` and the first 8 hex digits of its id)."""
     return f"ray-{node_id[:8]}"
@@ -454,6 +467,81 @@ class RayBackend(ComputeBackend):
             if name:
                 self._actors.pop(name, None)
                 self._unreachable_since.pop(name, None)
+
+    # -- ingress proxies, one per node ----------------------------------------------------------
+    @property
+    def proxy_namespace(self) -> str:
+        """One namespace per account and cluster: pools of an account on one cluster share the
+        node proxies (actor ``proxy/<node id>``)."""
+        account_run_dir = self.pool.runs_dir.resolve().parent.parent
+        scope = hashlib.sha1(str(account_run_dir).encode()).hexdigest()[:10]
+        return f"neve-proxies-{scope}"
+
+    def ensure_ingress_proxies(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """A proxy actor pinned to every node of the pool (started where missing or dead); what
+        each reports (``node``, ``url``, ``grpc_address``, ``admin_url``, ``control_url``...)."""
+        ray = self.ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        out = []
+        for node in self.cluster_nodes():
+            node_id = node["node_id"]
+            name = f"proxy/{node_id}"
+            info: dict[str, Any] | None = None
+            try:
+                actor = ray.get_actor(name, namespace=self.proxy_namespace)
+            except ValueError:
+                actor = None
+            if actor is not None:
+                try:
+                    info = ray.get(actor.info.remote(), timeout=CALL_TIMEOUT_S)
+                except ray.exceptions.RayError:
+                    info = None
+                if info is None or not info["alive"]:
+                    self._kill(None, actor)
+                    actor, info = None, None
+            if actor is None:
+                options: dict[str, Any] = {
+                    "name": name,
+                    "namespace": self.proxy_namespace,
+                    "lifetime": "detached",
+                    "max_restarts": 0,
+                    "max_concurrency": 4,
+                    "num_cpus": 0,
+                    "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
+                }
+                node_config = dict(config)
+                if self.address.loopback:
+                    node_config["host"] = "127.0.0.1"
+                node_config.setdefault("cache_dir", self.address.cache_dir)
+                actor = _remote_proxy_class(ray).options(**options).remote(node_config)
+                try:
+                    info = self._get(
+                        actor.start.remote(),
+                        MIN_PLACEMENT_TIMEOUT_S,
+                        f"ingress proxy on Ray node {node_name(node_id)} did not start",
+                    )
+                except ServiceUnavailableError as exc:
+                    log.warning("%s", exc)
+                    self._kill(None, actor)
+                    continue
+                log.info("ingress proxy on Ray node %s at %s", node_name(node_id), info["url"])
+            if info is not None:
+                out.append({"node": node_name(node_id), **info})
+        return out
+
+    def stop_ingress_proxies(self) -> None:
+        ray = self.ray
+        for node in self.cluster_nodes():
+            try:
+                actor = ray.get_actor(f"proxy/{node['node_id']}", namespace=self.proxy_namespace)
+            except ValueError:
+                continue
+            try:
+                ray.get(actor.stop.remote(), timeout=CALL_TIMEOUT_S + 10)
+            except ray.exceptions.RayError:
+                pass
+            self._kill(None, actor)
 
     def close(self) -> None:
         # Instances (detached actors) outlive the control plane; only our side goes.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -451,6 +452,143 @@ class InstanceActor:
             return process.wait(5)
         except subprocess.TimeoutExpired:
             return None
+
+
+class ProxyActor:
+    """The account's ingress proxy on one Ray node (this code runs ON the node).
+
+    Like ``InstanceActor`` it only places and watches a process: ``<python> -m
+    neve.dataplane.proxy`` without a home, told the control plane's URL, its settings and secret
+    (environment), listening on the node's address; it answers ``info()`` with its ports. The
+    proxy process needs the control plane's environment (``config["python"]``: the same path on
+    every node, as on one machine or nodes built from one image).
+
+    ``config``: ``python``, ``control_url``, ``secret``, ``settings`` (settings.toml values),
+    ``port`` and ``grpc_port`` (0: free ones), ``index``, ``host`` (None: the node's IP),
+    ``cache_dir`` and ``start_timeout_s``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray
+
+        self.config = config
+        self.node_id: str = ray.get_runtime_context().get_node_id()
+        self.host: str = config.get("host") or ray.util.get_node_ip_address()
+        cache = Path(config.get("cache_dir") or Path(tempfile.gettempdir()) / "neve-ray-cache")
+        self.run_dir = Path(tempfile.mkdtemp(prefix="neve-proxy-", dir=_mkdir(cache)))
+        self.log_path = self.run_dir / "proxy.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._spawned = threading.Event()
+        self._exit_code: int | None = None
+        self.record: dict[str, Any] = {}
+
+    def start(self) -> dict[str, Any]:
+        python = self.config["python"]
+        if not os.path.exists(python):
+            raise RuntimeError(
+                f"node {self.node_id[:8]} ({self.host}) has no {python}: an ingress proxy runs "
+                "in the control plane's environment, at the same path on every node"
+            )
+        record_file = self.run_dir / "record.json"
+        cmd = [python, "-c", LAUNCHER, str(os.getpid()), "-m", "neve.dataplane.proxy"]
+        cmd += ["--control-url", str(self.config["control_url"]), "--host", self.host]
+        cmd += ["--port", str(self.config.get("port", 0)), "--admin-host", self.host]
+        cmd += ["--grpc-port", str(self.config.get("grpc_port", 0))]
+        cmd += ["--index", str(self.config.get("index", 0)), "--record-file", str(record_file)]
+        env = instance_environment(os.environ)
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "NEVE_PROXY_SECRET": str(self.config["secret"]),
+                "NEVE_PROXY_SETTINGS": json.dumps(self.config.get("settings") or {}),
+                "NEVE_NODE": self.node_id,
+            }
+        )
+        watcher = threading.Thread(
+            target=self._run, args=(cmd, env), name="neve-proxy-watch", daemon=True
+        )
+        watcher.start()
+        self._spawned.wait(30)
+        deadline = time.monotonic() + float(self.config.get("start_timeout_s", 30))
+        while True:
+            try:
+                self.record = json.loads(record_file.read_text())
+                return self.info()
+            except (OSError, ValueError):
+                pass
+            if self._exit_code is not None or time.monotonic() >= deadline:
+                why = (
+                    f"exited with status {self._exit_code}"
+                    if self._exit_code is not None
+                    else "did not start in time"
+                )
+                self.stop(timeout=2.0)
+                raise RuntimeError(
+                    f"ingress proxy on node {self.node_id[:8]} ({self.host}) {why}; log "
+                    f"{self.log_path}:\n{self.log_tail(30)}"
+                )
+            time.sleep(0.05)
+
+    def _run(self, cmd: list[str], env: dict[str, str]) -> None:
+        try:
+            with open(self.log_path, "ab") as log:
+                try:
+                    process = subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=str(self.run_dir),
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    log.write(f"neve: cannot start the ingress proxy: {exc}\n".encode())
+                    self._exit_code = 127
+                    return
+            self._process = process
+            self._spawned.set()
+            self._exit_code = process.wait()
+        finally:
+            self._spawned.set()
+
+    def info(self) -> dict[str, Any]:
+        process = self._process
+        port = self.record.get("port")
+        url_host = f"[{self.host}]" if ":" in self.host else self.host
+        grpc_port = self.record.get("grpc_port")
+        return {
+            "node_id": self.node_id,
+            "host": self.host,
+            "port": port,
+            "grpc_port": grpc_port,
+            "url": f"http://{url_host}:{port}" if port else None,
+            "grpc_address": f"{url_host}:{grpc_port}" if grpc_port else None,
+            "admin_url": self.record.get("admin_url"),
+            "pid": process.pid if process is not None else None,
+            "alive": process is not None and self._exit_code is None and process.poll() is None,
+            "control_url": self.config["control_url"],
+            "log_path": str(self.log_path),
+        }
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        process = self._process
+        if process is None:
+            return self._exit_code
+        if process.poll() is None:
+            try:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return process.poll()
 
 
 def _probe_matches(probe: list[str] | None) -> bool:

@@ -44,6 +44,7 @@ from neve.dataplane.proxies import (
     SECRET_HEADER,
     ingress_grpc_address,
     ingress_url,
+    node_proxies,
     proxy_records,
     proxy_secret,
 )
@@ -180,7 +181,10 @@ def signatures(account: Account, query: dict[str, Any], body: dict[str, Any]) ->
 @endpoint
 def ingress(call: Call) -> dict:
     home = call.account.settings.home
-    return {"url": ingress_url(home), "grpc_address": ingress_grpc_address(home)}
+    nodes = [
+        {k: r.get(k) for k in ("pool", "node", "url", "grpc_address")} for r in node_proxies(home)
+    ]
+    return {"url": ingress_url(home), "grpc_address": ingress_grpc_address(home), "nodes": nodes}
 
 
 @endpoint
