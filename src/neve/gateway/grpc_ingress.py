@@ -179,7 +179,9 @@ class GrpcIngress:
         arrived = loop.time()
         ctx = await gateway._authenticate(Headers(headers=metadata))
         ctx = ctx.with_(request_id=metadata.get("x-request-id") or uuid.uuid4().hex)
-        key = TtlCache.key(ctx.user, ctx.role, ctx.database, ctx.schema, None, service_name)
+        key = TtlCache.key(
+            ctx.user, ctx.role, ctx.database, ctx.schema, None, service_name, ctx.service_scope
+        )
         target = await gateway._target(ctx, None, service_name, key)
         info["service"] = target.qualified_name
         if method and target.methods is not None and method.lower() not in target.methods:
