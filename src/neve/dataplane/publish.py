@@ -14,6 +14,8 @@ change's own request returns: a revocation applies at once in the proxies too.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -54,6 +56,8 @@ class RoutePublisher:
         self._table: dict[str, Any] = {}
         self._nonce = secrets.token_hex(4)  # epochs of two control plane runs never collide
         self._proxies: dict[str, float] = {}
+        # long-polls awaiting a change on an event loop: (loop, future), woken by any thread
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.refresh()
@@ -98,7 +102,14 @@ class RoutePublisher:
             self._version += 1
             self._table = {"version": self._version, **table}
             self._cond.notify_all()
+            self._wake_async_waiters()
         return True
+
+    def _wake_async_waiters(self) -> None:
+        """Under ``_cond``: resolve every awaiting long-poll on its own loop."""
+        for loop, future in self._async_waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(_resolve, future)
 
     @property
     def version(self) -> int:
@@ -124,6 +135,29 @@ class RoutePublisher:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            return self._table
+
+    async def wait_async(
+        self, version: int, timeout_s: float, *, admin_url: str | None = None
+    ) -> dict:
+        """``wait`` for an event loop: the long-poll holds a future, not a thread."""
+        if admin_url:
+            self._proxies[admin_url] = time.monotonic()
+        self._start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if self._version != version or self._stop.is_set():
+                return self._table
+            self._async_waiters.add((loop, future))
+        try:
+            await asyncio.wait_for(future, max(0.0, timeout_s))
+        except TimeoutError:
+            pass
+        finally:
+            with self._cond:
+                self._async_waiters.discard((loop, future))
+        with self._cond:
             return self._table
 
     # -- keeping it current -----------------------------------------------------------------------
@@ -173,6 +207,12 @@ class RoutePublisher:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+            self._wake_async_waiters()
         remove = getattr(self.account.security, "remove_listener", None)
         if remove is not None:
             remove(self._security_changed)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

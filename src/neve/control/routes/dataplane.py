@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import inspect
 import threading
 import weakref
 from collections.abc import Callable
@@ -95,7 +96,9 @@ def _access(account: Account) -> AccountAccess:
 
 
 def proxy_endpoint(fn: Callable[[Account, dict[str, Any], dict[str, Any]], Any]):
-    """``fn(account, query, body)`` behind the proxy secret, run in a worker thread."""
+    """``fn(account, query, body)`` behind the proxy secret, run in a worker thread (or awaited
+    when it is a coroutine function: one that waits without holding a thread)."""
+    waits = inspect.iscoroutinefunction(fn)
 
     @functools.wraps(fn)
     async def handler(request: Request) -> Response:
@@ -111,7 +114,11 @@ def proxy_endpoint(fn: Callable[[Account, dict[str, Any], dict[str, Any]], Any])
             body = parse_json(raw) if raw else {}
             if not isinstance(body, dict):
                 raise InvalidArgumentError("request body must be a JSON object")
-            result = await run_in_threadpool(fn, account, dict(request.query_params), body)
+            query = dict(request.query_params)
+            if waits:
+                result = await fn(account, query, body)
+            else:
+                result = await run_in_threadpool(fn, account, query, body)
         except NeveError as err:
             return error_response(err)
         return json_response(result)
@@ -136,10 +143,12 @@ def _ctx(body: dict[str, Any]) -> RequestContext:
 
 
 @proxy_endpoint
-def route_table(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+async def route_table(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
     version = int(_number(query.get("version"), "version", 0))
     wait = min(MAX_WAIT_S, max(0.0, _number(query.get("wait"), "wait", 0)))
-    return publisher(account).wait(version, wait, admin_url=query.get("admin"))
+    pub = await run_in_threadpool(publisher, account)  # the first one reads the catalog
+    # a long-poll per proxy: awaited on the event loop, not a worker thread each
+    return await pub.wait_async(version, wait, admin_url=query.get("admin"))
 
 
 @proxy_endpoint
