@@ -168,3 +168,32 @@ def test_sql_forms_on_a_service(env) -> None:
         session.sql(f"SELECT {SVC}_forecast(store, region, sales) FROM sales").collect()
     with pytest.raises(ValueError, match="no FROM item comes before it"):
         session.sql(f"SELECT * FROM TABLE({SVC}!forecast(store, region, sales) {over})").collect()
+
+
+def test_rows_go_through_the_data_plane_not_the_control_plane(env, monkeypatch) -> None:
+    # mv.run with partitions or parameters asks the control plane where the service is, then
+    # sends its rows to the instances: no request to the control plane's invoke route.
+    _session, mv = env
+    paths: list[str] = []
+    call = mv._client.call
+
+    def spy(method: str, path: str, *args, **kwargs):
+        paths.append(path)
+        return call(method, path, *args, **kwargs)
+
+    monkeypatch.setattr(mv._client, "call", spy)
+    for params in (None, {"horizon": 3}):
+        local = mv.run(SALES, function_name="forecast", partition_column="store", params=params)
+        remote = mv.run(
+            SALES,
+            function_name="forecast",
+            service_name=SVC,
+            partition_column="store",
+            params=params,
+        )
+        pd.testing.assert_frame_equal(
+            remote.reset_index(drop=True), local.reset_index(drop=True), check_dtype=False
+        )
+    assert len(remote) == 3 * SALES["store"].nunique()
+    assert paths and not [p for p in paths if "/invoke/" in p], paths
+    assert any(p.endswith("/routes/lookup") for p in paths), paths

@@ -40,6 +40,9 @@ from neve.identifiers import QualifiedName, qualify, quote
 #: Rows per request through the data plane (an ingress proxy or an instance; the instance
 #: cuts them into its batches).
 DEFAULT_REQUEST_ROWS = 10_000
+#: Requests of one ``mv.run`` in flight at once (spread over the instances by the router or
+#: the proxy), so a large input keeps several instances busy.
+CONCURRENT_REQUESTS = 4
 POLL_INTERVAL_S = 0.5
 TERMINAL = ("RUNNING", "FAILED", "SUSPENDED")
 LIST_COLUMNS = [
@@ -308,11 +311,12 @@ class ServiceMixin:
         table = _input_table(data, signature)
         plane = self._data_plane(str(qn), method, timeout_s)
         if table is not None:
-            # Columns travel as Arrow IPC, through the data plane (a proxy or the instances).
-            parts = [
-                self._invoke_arrow(route, table.slice(start, step), timeout_s, plane)
-                for start in range(0, table.num_rows, step)
-            ]
+            # Columns travel as Arrow IPC, through the data plane (a proxy or the instances),
+            # several requests at once.
+            parts = concurrent_map(
+                lambda chunk: self._invoke_arrow(route, chunk, timeout_s, plane),
+                [table.slice(start, step) for start in range(0, table.num_rows, step)],
+            )
             out = _arrow_output_frame(parts, signature, data.index)
         else:
             # Columns Arrow cannot type (mixed objects): JSON rows, so that the service names
@@ -399,6 +403,16 @@ class ServiceMixin:
             raw=True,
         )
         return arrow_ipc.read_stream(content)
+
+
+def concurrent_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[fn(item) for item in items]``, up to ``CONCURRENT_REQUESTS`` at once, in order."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(CONCURRENT_REQUESTS, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _input_table(data: pd.DataFrame, signature: Any) -> Any | None:

@@ -1,8 +1,9 @@
 """``mv.run(..., service_name=...)`` with method parameters or a partitioned method.
 
-The rows go to the control plane as one Arrow IPC stream, with ``params`` and
-``partition_column`` in the query string; the control plane sends each partition to one
-instance call (or, with parameters only, the usual row batches with the parameters on each).
+The rows go through the data plane (an ingress proxy, or the instances) as Arrow IPC streams,
+with ``params`` in each request's query string: each partition of ``partition_column`` in one
+request (``neve.dataplane.partitions``), or, with parameters only, the usual row batches; several
+requests at once. Where the control plane offers no look-up they go to its invoke route instead.
 A partitioned method's answer is the partition column followed by the method's output rows;
 without ``partition_column`` all rows are one partition (one instance call) and the answer is
 the method's output rows, as in this process. Any other method's answer is the input columns
@@ -74,6 +75,10 @@ def run_on_service(
         arrays.append(pa.array(data[src], from_pandas=True))
         names.append(name)
     table = pa.Table.from_arrays(arrays, names=names)
+    plane = mv._data_plane(str(qn), method, timeout_s)
+    if plane is not None:
+        answer = _on_data_plane(plane, table, params, partition_column, partitioned, timeout_s)
+        return _as_run_answer(answer, data, partitioned)
     query = f"?timeout_s={timeout_s:g}"
     if params:
         query += "&params=" + url_quote(json.dumps(params), safe="")
@@ -87,7 +92,55 @@ def run_on_service(
         timeout=timeout_s + 30,
         raw=True,
     )
-    out = arrow_ipc.read_stream(content).to_pandas()
+    return _as_run_answer(arrow_ipc.read_stream(content), data, partitioned)
+
+
+def _on_data_plane(
+    plane: tuple[Any, Any],
+    table: Any,
+    params: dict[str, Any] | None,
+    partition_column: str | None,
+    partitioned: bool,
+    timeout_s: float,
+) -> Any:
+    """The rows through the data plane: one request per partition, or row batches."""
+    import pyarrow as pa
+
+    from neve.client.services import DEFAULT_REQUEST_ROWS, concurrent_map
+    from neve.dataplane import partitions
+    from neve.server import arrow_ipc
+
+    client, target = plane
+    query = "params=" + url_quote(json.dumps(params), safe="") if params else ""
+
+    def call(chunk: Any) -> Any:
+        body = client.send(
+            target,
+            arrow_ipc.write_stream(chunk),
+            content_type=arrow_ipc.ARROW_STREAM,
+            timeout_s=timeout_s,
+            service=target.label,
+            method=target.route,
+            query=query,
+        )
+        return arrow_ipc.read_stream(body)
+
+    if partitioned and partition_column is not None:
+        column = partitions.partition_column_of(table, partition_column)
+        chunks = partitions.split(table, column)
+        answers = concurrent_map(call, chunks)
+        return partitions.join(
+            [partitions.with_partition(a, c, column) for a, c in zip(answers, chunks, strict=True)]
+        )
+    if partitioned:  # all rows are one partition: one request
+        return call(table)
+    step = DEFAULT_REQUEST_ROWS
+    chunks = [table.slice(start, step) for start in range(0, table.num_rows, step)]
+    return pa.concat_tables(concurrent_map(call, chunks))
+
+
+def _as_run_answer(answer: Any, data: pd.DataFrame, partitioned: bool) -> pd.DataFrame:
+    out = answer.to_pandas()
     if partitioned:
         return out
     out.index = data.index

@@ -95,8 +95,10 @@ class DataPlaneClient:
         timeout_s: float,
         service: str,
         method: str,
+        query: str = "",
     ) -> bytes:
-        """POST ``content`` to the service's method; the answer's body (errors raised)."""
+        """POST ``content`` to the service's method (``query``: the URL's query string, e.g.
+        ``params=<JSON>``); the answer's body (errors raised)."""
         deadline = time.monotonic() + timeout_s
         headers = {"Content-Type": content_type, "Accept": content_type}
         if target.ingress_url:
@@ -125,6 +127,7 @@ class DataPlaneClient:
             deadline=deadline,
             content=content,
             headers=headers,
+            query=query,
         )
         if resp.status_code == 200:
             return resp.content

@@ -147,6 +147,7 @@ class Router:
         method: str = "POST",
         retry_overloaded: bool = True,
         max_failures: int | None = None,
+        query: str = "",
     ) -> httpx.Response:
         """The first answer that is not a failure to answer (``deadline``: ``time.monotonic``).
 
@@ -184,7 +185,7 @@ class Router:
                 with self.balancer.track(address):
                     resp = self.sync_client.request(
                         method,
-                        self.url(address, route),
+                        self.url(address, route, query),
                         content=content,
                         headers=headers,
                         timeout=httpx.Timeout(

@@ -26,6 +26,7 @@ from urllib.parse import quote as url_quote
 import orjson
 import pyarrow as pa
 
+from neve.dataplane import partitions
 from neve.dataplane.balancer import Address
 from neve.dataplane.client import answer_error
 from neve.dataplane.router import Router, RouterStats
@@ -102,24 +103,8 @@ class _PartitionFormat(_ArrowFormat):
         self.column = column
 
     def chunks(self, payload: pa.Table, size: int) -> list[pa.Table]:
-        import pyarrow.compute as pc
-
-        names = {name.upper(): name for name in payload.column_names}
-        column = (
-            self.column if self.column in payload.column_names else names.get(self.column.upper())
-        )
-        if column is None:
-            raise InvalidArgumentError(
-                f"partition column {self.column!r} is not among the input columns "
-                f"{payload.column_names}"
-            )
-        self.column = column
-        keys = payload.column(column)
-        # Partitions in the order their first row appears; rows keep their order.
-        return [
-            payload.filter(pc.equal(keys, value) if value.is_valid else pc.is_null(keys))
-            for value in pc.unique(keys)
-        ]
+        self.column = partitions.partition_column_of(payload, self.column)
+        return partitions.split(payload, self.column)
 
     def decode(self, label: str, chunk: pa.Table, content: bytes) -> pa.Table:
         try:
@@ -128,13 +113,10 @@ class _PartitionFormat(_ArrowFormat):
             raise ModelExecutionError(
                 f"service {label} answered with a body that is not an Arrow stream: {exc}"
             ) from None
-        if self.column in table.column_names:
-            return table
-        key = chunk.column(self.column)
-        return table.add_column(0, self.column, pa.repeat(key[0], table.num_rows).cast(key.type))
+        return partitions.with_partition(table, chunk, self.column)
 
     def join(self, parts: list[pa.Table]) -> pa.Table:
-        return pa.concat_tables(parts, promote_options="default") if parts else pa.table({})
+        return partitions.join(parts)
 
 
 class _WholeArrowFormat(_ArrowFormat):
