@@ -1,6 +1,8 @@
-"""Ingress throughput: direct to the instance vs through the ingress proxy vs MLflow, one run.
+"""Ingress throughput: direct to the instance vs through the ingress proxy (a model service and
+a service from its specification) vs MLflow, one run.
 
     .venv/bin/python benchmarks/ingress_throughput.py [--duration 5] [--skip-mlflow] [--quick]
+        [--skip-custom] [--rounds 4] [--control]
 
 What it does:
 
@@ -12,6 +14,15 @@ What it does:
    once, the same bytes everywhere), req/s, rows/s and p50/p99 at batch 1 x concurrency 16 and
    batch 1000 x concurrency 4: straight to the instance's server (``POST /predict``) and through
    the ingress proxy (``POST <ingress_url>/predict`` with a bearer token);
+   custom: a service created from the model service's specification (``DESCRIBE SERVICE``'s
+   ``spec``, unchanged: the same image, workers and resources, 1 instance) is measured through
+   the ingress beside it, the two alternating per cell in ``--rounds`` rounds of ``--duration``
+   seconds each, in A B B A order (so both see the same machine load; the merged rounds are one
+   row each, custom / model is the median of the rounds' ratios), then dropped. For both, the
+   CPU time of the data plane (the proxies, the service's server and its workers) per answered
+   request is measured too: on a shared machine req/s moves with other work, CPU per request
+   less. ``--control`` adds a second model service of the same version to the rotation (row
+   ``model2``): what two identical services differ by on this machine, the noise floor;
 3. MLflow 3 (``mlflow models serve``, 2 workers, from a throwaway venv under ``bench-out/``, as
    ``server_throughput.py`` builds it) on the same model and bodies;
 4. overload: the 1-worker service's capacity is measured (batch 1000, concurrency 2, direct),
@@ -20,7 +31,9 @@ What it does:
    transport errors, the p99 wait of the served requests, and whether the instance and the
    proxies are still up;
 5. prints one table with ingress / direct and ingress / MLflow ratios, checks the targets
-   (ingress >= 0.8x direct at both cells; ingress p99 < 100 ms at batch 1 / c16; under 10x
+   (ingress >= 0.8x direct at both cells; the custom service within 5% of the model service
+   through the ingress at both cells, in rows/s and in data-plane CPU per request; ingress p99
+   < 100 ms at batch 1 / c16; under 10x
    overload the served p99 within the queue timeout plus one batch and 100% of refusals with
    Retry-After), and writes ``bench-out/ingress_throughput/results.json``.
 
@@ -36,10 +49,11 @@ import json
 import os
 import pickle
 import shutil
+import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +83,13 @@ class Cell:
     ok: int
     errors: int
     statuses: dict
+    # custom rows: the median over rounds of custom / model rows/s, each round's pair measured
+    # back to back (steadier than the ratio of the merged rows when the machine's load moves)
+    vs_model: float | None = None
+    # the data plane's CPU time per answered request (the proxies and the service's instance
+    # with its workers), and for custom rows the median over rounds of custom / model
+    cpu_ms_per_req: float | None = None
+    cpu_vs_model: float | None = None
 
 
 def bodies(batch: int, count: int = 8) -> list[bytes]:
@@ -83,6 +104,57 @@ def bodies(batch: int, count: int = 8) -> list[bytes]:
     return out
 
 
+def to_cell(label: str, batch: int, conc: int, res: LoadResult) -> Cell:
+    cell = Cell(
+        label,
+        batch,
+        conc,
+        res.requests_per_s,
+        res.rows_per_s,
+        res.percentile(0.5) * 1000,
+        res.percentile(0.99) * 1000,
+        res.ok,
+        res.errors,
+        dict(res.statuses),
+    )
+    print(
+        f"  {label:<8} batch {batch:>5} conc {conc:>3}: {cell.requests_per_s:8.1f} req/s "
+        f"{cell.rows_per_s:10.0f} rows/s  p50 {cell.p50_ms:7.1f} ms  p99 {cell.p99_ms:7.1f} ms"
+        + (f"  errors {res.errors} {res.statuses}" if res.errors else ""),
+        flush=True,
+    )
+    return cell
+
+
+def run_cell(
+    port: int, path: str, batch: int, conc: int, duration: float, headers: dict[str, str] | None
+) -> LoadResult:
+    return load(
+        HOST,
+        port,
+        path,
+        bodies(batch),
+        concurrency=conc,
+        rows_per_request=batch,
+        duration_s=duration,
+        warmup_s=min(1.0, duration / 5),
+        headers=headers,
+    )
+
+
+def merged(results: list[LoadResult]) -> LoadResult:
+    """Several measurements of one cell as one: the requests answered over the time spent."""
+    out = LoadResult(results[0].concurrency, results[0].rows_per_request, 0.0)
+    for res in results:
+        out.seconds += res.seconds
+        out.ok += res.ok
+        out.errors += res.errors
+        out.latencies += res.latencies
+        for status, n in res.statuses.items():
+            out.statuses[status] = out.statuses.get(status, 0) + n
+    return out
+
+
 def measure(
     label: str,
     port: int,
@@ -91,39 +163,123 @@ def measure(
     headers: dict[str, str] | None = None,
     cells: tuple[tuple[int, int], ...] = CELLS,
 ) -> list[Cell]:
-    results = []
-    for batch, conc in cells:
-        res: LoadResult = load(
-            HOST,
-            port,
-            path,
-            bodies(batch),
-            concurrency=conc,
-            rows_per_request=batch,
-            duration_s=duration,
-            warmup_s=min(1.0, duration / 5),
-            headers=headers,
-        )
-        cell = Cell(
-            label,
-            batch,
-            conc,
-            res.requests_per_s,
-            res.rows_per_s,
-            res.percentile(0.5) * 1000,
-            res.percentile(0.99) * 1000,
-            res.ok,
-            res.errors,
-            dict(res.statuses),
-        )
-        print(
-            f"  {label:<8} batch {batch:>5} conc {conc:>3}: {cell.requests_per_s:8.1f} req/s "
-            f"{cell.rows_per_s:10.0f} rows/s  p50 {cell.p50_ms:7.1f} ms  p99 {cell.p99_ms:7.1f} ms"
-            + (f"  errors {res.errors} {res.statuses}" if res.errors else ""),
-            flush=True,
-        )
-        results.append(cell)
-    return results
+    return [
+        to_cell(label, batch, conc, run_cell(port, path, batch, conc, duration, headers))
+        for batch, conc in cells
+    ]
+
+
+@dataclass
+class Target:
+    label: str
+    port: int
+    path: str
+    headers: dict[str, str] | None = None
+    #: the data-plane processes whose CPU time a request costs (none: not measured)
+    pids: list[int] = field(default_factory=list)
+
+
+def process_trees(pids: list[int]) -> list[Any]:
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return procs
+
+
+def cpu_seconds(procs: list[Any]) -> float:
+    import psutil
+
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def measure_alternating(targets: list[Target], duration: float, rounds: int) -> list[Cell]:
+    """Each cell measured on every target in turn, ``rounds`` times ``duration`` s each, the
+    order reversed every other round (A B B A ...), merged per target: machine load that comes
+    and goes falls on all of them alike. Each round's req/s is printed too, and the CPU time
+    the target's data-plane processes spent per answered request (less sensitive than req/s to
+    other work on a shared machine: it counts the work, not the wait for a core)."""
+    cells = []
+    procs = {t.label: process_trees(t.pids) for t in targets}
+    for batch, conc in CELLS:
+        runs: dict[str, list[LoadResult]] = {t.label: [] for t in targets}
+        cpu: dict[str, list[float]] = {t.label: [] for t in targets}
+        for k in range(rounds):
+            order = targets if k % 2 == 0 else targets[::-1]
+            for t in order:
+                before = cpu_seconds(procs[t.label])
+                runs[t.label].append(run_cell(t.port, t.path, batch, conc, duration, t.headers))
+                cpu[t.label].append(cpu_seconds(procs[t.label]) - before)
+            if len(targets) > 1:
+                print(
+                    f"    round {k + 1}: "
+                    + ", ".join(
+                        f"{t.label} {runs[t.label][-1].requests_per_s:.1f} req/s "
+                        f"{per_request_ms(cpu[t.label][-1], runs[t.label][-1].ok):.2f} CPU ms/req"
+                        for t in order
+                    ),
+                    flush=True,
+                )
+        row = {}
+        for t in targets:
+            total = merged(runs[t.label])
+            row[t.label] = to_cell(t.label, batch, conc, total)
+            if procs[t.label]:
+                row[t.label].cpu_ms_per_req = per_request_ms(sum(cpu[t.label]), total.ok)
+        base = targets[0].label  # the model service through the ingress
+        for t in targets[1:]:
+            pairs = [
+                c.rows_per_s / i.rows_per_s
+                for c, i in zip(runs[t.label], runs[base], strict=True)
+                if i.rows_per_s
+            ]
+            cpu_pairs = [
+                per_request_ms(cc, c.ok) / per_request_ms(ci, i.ok)
+                for c, cc, i, ci in zip(
+                    runs[t.label], cpu[t.label], runs[base], cpu[base], strict=True
+                )
+                if c.ok and i.ok and ci > 0
+            ]
+            cell = row[t.label]
+            cell.vs_model = statistics.median(pairs) if pairs else None
+            cell.cpu_vs_model = statistics.median(cpu_pairs) if cpu_pairs else None
+            print(
+                f"  {t.label} / model rows/s: {', '.join(f'{p:.3f}' for p in pairs)} by round, "
+                f"median {cell.vs_model or 0:.3f}x (merged "
+                f"{ratio(cell.rows_per_s, row[base].rows_per_s)}); CPU per request: "
+                f"{', '.join(f'{p:.3f}' for p in cpu_pairs)}, median {cell.cpu_vs_model or 0:.3f}x",
+                flush=True,
+            )
+        cells += row.values()
+    return cells
+
+
+def per_request_ms(cpu_s: float, ok: int) -> float:
+    return cpu_s * 1000 / ok if ok else float("nan")
+
+
+def instance_pids(session: Any, service: str) -> list[int]:
+    return [int(i["pid"]) for i in session.describe_service(service)["instances"] if i["pid"]]
+
+
+def create_custom_copy(session: Any, model_service: str, name: str) -> None:
+    """A service from the model service's specification, unchanged (1 instance)."""
+    spec = session.describe_service(model_service)["spec"]
+    session.create_service(
+        name, compute_pool="bench_pool", spec=spec, min_instances=1, max_instances=1
+    )
 
 
 def instance_port(handle: Any) -> int:
@@ -204,14 +360,15 @@ def overload(session: Any, mv: Any, token: str, seconds: float, duration: float)
 
 
 def ratio(a: float, b: float | None) -> str:
-    return f"{a / b:.2f}x" if b else ""
+    return f"{a / b:.3f}x" if b else ""
 
 
 def report(cells: list[Cell], over: dict[str, Any] | None) -> list[str]:
     by = {(c.path, c.batch, c.concurrency): c for c in cells}
     lines = [
-        "| path | batch | conc | req/s | rows/s | p50 ms | p99 ms | vs direct | vs MLflow |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | batch | conc | req/s | rows/s | p50 ms | p99 ms | vs direct | vs MLflow "
+        "| vs model service | CPU ms/req | CPU vs model service |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         direct = by.get(("direct", c.batch, c.concurrency))
@@ -220,7 +377,10 @@ def report(cells: list[Cell], over: dict[str, Any] | None) -> list[str]:
             f"| {c.path} | {c.batch} | {c.concurrency} | {c.requests_per_s:.1f} | "
             f"{c.rows_per_s:,.0f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | "
             f"{ratio(c.rows_per_s, direct.rows_per_s if direct else None)} | "
-            f"{ratio(c.rows_per_s, mlflow.rows_per_s if mlflow else None)} |"
+            f"{ratio(c.rows_per_s, mlflow.rows_per_s if mlflow else None)} | "
+            f"{f'{c.vs_model:.3f}x' if c.vs_model is not None else ''} | "
+            f"{f'{c.cpu_ms_per_req:.2f}' if c.cpu_ms_per_req is not None else ''} | "
+            f"{f'{c.cpu_vs_model:.3f}x' if c.cpu_vs_model is not None else ''} |"
         )
     checks = []
     for batch, conc in CELLS:
@@ -229,6 +389,27 @@ def report(cells: list[Cell], over: dict[str, Any] | None) -> list[str]:
             r = ing.rows_per_s / dire.rows_per_s if dire.rows_per_s else 0.0
             checks.append(
                 (f"ingress >= 0.8x direct at batch {batch} / c{conc}", r >= 0.8, f"{r:.2f}x")
+            )
+    for batch, conc in CELLS:
+        cust = by.get(("custom", batch, conc))
+        if cust and cust.vs_model is not None:
+            r = cust.vs_model
+            checks.append(
+                (
+                    f"custom service within 5% of the model service at batch {batch} / c{conc}",
+                    abs(r - 1.0) <= 0.05,
+                    f"custom / model {r:.3f}x, median of the rounds",
+                )
+            )
+        if cust and cust.cpu_vs_model is not None:
+            r = cust.cpu_vs_model
+            checks.append(
+                (
+                    f"custom service's data-plane CPU per request within 5% of the model "
+                    f"service's at batch {batch} / c{conc}",
+                    abs(r - 1.0) <= 0.05,
+                    f"custom / model {r:.3f}x, median of the rounds",
+                )
             )
     ing = by.get(("ingress", 1, 16))
     if ing:
@@ -269,6 +450,18 @@ def main() -> int:
     parser.add_argument("--overload-secs", type=float, default=6.0)
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--skip-overload", action="store_true")
+    parser.add_argument(
+        "--skip-custom", action="store_true", help="no service from the model's specification"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="alternations of model and custom per cell"
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="a second model service of the same version in the rotation (row model2): how "
+        "far two identical services differ on this machine",
+    )
     parser.add_argument("--quick", action="store_true", help="2 s cells, 3 s overload")
     args = parser.parse_args()
     if args.quick:
@@ -280,7 +473,7 @@ def main() -> int:
     os.environ["NEVE_HOME"] = str(home)
     import neve
     from neve.control import daemon
-    from neve.dataplane.proxies import ingress_info, proxy_count, stop_proxies
+    from neve.dataplane.proxies import ingress_info, proxy_count, proxy_records, stop_proxies
 
     model, sample = forest_model()
     session = neve.connect(str(home))
@@ -320,13 +513,51 @@ def main() -> int:
             flush=True,
         )
         cells += measure("direct", instance_port(handle), "/predict", args.duration)
-        cells += measure(
-            "ingress",
-            int(info["port"]),
-            "/svc/BENCH.PUBLIC.RF_SVC/predict",
-            args.duration,
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        auth = {"Authorization": f"Bearer {token}"}
+        proxies = [r.pid for r in proxy_records(home)]
+        through = [
+            Target(
+                "ingress",
+                int(info["port"]),
+                "/svc/BENCH.PUBLIC.RF_SVC/predict",
+                auth,
+                proxies + instance_pids(session, "bench.public.rf_svc"),
+            )
+        ]
+        if not args.skip_custom:
+            create_custom_copy(session, "bench.public.rf_svc", "bench.public.rf_copy")
+            through.append(
+                Target(
+                    "custom",
+                    int(info["port"]),
+                    "/svc/BENCH.PUBLIC.RF_COPY/predict",
+                    auth,
+                    proxies + instance_pids(session, "bench.public.rf_copy"),
+                )
+            )
+            # the same image and settings, only the kind of service differs
+            print("custom service RF_COPY from RF_SVC's specification is RUNNING", flush=True)
+        if args.control:
+            mv.create_service(
+                service_name="RF_SVC2",
+                service_compute_pool="bench_pool",
+                image_repo="images",
+                max_instances=1,
+                ingress_enabled=True,
+            )
+            through.append(
+                Target(
+                    "model2",
+                    int(info["port"]),
+                    "/svc/BENCH.PUBLIC.RF_SVC2/predict",
+                    auth,
+                    proxies + instance_pids(session, "bench.public.rf_svc2"),
+                )
+            )
+        rounds = max(1, args.rounds) if len(through) > 1 else 1
+        cells += measure_alternating(through, args.duration, rounds)
+        for name in ("rf_copy", "rf_svc2"):
+            session.sql(f"DROP SERVICE IF EXISTS bench.public.{name}").collect()
         if not args.skip_mlflow:
             cells += run_mlflow(model, args.duration)
         if not args.skip_overload:
