@@ -3,8 +3,9 @@
 ``CREATE COMPUTE POOL ... BACKEND = 'ray' ADDRESS = '<cluster>'`` then ``create_service`` with 3
 instances: they land on 3 different Ray nodes and are called from Python (``invoke``, what
 ``mv.run`` uses), SQL (the service function) and HTTP (the ingress of the control plane's app).
-Then one node is removed while calls keep coming: every call is answered (a retried success at
-worst) and the service gets back to 3 ready instances on the nodes left. Then scale down,
+An ingress proxy runs on every node (HTTP and gRPC, revocation at once) and follows the
+cluster's membership. Then one node is removed while calls keep coming: every call is answered
+(a retried success at worst) and the service gets back to 3 ready instances on the nodes left. Then scale down,
 suspend, auto-resume on the next call, and drop with nothing left running. Before the node goes,
 a service created from the model service's specification runs beside it on the same pool
 (HTTP, SQL, suspend, resume, drop).
@@ -218,6 +219,66 @@ def test_instance_logs_come_back(env, service):
     assert "neve.server: serving" in log
 
 
+def _node_proxies(env, url: str) -> list[dict]:
+    from neve.dataplane.proxies import NodeProxies
+
+    return NodeProxies(
+        env.account.settings, url, env.account.compute.ensure_ingress_proxies
+    ).ensure()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/svc/x/predict", timeout=2).status_code == 401
+    except httpx.HTTPError:
+        return False
+
+
+def test_an_ingress_proxy_on_every_node(env, cluster, service, expected):
+    """One proxy per Ray node (what the daemon's node_proxies job keeps), each serving the
+    account's services over HTTP and gRPC; a revocation reaches them before it returns."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    token = env.account.security.local_admin_token()
+    with AppServer(env.account) as app:
+        nodes = _node_proxies(env, app.url)
+        assert {n["node"] for n in nodes} == {f"ray-{i[:8]}" for i in cluster.node_ids()}
+        assert {n["pool"] for n in nodes} == {RAY_POOL} and len({n["url"] for n in nodes}) == 3
+        assert _node_proxies(env, app.url) == nodes  # a second pass keeps them
+        for node in nodes:
+            resp = httpx.post(
+                f"{node['url']}/svc/ml.reg.ray_svc/predict",
+                json={"data": rows_of(env.test_df)},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            assert resp.status_code == 200, resp.text
+            got = [next(iter(r[1].values())) for r in resp.json()["data"]]
+            np.testing.assert_allclose(got, expected, rtol=1e-9)
+        client = grpcclient.InferenceServerClient(url=nodes[0]["grpc_address"])
+        try:
+            inputs = []
+            for name in ("A", "B"):
+                t = grpcclient.InferInput(name, [len(env.test_df)], "FP64")
+                t.set_data_from_numpy(env.test_df[name].to_numpy(dtype=np.float64))
+                inputs.append(t)
+            result = client.infer(SVC, inputs, headers={"authorization": f"Bearer {token}"})
+            [output] = result.get_response().outputs
+            np.testing.assert_allclose(result.as_numpy(output.name), expected, rtol=1e-9)
+        finally:
+            client.close()
+        # a token revoked on the control plane is refused by every node's proxy at once
+        pat = env.account.security.create_token(env.ctx, "node_caller")["token"]
+        auth = {"Authorization": f"Bearer {pat}"}
+        body = {"data": rows_of(env.test_df.head(2))}
+        for node in nodes:
+            ok = httpx.post(f"{node['url']}/svc/ml.reg.ray_svc/predict", json=body, headers=auth)
+            assert ok.status_code == 200, ok.text
+        env.account.security.revoke_token(env.ctx, "node_caller")
+        for node in nodes:
+            no = httpx.post(f"{node['url']}/svc/ml.reg.ray_svc/predict", json=body, headers=auth)
+            assert no.status_code == 401 and "revoked" in no.json()["message"], no.text
+
+
 COPY = "ML.REG.RAY_COPY"
 
 
@@ -330,6 +391,28 @@ def test_removing_a_node_loses_no_call_and_the_service_recovers(env, cluster, se
     assert {i["node"] for i in after} <= set(backend(env).node_names())
     events = services.get_service_logs(env.ctx, SVC, 0, "events", 200)
     assert f"instance {victim['instance_id']} failed" in events
+
+
+def test_node_proxies_follow_the_cluster(env, cluster):
+    """The removed node's proxy is gone from the next pass; a node that joins gets one; a
+    control plane at a new address is told (retarget); the cluster's last pool takes them."""
+    with AppServer(env.account) as app:  # a new address: the proxies are told it
+        nodes = _node_proxies(env, app.url)
+        assert {n["node"] for n in nodes} == {f"ray-{i[:8]}" for i in cluster.node_ids()}
+        assert {n["control_url"] for n in nodes} == {app.url}
+        health = httpx.get(nodes[0]["admin_url"] + "/_neve/health", timeout=5).json()
+        assert health["control_url"] == app.url
+        added = cluster.add_node()
+        try:
+            grown = _node_proxies(env, app.url)
+            assert f"ray-{added.node_id[:8]}" in {n["node"] for n in grown}
+            assert len(grown) == len(nodes) + 1
+            assert all(_answers(n["url"]) for n in grown)
+        finally:
+            cluster.remove_node(added)
+        wait_for(lambda: len(_node_proxies(env, app.url)) == len(nodes), 60, "its proxy gone")
+    backend(env).stop_ingress_proxies()  # what DROP COMPUTE POOL does for the last pool
+    wait_for(lambda: not any(_answers(n["url"]) for n in nodes), 60, "the node proxies stopped")
 
 
 def test_scale_down_suspend_and_auto_resume(env, service, expected):
