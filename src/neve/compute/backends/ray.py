@@ -478,16 +478,17 @@ class RayBackend(ComputeBackend):
         return f"neve-proxies-{scope}"
 
     def ensure_ingress_proxies(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        """A proxy actor pinned to every node of the pool (started where missing or dead); what
-        each reports (``node``, ``url``, ``grpc_address``, ``admin_url``, ``control_url``...)."""
+        """A proxy actor pinned to every node of the pool (started where missing or dead, all
+        at once); what each reports (``node``, ``url``, ``grpc_address``, ``admin_url``,
+        ``control_url``...)."""
         ray = self.ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        out = []
-        for node in self.cluster_nodes():
-            node_id = node["node_id"]
+        found: dict[str, dict[str, Any]] = {}
+        starting: dict[str, tuple[Any, Any]] = {}  # node id -> (actor, its start() reference)
+        nodes = [n["node_id"] for n in self.cluster_nodes()]
+        for node_id in nodes:
             name = f"proxy/{node_id}"
-            info: dict[str, Any] | None = None
             try:
                 actor = ray.get_actor(name, namespace=self.proxy_namespace)
             except ValueError:
@@ -497,38 +498,42 @@ class RayBackend(ComputeBackend):
                     info = ray.get(actor.info.remote(), timeout=CALL_TIMEOUT_S)
                 except ray.exceptions.RayError:
                     info = None
-                if info is None or not info["alive"]:
-                    self._kill(None, actor)
-                    actor, info = None, None
-            if actor is None:
-                options: dict[str, Any] = {
-                    "name": name,
-                    "namespace": self.proxy_namespace,
-                    "lifetime": "detached",
-                    "max_restarts": 0,
-                    "max_concurrency": 4,
-                    "num_cpus": 0,
-                    "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
-                }
-                node_config = dict(config)
-                if self.address.loopback:
-                    node_config["host"] = "127.0.0.1"
-                node_config.setdefault("cache_dir", self.address.cache_dir)
-                actor = _remote_proxy_class(ray).options(**options).remote(node_config)
-                try:
-                    info = self._get(
-                        actor.start.remote(),
-                        MIN_PLACEMENT_TIMEOUT_S,
-                        f"ingress proxy on Ray node {node_name(node_id)} did not start",
-                    )
-                except ServiceUnavailableError as exc:
-                    log.warning("%s", exc)
-                    self._kill(None, actor)
+                if info is not None and info["alive"]:
+                    found[node_id] = info
                     continue
-                log.info("ingress proxy on Ray node %s at %s", node_name(node_id), info["url"])
-            if info is not None:
-                out.append({"node": node_name(node_id), **info})
-        return out
+                self._kill(None, actor)
+            node_config = dict(config)
+            if self.address.loopback:
+                node_config["host"] = "127.0.0.1"
+            node_config.setdefault("cache_dir", self.address.cache_dir)
+            actor = (
+                _remote_proxy_class(ray)
+                .options(
+                    name=name,
+                    namespace=self.proxy_namespace,
+                    lifetime="detached",
+                    max_restarts=0,
+                    max_concurrency=4,
+                    num_cpus=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                )
+                .remote(node_config)
+            )
+            starting[node_id] = (actor, actor.start.remote())
+        for node_id, (actor, started) in starting.items():
+            try:
+                info = self._get(
+                    started,
+                    MIN_PLACEMENT_TIMEOUT_S,
+                    f"ingress proxy on Ray node {node_name(node_id)} did not start",
+                )
+            except ServiceUnavailableError as exc:
+                log.warning("%s", exc)
+                self._kill(None, actor)
+                continue
+            log.info("ingress proxy on Ray node %s at %s", node_name(node_id), info["url"])
+            found[node_id] = info
+        return [{"node": node_name(n), **found[n]} for n in nodes if n in found]
 
     def stop_ingress_proxies(self) -> None:
         ray = self.ray
