@@ -36,7 +36,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +178,7 @@ class Gateway:
         # who a credential is, and which service (authorized) a caller reaches: see cache.py
         self._auth_cache = TtlCache(ttl=self.limits.auth_cache_secs)
         self._target_cache = TtlCache(ttl=self.limits.auth_cache_secs)
+        self._lookups: dict[tuple[int, str], asyncio.Future[Any]] = {}  # look-ups in flight
         self.domain = settings.ingress_domain.lower().strip(".")
         # as ServiceManager names hosts: the account name as one DNS label
         label = re.sub(r"[^a-z0-9-]", "-", settings.account_name.lower()).strip("-")
@@ -337,29 +338,65 @@ class Gateway:
 
     async def _authenticate(self, headers: Headers) -> RequestContext:
         """``SecurityManager.authenticate`` with a short cache (hit: no thread, no catalog)."""
-        generation = self.access.generation  # read first: a change during the look-up voids it
         key = TtlCache.key(*(headers.get(h) for h in AUTH_HEADERS))
-        cached = self._auth_cache.get(key, generation)
-        if cached is not None:
-            return cached
-        ctx, expires = await anyio.to_thread.run_sync(self.access.authenticate, headers)
-        remaining = (expires - datetime.now(UTC)).total_seconds()
-        self._auth_cache.put(key, ctx, generation, ttl=remaining)
-        return ctx
+        plain = {h: v for h in AUTH_HEADERS if (v := headers.get(h)) is not None}
+
+        def fetch() -> tuple[RequestContext, float]:
+            ctx, expires = self.access.authenticate(plain)
+            return ctx, (expires - datetime.now(UTC)).total_seconds()
+
+        return await self._cached(self._auth_cache, key, fetch)
 
     async def _target(
         self, ctx: RequestContext, host: str | None, name: str | None, key: str
     ) -> IngressTarget:
-        generation = self.access.generation
-        cached = self._target_cache.get(key, generation)
-        if cached is not None:
-            # a token scoped to services never reaches another through an answer cached for
-            # an unscoped credential (whatever key the caller chose)
-            check_scope(ctx, cached.service_id, cached.qualified_name)
-            return cached
-        target = await anyio.to_thread.run_sync(self.access.authorized_target, ctx, host, name)
-        self._target_cache.put(key, target, generation)
+        def fetch() -> tuple[IngressTarget, float | None]:
+            return self.access.authorized_target(ctx, host, name), None
+
+        target = await self._cached(self._target_cache, key, fetch)
+        # a token scoped to services never reaches another through an answer cached for an
+        # unscoped credential (whatever key the caller chose)
+        check_scope(ctx, target.service_id, target.qualified_name)
         return target
+
+    async def _cached(
+        self, cache: TtlCache, key: str, fetch: Callable[[], tuple[Any, float | None]]
+    ) -> Any:
+        """A cached look-up: one look-up in flight per key however many requests miss at once
+        (they share its answer or error), and a stale answer served while one refresh runs in
+        the background, so no request waits on the control plane once per ``ttl``.
+        ``fetch()`` (run in a thread) gives the answer and its own lifetime (None: the cache's).
+        """
+        generation = self.access.generation  # read first: a change during the look-up voids it
+        found = cache.lookup(key, generation)
+        if found is not None:
+            value, fresh = found
+            if not fresh and (id(cache), key) not in self._lookups:
+                refresh = self._look_up(cache, key, fetch, generation)
+                refresh.add_done_callback(_forget_failed_refresh(cache, key))
+            return value
+        return await asyncio.shield(self._look_up(cache, key, fetch, generation))
+
+    def _look_up(
+        self,
+        cache: TtlCache,
+        key: str,
+        fetch: Callable[[], tuple[Any, float | None]],
+        generation: Hashable,
+    ) -> asyncio.Future[Any]:
+        flight = (id(cache), key)
+        pending = self._lookups.get(flight)
+        if pending is None:
+
+            async def run() -> Any:
+                value, ttl = await anyio.to_thread.run_sync(fetch)
+                cache.put(key, value, generation, ttl=ttl)
+                return value
+
+            pending = asyncio.ensure_future(run())
+            self._lookups[flight] = pending
+            pending.add_done_callback(lambda _f: self._lookups.pop(flight, None))
+        return pending
 
     # -- checks before any routing ----------------------------------------------------------------
     def _check_headers(self, scope: Scope) -> None:
@@ -620,6 +657,17 @@ class Gateway:
         except Exception:  # the response had already started; nothing more can be said
             pass
         return status
+
+
+def _forget_failed_refresh(cache: TtlCache, key: str) -> Callable[[asyncio.Future[Any]], None]:
+    """A background refresh that failed (the token was revoked elsewhere, the service is gone)
+    drops the stale answer, so the next request asks and gets the error itself."""
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            cache.discard(key)
+
+    return done
 
 
 def _unquoted(qualified: str) -> str:
