@@ -192,7 +192,49 @@ def pack_tree(root: str | os.PathLike) -> bytes:
 
 
 # -- the actor ------------------------------------------------------------------------------------
-class InstanceActor:
+class _WatchedProcess:
+    """What both actors share: one child process started from a long-lived thread (its
+    ``PR_SET_PDEATHSIG`` follows the thread that forked it), its exit code, its log."""
+
+    log_path: Path
+    _lock: threading.Lock
+    _process: subprocess.Popen[bytes] | None
+    _spawned: threading.Event
+    _exit_code: int | None
+
+    def _run_watched(self, cmd: list[str], env: dict[str, str], cwd: Path, what: str) -> None:
+        try:
+            with open(self.log_path, "ab") as log:
+                try:
+                    process = subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=str(cwd),  # never a source tree: `-m` puts cwd on sys.path
+                        start_new_session=True,  # own process group: stop() reaches it all
+                    )
+                except OSError as exc:
+                    log.write(f"neve: cannot start {what}: {exc}\n".encode())
+                    self._exit_code = 127
+                    return
+            with self._lock:
+                self._process = process
+            self._spawned.set()
+            self._exit_code = process.wait()
+        finally:
+            self._spawned.set()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class InstanceActor(_WatchedProcess):
     """One service instance on one Ray node: prepares its environment, runs and watches the server.
 
     ``config`` (built by the backend): ``service``, ``instance``, ``argv`` (server arguments after
@@ -357,27 +399,8 @@ class InstanceActor:
 
     def _run(self, cmd: list[str], env: dict[str, str], run_dir: Path) -> None:
         try:
-            with open(self.log_path, "ab") as log:
-                try:
-                    process = subprocess.Popen(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        cwd=str(run_dir),  # never a source tree: `-m` puts cwd on sys.path
-                        start_new_session=True,  # own process group: stop() reaches the workers
-                    )
-                except OSError as exc:
-                    log.write(f"neve: cannot start the inference server: {exc}\n".encode())
-                    self._exit_code = 127
-                    return
-            with self._lock:
-                self._process = process
-            self._spawned.set()
-            self._exit_code = process.wait()
+            self._run_watched(cmd, env, run_dir, "the inference server")
         finally:
-            self._spawned.set()
             shutil.rmtree(run_dir, ignore_errors=True)
 
     def info(self) -> dict[str, Any]:
@@ -425,13 +448,6 @@ class InstanceActor:
             except OSError:
                 pass
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the server (it drains and stops its workers), then kill its process group."""
         with self._lock:
@@ -454,7 +470,7 @@ class InstanceActor:
             return None
 
 
-class ProxyActor:
+class ProxyActor(_WatchedProcess):
     """The account's ingress proxy on one Ray node (this code runs ON the node).
 
     Like ``InstanceActor`` it only places and watches a process: ``<python> -m
@@ -477,6 +493,7 @@ class ProxyActor:
         cache = Path(config.get("cache_dir") or Path(tempfile.gettempdir()) / "neve-ray-cache")
         self.run_dir = Path(tempfile.mkdtemp(prefix="neve-proxy-", dir=_mkdir(cache)))
         self.log_path = self.run_dir / "proxy.log"
+        self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._spawned = threading.Event()
         self._exit_code: int | None = None
@@ -505,7 +522,10 @@ class ProxyActor:
             }
         )
         watcher = threading.Thread(
-            target=self._run, args=(cmd, env), name="neve-proxy-watch", daemon=True
+            target=self._run_watched,
+            args=(cmd, env, self.run_dir, "the ingress proxy"),
+            name="neve-proxy-watch",
+            daemon=True,
         )
         watcher.start()
         self._spawned.wait(30)
@@ -529,29 +549,6 @@ class ProxyActor:
                 )
             time.sleep(0.05)
 
-    def _run(self, cmd: list[str], env: dict[str, str]) -> None:
-        try:
-            with open(self.log_path, "ab") as log:
-                try:
-                    process = subprocess.Popen(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        cwd=str(self.run_dir),
-                        start_new_session=True,
-                    )
-                except OSError as exc:
-                    log.write(f"neve: cannot start the ingress proxy: {exc}\n".encode())
-                    self._exit_code = 127
-                    return
-            self._process = process
-            self._spawned.set()
-            self._exit_code = process.wait()
-        finally:
-            self._spawned.set()
-
     def info(self) -> dict[str, Any]:
         process = self._process
         port = self.record.get("port")
@@ -570,13 +567,6 @@ class ProxyActor:
             "control_url": self.config["control_url"],
             "log_path": str(self.log_path),
         }
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 10.0) -> int | None:
         process = self._process
