@@ -82,7 +82,7 @@ def gateway(gw_account):
     # The catalog-backed targets: the services here are rows this test made, with no
     # ServiceManager behind them to start or resume processes.
     return build_gateway(
-        gw_account, targets=CatalogIngressTargets(gw_account, poll_interval_s=0.05)
+        gw_account, targets=CatalogIngressTargets(gw_account.catalog, poll_interval_s=0.05)
     )
 
 

@@ -346,7 +346,7 @@ def test_tls_when_a_certificate_is_configured(gw_account, gateway, service, call
     from neve.gateway.app import build_gateway
     from neve.gateway.targets import CatalogIngressTargets
 
-    tls_gateway = build_gateway(gw_account, targets=CatalogIngressTargets(gw_account))
+    tls_gateway = build_gateway(gw_account, targets=CatalogIngressTargets(gw_account.catalog))
     server = ThreadServer(control_app(gw_account, tls_gateway), **options).start()
     try:
         url = f"https://127.0.0.1:{server.port}/svc/ml.apps.svc/predict"

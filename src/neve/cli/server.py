@@ -14,6 +14,7 @@ import typer
 
 from neve.cli._common import console, options, print_record
 from neve.control import daemon
+from neve.dataplane.proxies import ingress_info
 
 app = typer.Typer(
     help="Start, stop and inspect the account's control plane daemon.",
@@ -85,6 +86,8 @@ def status(
 ) -> None:
     """Whether the control plane runs, where, and since when (exit status 1 when it does not)."""
     info = daemon.status(options(ctx).resolved_home)
+    ingress = ingress_info(options(ctx).resolved_home) or {}
+    info.update(ingress_url=ingress.get("url"), ingress_grpc=ingress.get("grpc_address"))
     if as_json:
         typer.echo(json.dumps(info))
     elif info["running"]:

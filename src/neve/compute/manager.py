@@ -49,7 +49,9 @@ from neve.like import like_regex
 from neve.security.objects import ACCOUNT
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.config import Settings
+    from neve.security.manager import SecurityManager
 
 STARTING, IDLE, ACTIVE, SUSPENDED = "STARTING", "IDLE", "ACTIVE", "SUSPENDED"
 STATES = (STARTING, IDLE, ACTIVE, SUSPENDED)
@@ -108,16 +110,14 @@ def _check_node_range(pool: str, lo: int, hi: int) -> None:
 
 
 class ComputeManager:
-    def __init__(self, account: Account) -> None:
-        self.account = account
+    def __init__(self, catalog: Catalog, settings: Settings, security: SecurityManager) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.security = security
         # Placement reads free capacity and then writes an allocation: one at a time here.
         self._lock = threading.RLock()
         self._backends: dict[str, tuple[int, ComputeBackend]] = {}
         self._listeners: list[PoolListener] = []
-
-    @property
-    def security(self):  # noqa: ANN201 (SecurityManager, built lazily by the account)
-        return self.account.security
 
     def add_pool_listener(self, listener: PoolListener) -> None:
         """Register ``listener(ctx, pool_name, action)`` for SUSPEND / STOP ALL of any pool."""
@@ -181,7 +181,7 @@ class ComputeManager:
             check = getattr(cls, "check_address", None)
             address = check(address, pool=pool_name) if check else (address or "auto")
         try:
-            with self._lock, self.account.catalog.transaction() as s:
+            with self._lock, self.catalog.transaction() as s:
                 self.security.require(s, ctx, "CREATE COMPUTE POOL", ACCOUNT)
                 existing = s.scalar(select(m.ComputePool).where(m.ComputePool.name == pool_name))
                 if existing is not None:
@@ -218,7 +218,7 @@ class ComputeManager:
     def drop_pool(self, ctx: RequestContext, name: str, if_exists: bool = False) -> bool:
         """DROP COMPUTE POOL; refused while services use it (it names them)."""
         pool_name = self._name(name)
-        with self._lock, self.account.catalog.transaction() as s:
+        with self._lock, self.catalog.transaction() as s:
             pool = s.scalar(select(m.ComputePool).where(m.ComputePool.name == pool_name))
             if pool is None:
                 if if_exists:
@@ -316,7 +316,7 @@ class ComputeManager:
                 f"ALTER COMPUTE POOL {pool_name}: nothing to change (SUSPEND, RESUME, STOP ALL "
                 "or SET MIN_NODES / MAX_NODES / AUTO_RESUME / AUTO_SUSPEND_SECS / COMMENT)"
             )
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             pool = s.scalar(select(m.ComputePool).where(m.ComputePool.name == pool_name))
             if pool is None:
                 if if_exists:
@@ -335,7 +335,7 @@ class ComputeManager:
         return self._set(pool_name, props)
 
     def _suspend(self, pool_name: str, action: str, *, suspend_after: bool) -> dict:
-        with self._lock, self.account.catalog.transaction() as s:
+        with self._lock, self.catalog.transaction() as s:
             pool = self._pool(s, pool_name)
             holders = self._holders(s, pool)
             if holders:
@@ -353,7 +353,7 @@ class ComputeManager:
             return self._describe(s, pool)
 
     def _resume(self, pool_name: str) -> dict:
-        with self._lock, self.account.catalog.transaction() as s:
+        with self._lock, self.catalog.transaction() as s:
             pool = self._pool(s, pool_name)
             if pool.state == SUSPENDED:
                 self._wake(s, pool)
@@ -368,7 +368,7 @@ class ComputeManager:
         s.flush()
 
     def _set(self, pool_name: str, props: dict[str, Any]) -> dict:
-        with self._lock, self.account.catalog.transaction() as s:
+        with self._lock, self.catalog.transaction() as s:
             pool = self._pool(s, pool_name)
             lo = (
                 _int(props["min_nodes"], "MIN_NODES", pool_name, minimum=1)
@@ -476,7 +476,7 @@ class ComputeManager:
             raise InvalidArgumentError(
                 f"place on compute pool {name}: holder must be a non-empty string"
             )
-        with self._lock, self.account.catalog.transaction() as s:
+        with self._lock, self.catalog.transaction() as s:
             pool = self._pool(s, name)
             if ctx is not None:
                 self.security.require(s, ctx, "USAGE", pool)
@@ -563,7 +563,7 @@ class ComputeManager:
     def release(self, ctx: RequestContext | None, pool_name: str, holder: str) -> bool:
         """Give back ``holder``'s placement; idempotent. Empty nodes above MIN_NODES go away."""
         name = self._name(pool_name)
-        with self._lock, self.account.catalog.transaction() as s:
+        with self._lock, self.catalog.transaction() as s:
             pool = s.scalar(select(m.ComputePool).where(m.ComputePool.name == name))
             if pool is None:
                 return False
@@ -590,7 +590,7 @@ class ComputeManager:
     def placements(self, ctx: RequestContext | None, pool_name: str) -> list[Placement]:
         """Every current placement on the pool (for reattaching and for DESCRIBE)."""
         name = self._name(pool_name)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             pool = self._pool(s, name)
             if ctx is not None:
                 self._require_any(s, ctx, pool)
@@ -607,7 +607,7 @@ class ComputeManager:
     def ensure_ingress_proxies(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         """Every pool's node proxies (``ComputeBackend.ensure_ingress_proxies``), one pass per
         cluster; each record names its ``pool``. A cluster that cannot be reached is logged."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             pools = [(p.name, p.backend, p.address) for p in s.scalars(select(m.ComputePool))]
         seen: set[tuple[str, str | None]] = set()
         out: list[dict[str, Any]] = []
@@ -627,7 +627,7 @@ class ComputeManager:
         """AUTO_SUSPEND_SECS: suspend pools idle that long; the supervisor loop calls this."""
         now = now or _now()
         done = []
-        with self._lock, self.account.catalog.transaction() as s:
+        with self._lock, self.catalog.transaction() as s:
             for pool in s.scalars(select(m.ComputePool).where(m.ComputePool.state == IDLE)):
                 since = pool.idle_since
                 if not pool.auto_suspend_secs or since is None:
@@ -647,7 +647,7 @@ class ComputeManager:
     def show_pools(self, ctx: RequestContext, like: str | None = None) -> list[dict]:
         """SHOW COMPUTE POOLS [LIKE]: the pools the role owns or holds a privilege on."""
         pattern = like_regex(like) if like else None
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             rows = []
             for pool in s.scalars(select(m.ComputePool).order_by(m.ComputePool.name)):
                 if pattern is not None and not pattern.match(pool.name):
@@ -660,7 +660,7 @@ class ComputeManager:
     def describe_pool(self, ctx: RequestContext, name: str) -> dict:
         """DESCRIBE COMPUTE POOL: the SHOW row plus backend, node size and each node's load."""
         pool_name = self._name(name)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             pool = self._pool(s, pool_name)
             self._require_any(s, ctx, pool)
             return self._describe(s, pool)
@@ -731,7 +731,7 @@ class ComputeManager:
     def backend_for(self, pool: str | m.ComputePool) -> ComputeBackend:
         """The backend that runs the pool's instances (one per pool, kept for the daemon's life)."""
         pool_name = pool.name if isinstance(pool, m.ComputePool) else self._name(pool)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._pool(s, pool_name)
             pool_id, kind, family, address = row.id, row.backend, row.instance_family, row.address
         with self._lock:
@@ -743,7 +743,7 @@ class ComputeManager:
                 family=_family(family),
                 backend=kind,
                 address=address,
-                runs_dir=self.account.settings.home / "run" / "pools" / str(pool_id),
+                runs_dir=self.settings.home / "run" / "pools" / str(pool_id),
                 nodes=lambda: self._node_names(pool_id),
             )
             backend = backend_class(kind)(info)
@@ -753,7 +753,7 @@ class ComputeManager:
             return backend
 
     def _node_names(self, pool_id: int) -> list[str]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return list(
                 s.scalars(
                     select(m.PoolNode.name)

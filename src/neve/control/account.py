@@ -1,8 +1,11 @@
 """The account: one catalog plus the managers that own each kind of object.
 
-This is the in-process core of the control plane. The REST API, the SQL engine, the gateway and
-tests all call the same manager methods, each taking a ``RequestContext`` first, so privileges
-are checked in one place whichever surface a call came from.
+This is the in-process core of the control plane and its composition root: each manager is
+built here, once (on first use), with exactly the components it uses passed to its constructor,
+in dependency order: catalog -> security -> registry / environments / compute -> services ->
+sql. No manager holds the account. The REST API, the SQL engine, the gateway and tests all call
+the same manager methods, each taking a ``RequestContext`` first, so privileges are checked in
+one place whichever surface a call came from.
 """
 
 from __future__ import annotations
@@ -36,31 +39,38 @@ class Account:
     def security(self) -> SecurityManager:
         from neve.security.manager import SecurityManager
 
-        return SecurityManager(self)
+        return SecurityManager(self.catalog, self.settings)
 
     @cached_property
     def registry(self) -> RegistryManager:
         from neve.registry.manager import RegistryManager
 
-        return RegistryManager(self)
+        return RegistryManager(self.catalog, self.settings, self.security)
 
     @cached_property
     def environments(self) -> EnvironmentManager:
         from neve.environments.manager import EnvironmentManager
 
-        return EnvironmentManager(self)
+        return EnvironmentManager(self.catalog, self.settings, self.security)
 
     @cached_property
     def compute(self) -> ComputeManager:
         from neve.compute.manager import ComputeManager
 
-        return ComputeManager(self)
+        return ComputeManager(self.catalog, self.settings, self.security)
 
     @cached_property
     def services(self) -> ServiceManager:
         from neve.services.manager import ServiceManager
 
-        return ServiceManager(self)
+        return ServiceManager(
+            self.catalog,
+            self.settings,
+            self.security,
+            self.registry,
+            self.environments,
+            self.compute,
+        )
 
     @cached_property
     def sql(self) -> SqlEngine:

@@ -36,7 +36,6 @@ from typing import Any
 
 import httpx
 
-from neve.dataplane.proxies import ingress_info
 from neve.errors import ServiceUnavailableError
 from neve.server.processes import pid_alive
 
@@ -192,15 +191,12 @@ def status(home: str | os.PathLike) -> dict[str, Any]:
     info = read_info(root)
     answer = health(info) if info is not None else None
     if info is not None and answer is not None:
-        ingress = ingress_info(root) or {}
         return {
             "running": True,
             **info,
             "home": str(root),
             "uptime_s": answer.get("uptime_s"),
             "log": str(log_path(root)),
-            "ingress_url": ingress.get("url"),
-            "ingress_grpc": ingress.get("grpc_address"),
         }
     result: dict[str, Any] = {"running": False, "home": str(root), "log": str(log_path(root))}
     if info is not None and pid_alive(int(info["pid"])):

@@ -37,7 +37,7 @@ from neve.errors import ObjectNotFoundError, ServiceUnavailableError
 from neve.identifiers import qualify
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
 
 READY_INSTANCE_STATUSES = frozenset({"READY", "RUNNING"})
 RUNNING = "RUNNING"
@@ -151,8 +151,8 @@ class CatalogIngressTargets:
     instance (something else, normally the ServiceManager, must be resuming the service).
     """
 
-    def __init__(self, account: Account, *, poll_interval_s: float = 0.1) -> None:
-        self.account = account
+    def __init__(self, catalog: Catalog, *, poll_interval_s: float = 0.1) -> None:
+        self.catalog = catalog
         self.poll_interval_s = poll_interval_s
         self._touched: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -160,11 +160,11 @@ class CatalogIngressTargets:
     def ingress_target(
         self, ctx: RequestContext, *, host: str | None = None, name: str | None = None
     ) -> IngressTarget:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return target_of(s, find_service(s, ctx, host=host, name=name))
 
     def target_by_id(self, service_id: int) -> IngressTarget:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, service_id)
             if svc is None:
                 raise ObjectNotFoundError(f"service #{service_id} no longer exists")
@@ -196,7 +196,7 @@ class CatalogIngressTargets:
             if now - self._touched.get(service_id, 0.0) < TOUCH_INTERVAL_SECS:
                 return
             self._touched[service_id] = now
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             # updated_on is set to itself: a request is not a change of the service.
             s.execute(
                 update(m.Service)
@@ -206,6 +206,6 @@ class CatalogIngressTargets:
 
     def service_methods(self, ctx: RequestContext, service_id: int) -> dict[str, dict]:
         """Method name -> signature dict, for the OpenAPI document."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, service_id)
             return service_signatures(s, svc) if svc is not None else {}

@@ -58,7 +58,9 @@ from neve.errors import (
 from neve.identifiers import QualifiedName, ident, qualify
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.config import Settings
+    from neve.security.manager import SecurityManager
 
 log = logging.getLogger("neve.environments")
 
@@ -118,9 +120,10 @@ class _Plan:
 
 
 class BuildJobs:
-    def __init__(self, account: Account) -> None:
-        self.account = account
-        settings = account.settings
+    def __init__(self, catalog: Catalog, settings: Settings, security: SecurityManager) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.security = security
         extra = settings.extra or {}
         self.images_dir = settings.images_dir
         bases = os.environ.get(BASE_IMAGES_ENV) or extra.get("base_images_dir")
@@ -133,13 +136,9 @@ class BuildJobs:
         self._recover()
 
     @property
-    def security(self):  # noqa: ANN201
-        return self.account.security
-
-    @property
     def builder(self) -> ImageBuilder:
         if self._builder is None:
-            extra = self.account.settings.extra or {}
+            extra = self.settings.extra or {}
             base_index = extra.get("base_index_url", PYPI_INDEX)
             self._builder = ImageBuilder(
                 uv=_uv_executable(),
@@ -152,7 +151,7 @@ class BuildJobs:
 
     # -- planning ---------------------------------------------------------------------------------
     def _timeout(self, timeout_s: float | None) -> float:
-        value = self.account.settings.build_timeout_secs if timeout_s is None else timeout_s
+        value = self.settings.build_timeout_secs if timeout_s is None else timeout_s
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise InvalidArgumentError(
                 f"build timeout must be a number of seconds > 0, got {value!r}"
@@ -231,7 +230,7 @@ class BuildJobs:
             raise InvalidArgumentError(
                 f"model_version_id must be an integer, got {model_version_id!r}"
             )
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             repo_row = lookup.in_schema(s, m.ImageRepository, repo, "image repository")
             if not any(
                 self.security.has_privilege(s, ctx, p, repo_row)
@@ -272,7 +271,7 @@ class BuildJobs:
                 "integrations": sorted(allowed),
                 "timeout_s": timeout,
             }
-        extra = self.account.settings.extra or {}
+        extra = self.settings.extra or {}
         policy = index_policy(allowed, extra.get("index_urls"))
         server_version = image_inputs.server_version()
         python, full_version = image_inputs.find_python(python_version, self.builder.uv)
@@ -320,7 +319,7 @@ class BuildJobs:
         job_lock.try_acquire()
         log_path = self.logs_dir / f"{name}.log"
         try:
-            with self.account.catalog.transaction() as s:
+            with self.catalog.transaction() as s:
                 repo_row = s.get(m.ImageRepository, repo_id)
                 if repo_row is None:
                     raise ObjectNotFoundError(f"image repository {repo} does not exist")
@@ -397,7 +396,7 @@ class BuildJobs:
 
     # -- the build thread -------------------------------------------------------------------------
     def _set_job(self, name: str, **fields: Any) -> None:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             job = s.scalar(select(m.Job).where(m.Job.name == name))
             if job is None:
                 return
@@ -506,7 +505,7 @@ class BuildJobs:
         details: dict | None = None,
     ) -> None:
         image_dir = self.builder.image_path(digest)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             job = s.scalar(select(m.Job).where(m.Job.name == name))
             if job is not None:
                 job.status = status
@@ -584,15 +583,15 @@ class BuildJobs:
 
     def describe(self, name: str) -> dict:
         """A job's current state, without a privilege check (the caller made one)."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return self._job_dict(s, self._job(s, name))
 
     def get_job(self, ctx: RequestContext, name: str) -> dict:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return self._job_dict(s, self._visible_job(s, ctx, name))
 
     def show_jobs(self, ctx: RequestContext) -> list[dict]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return [
                 self._job_dict(s, job)
                 for job in s.scalars(select(m.Job).where(m.Job.kind == KIND).order_by(m.Job.id))
@@ -600,7 +599,7 @@ class BuildJobs:
             ]
 
     def job_logs(self, ctx: RequestContext, name: str, last_n: int | None = None) -> str:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             job = self._visible_job(s, ctx, name)
             path = job.log_path
         return tail(path, last_n)
@@ -621,7 +620,7 @@ class BuildJobs:
 
     def cancel_job(self, ctx: RequestContext, name: str) -> dict:
         """Stop a running build (its uv is killed); the job ends CANCELLED."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             job = self._job(s, name)
             self.security.require_owner(s, ctx, job)
             job_name, status = job.name, job.status
@@ -646,7 +645,7 @@ class BuildJobs:
         """Cancel the builds running here for a service that no longer wants them (it is being
         dropped; its owner was checked there); return their names. Another service's build of
         the same image is its own job and goes on."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             names = list(
                 s.scalars(
                     select(m.Job.name).where(
@@ -711,7 +710,7 @@ class BuildJobs:
         for root in {self.images_dir, self.bases_dir}:
             _clean_tmp(root)
         try:
-            with self.account.catalog.transaction() as s:
+            with self.catalog.transaction() as s:
                 for job in s.scalars(
                     select(m.Job).where(m.Job.kind == KIND, m.Job.status.in_(ACTIVE))
                 ):

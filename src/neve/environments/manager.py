@@ -42,7 +42,9 @@ from neve.like import filter_like
 from neve.security.objects import ACCOUNT
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.config import Settings
+    from neve.security.manager import SecurityManager
 
 REPO_PRIVILEGES = ("READ", "WRITE", "SERVICE READ", "SERVICE WRITE")
 
@@ -64,13 +66,11 @@ def _aware(dt: datetime | None) -> datetime | None:
 
 
 class EnvironmentManager:
-    def __init__(self, account: Account) -> None:
-        self.account = account
-        self.jobs = BuildJobs(account)
-
-    @property
-    def security(self):  # noqa: ANN201 (SecurityManager, built lazily by the account)
-        return self.account.security
+    def __init__(self, catalog: Catalog, settings: Settings, security: SecurityManager) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.security = security
+        self.jobs = BuildJobs(catalog, settings, security)
 
     def close(self) -> None:
         """Cancel builds running in this process (their jobs end FAILED) and wait briefly."""
@@ -123,7 +123,7 @@ class EnvironmentManager:
         A concurrent create of the same name surfaces as ``IntegrityError``: callers handle it.
         """
         kind = _KIND[cls]
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             sch = lookup.schema(s, qn.database, qn.schema)
             self.security.require(s, ctx, f"CREATE {kind.upper()}", sch)
             existing = s.scalar(select(cls).where(cls.schema_id == sch.id, cls.name == qn.name))
@@ -174,7 +174,7 @@ class EnvironmentManager:
     ) -> list[dict]:
         """SHOW <objects> [IN DATABASE d | IN SCHEMA s]: those in scope that ``visible`` lets
         the role see, by name."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             db, sch = self._scope(s, ctx, in_database, in_schema)
             rows = []
             for obj in s.scalars(select(cls).order_by(cls.name)):
@@ -191,7 +191,7 @@ class EnvironmentManager:
 
     # -- image repositories -----------------------------------------------------------------------
     def repository_url(self, qn: QualifiedName) -> str:
-        st = self.account.settings
+        st = self.settings
         return f"{st.account_name}.registry.{st.ingress_domain}/{qn.database}/{qn.schema}/{qn.name}".lower()
 
     def image_full_name(self, repo: QualifiedName, image: m.Image) -> str:
@@ -234,7 +234,7 @@ class EnvironmentManager:
 
     def describe_image_repository(self, ctx: RequestContext, name: str | QualifiedName) -> dict:
         qn = self._qn(ctx, name, "image repository")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             repo = lookup.in_schema(s, m.ImageRepository, qn, "image repository")
             self._require_repo_any(s, ctx, repo)
             return self._repo_row(s, qn, repo)
@@ -251,7 +251,7 @@ class EnvironmentManager:
     ) -> bool:
         """DROP IMAGE REPOSITORY: refused while services use its images or builds run."""
         qn = self._qn(ctx, name, "image repository")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             repo = self._owned_for_drop(s, ctx, m.ImageRepository, qn, if_exists)
             if repo is None:
                 return False
@@ -310,7 +310,7 @@ class EnvironmentManager:
         """SHOW IMAGES IN IMAGE REPOSITORY r: every image with its full name (what a service
         specification's ``image`` says), digest, status, size and inputs."""
         qn = self._qn(ctx, repo, "image repository")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = lookup.in_schema(s, m.ImageRepository, qn, "image repository")
             self._require_repo_any(s, ctx, row)
             images = s.scalars(
@@ -372,7 +372,7 @@ class EnvironmentManager:
     ) -> bool:
         """DROP NETWORK RULE: refused while an integration lists it (naming them)."""
         qn = self._qn(ctx, name, "network rule")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             rule = self._owned_for_drop(s, ctx, m.NetworkRule, qn, if_exists)
             if rule is None:
                 return False
@@ -404,7 +404,7 @@ class EnvironmentManager:
 
     def describe_network_rule(self, ctx: RequestContext, name: str | QualifiedName) -> dict:
         qn = self._qn(ctx, name, "network rule")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             rule = lookup.in_schema(s, m.NetworkRule, qn, "network rule")
             self.security.require(s, ctx, "USAGE", rule)
             return self._rule_row(s, qn, rule)
@@ -450,7 +450,7 @@ class EnvironmentManager:
                 f"external access integration {integ_name}: ENABLED must be TRUE or FALSE"
             )
         try:
-            with self.account.catalog.transaction() as s:
+            with self.catalog.transaction() as s:
                 self.security.require(s, ctx, "CREATE INTEGRATION", ACCOUNT)
                 existing = s.scalar(
                     select(m.ExternalAccessIntegration).where(
@@ -489,7 +489,7 @@ class EnvironmentManager:
         self, ctx: RequestContext, name: str, if_exists: bool = False
     ) -> bool:
         integ_name = ident(name, kind="integration name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             integ = self._owned_for_drop(s, ctx, m.ExternalAccessIntegration, integ_name, if_exists)
             if integ is None:
                 return False
@@ -500,7 +500,7 @@ class EnvironmentManager:
     def show_external_access_integrations(
         self, ctx: RequestContext, like: str | None = None
     ) -> list[dict]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             rows = [
                 self._integration_row(i)
                 for i in s.scalars(
@@ -512,7 +512,7 @@ class EnvironmentManager:
 
     def describe_external_access_integration(self, ctx: RequestContext, name: str) -> dict:
         integ_name = ident(name, kind="integration name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             integ = lookup.account_level(
                 s, m.ExternalAccessIntegration, integ_name, "external access integration"
             )
@@ -554,7 +554,7 @@ class EnvironmentManager:
     def model_version_id(self, ctx: RequestContext, model: str, version: str | None) -> int:
         """The id of ``model``'s version ``version`` (a name, an alias, or None: the default)."""
         qn = self._qn(ctx, model, "model")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = lookup.in_schema(s, m.Model, qn, "model")
             versions = list(
                 s.scalars(

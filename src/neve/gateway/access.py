@@ -102,7 +102,7 @@ class AccountAccess:
                 return dict(methods(ctx, target.qualified_name))
             except NeveError:
                 pass
-        return CatalogIngressTargets(self.account).service_methods(ctx, target.service_id)
+        return CatalogIngressTargets(self.account.catalog).service_methods(ctx, target.service_id)
 
 
 def check_scope(ctx: RequestContext, service_id: int, label: str) -> None:
@@ -123,4 +123,4 @@ def _default_targets(account: Account) -> IngressTargets:
         hasattr(services, name) for name in ("ingress_target", "ensure_running", "touch")
     ):
         return services  # type: ignore[return-value]
-    return CatalogIngressTargets(account)
+    return CatalogIngressTargets(account.catalog)

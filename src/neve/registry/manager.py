@@ -48,7 +48,9 @@ from neve.registry.artifacts import ArtifactStore
 from neve.security.objects import ACCOUNT
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.config import Settings
+    from neve.security.manager import SecurityManager
 
 #: Aliases every model has; they cannot be set by users.
 SYSTEM_ALIASES = ("DEFAULT", "FIRST", "LAST")
@@ -143,20 +145,17 @@ def _is_unique_violation(exc: IntegrityError) -> bool:
 
 
 class RegistryManager:
-    def __init__(self, account: Account) -> None:
-        self.account = account
-        settings = account.settings
+    def __init__(self, catalog: Catalog, settings: Settings, security: SecurityManager) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.security = security
         self.store = ArtifactStore(
             settings.resolved_artifact_store, cache_dir=settings.home / "cache" / "artifacts"
         )
 
-    @property
-    def security(self):  # noqa: ANN201 (SecurityManager; imported lazily with the account)
-        return self.account.security
-
     def warehouse_channel(self) -> frozenset[str]:
         """The package names models may use and still run in-process (settings-configurable)."""
-        return deps.load_warehouse_channel(deps.channel_file(self.account.settings.extra))
+        return deps.load_warehouse_channel(deps.channel_file(self.settings.extra))
 
     # -- name resolution --------------------------------------------------------------------------
     @staticmethod
@@ -313,7 +312,7 @@ class RegistryManager:
         of an existing model), so a large body is not sent only to be denied. Read only:
         ``log_model`` checks again in its transaction."""
         qn = _log_target(ctx, database, schema, model_name)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             db = s.scalar(select(m.Database).where(m.Database.name == qn.database))
             if db is None:
                 self.security.require(s, ctx, "CREATE DATABASE", ACCOUNT)
@@ -393,7 +392,7 @@ class RegistryManager:
     ) -> dict:
         key: str | None = None
         try:
-            with self.account.catalog.transaction() as s:
+            with self.catalog.transaction() as s:
                 sch = self._ensure_schema(s, ctx, qn.database, qn.schema)
                 model = s.scalar(
                     select(m.Model).where(m.Model.schema_id == sch.id, m.Model.name == qn.name)
@@ -573,7 +572,7 @@ class RegistryManager:
         whole account. A schema or database that does not exist is an error.
         """
         db_name, sch_name = self._scope(ctx, database, schema, in_database, in_schema, in_account)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             query = (
                 select(m.Model, m.Schema, m.Database)
                 .join(m.Schema, m.Model.schema_id == m.Schema.id)
@@ -626,7 +625,7 @@ class RegistryManager:
 
     def describe_model(self, ctx: RequestContext, model: str | QualifiedName) -> dict:
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._readable_model(s, ctx, qn)
             return self._model_row(s, qn, row)
 
@@ -637,7 +636,7 @@ class RegistryManager:
     ) -> bool:
         """DROP MODEL: every version and its files; refused while a service uses a version."""
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             try:
                 row = self._model(s, qn)
             except ObjectNotFoundError:
@@ -682,7 +681,7 @@ class RegistryManager:
         self, ctx: RequestContext, model: str | QualifiedName, comment: str | None
     ) -> None:
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._owned_model(s, ctx, qn).comment = comment
 
     def rename_model(self, ctx: RequestContext, model: str | QualifiedName, new_name: str) -> dict:
@@ -690,7 +689,7 @@ class RegistryManager:
         they follow; a taken name is refused."""
         qn = self._qn(ctx, model)
         name = ident(new_name, kind="model name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
             if name != row.name:
                 taken = s.scalar(
@@ -710,7 +709,7 @@ class RegistryManager:
         self, ctx: RequestContext, model: str | QualifiedName, version: str
     ) -> dict:
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
             target = self._version(s, row, qn, version)
             row.default_version = target.name
@@ -724,7 +723,7 @@ class RegistryManager:
         qn = self._qn(ctx, model)
         name = ident(tag, kind="tag name")
         stored = _json_value(value, f"tag {name} value")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
             # a new dict: JSON columns notice assignment, not in-place changes
             row.tags = {**(row.tags or {}), name: stored}
@@ -732,7 +731,7 @@ class RegistryManager:
     def unset_tag(self, ctx: RequestContext, model: str | QualifiedName, tag: str) -> None:
         qn = self._qn(ctx, model)
         name = ident(tag, kind="tag name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
             tags = dict(row.tags or {})
             if name not in tags:
@@ -742,13 +741,13 @@ class RegistryManager:
 
     def show_tags(self, ctx: RequestContext, model: str | QualifiedName) -> dict:
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return dict(self._readable_model(s, ctx, qn).tags or {})
 
     # -- versions ---------------------------------------------------------------------------------
     def show_versions(self, ctx: RequestContext, model: str | QualifiedName) -> list[dict]:
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._readable_model(s, ctx, qn)
             return [self._version_row(s, qn, row, v) for v in self._versions(s, row)]
 
@@ -758,7 +757,7 @@ class RegistryManager:
         """The version's SHOW VERSIONS row plus ``platform_reasons`` (why not WAREHOUSE) and
         ``methods`` ({target method: signature}), all a caller needs to run it."""
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._readable_model(s, ctx, qn)
             v = self._version(s, row, qn, version)
             out = self._version_row(s, qn, row, v)
@@ -773,7 +772,7 @@ class RegistryManager:
     ) -> list[dict]:
         """One row per target method: name, target_method, signature, is_partitioned, options."""
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             v = self._version(s, self._readable_model(s, ctx, qn), qn, version)
             return [
                 {
@@ -793,7 +792,7 @@ class RegistryManager:
         self, ctx: RequestContext, model: str | QualifiedName, version: str, comment: str | None
     ) -> None:
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
             self._version(s, row, qn, version).comment = comment
 
@@ -801,7 +800,7 @@ class RegistryManager:
         """ALTER MODEL ... DROP VERSION: refused for the default version while others exist,
         and while a service uses the version."""
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
             v = self._version(s, row, qn, version)
             users = self._services_using(s, [v.id])
@@ -839,7 +838,7 @@ class RegistryManager:
             raise InvalidArgumentError(
                 f"alias {name} is a system alias of every model ({', '.join(SYSTEM_ALIASES)})"
             )
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
             target = self._version(s, row, qn, version)
             for other in self._versions(s, row):
@@ -858,7 +857,7 @@ class RegistryManager:
     def unset_alias(self, ctx: RequestContext, model: str | QualifiedName, alias: str) -> None:
         qn = self._qn(ctx, model)
         name = ident(alias, kind="alias")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = self._owned_model(s, ctx, qn)
             for v in self._versions(s, row):
                 if name in (v.aliases or []):
@@ -874,13 +873,13 @@ class RegistryManager:
         if not isinstance(name, str) or not name.strip():
             raise InvalidArgumentError(f"metric name {name!r} must be a non-empty string")
         stored = _json_value(value, f"metric {name!r}")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             v = self._version(s, self._owned_model(s, ctx, qn), qn, version)
             v.metrics = {**(v.metrics or {}), name: stored}
 
     def show_metrics(self, ctx: RequestContext, model: str | QualifiedName, version: str) -> dict:
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return dict(
                 self._version(s, self._readable_model(s, ctx, qn), qn, version).metrics or {}
             )
@@ -900,7 +899,7 @@ class RegistryManager:
         self, ctx: RequestContext, model: str | QualifiedName, version: str, name: str
     ) -> None:
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             v = self._version(s, self._owned_model(s, ctx, qn), qn, version)
             metrics = dict(v.metrics or {})
             if name not in metrics:
@@ -915,7 +914,7 @@ class RegistryManager:
     def version_dir(self, ctx: RequestContext, model: str | QualifiedName, version: str) -> Path:
         """A local directory holding the version's files (the store, or a verified cache)."""
         qn = self._qn(ctx, model)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             v = self._version(s, self._readable_model(s, ctx, qn), qn, version)
             key, digest = v.artifact_uri, v.artifact_sha256
         return self.store.local_dir(key, digest)

@@ -59,7 +59,8 @@ from neve.security.tokens import (
 )
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.config import Settings
 
 ROLE_HEADER = "x-neve-role"
 DATABASE_HEADER = "x-neve-database"
@@ -140,7 +141,8 @@ def bearer_token(authorization: str | None) -> str:
 class AuthenticationMixin:
     """Login, tokens and request authentication (part of ``SecurityManager``)."""
 
-    account: Account
+    catalog: Catalog
+    settings: Settings
     login_throttle: LoginThrottle
 
     # bootstrap, effective_roles, usable_roles, _user, _may_manage_user: SecurityManager
@@ -173,9 +175,9 @@ class AuthenticationMixin:
         """A token for the local admin (the daemon writes it to a 0600 file in the account dir)."""
         self.bootstrap()
         ttl = ttl_secs or int(
-            self.account.settings.extra.get("local_token_ttl_secs", DEFAULT_LOCAL_TOKEN_TTL_SECS)
+            self.settings.extra.get("local_token_ttl_secs", DEFAULT_LOCAL_TOKEN_TTL_SECS)
         )
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             admin = self._user(s, ADMIN_USER)
             token, _ = self._issue(s, admin, LOCAL, timedelta(seconds=ttl))
             return token
@@ -195,7 +197,7 @@ class AuthenticationMixin:
         if not isinstance(password, str) or len(password) > passwords.MAX_PASSWORD_LENGTH:
             raise denied
         self.login_throttle.check(name)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = s.scalar(select(m.User).where(m.User.name == name))
             ok = passwords.verify_password(row.password_hash if row else None, password)
             if row is None or not ok:
@@ -207,7 +209,7 @@ class AuthenticationMixin:
             if passwords.needs_rehash(row.password_hash or ""):
                 row.password_hash = passwords.hash_password(password)
             session_role = self._pick_role(s, row, role, restriction=None)
-            ttl = timedelta(seconds=self.account.settings.token_ttl_secs)
+            ttl = timedelta(seconds=self.settings.token_ttl_secs)
             token, tok = self._issue(s, row, SESSION, ttl, role=session_role)
             return {
                 "token": token,
@@ -219,7 +221,7 @@ class AuthenticationMixin:
 
     def logout(self, token: str) -> None:
         """Revoke a session token (its own holder may always do this)."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             row = s.scalar(select(m.Token).where(m.Token.token_sha256 == token_sha256(token)))
             if row is not None:
@@ -249,7 +251,7 @@ class AuthenticationMixin:
             )
         if comment is not None and not isinstance(comment, str):
             raise InvalidArgumentError(f"comment of token {token_name} must be a string")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             owner = self._token_user(s, ctx, user)
             if s.scalar(
                 select(m.Token.id).where(
@@ -352,7 +354,7 @@ class AuthenticationMixin:
     def list_tokens(self, ctx: RequestContext, *, user: str | None = None) -> list[dict]:
         """The user's programmatic access tokens (never their secrets)."""
         now = utcnow()
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             owner = self._token_user(s, ctx, user)
             rows = s.scalars(
                 select(m.Token)
@@ -377,7 +379,7 @@ class AuthenticationMixin:
 
     def revoke_token(self, ctx: RequestContext, name: str, *, user: str | None = None) -> None:
         token_name = ident(name, kind="token name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             owner = self._token_user(s, ctx, user)
             rows = s.scalars(
@@ -407,7 +409,7 @@ class AuthenticationMixin:
         return target
 
     def purge_expired_tokens(self, older_than: timedelta = timedelta(days=1)) -> int:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             result = s.execute(delete(m.Token).where(m.Token.expires_on < utcnow() - older_than))
             return int(result.rowcount or 0)
 
@@ -429,7 +431,7 @@ class AuthenticationMixin:
         database = _header(headers, DATABASE_HEADER) or context.get("database")
         schema = _header(headers, SCHEMA_HEADER) or context.get("schema")
         scope: tuple[int, ...] | None = None
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             if looks_like_jwt(token):
                 user, expires = self._user_from_jwt(s, token)
                 restriction = None
@@ -483,7 +485,7 @@ class AuthenticationMixin:
 
     def _user_from_jwt(self, s: Session, token: str) -> tuple[m.User, datetime]:
         subject = keypair.unverified_subject(token)
-        account_name = self.account.settings.account_name
+        account_name = self.settings.account_name
         if subject.account.upper() != account_name.upper():
             raise AuthenticationError(
                 f"JWT is for account {subject.account}, this is account {account_name.upper()}"

@@ -68,7 +68,8 @@ from neve.security.throttle import LoginThrottle
 log = logging.getLogger("neve.security")
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.config import Settings
 
 __all__ = [
     "ACCOUNT",
@@ -87,11 +88,12 @@ _UNSET: Any = object()
 
 
 class SecurityManager(AuthenticationMixin):
-    def __init__(self, account: Account) -> None:
-        self.account = account
+    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+        self.catalog = catalog
+        self.settings = settings
         self._bootstrapped = False
         self._bootstrap_lock = threading.Lock()
-        extra = account.settings.extra
+        extra = settings.extra
         self.login_throttle = LoginThrottle(
             max_failures=int(extra.get("login_max_failures", 5)),
             lockout_s=float(extra.get("login_lockout_secs", 60)),
@@ -137,7 +139,7 @@ class SecurityManager(AuthenticationMixin):
         with self._bootstrap_lock:
             for attempt in range(3):
                 try:
-                    with self.account.catalog.transaction() as s:
+                    with self.catalog.transaction() as s:
                         self._bootstrap(s, admin_password)
                     break
                 except IntegrityError:  # another process bootstrapped at the same moment
@@ -243,7 +245,7 @@ class SecurityManager(AuthenticationMixin):
     def use_role(self, ctx: RequestContext, role: str) -> RequestContext:
         """USE ROLE: a context with ``role``, if the user was granted it (directly or inherited)."""
         name = ident(role, kind="role name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._role(s, name)
             if name not in self.usable_roles(s, ctx.user):
                 raise PermissionDeniedError(f"role {name} is not granted to user {ctx.user}")
@@ -365,7 +367,7 @@ class SecurityManager(AuthenticationMixin):
     ) -> dict:
         """CREATE USER: needs CREATE USER on the account; the creating role owns the user."""
         user_name = ident(name, kind="user name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self.require(s, ctx, "CREATE USER", ACCOUNT)
             existing = s.scalar(select(m.User).where(m.User.name == user_name))
             if existing is not None:
@@ -402,7 +404,7 @@ class SecurityManager(AuthenticationMixin):
     ) -> dict:
         """ALTER USER ... SET. A user may change their own password, key and default role."""
         user_name = ident(name, kind="user name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             user = self._user(s, user_name)
             # Users may change their own credentials; everything else needs ownership.
@@ -441,7 +443,7 @@ class SecurityManager(AuthenticationMixin):
 
     def drop_user(self, ctx: RequestContext, name: str, *, if_exists: bool = False) -> None:
         user_name = ident(name, kind="user name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             user = s.scalar(select(m.User).where(m.User.name == user_name))
             if user is None:
@@ -466,7 +468,7 @@ class SecurityManager(AuthenticationMixin):
             s.delete(user)
 
     def show_users(self, ctx: RequestContext) -> list[dict]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             roles = self._roles(s, ctx)
             rows = s.scalars(select(m.User).order_by(m.User.name)).all()
             return [
@@ -477,7 +479,7 @@ class SecurityManager(AuthenticationMixin):
 
     def describe_user(self, ctx: RequestContext, name: str) -> dict:
         user_name = ident(name, kind="user name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             user = self._user(s, user_name)
             if user.name != ctx.user and not self._may_manage_user(s, ctx, user):
                 raise PermissionDeniedError(
@@ -522,7 +524,7 @@ class SecurityManager(AuthenticationMixin):
     ) -> dict:
         """CREATE ROLE: needs CREATE ROLE on the account; the creating role owns the new role."""
         role_name = ident(name, kind="role name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self.require(s, ctx, "CREATE ROLE", ACCOUNT)
             existing = s.scalar(select(m.Role).where(m.Role.name == role_name))
             if existing is not None:
@@ -539,7 +541,7 @@ class SecurityManager(AuthenticationMixin):
     def drop_role(self, ctx: RequestContext, name: str, *, if_exists: bool = False) -> None:
         """DROP ROLE: objects the role owned pass to the role that drops it (as the reference)."""
         role_name = ident(name, kind="role name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             role = s.scalar(select(m.Role).where(m.Role.name == role_name))
             if role is None:
@@ -568,7 +570,7 @@ class SecurityManager(AuthenticationMixin):
             s.delete(role)
 
     def show_roles(self, ctx: RequestContext) -> list[dict]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return [self._role_row(r) for r in s.scalars(select(m.Role).order_by(m.Role.name))]
 
     @staticmethod
@@ -602,7 +604,7 @@ class SecurityManager(AuthenticationMixin):
         if (to_user is None) == (to_role is None):
             raise InvalidArgumentError("GRANT ROLE needs exactly one of to_user or to_role")
         role_name = ident(role, kind="role name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             granted = self._role(s, role_name)
             self._require_role_admin(s, ctx, granted)
@@ -629,7 +631,7 @@ class SecurityManager(AuthenticationMixin):
         if (from_user is None) == (from_role is None):
             raise InvalidArgumentError("REVOKE ROLE needs exactly one of from_user or from_role")
         role_name = ident(role, kind="role name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             granted = self._role(s, role_name)
             self._require_role_admin(s, ctx, granted)
@@ -684,7 +686,7 @@ class SecurityManager(AuthenticationMixin):
             return [OWNERSHIP]
         privs = privileges_for_grant(privilege, kind)
         grantee = ident(to_role, kind="role name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             obj = resolve(s, ctx, kind, object_name)
             self._role(s, grantee)
@@ -744,7 +746,7 @@ class SecurityManager(AuthenticationMixin):
             )
         privs = privileges_for_grant(privilege, kind)
         grantee = ident(from_role, kind="role name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             obj = resolve(s, ctx, kind, object_name)
             self._role(s, grantee)
@@ -828,7 +830,7 @@ class SecurityManager(AuthenticationMixin):
         if kind == ACCOUNT:
             raise InvalidArgumentError("ownership of the account cannot be transferred")
         new_owner = ident(to_role, kind="role name")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             self._changed_on_commit(s)
             obj = resolve(s, ctx, kind, object_name)
             self._role(s, new_owner)
@@ -862,7 +864,7 @@ class SecurityManager(AuthenticationMixin):
         """
         if sum(x is not None for x in (to_role, on, of_role, to_user)) > 1:
             raise InvalidArgumentError("SHOW GRANTS takes one of TO ROLE, ON, OF ROLE, TO USER")
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             roles = self._roles(s, ctx)
             admin = ACCOUNTADMIN in roles
             if on is not None:

@@ -26,7 +26,10 @@ from neve.identifiers import QualifiedName
 from neve.services.specification import document_of, launch_settings, resolve_model_ref
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.compute.manager import ComputeManager
+    from neve.environments.manager import EnvironmentManager
+    from neve.registry.manager import RegistryManager
 
 log = logging.getLogger("neve.services")
 
@@ -97,8 +100,17 @@ class Launched:
 
 
 class InstanceRuntime:
-    def __init__(self, account: Account) -> None:
-        self.account = account
+    def __init__(
+        self,
+        catalog: Catalog,
+        registry: RegistryManager,
+        environments: EnvironmentManager,
+        compute: ComputeManager,
+    ) -> None:
+        self.catalog = catalog
+        self.registry = registry
+        self.environments = environments
+        self.compute = compute
         self._http = httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False)
 
     def close(self) -> None:
@@ -151,7 +163,7 @@ class InstanceRuntime:
     def build_image(self, ctx: RequestContext, ref: ServiceRef, *, force_rebuild: bool) -> int:
         """Build (or reuse) the service's image as a MODEL_BUILD_ job; return the image id.
         A service created from a specification runs the published image it names."""
-        envs = self.account.environments
+        envs = self.environments
         spec = ref.spec
         if spec.get("document"):
             return self.published_image(ref)
@@ -181,7 +193,7 @@ class InstanceRuntime:
 
     def published_image(self, ref: ServiceRef) -> int:
         """The READY image a service from a specification was created with."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             image = s.get(m.Image, ref.image_id) if ref.image_id is not None else None
             if image is None or image.status != "READY":
                 raise ObjectNotFoundError(
@@ -192,17 +204,17 @@ class InstanceRuntime:
 
     def python_of(self, ref: ServiceRef) -> str:
         """The python executable of the service's image."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             image = s.get(m.Image, ref.image_id) if ref.image_id is not None else None
             if image is None:
                 raise ObjectNotFoundError(f"service {ref.qn}: its image is not built")
-            return str(self.account.environments.image_python(image))
+            return str(self.environments.image_python(image))
 
     def model_dir_of(self, ref: ServiceRef) -> Path:
         """The model version's files (from the registry's artifact store): the service's own
         version, or for a service created from a specification the version its ``MODEL_REF``
         names (which may have been dropped since: a custom service does not hold its model)."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             if ref.model_version_id is not None:
                 version = s.get(m.ModelVersion, ref.model_version_id)
                 if version is None:
@@ -211,7 +223,7 @@ class InstanceRuntime:
                     )
             else:
                 version = resolve_model_ref(s, ref.spec.get("model_ref"), label=f"service {ref.qn}")
-            return Path(self.account.registry.version_path(version))
+            return Path(self.registry.version_path(version))
 
     # -- processes --------------------------------------------------------------------------------
     @staticmethod
@@ -221,7 +233,7 @@ class InstanceRuntime:
 
     def launch(self, ref: ServiceRef, index: int, log_path: Path) -> Launched:
         """Place the instance on a pool node and start its server; return where it listens."""
-        compute = self.account.compute
+        compute = self.compute
         request = self.request_of(ref.spec)
         holder = self.holder(ref, index)
         python = self.python_of(ref)
@@ -273,7 +285,7 @@ class InstanceRuntime:
 
     def stop(self, ref: ServiceRef, inst: InstanceRef) -> None:
         """Stop the instance's process (and its workers) and give its placement back."""
-        compute = self.account.compute
+        compute = self.compute
         handle = self.handle_of(inst)
         if handle is not None:
             compute.backend_for(ref.pool_name).stop_instance(handle)
@@ -283,7 +295,7 @@ class InstanceRuntime:
         handle = self.handle_of(inst)
         if handle is None:
             return False
-        return self.account.compute.backend_for(ref.pool_name).is_alive(handle)
+        return self.compute.backend_for(ref.pool_name).is_alive(handle)
 
     # -- HTTP probes ------------------------------------------------------------------------------
     def probe_ready(self, inst: InstanceRef) -> bool:

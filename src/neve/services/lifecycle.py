@@ -41,7 +41,8 @@ from neve.services.instances import InstanceRef, InstanceRuntime, ServiceRef
 from neve.services.logs import ServiceLogs, tail
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.config import Settings
 
 log = logging.getLogger("neve.services")
 
@@ -102,15 +103,18 @@ class Provisioning:
 
 
 class Lifecycle:
-    def __init__(self, account: Account, logs: ServiceLogs, runtime: InstanceRuntime) -> None:
-        self.account = account
+    def __init__(
+        self, catalog: Catalog, settings: Settings, logs: ServiceLogs, runtime: InstanceRuntime
+    ) -> None:
+        self.catalog = catalog
+        self.settings = settings
         self.logs = logs
         self.runtime = runtime
         self.locks = ServiceLocks()
         self._provisioning: dict[int, Provisioning] = {}
         self._prov_guard = threading.Lock()
         self.start_timeout_s = float(
-            account.settings.extra.get("service_start_timeout_secs", DEFAULT_START_TIMEOUT_S)
+            settings.extra.get("service_start_timeout_secs", DEFAULT_START_TIMEOUT_S)
         )
 
     # -- catalog helpers --------------------------------------------------------------------------
@@ -129,14 +133,14 @@ class Lifecycle:
 
     def ref(self, sid: int) -> tuple[ServiceRef, str, list[InstanceRef]]:
         """The service, its status and its instances, read in one transaction."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None:
                 raise ObjectNotFoundError(f"service #{sid} no longer exists")
             return self.service_ref(s, svc), svc.status, [InstanceRef.of(i) for i in svc.instances]
 
     def status_of(self, sid: int) -> tuple[str, str | None] | None:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             return None if svc is None else (svc.status, svc.status_reason)
 
@@ -150,7 +154,7 @@ class Lifecycle:
         **values: Any,
     ) -> bool:
         """Set the service's status (if it is in ``only_from``); False when it was not."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None or (only_from is not None and svc.status not in only_from):
                 return False
@@ -161,7 +165,7 @@ class Lifecycle:
             return True
 
     def update_instance(self, sid: int, index: int, **values: Any) -> None:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             inst = s.scalar(
                 select(m.ServiceInstance).where(
                     m.ServiceInstance.service_id == sid,
@@ -223,7 +227,7 @@ class Lifecycle:
             ref, _, _ = self.ref(sid)
             self.logs.event(ref.qn, f"image ready (#{image_id}); starting instances")
             with self.locks.hold(sid):
-                with self.account.catalog.transaction() as s:
+                with self.catalog.transaction() as s:
                     svc = s.get(m.Service, sid)
                     if svc is None or svc.status != states.STARTING:
                         return  # dropped while the image was built
@@ -274,7 +278,7 @@ class Lifecycle:
     # -- instances --------------------------------------------------------------------------------
     def _set_target(self, sid: int, target: int) -> list[int]:
         """Make the instance rows 0..target-1 exist (new ones PENDING); return the new indexes."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None:
                 return []  # dropped meanwhile
@@ -352,7 +356,7 @@ class Lifecycle:
 
     def stop_instance(self, ref: ServiceRef, inst: InstanceRef, *, remove: bool) -> None:
         self.runtime.stop(ref, inst)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             row = s.scalar(
                 select(m.ServiceInstance).where(
                     m.ServiceInstance.service_id == ref.id,
@@ -454,7 +458,7 @@ class Lifecycle:
             self.set_status(
                 sid, states.STARTING, reason, last_request_on=now()
             )  # a fresh idle clock: do not auto-suspend at once
-            with self.account.catalog.transaction() as s:
+            with self.catalog.transaction() as s:
                 svc = s.get(m.Service, sid)
                 if svc is None:
                     return False  # dropped meanwhile

@@ -89,7 +89,12 @@ from neve.services.views import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.compute.manager import ComputeManager
+    from neve.config import Settings
+    from neve.environments.manager import EnvironmentManager
+    from neve.registry.manager import RegistryManager
+    from neve.security.manager import SecurityManager
 
 log = logging.getLogger("neve.services")
 
@@ -102,26 +107,39 @@ ALTERABLE = ("min_instances", "max_instances", "comment", "auto_suspend_secs")
 
 
 class ServiceManager:
-    def __init__(self, account: Account) -> None:
-        self.account = account
-        self.logs = ServiceLogs(account.settings.logs_dir)
-        self.runtime = InstanceRuntime(account)
-        self.lifecycle = Lifecycle(account, self.logs, self.runtime)
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: Settings,
+        security: SecurityManager,
+        registry: RegistryManager,
+        environments: EnvironmentManager,
+        compute: ComputeManager,
+    ) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.security = security
+        self.registry = registry
+        self.environments = environments
+        self.compute = compute
+        self.logs = ServiceLogs(settings.logs_dir)
+        self.runtime = InstanceRuntime(catalog, registry, environments, compute)
+        self.lifecycle = Lifecycle(catalog, settings, self.logs, self.runtime)
         self.invoker = ServiceInvoker()
         self.supervisor = Supervisor(self)
-        self._targets = CatalogIngressTargets(account)
+        self._targets = CatalogIngressTargets(catalog)
         self._addresses: dict[int, tuple[float, list[tuple[str, int]]]] = {}
         self._closing = False
         self.resume_timeout_s = float(
-            account.settings.extra.get("service_resume_timeout_secs", DEFAULT_RESUME_TIMEOUT_S)
+            settings.extra.get("service_resume_timeout_secs", DEFAULT_RESUME_TIMEOUT_S)
         )
-        add_listener = getattr(account.compute, "add_pool_listener", None)
+        add_listener = getattr(compute, "add_pool_listener", None)
         if add_listener is not None:
             add_listener(self._on_pool_action)
 
     def _on_pool_action(self, ctx: RequestContext | None, pool_name: str, action: str) -> None:
         """ALTER COMPUTE POOL ... SUSPEND suspends its services; STOP ALL drops them."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             pool = s.scalar(select(m.ComputePool).where(m.ComputePool.name == pool_name))
             if pool is None:
                 return
@@ -131,10 +149,6 @@ class ServiceManager:
                 self._drop_by_id(sid, reason=f"ALTER COMPUTE POOL {pool_name} STOP ALL")
             else:
                 self.lifecycle.suspend(sid, f"compute pool {pool_name} suspended")
-
-    @property
-    def security(self):  # noqa: ANN201 (SecurityManager, built lazily by the account)
-        return self.account.security
 
     # -- names ------------------------------------------------------------------------------------
     @staticmethod
@@ -156,10 +170,10 @@ class ServiceManager:
     def _control_url(self) -> str | None:
         """Where the path form of the ingress is served: the account's ingress proxies (their
         port stays the same across control plane restarts), else the control plane's own."""
-        proxies = ingress_url(self.account.settings.home)
+        proxies = ingress_url(self.settings.home)
         if proxies:
             return proxies
-        path = self.account.settings.home / "control.json"
+        path = self.settings.home / "control.json"
         try:
             info = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -174,7 +188,7 @@ class ServiceManager:
         row = service_row(
             s,
             svc,
-            account_name=self.account.settings.account_name,
+            account_name=self.settings.account_name,
             control_url=self._control_url(),
         )
         row["spec"] = self._spec_yaml(s, svc)
@@ -190,7 +204,7 @@ class ServiceManager:
             repo = s.get(m.ImageRepository, image.repository_id) if image is not None else None
             if image is not None and repo is not None:
                 rq = lookup.qualified(s, repo.schema_id, repo.name)
-                image_name = self.account.environments.image_full_name(rq, image)
+                image_name = self.environments.image_full_name(rq, image)
         return to_yaml(document_of(spec, image_name))
 
     # -- create -----------------------------------------------------------------------------------
@@ -248,12 +262,12 @@ class ServiceManager:
         qn = self._qn(ctx, service_name)
         model_qn = qualify(model, database=ctx.database, schema=ctx.schema, kind="model")
         # Resolves the version name or alias (and checks USAGE on the model).
-        version_name = self.account.registry.describe_version(ctx, model_qn, version)["name"]
+        version_name = self.registry.describe_version(ctx, model_qn, version)["name"]
         repo_qn = qualify(
             image_repo, database=ctx.database, schema=ctx.schema, kind="image repository"
         )
         sec = self.security
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             sch = lookup.schema(s, qn.database, qn.schema)
             model_row = lookup.in_schema(s, m.Model, model_qn, "model")
             if not sec.is_owner(s, ctx, model_row):
@@ -361,8 +375,8 @@ class ServiceManager:
                     ingress_enabled=args.ingress_enabled,
                     ingress_host=(
                         new_ingress_host(
-                            self.account.settings.account_name,
-                            self.account.settings.ingress_domain,
+                            self.settings.account_name,
+                            self.settings.ingress_domain,
                         )
                         if args.ingress_enabled
                         else None
@@ -435,7 +449,7 @@ class ServiceManager:
             idle = DEFAULT_IDLE_SUSPEND_SECS
         image_key = "spec.containers[0].image"
         sec = self.security
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             sch = lookup.schema(s, qn.database, qn.schema)
             existing = s.scalar(
                 select(m.Service).where(m.Service.schema_id == sch.id, m.Service.name == qn.name)
@@ -472,7 +486,7 @@ class ServiceManager:
                 raise PermissionDeniedError(
                     f"{label}: {image_key} is in image repository {repo_qn}: {exc.message}"
                 ) from None
-            repo_url = self.account.environments.repository_url(repo_qn)
+            repo_url = self.environments.repository_url(repo_qn)
             if not parsed.image.startswith("/") and not parsed.image.lower().startswith(
                 repo_url + "/"
             ):
@@ -562,9 +576,7 @@ class ServiceManager:
                 auto_suspend_secs=idle or None,
                 ingress_enabled=parsed.public,
                 ingress_host=(
-                    new_ingress_host(
-                        self.account.settings.account_name, self.account.settings.ingress_domain
-                    )
+                    new_ingress_host(self.settings.account_name, self.settings.ingress_domain)
                     if parsed.public
                     else None
                 ),
@@ -618,7 +630,7 @@ class ServiceManager:
     ) -> list[dict[str, Any]]:
         """Services the role may see (any privilege on them), in the given scope."""
         sec = self.security
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             query = select(m.Service).order_by(m.Service.id)
             if in_compute_pool:
                 pool = lookup.account_level(
@@ -653,7 +665,7 @@ class ServiceManager:
         return filter_like(rows, like)
 
     def describe_service(self, ctx: RequestContext, name: str | QualifiedName) -> dict[str, Any]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "MONITOR", "USAGE")
             return self._describe(s, svc)
@@ -681,14 +693,14 @@ class ServiceManager:
         return row
 
     def _describe_by_id(self, sid: int) -> dict[str, Any]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None:
                 raise ObjectNotFoundError(f"service #{sid} no longer exists")
             return self._describe(s, svc)
 
     def show_endpoints(self, ctx: RequestContext, name: str | QualifiedName) -> list[dict]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "USAGE", "MONITOR")
             qn = lookup.qualified(s, svc.schema_id, svc.name)
@@ -697,7 +709,7 @@ class ServiceManager:
             return endpoint_rows(qn, svc, control_url=url, control_port=port)
 
     def show_containers(self, ctx: RequestContext, name: str | QualifiedName) -> list[dict]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "MONITOR")
             return container_rows(s, svc)
@@ -707,7 +719,7 @@ class ServiceManager:
         ``service`` and ``instance`` labels (needs MONITOR)."""
         from neve.services.metrics import scrape
 
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "MONITOR")
             qn = lookup.qualified(s, svc.schema_id, svc.name)
@@ -720,7 +732,7 @@ class ServiceManager:
         return scrape(str(qn), targets)
 
     def get_service_status(self, ctx: RequestContext, name: str | QualifiedName) -> list[dict]:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "MONITOR")
             return status_rows(s, svc)
@@ -728,7 +740,7 @@ class ServiceManager:
     def service_methods(self, ctx: RequestContext, name: str | QualifiedName) -> dict[str, dict]:
         """Method name -> signature dict: its model version's, or for a service from a
         specification those of the version its ``MODEL_REF`` named (kept: the model may go)."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "USAGE", "MONITOR")
             return service_signatures(s, svc)
@@ -773,7 +785,7 @@ class ServiceManager:
             raise InvalidArgumentError(
                 f"instance_id must be an integer, got {instance_id!r}"
             ) from None
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self._require_any(s, ctx, svc, "MONITOR")
             qn = lookup.qualified(s, svc.schema_id, svc.name)
@@ -807,7 +819,7 @@ class ServiceManager:
             raise InvalidArgumentError(
                 f"{name} is a build job: its only container is {BUILD_CONTAINER_NAME!r}"
             )
-        envs = self.account.environments
+        envs = self.environments
         text = envs.job_logs(ctx, name)
         if last_n_lines:
             lines = str(text).splitlines()
@@ -840,7 +852,7 @@ class ServiceManager:
         if suspend and resume:
             raise InvalidArgumentError("ALTER SERVICE: SUSPEND and RESUME together")
         scaling = min_instances is not None or max_instances is not None
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             qn = lookup.qualified(s, svc.schema_id, svc.name)
             if comment is not None:
@@ -910,7 +922,7 @@ class ServiceManager:
         return self._describe_by_id(sid)
 
     def _apply_bounds(self, sid: int) -> None:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             current = len(svc.instances)
             target = min(max(current, svc.min_instances, 1), svc.max_instances)
@@ -924,7 +936,7 @@ class ServiceManager:
     ) -> None:
         """Stop every instance (no process left behind), then remove the service and its
         functions and grants in one transaction."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             try:
                 svc = self._service(s, ctx, name)
             except ObjectNotFoundError:
@@ -941,12 +953,12 @@ class ServiceManager:
             return
         # A build under way is of no use any more: stop it (its uv is killed) rather than let
         # it run to the end for nothing.
-        for job in self.account.environments.cancel_service_builds(sid, f"service {reason}"):
+        for job in self.environments.cancel_service_builds(sid, f"service {reason}"):
             log.info("service #%s: build %s cancelled (%s)", sid, job, reason)
         # A provisioning thread sees DELETING and stops; the lock waits for a launch under way.
         with lc.locks.hold(sid):
             lc.stop_all(sid)
-            with self.account.catalog.transaction() as s:
+            with self.catalog.transaction() as s:
                 svc = s.get(m.Service, sid)
                 if svc is None:
                     return
@@ -1061,7 +1073,7 @@ class ServiceManager:
     ) -> dict[str, Any]:
         """Where an invoke goes, after the USAGE check: label, route, endpoints, chunk rows,
         whether the method is partitioned (a table function)."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = self._service(s, ctx, name)
             self.security.require(s, ctx, "USAGE", svc)
             qn = lookup.qualified(s, svc.schema_id, svc.name)
@@ -1088,7 +1100,7 @@ class ServiceManager:
         """What a data-plane caller needs (USAGE checked; a suspended service is woken):
         ``label``, ``route``, ready ``instances`` and whether it has an ``ingress`` endpoint."""
         target = self._target(ctx, name, method)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             ingress = bool(self._service(s, ctx, name).ingress_enabled)
         return {
             "label": target["label"],
@@ -1150,7 +1162,7 @@ class ServiceManager:
 
     def _check_auto_resume(self, sid: int) -> None:
         """A service created with AUTO_RESUME = FALSE is resumed only by ALTER SERVICE."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None or (svc.spec or {}).get("auto_resume", True):
                 return
@@ -1165,7 +1177,7 @@ class ServiceManager:
         prov = self.lifecycle.provisioning(sid)
         if prov is not None and not prov.done.is_set():
             return  # a new service: RUNNING only once all its instances are ready
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None or svc.status != states.STARTING:
                 return
@@ -1190,7 +1202,7 @@ class ServiceManager:
             log.warning("another process supervises the services of this account")
             return
         ctx = admin_context()
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             services = [(svc.id, svc.status) for svc in s.scalars(select(m.Service))]
         for sid, status in services:
             try:
@@ -1234,7 +1246,7 @@ class ServiceManager:
 
     def _access_lost(self, sid: int) -> str | None:
         """Why the service's owner may no longer run its model (None while it may)."""
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None:
                 return "the service no longer exists"

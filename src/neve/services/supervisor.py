@@ -133,19 +133,20 @@ class SupervisorLock:
 class Supervisor:
     def __init__(self, manager: ServiceManager) -> None:
         self.manager = manager
-        self.account = manager.account
+        self.catalog = manager.catalog
+        self.settings = manager.settings
         self.lifecycle = manager.lifecycle
         self.runtime = manager.runtime
         self.logs = manager.logs
         self.interval_s = float(
-            self.account.settings.extra.get("service_supervisor_interval_secs", DEFAULT_INTERVAL_S)
+            self.settings.extra.get("service_supervisor_interval_secs", DEFAULT_INTERVAL_S)
         )
-        extra = self.account.settings.extra
+        extra = self.settings.extra
         self.scale_up_queue_rows = float(
             extra.get("service_scale_up_queue_rows", SCALE_UP_QUEUE_ROWS)
         )
         self.scale_down_idle_s = float(extra.get("service_scale_down_idle_secs", SCALE_DOWN_IDLE_S))
-        self.lock = SupervisorLock(self.account.settings.home / "run" / "services-supervisor.lock")
+        self.lock = SupervisorLock(self.settings.home / "run" / "services-supervisor.lock")
         self._pass_lock = threading.Lock()
         self._health: dict[tuple[int, int], InstanceHealth] = {}
         self._scale: dict[int, ScaleState] = {}
@@ -187,7 +188,7 @@ class Supervisor:
         if not self._pass_lock.acquire(blocking=False):
             return  # a pass is already running (the daemon's timer and our thread)
         try:
-            with self.account.catalog.transaction() as s:
+            with self.catalog.transaction() as s:
                 ids = list(
                     s.scalars(
                         select(m.Service.id).where(
@@ -308,7 +309,7 @@ class Supervisor:
         )
 
     def _started_on(self, sid: int, index: int) -> datetime | None:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             return s.scalar(
                 select(m.ServiceInstance.started_on).where(
                     m.ServiceInstance.service_id == sid,
@@ -324,14 +325,14 @@ class Supervisor:
             self.lifecycle.set_status(sid, states.RUNNING, None, only_from={states.STARTING})
         elif status == states.RUNNING:
             reason = None if ready else "no instance is ready: restarting"
-            with self.account.catalog.transaction() as s:
+            with self.catalog.transaction() as s:
                 svc = s.get(m.Service, sid)
                 if svc is not None and svc.status_reason != reason:
                     svc.status_reason = reason
 
     # -- auto-suspend and autoscaling -------------------------------------------------------------
     def _auto_suspend(self, sid: int, ref: ServiceRef) -> bool:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None or not svc.auto_suspend_secs or svc.status != states.RUNNING:
                 return False
@@ -345,7 +346,7 @@ class Supervisor:
         return self.lifecycle.suspend(sid, f"auto-suspended after {idle:.0f} s without requests")
 
     def _autoscale(self, sid: int, ref: ServiceRef) -> None:
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, sid)
             if svc is None:
                 return

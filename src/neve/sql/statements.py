@@ -29,9 +29,10 @@ from neve.like import filter_like
 from neve.sql import external, objects
 from neve.sql import functions as fns
 from neve.sql.parser import Statement
+from neve.sql.result import SqlResult
 
 if TYPE_CHECKING:
-    from neve.sql.engine import SqlEngine, SqlResult
+    from neve.sql.engine import SqlEngine
 
 Handler = Callable[["SqlEngine", RequestContext, Statement], "SqlResult"]
 _HANDLERS: dict[str, Handler] = {}
@@ -276,7 +277,6 @@ def run_statement(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlR
 
 
 def _result(kind: str, rows: list[dict], like: str | None = None) -> SqlResult:
-    from neve.sql.engine import SqlResult
 
     key = "image_name" if kind == "SHOW IMAGES" else "name"
     rows = filter_like(list(rows), like, key)
@@ -284,7 +284,6 @@ def _result(kind: str, rows: list[dict], like: str | None = None) -> SqlResult:
 
 
 def _status(message: str, **changes: Any) -> SqlResult:
-    from neve.sql.engine import SqlResult
 
     return SqlResult.status(message, **changes)
 
@@ -312,7 +311,6 @@ def _dropped(name: str, kind: str) -> SqlResult:
 
 
 def _one(row: dict | list[dict]) -> SqlResult:
-    from neve.sql.engine import SqlResult
 
     if isinstance(row, dict):
         row = [row]
@@ -911,7 +909,6 @@ def _show_containers(engine: SqlEngine, ctx: RequestContext, st: Statement) -> S
 
 @handles("CALL SYSTEM$GET_SERVICE_LOGS")
 def _service_logs(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    from neve.sql.engine import SqlResult
 
     args = st.args["args"]
     name, instance, container = args[0], args[1], args[2]
@@ -931,7 +928,6 @@ def _service_logs(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlR
 
 @handles("CALL SYSTEM$GET_SERVICE_STATUS")
 def _service_status(engine: SqlEngine, ctx: RequestContext, st: Statement) -> SqlResult:
-    from neve.sql.engine import SqlResult
 
     name = st.args["args"][0]
     if not isinstance(name, str):

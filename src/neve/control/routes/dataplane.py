@@ -184,7 +184,9 @@ def touch(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict
 @proxy_endpoint
 def signatures(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"ctx", "service_id"}, what="signatures")
-    return CatalogIngressTargets(account).service_methods(_ctx(body), int(body["service_id"]))
+    return CatalogIngressTargets(account.catalog).service_methods(
+        _ctx(body), int(body["service_id"])
+    )
 
 
 @endpoint
