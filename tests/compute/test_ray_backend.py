@@ -36,7 +36,7 @@ import httpx  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
 from neve.compute.backends.base import InstanceHandle, InstanceSpec, PoolInfo  # noqa: E402
-from neve.compute.backends.ray import FAMILY_LABEL, RayBackend  # noqa: E402
+from neve.compute.backends.ray import FAMILY_LABEL, RayBackend, raylet_answers  # noqa: E402
 from neve.compute.backends.ray_connect import (  # noqa: E402
     RayAddress,
     ensure_local_cluster,
@@ -423,7 +423,9 @@ def test_ray_client_control_plane_ships_the_image_and_pulls_logs(
     assert result["alive_after_stop"] == [False, False]
 
 
-def test_lost_node_takes_its_instance_down_and_is_detected(spread, cluster, expected):
+def test_lost_node_takes_its_instance_down_and_is_detected(
+    spread, cluster, work, model_dir, expected
+):
     backend, handles = spread
     on_worker = [h for h in handles[1:] if cluster.worker_by_id(h.backend_ref["node_id"])]
     assert on_worker, "an instance should run on a worker node"
@@ -440,6 +442,31 @@ def test_lost_node_takes_its_instance_down_and_is_detected(spread, cluster, expe
     assert victim.node not in backend.node_names()
     np.testing.assert_allclose(predict(survivor), expected, rtol=1e-9)
     backend.stop_instance(victim, timeout=2)  # the actor is gone: nothing to wait for
+    # Its replacement, started at once (as the supervisor does), lands on a node that is
+    # there, whether or not the GCS has marked the lost one dead yet.
+    replacement = backend.start_instance(spec_for(work, model_dir, handles.index(victim)))
+    try:
+        assert replacement.backend_ref["node_id"] != victim.backend_ref["node_id"]
+        backend.wait_ready(replacement, timeout=120)
+        np.testing.assert_allclose(predict(replacement), expected, rtol=1e-9)
+        print(f"replacement ready {time.monotonic() - t0:.1f} s after the node was removed")
+    finally:
+        backend.stop_instance(replacement, timeout=5)
+
+
+def test_a_raylet_that_is_gone_does_not_answer():
+    """The probe that keeps restarts off a lost node the GCS still counts alive."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    node = {"NodeManagerAddress": "127.0.0.1", "NodeManagerPort": port}
+    assert raylet_answers(node)
+    listener.close()
+    assert not raylet_answers(node)
+    assert raylet_answers({"NodeManagerAddress": None})  # nothing to check: the GCS decides
 
 
 # -- instance families as node labels ----------------------------------------------------------------

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -56,6 +57,14 @@ CALL_TIMEOUT_S = 10.0
 REACH_TIMEOUT_S = 3.0
 #: Seconds an actor may wait for a node with room before the start fails.
 MIN_PLACEMENT_TIMEOUT_S = 60.0
+#: While an instance waits for placement, how often the cluster is checked for a lost node.
+PLACEMENT_RECHECK_S = 5.0
+#: An instance Ray has not placed after this long, while the cluster has room, is placed again.
+PLACEMENT_RETRY_S = 20.0
+#: Seconds a node stays suspect after an instance on it was found dead (see ``_nodes_to_avoid``).
+SUSPECT_NODE_S = 60.0
+#: Ray's default node label holding the node id (label selectors can exclude a node by it).
+NODE_ID_LABEL = "ray.io/node-id"
 LOG_PUMP_INTERVAL_S = 0.5
 
 _actor_class_lock = threading.Lock()
@@ -104,6 +113,7 @@ class RayBackend(ComputeBackend):
         self._lock = threading.Lock()
         self._actors: dict[str, Any] = {}  # actor name -> handle
         self._unreachable_since: dict[str, float] = {}
+        self._suspect_nodes: dict[str, float] = {}  # node id -> when an instance on it died
         self._probe: tuple[str, str] | None = None
         self._probe_lock = threading.Lock()
         self._pump = LogPump(self)
@@ -252,9 +262,8 @@ class RayBackend(ComputeBackend):
         }
         if self.address.loopback:
             config["host"] = "127.0.0.1"
-        actor_name = f"{spec.service}/{spec.instance_index}/{secrets.token_hex(4)}"
         options: dict[str, Any] = {
-            "name": actor_name,
+            "name": f"{spec.service}/{spec.instance_index}/{secrets.token_hex(4)}",
             "namespace": self.namespace,
             "lifetime": "detached",
             "max_restarts": 0,
@@ -264,22 +273,31 @@ class RayBackend(ComputeBackend):
             "memory": int(request.memory_gb * 2**30),
             "scheduling_strategy": "SPREAD",
         }
-        selector = self._label_selector(nodes)
+        selector = self._label_selector(nodes) or {}
+        avoid = self._nodes_to_avoid()
+        if avoid:
+            log.info(
+                "%s/%s: not on Ray node %s (an instance there died and its raylet does not answer)",
+                spec.service,
+                spec.instance_index,
+                ", ".join(node_name(n) for n in avoid),
+            )
+            selector[NODE_ID_LABEL] = (
+                f"!{avoid[0]}" if len(avoid) == 1 else f"!in({','.join(avoid)})"
+            )
         if selector:
             options["label_selector"] = selector
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
-        actor = _remote_actor_class(ray).options(**options).remote(config)
-        with self._lock:
-            self._actors[actor_name] = actor
         placement_timeout = max(spec.start_timeout_s, MIN_PLACEMENT_TIMEOUT_S)
+        actor, prepared = self._place(
+            config,
+            options,
+            placement_timeout,
+            f"instance {spec.instance_index} of {spec.service} was not placed on a Ray node "
+            f"within {placement_timeout:g} s (it requests {request.describe()}",
+        )
+        actor_name = options["name"]
         try:
-            prepared = self._get(
-                actor.prepare.remote(),
-                placement_timeout,
-                f"instance {spec.instance_index} of {spec.service} was not placed on a Ray node "
-                f"within {placement_timeout:g} s (it requests {request.describe()}; "
-                f"free now: {self._free_text()})",
-            )
             shipped = self.shipper.refs(ray, trees, prepared["missing"])
             if shipped:
                 log.info(
@@ -320,6 +338,95 @@ class RayBackend(ComputeBackend):
         if not info["shared_logs"]:
             self._pump.track(actor_name, actor, Path(spec.log_path), offset=0)
         return handle
+
+    def _place(
+        self, config: dict[str, Any], options: dict[str, Any], timeout: float, what: str
+    ) -> tuple[Any, dict[str, Any]]:
+        """Create the instance's actor and wait until Ray has placed it (its ``prepare`` answered).
+
+        Ray may have put the actor on a node lost meanwhile (the GCS notices a lost node only
+        after its health checks fail), or leave it waiting although the cluster has room: then
+        the actor is created again, instead of waiting out the whole timeout.
+        """
+        ray = self.ray
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = self._alive_node_ids()
+            submitted = time.monotonic()
+            actor = _remote_actor_class(ray).options(**options).remote(config)
+            with self._lock:
+                self._actors[options["name"]] = actor
+            prepared_ref = actor.prepare.remote()
+            try:
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ServiceUnavailableError(f"{what}; free now: {self._free_text()})")
+                    done, _ = ray.wait([prepared_ref], timeout=min(PLACEMENT_RECHECK_S, left))
+                    if done:
+                        return actor, self._get(prepared_ref, CALL_TIMEOUT_S, what + ")")
+                    lost = alive - self._alive_node_ids()
+                    if lost:
+                        why = f"Ray node {', '.join(node_name(n) for n in sorted(lost))} was lost"
+                        break
+                    if time.monotonic() - submitted > PLACEMENT_RETRY_S and self._has_room(options):
+                        why = f"not placed in {PLACEMENT_RETRY_S:g} s though the cluster has room"
+                        break
+            except BaseException:
+                self._kill(options["name"], actor)
+                raise
+            log.info("%s: %s while it waited for placement; placing it again", options["name"], why)
+            self._kill(options["name"], actor)
+            with self._lock:
+                for node_id in lost:
+                    self._suspect_nodes.pop(node_id, None)
+            options = {
+                **options,
+                "name": f"{options['name'].rsplit('/', 1)[0]}/{secrets.token_hex(4)}",
+            }
+
+    def _has_room(self, options: dict[str, Any]) -> bool:
+        """Whether the cluster's free resources, summed over its nodes, hold the request."""
+        try:
+            free = self.ray.available_resources()
+        except Exception:  # noqa: BLE001 - a state call: without it, keep waiting
+            return False
+        return (
+            free.get("CPU", 0) >= options["num_cpus"]
+            and free.get("GPU", 0) >= options["num_gpus"]
+            and free.get("memory", 0) >= options["memory"]
+        )
+
+    def _alive_node_ids(self) -> set[str]:
+        return {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+
+    def _suspect(self, handle: InstanceHandle) -> None:
+        node_id = handle.backend_ref.get("node_id")
+        if node_id:
+            with self._lock:
+                self._suspect_nodes.setdefault(str(node_id), time.monotonic())
+
+    def _nodes_to_avoid(self) -> list[str]:
+        """Nodes where an instance was just found dead and whose raylet does not take a TCP
+        connection: lost, though the GCS may still count them alive (it marks a node dead only
+        after several missed health checks) and would place a restarted instance there, where it
+        would wait for a node that never answers."""
+        now = time.monotonic()
+        with self._lock:
+            suspects = [n for n, t in self._suspect_nodes.items() if now - t < SUSPECT_NODE_S]
+            self._suspect_nodes = {n: self._suspect_nodes[n] for n in suspects}
+        if not suspects:
+            return []
+        alive = {n["NodeID"]: n for n in self.ray.nodes() if n.get("Alive")}
+        avoid = []
+        for node_id in suspects:
+            node = alive.get(node_id)
+            if node is not None and not raylet_answers(node):
+                avoid.append(node_id)
+                continue
+            with self._lock:  # dead for the GCS too (no longer a candidate), or well
+                self._suspect_nodes.pop(node_id, None)
+        return sorted(avoid)
 
     def _check_fits(self, spec: InstanceSpec, nodes: list[dict[str, Any]]) -> None:
         """Refuse at once what no node of the cluster could ever hold."""
@@ -405,8 +512,10 @@ class RayBackend(ComputeBackend):
         try:
             info = ray.get(actor.info.remote(), timeout=CALL_TIMEOUT_S)
         except ray.exceptions.ActorUnavailableError:  # its node may be back: give it time
+            self._suspect(handle)
             return self._unreachable(name, dead=False)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnschedulableError):
+            self._suspect(handle)
             return False  # dead for good: its server exited with it, or its node is gone
         except ray.exceptions.RayError:  # GetTimeoutError included
             return self._unreachable(name, dead=False)
@@ -632,6 +741,18 @@ class LogPump:
             with self._lock:
                 if name in self._tracked:
                     self._tracked[name] = (actor, path, new_offset)
+
+
+def raylet_answers(node: dict[str, Any], timeout: float = 1.0) -> bool:
+    """Whether the node's raylet accepts a TCP connection (a lost node's does not)."""
+    address, port = node.get("NodeManagerAddress"), node.get("NodeManagerPort")
+    if not address or not port:
+        return True  # nothing to check: trust the GCS
+    try:
+        with socket.create_connection((address, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _default_workers(cpu: float, gpu: int) -> int:
