@@ -59,8 +59,6 @@ REACH_TIMEOUT_S = 3.0
 MIN_PLACEMENT_TIMEOUT_S = 60.0
 #: While an instance waits for placement, how often the cluster is checked for a lost node.
 PLACEMENT_RECHECK_S = 5.0
-#: An instance Ray has not placed after this long, while the cluster has room, is placed again.
-PLACEMENT_RETRY_S = 20.0
 #: Seconds a node stays suspect after an instance on it was found dead (see ``_nodes_to_avoid``).
 SUSPECT_NODE_S = 60.0
 #: Ray's default node label holding the node id (label selectors can exclude a node by it).
@@ -289,14 +287,13 @@ class RayBackend(ComputeBackend):
             options["label_selector"] = selector
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         placement_timeout = max(spec.start_timeout_s, MIN_PLACEMENT_TIMEOUT_S)
-        actor, prepared = self._place(
+        actor_name, actor, prepared = self._place(
             config,
             options,
             placement_timeout,
             f"instance {spec.instance_index} of {spec.service} was not placed on a Ray node "
             f"within {placement_timeout:g} s (it requests {request.describe()}",
         )
-        actor_name = options["name"]
         try:
             shipped = self.shipper.refs(ray, trees, prepared["missing"])
             if shipped:
@@ -341,18 +338,18 @@ class RayBackend(ComputeBackend):
 
     def _place(
         self, config: dict[str, Any], options: dict[str, Any], timeout: float, what: str
-    ) -> tuple[Any, dict[str, Any]]:
+    ) -> tuple[str, Any, dict[str, Any]]:
         """Create the instance's actor and wait until Ray has placed it (its ``prepare`` answered).
 
         Ray may have put the actor on a node lost meanwhile (the GCS notices a lost node only
-        after its health checks fail), or leave it waiting although the cluster has room: then
-        the actor is created again, instead of waiting out the whole timeout.
+        after its health checks fail): when a node goes while the actor waits, it is created
+        again (under a new name, returned) instead of waiting out the whole timeout. Nothing
+        short of that: an actor Ray placed may take long to start its worker on a busy node.
         """
         ray = self.ray
         deadline = time.monotonic() + timeout
         while True:
             alive = self._alive_node_ids()
-            submitted = time.monotonic()
             actor = _remote_actor_class(ray).options(**options).remote(config)
             with self._lock:
                 self._actors[options["name"]] = actor
@@ -364,18 +361,19 @@ class RayBackend(ComputeBackend):
                         raise ServiceUnavailableError(f"{what}; free now: {self._free_text()})")
                     done, _ = ray.wait([prepared_ref], timeout=min(PLACEMENT_RECHECK_S, left))
                     if done:
-                        return actor, self._get(prepared_ref, CALL_TIMEOUT_S, what + ")")
+                        prepared = self._get(prepared_ref, CALL_TIMEOUT_S, what + ")")
+                        return options["name"], actor, prepared
                     lost = alive - self._alive_node_ids()
                     if lost:
-                        why = f"Ray node {', '.join(node_name(n) for n in sorted(lost))} was lost"
-                        break
-                    if time.monotonic() - submitted > PLACEMENT_RETRY_S and self._has_room(options):
-                        why = f"not placed in {PLACEMENT_RETRY_S:g} s though the cluster has room"
                         break
             except BaseException:
                 self._kill(options["name"], actor)
                 raise
-            log.info("%s: %s while it waited for placement; placing it again", options["name"], why)
+            log.info(
+                "%s: Ray node %s was lost while it waited for placement; placing it again",
+                options["name"],
+                ", ".join(node_name(n) for n in sorted(lost)),
+            )
             self._kill(options["name"], actor)
             with self._lock:
                 for node_id in lost:
@@ -384,18 +382,6 @@ class RayBackend(ComputeBackend):
                 **options,
                 "name": f"{options['name'].rsplit('/', 1)[0]}/{secrets.token_hex(4)}",
             }
-
-    def _has_room(self, options: dict[str, Any]) -> bool:
-        """Whether the cluster's free resources, summed over its nodes, hold the request."""
-        try:
-            free = self.ray.available_resources()
-        except Exception:  # noqa: BLE001 - a state call: without it, keep waiting
-            return False
-        return (
-            free.get("CPU", 0) >= options["num_cpus"]
-            and free.get("GPU", 0) >= options["num_gpus"]
-            and free.get("memory", 0) >= options["memory"]
-        )
 
     def _alive_node_ids(self) -> set[str]:
         return {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
