@@ -333,15 +333,12 @@ def test_tls_when_a_certificate_is_configured(gw_account, gateway, service, call
             serialization.NoEncryption(),
         )
     )
-    extra = dict(gw_account.settings.extra)
-    gw_account.settings.extra.update(
-        tls_certfile=str(tmp_path / "cert.pem"), tls_keyfile=str(tmp_path / "key.pem")
-    )
+    tls = gw_account.settings.tls
+    tls.certfile, tls.keyfile = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
     try:
         options = uvicorn_options(gw_account.settings)
     finally:
-        gw_account.settings.extra.clear()
-        gw_account.settings.extra.update(extra)
+        tls.certfile = tls.keyfile = None
     assert options["ssl_certfile"].endswith("cert.pem")
     from neve.gateway.app import build_gateway
     from neve.gateway.targets import CatalogIngressTargets

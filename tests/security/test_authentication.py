@@ -137,7 +137,7 @@ def test_expired_and_revoked_session_tokens_are_rejected(account, sec, admin):
 
 
 def test_session_token_lifetime_follows_settings(account, sec, admin):
-    account.settings.token_ttl_secs = 120
+    account.settings.security.token_ttl_secs = 120
     sec.create_user(admin, "erin", password="erin's password")
     before = datetime.now(UTC)
     info = sec.login_session("erin", "erin's password")

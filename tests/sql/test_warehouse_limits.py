@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from neve.config import settings_from_values
 from neve.context import admin_context
 from neve.errors import InvalidArgumentError, PermissionDeniedError, ResourceError
 from neve.sql.limits import QueryLimits
@@ -66,9 +67,9 @@ def test_a_query_past_its_memory_limit_names_the_setting(neve_home) -> None:
         ({"warehouse_query_timeout_secs": "soon"}, "warehouse_query_timeout_secs"),
     ],
 )
-def test_bad_limit_settings_are_named(extra, match) -> None:
+def test_bad_limit_settings_are_named(tmp_path, extra, match) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
-        QueryLimits.from_settings(extra)
+        settings_from_values(extra, home=tmp_path)
 
 
 def test_a_read_only_attach_refuses_writes_whatever_the_statement(tmp_path) -> None:

@@ -76,7 +76,6 @@ PERIODIC_JOBS: tuple[tuple[str, float, Callable[[Account], Callable[[], object]]
         lambda a: a.security.purge_expired_tokens,
     ),
 )
-DEFAULT_SHUTDOWN_TIMEOUT_S = 15
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"
 
 
@@ -186,8 +185,8 @@ class ControlDaemon:
     def __init__(self, settings: Settings, *, host: str | None, port: int | None) -> None:
         self.settings = settings
         self.home = settings.home
-        self.host = host or settings.control_host
-        self.port = settings.control_port if port is None else int(port)
+        self.host = host or settings.control.host
+        self.port = settings.control.port if port is None else int(port)
         self.daemon_id = uuid.uuid4().hex
         self.stop_requested = threading.Event()
         self.server: uvicorn.Server | None = None
@@ -293,14 +292,12 @@ class ControlDaemon:
 
         from neve.control.app import create_app
 
-        extra = self.settings.extra
+        control = self.settings.control
         options: dict[str, Any] = {
             "log_config": None,  # keep our logging set-up: uvicorn's loggers go to control.log
-            "access_log": bool(extra.get("control_access_log", False)),
+            "access_log": control.access_log,
             "lifespan": "on",
-            "timeout_graceful_shutdown": int(
-                extra.get("control_shutdown_timeout_secs", DEFAULT_SHUTDOWN_TIMEOUT_S)
-            ),
+            "timeout_graceful_shutdown": int(control.shutdown_timeout_secs),
             "server_header": False,
         }
         from neve.gateway.limits import uvicorn_options

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +74,8 @@ def default_proxy_count(cpus: int | None = None) -> int:
 
 
 def proxy_count(settings: Settings) -> int:
-    value = settings.extra.get("ingress_proxies")
-    return default_proxy_count() if value is None else max(0, int(value))
+    value = settings.ingress.proxies
+    return default_proxy_count() if value is None else value
 
 
 def proxy_secret(home: Path, *, create: bool = False) -> str | None:
@@ -187,7 +186,7 @@ class ProxySupervisor:
         self.settings = settings
         self.home = Path(settings.home).resolve()
         self.count = proxy_count(settings)
-        self.host = str(settings.extra.get("ingress_host") or host)
+        self.host = settings.ingress.host or host
         self.scheme = scheme
         self._started: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
@@ -233,7 +232,7 @@ class ProxySupervisor:
     def _port(self, live: dict[int, ProxyRecord]) -> int:
         if live:
             return next(iter(live.values())).port
-        configured = int(self.settings.extra.get("ingress_port", 0) or 0)
+        configured = self.settings.ingress.port
         if configured:
             return configured
         try:
@@ -249,8 +248,7 @@ class ProxySupervisor:
         for record in live.values():
             if record.grpc_port:
                 return record.grpc_port
-        configured = self.settings.extra.get("ingress_grpc_port", 0)
-        configured = 0 if configured is None else int(configured)
+        configured = self.settings.ingress.grpc_port
         if configured:
             return configured
         try:
@@ -351,19 +349,13 @@ class NodeProxies:
         self.ensure_on_nodes = ensure_on_nodes
 
     def config(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        path = self.home / "settings.toml"
-        if path.exists():
-            values = tomllib.loads(path.read_text())
-        port = values.get("ingress_port") or 0
-        grpc_port = values.get("ingress_grpc_port")
         return {
             "python": sys.executable,
             "control_url": self.control_url,
             "secret": proxy_secret(self.home, create=True),
-            "settings": values,
-            "port": int(port),
-            "grpc_port": 0 if grpc_port is None else int(grpc_port),
+            "settings": self.settings.configured(),
+            "port": self.settings.ingress.port,
+            "grpc_port": self.settings.ingress.grpc_port,
         }
 
     def ensure_quietly(self) -> None:

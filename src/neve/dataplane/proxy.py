@@ -29,14 +29,14 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 import neve
-from neve.config import Settings, check_settings, load_settings
+from neve.config import Settings, load_settings, settings_from_values
 from neve.dataplane.proxies import (
     CONTROL_PATH,
     HEALTH_PATH,
@@ -54,10 +54,6 @@ from neve.gateway.grpc_ingress import GrpcIngress
 from neve.gateway.limits import uvicorn_options
 
 log = logging.getLogger("neve.dataplane")
-
-#: A proxy whose control plane has been away this long stops (``ingress_proxy_orphan_secs``):
-#: restarts take seconds; an account whose daemon was stopped for good does not keep it forever.
-DEFAULT_ORPHAN_S = 900.0
 
 
 class ProxyApp:
@@ -239,7 +235,9 @@ async def _serve(options: ProxyOptions) -> int:
     }
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_config))
     follow = asyncio.create_task(routes.run())
-    orphan_s = float(settings.extra.get("ingress_proxy_orphan_secs", DEFAULT_ORPHAN_S))
+    # A proxy whose control plane has been away this long stops: restarts take seconds; an
+    # account whose daemon was stopped for good does not keep it forever.
+    orphan_s = settings.ingress.proxy_orphan_secs
     watch = asyncio.create_task(_watch(server, routes, home, orphan_s))
     serving = asyncio.create_task(server.serve(sockets=[ingress, admin]))
     while not server.started and not serving.done():
@@ -378,14 +376,8 @@ def _options(args: argparse.Namespace) -> ProxyOptions:
         raise ValueError("without --home, --control-url and --record-file are required")
     options.secret = os.environ.get(SECRET_ENV) or None
     values = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
-    checked = check_settings(values, source=SETTINGS_ENV)
-    known = {f.name for f in fields(Settings)} - {"home", "extra"}
     run_dir = Path(args.record_file).resolve().parent
-    options.settings = Settings(
-        home=run_dir,
-        extra={k: v for k, v in checked.items() if k not in known and v is not None},
-        **{k: v for k, v in checked.items() if k in known},
-    )
+    options.settings = settings_from_values(values, home=run_dir, source=SETTINGS_ENV)
     return options
 
 

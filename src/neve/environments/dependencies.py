@@ -217,11 +217,9 @@ def pin_dependencies(
 # -- the warehouse channel ------------------------------------------------------------------------
 
 
-def channel_file(settings_extra: dict | None = None) -> Path:
+def channel_file(setting: str | None = None) -> Path:
     """The channel list in use: env var, then the account setting, then the shipped default."""
-    configured = os.environ.get(CHANNEL_FILE_ENV) or (settings_extra or {}).get(
-        "warehouse_channel_file"
-    )
+    configured = os.environ.get(CHANNEL_FILE_ENV) or setting
     return Path(configured).expanduser() if configured else DEFAULT_CHANNEL_FILE
 
 

@@ -45,7 +45,7 @@ from neve.environments.builder import (
 )
 from neve.environments.buildlog import BuildLog, tail
 from neve.environments.locks import FileLock, is_locked
-from neve.environments.network import PYPI_INDEX, index_policy
+from neve.environments.network import index_policy
 from neve.environments.runner import BuildCancelledError, Deadline
 from neve.errors import (
     BuildError,
@@ -124,9 +124,8 @@ class BuildJobs:
         self.catalog = catalog
         self.settings = settings
         self.security = security
-        extra = settings.extra or {}
         self.images_dir = settings.images_dir
-        bases = os.environ.get(BASE_IMAGES_ENV) or extra.get("base_images_dir")
+        bases = os.environ.get(BASE_IMAGES_ENV) or settings.build.base_images_dir
         self.bases_dir = Path(bases).expanduser() if bases else self.images_dir
         self.logs_dir = settings.logs_dir / "jobs"
         self.locks_dir = self.images_dir / LOCKS_DIR
@@ -138,20 +137,19 @@ class BuildJobs:
     @property
     def builder(self) -> ImageBuilder:
         if self._builder is None:
-            extra = self.settings.extra or {}
-            base_index = extra.get("base_index_url", PYPI_INDEX)
+            build = self.settings.build
             self._builder = ImageBuilder(
                 uv=_uv_executable(),
                 images_dir=self.images_dir,
                 bases_dir=self.bases_dir,
-                find_links=find_links(extra.get("find_links")),
-                base_index_url=base_index or None,
+                find_links=find_links(build.find_links),
+                base_index_url=build.base_index_url or None,
             )
         return self._builder
 
     # -- planning ---------------------------------------------------------------------------------
     def _timeout(self, timeout_s: float | None) -> float:
-        value = self.settings.build_timeout_secs if timeout_s is None else timeout_s
+        value = self.settings.build.timeout_secs if timeout_s is None else timeout_s
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise InvalidArgumentError(
                 f"build timeout must be a number of seconds > 0, got {value!r}"
@@ -271,14 +269,13 @@ class BuildJobs:
                 "integrations": sorted(allowed),
                 "timeout_s": timeout,
             }
-        extra = self.settings.extra or {}
-        policy = index_policy(allowed, extra.get("index_urls"))
+        policy = index_policy(allowed, self.settings.build.index_urls)
         server_version = image_inputs.server_version()
         python, full_version = image_inputs.find_python(python_version, self.builder.uv)
         base = image_inputs.BaseSpec(
             python=python,
             python_version=full_version,
-            packages=image_inputs.base_packages(extra.get("base_frameworks")),
+            packages=image_inputs.base_packages(self.settings.build.base_frameworks),
             server_version=server_version,
             gpu=bool(gpu),
         )
@@ -811,9 +808,13 @@ def _builder_alive(name: str) -> bool:
 def _kill_users(path: Path) -> None:
     """Kill processes whose command line mentions ``path`` (a uv orphaned by a killed build)."""
     needle = str(path)
+    killed = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             if any(needle in arg for arg in proc.info["cmdline"] or []):
                 proc.kill()
+                killed.append(proc)
         except psutil.Error:
             continue
+    # SIGKILL is delivered asynchronously: wait until they are gone before their files go.
+    psutil.wait_procs(killed, timeout=5)

@@ -192,7 +192,7 @@ class EnvironmentManager:
     # -- image repositories -----------------------------------------------------------------------
     def repository_url(self, qn: QualifiedName) -> str:
         st = self.settings
-        return f"{st.account_name}.registry.{st.ingress_domain}/{qn.database}/{qn.schema}/{qn.name}".lower()
+        return f"{st.account_name}.registry.{st.ingress.domain}/{qn.database}/{qn.schema}/{qn.name}".lower()
 
     def image_full_name(self, repo: QualifiedName, image: m.Image) -> str:
         """``<repository_url>/<image_name>:<tag>``: how a specification names a published image."""

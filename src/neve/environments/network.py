@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from neve.config import PYPI_INDEX
 from neve.errors import InvalidArgumentError
 
-PYPI_INDEX = "https://pypi.org/simple"
 PYPI_HOSTS = (("pypi.org", 443), ("files.pythonhosted.org", 443))
 KNOWN_INDEXES = {"download.pytorch.org": "https://download.pytorch.org/whl/cpu"}
 MODES = ("EGRESS",)

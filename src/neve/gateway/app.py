@@ -179,7 +179,7 @@ class Gateway:
         self._auth_cache = TtlCache(ttl=self.limits.auth_cache_secs)
         self._target_cache = TtlCache(ttl=self.limits.auth_cache_secs)
         self._lookups: dict[tuple[int, str], asyncio.Future[Any]] = {}  # look-ups in flight
-        self.domain = settings.ingress_domain.lower().strip(".")
+        self.domain = settings.ingress.domain.lower().strip(".")
         # as ServiceManager names hosts: the account name as one DNS label
         label = re.sub(r"[^a-z0-9-]", "-", settings.account_name.lower()).strip("-")
         self.account_suffix = "-" + (label or "account")

@@ -1,7 +1,7 @@
 """Ingress limits and the uvicorn options that enforce the transport-level ones.
 
-Every value can be set in the account's ``settings.toml`` (top level, next to the built-in
-settings; they land in ``Settings.extra``):
+Every value is a setting (``neve.config``: ``settings.toml`` flat key or section table, or
+``NEVE_<KEY>``):
 
 =============================== ========= =====================================================
 setting                         default   meaning
@@ -36,32 +36,32 @@ from neve.errors import InvalidArgumentError
 
 @dataclass(frozen=True)
 class GatewayLimits:
-    max_header_bytes: int = 16 * 1024
+    """What the gateway enforces: the ``[ingress]`` settings plus three fixed limits."""
+
+    max_header_bytes: int
+    max_body_bytes: int
+    body_timeout_secs: float
+    request_timeout_secs: float
+    wake_timeout_secs: float
+    queue_timeout_secs: float
+    max_inflight: int
+    auth_cache_secs: float
     max_header_count: int = 100
-    max_body_bytes: int = 32 * 1024 * 1024
-    body_timeout_secs: float = 30.0
-    request_timeout_secs: float = 300.0
-    wake_timeout_secs: float = 120.0
     connect_timeout_secs: float = 5.0
     retry_after_secs: int = 5
-    queue_timeout_secs: float = 10.0
-    max_inflight: int = 1000
-    auth_cache_secs: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayLimits:
-        x = settings.extra
+        ingress = settings.ingress
         return cls(
-            max_header_bytes=int(x.get("http_max_header_bytes", cls.max_header_bytes)),
-            max_body_bytes=int(x.get("ingress_max_body_bytes", cls.max_body_bytes)),
-            body_timeout_secs=float(x.get("ingress_body_timeout_secs", cls.body_timeout_secs)),
-            request_timeout_secs=float(
-                x.get("ingress_request_timeout_secs", cls.request_timeout_secs)
-            ),
-            wake_timeout_secs=float(x.get("ingress_wake_timeout_secs", cls.wake_timeout_secs)),
-            auth_cache_secs=float(x.get("ingress_auth_cache_secs", cls.auth_cache_secs)),
-            queue_timeout_secs=float(x.get("ingress_queue_timeout_secs", cls.queue_timeout_secs)),
-            max_inflight=int(x.get("ingress_max_inflight", cls.max_inflight)),
+            max_header_bytes=settings.http.max_header_bytes,
+            max_body_bytes=ingress.max_body_bytes,
+            body_timeout_secs=ingress.body_timeout_secs,
+            request_timeout_secs=ingress.request_timeout_secs,
+            wake_timeout_secs=ingress.wake_timeout_secs,
+            queue_timeout_secs=ingress.queue_timeout_secs,
+            max_inflight=ingress.max_inflight,
+            auth_cache_secs=ingress.auth_cache_secs,
         )
 
 
@@ -73,28 +73,26 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """
     from neve.gateway.protocol import guarded_protocol
 
-    x = settings.extra
+    http, tls = settings.http, settings.tls
     options: dict[str, Any] = {
-        "http": guarded_protocol(float(x.get("http_header_timeout_secs", 10))),
-        "timeout_keep_alive": int(x.get("http_keep_alive_secs", 5)),
-        "h11_max_incomplete_event_size": int(x.get("http_max_header_bytes", 16 * 1024)),
-        "limit_concurrency": int(x.get("http_limit_concurrency", 1000)),
+        "http": guarded_protocol(http.header_timeout_secs),
+        "timeout_keep_alive": http.keep_alive_secs,
+        "h11_max_incomplete_event_size": http.max_header_bytes,
+        "limit_concurrency": http.limit_concurrency,
         "server_header": False,
     }
-    certfile = x.get("tls_certfile")
-    if certfile:
-        cert = Path(str(certfile)).expanduser()
+    if tls.certfile:
+        cert = Path(tls.certfile).expanduser()
         if not cert.is_file():
             raise InvalidArgumentError(f"tls_certfile {cert} does not exist")
         options["ssl_certfile"] = str(cert)
-        keyfile = x.get("tls_keyfile")
-        if keyfile:
-            key = Path(str(keyfile)).expanduser()
+        if tls.keyfile:
+            key = Path(tls.keyfile).expanduser()
             if not key.is_file():
                 raise InvalidArgumentError(f"tls_keyfile {key} does not exist")
             options["ssl_keyfile"] = str(key)
-        if x.get("tls_keyfile_password"):
-            options["ssl_keyfile_password"] = str(x["tls_keyfile_password"])
-    elif x.get("tls_keyfile"):
+        if tls.keyfile_password:
+            options["ssl_keyfile_password"] = tls.keyfile_password
+    elif tls.keyfile:
         raise InvalidArgumentError("tls_keyfile is set but tls_certfile is not")
     return options

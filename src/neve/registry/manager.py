@@ -155,7 +155,7 @@ class RegistryManager:
 
     def warehouse_channel(self) -> frozenset[str]:
         """The package names models may use and still run in-process (settings-configurable)."""
-        return deps.load_warehouse_channel(deps.channel_file(self.settings.extra))
+        return deps.load_warehouse_channel(deps.channel_file(self.settings.warehouse.channel_file))
 
     # -- name resolution --------------------------------------------------------------------------
     @staticmethod

@@ -71,7 +71,6 @@ MAX_CONTEXT_HEADER = 2048
 
 DEFAULT_PAT_DAYS = 15
 MAX_PAT_DAYS = 365
-DEFAULT_LOCAL_TOKEN_TTL_SECS = 30 * 24 * 3600
 
 _SNOWFLAKE_TOKEN = re.compile(r'^Token\s*=\s*"([^"]*)"$', re.IGNORECASE)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -174,16 +173,14 @@ class AuthenticationMixin:
     def local_admin_token(self, ttl_secs: int | None = None) -> str:
         """A token for the local admin (the daemon writes it to a 0600 file in the account dir)."""
         self.bootstrap()
-        ttl = ttl_secs or int(
-            self.settings.extra.get("local_token_ttl_secs", DEFAULT_LOCAL_TOKEN_TTL_SECS)
-        )
+        ttl = ttl_secs or self.settings.security.local_token_ttl_secs
         with self.catalog.transaction() as s:
             admin = self._user(s, ADMIN_USER)
             token, _ = self._issue(s, admin, LOCAL, timedelta(seconds=ttl))
             return token
 
     def login(self, user: str, password: str, *, role: str | None = None) -> str:
-        """Check a password and return a session token (``settings.token_ttl_secs`` long)."""
+        """Check a password and return a session token (``settings.security.token_ttl_secs`` long)."""
         return self.login_session(user, password, role=role)["token"]
 
     def login_session(self, user: str, password: str, *, role: str | None = None) -> dict:
@@ -209,7 +206,7 @@ class AuthenticationMixin:
             if passwords.needs_rehash(row.password_hash or ""):
                 row.password_hash = passwords.hash_password(password)
             session_role = self._pick_role(s, row, role, restriction=None)
-            ttl = timedelta(seconds=self.settings.token_ttl_secs)
+            ttl = timedelta(seconds=self.settings.security.token_ttl_secs)
             token, tok = self._issue(s, row, SESSION, ttl, role=session_role)
             return {
                 "token": token,

@@ -93,10 +93,9 @@ class SecurityManager(AuthenticationMixin):
         self.settings = settings
         self._bootstrapped = False
         self._bootstrap_lock = threading.Lock()
-        extra = settings.extra
         self.login_throttle = LoginThrottle(
-            max_failures=int(extra.get("login_max_failures", 5)),
-            lockout_s=float(extra.get("login_lockout_secs", 60)),
+            max_failures=settings.security.login_max_failures,
+            lockout_s=settings.security.login_lockout_secs,
         )
         # The system roles and the admin user exist before anything asks about them.
         self.bootstrap()

@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("neve.services")
 
-#: How long the first instances of a new service may take to load the model.
-DEFAULT_START_TIMEOUT_S = 300.0
 #: Lines of an instance's log quoted in the error when it dies before it is ready.
 LOG_LINES_IN_ERRORS = 25
 
@@ -113,9 +111,7 @@ class Lifecycle:
         self.locks = ServiceLocks()
         self._provisioning: dict[int, Provisioning] = {}
         self._prov_guard = threading.Lock()
-        self.start_timeout_s = float(
-            settings.extra.get("service_start_timeout_secs", DEFAULT_START_TIMEOUT_S)
-        )
+        self.start_timeout_s = settings.service.start_timeout_secs
 
     # -- catalog helpers --------------------------------------------------------------------------
     def service_ref(self, s: Session, svc: m.Service) -> ServiceRef:

@@ -98,8 +98,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("neve.services")
 
-#: How long a call waits for a suspended service to resume (bounded; then 503).
-DEFAULT_RESUME_TIMEOUT_S = 120.0
 #: How long ``invoke`` keeps the resolved instances of a service before asking the catalog again.
 ADDRESS_TTL_S = 0.5
 #: Alter keywords that may change; anything else is part of the immutable spec.
@@ -130,9 +128,7 @@ class ServiceManager:
         self._targets = CatalogIngressTargets(catalog)
         self._addresses: dict[int, tuple[float, list[tuple[str, int]]]] = {}
         self._closing = False
-        self.resume_timeout_s = float(
-            settings.extra.get("service_resume_timeout_secs", DEFAULT_RESUME_TIMEOUT_S)
-        )
+        self.resume_timeout_s = settings.service.resume_timeout_secs
         add_listener = getattr(compute, "add_pool_listener", None)
         if add_listener is not None:
             add_listener(self._on_pool_action)
@@ -376,7 +372,7 @@ class ServiceManager:
                     ingress_host=(
                         new_ingress_host(
                             self.settings.account_name,
-                            self.settings.ingress_domain,
+                            self.settings.ingress.domain,
                         )
                         if args.ingress_enabled
                         else None
@@ -576,7 +572,7 @@ class ServiceManager:
                 auto_suspend_secs=idle or None,
                 ingress_enabled=parsed.public,
                 ingress_host=(
-                    new_ingress_host(self.settings.account_name, self.settings.ingress_domain)
+                    new_ingress_host(self.settings.account_name, self.settings.ingress.domain)
                     if parsed.public
                     else None
                 ),

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from neve.catalog import models as m
+from neve.config import ServiceSettings
 from neve.errors import NeveError
 from neve.services import states
 from neve.services.instances import InstanceRef, ServiceRef
@@ -44,13 +45,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("neve.services")
 
-DEFAULT_INTERVAL_S = 1.0
 UNHEALTHY_PROBES = 3
 CRASH_LOOP_LIMIT = 5
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
-SCALE_UP_QUEUE_ROWS = 64.0
-SCALE_DOWN_IDLE_S = 30.0
+SCALE_UP_QUEUE_ROWS: float = ServiceSettings.model_fields["scale_up_queue_rows"].default
+SCALE_DOWN_IDLE_S: float = ServiceSettings.model_fields["scale_down_idle_secs"].default
 #: A STARTING instance that is alive but not ready after this long is restarted.
 STARTING_TIMEOUT_S = 600.0
 
@@ -138,14 +138,9 @@ class Supervisor:
         self.lifecycle = manager.lifecycle
         self.runtime = manager.runtime
         self.logs = manager.logs
-        self.interval_s = float(
-            self.settings.extra.get("service_supervisor_interval_secs", DEFAULT_INTERVAL_S)
-        )
-        extra = self.settings.extra
-        self.scale_up_queue_rows = float(
-            extra.get("service_scale_up_queue_rows", SCALE_UP_QUEUE_ROWS)
-        )
-        self.scale_down_idle_s = float(extra.get("service_scale_down_idle_secs", SCALE_DOWN_IDLE_S))
+        self.interval_s = self.settings.service.supervisor_interval_secs
+        self.scale_up_queue_rows = self.settings.service.scale_up_queue_rows
+        self.scale_down_idle_s = self.settings.service.scale_down_idle_secs
         self.lock = SupervisorLock(self.settings.home / "run" / "services-supervisor.lock")
         self._pass_lock = threading.Lock()
         self._health: dict[tuple[int, int], InstanceHealth] = {}

@@ -104,7 +104,7 @@ class SqlEngine:
                     settings = self.account.settings
                     self._warehouse = Warehouse(
                         settings.home / "warehouse",
-                        limits=QueryLimits.from_settings(settings.extra),
+                        limits=QueryLimits.from_settings(settings.warehouse),
                         legacy=settings.warehouse_path,  # a single-file warehouse is split once
                     )
         return self._warehouse

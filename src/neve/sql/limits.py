@@ -2,7 +2,7 @@
 
 Every warehouse statement runs on its own DuckDB instance (see ``neve.sql.warehouse``), so the
 instance's ``threads`` and ``memory_limit`` are that one query's limits, and its time limit is
-enforced by interrupting it. The limits are account settings (``settings.toml``):
+enforced by interrupting it. The limits are account settings (``[warehouse]`` in ``neve.config``):
 
 - ``warehouse_query_threads``: DuckDB threads of one query (default ``max(4, cpus)``: service
   functions wait on HTTP with the GIL released, so more threads than cores keep batches in flight)
@@ -18,14 +18,9 @@ statements after it in the same request.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any
 
-from neve.errors import InvalidArgumentError
-
-DEFAULT_QUERY_MEMORY = "4GB"
-DEFAULT_QUERY_TIMEOUT_S = 3600.0
+from neve.config import WarehouseSettings
 
 #: DuckDB settings a user may change (lower-case name -> DuckDB's name).
 USER_SETTINGS: dict[str, str] = {
@@ -52,25 +47,14 @@ class QueryLimits:
     timeout_s: float
 
     @classmethod
-    def from_settings(cls, extra: dict[str, Any]) -> QueryLimits:
-        """The limits of ``settings.extra`` (unset keys take the defaults), checked."""
-        cpus = os.cpu_count() or 2
-        threads = extra.get("warehouse_query_threads", max(4, cpus))
-        memory = extra.get("warehouse_query_memory_limit", DEFAULT_QUERY_MEMORY)
-        timeout = extra.get("warehouse_query_timeout_secs", DEFAULT_QUERY_TIMEOUT_S)
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise InvalidArgumentError(
-                f"setting warehouse_query_threads must be a positive integer, got {threads!r}"
-            )
-        if not isinstance(memory, str) or not memory.strip():
-            raise InvalidArgumentError(
-                f"setting warehouse_query_memory_limit must be a size such as '4GB', got {memory!r}"
-            )
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise InvalidArgumentError(
-                f"setting warehouse_query_timeout_secs must be a positive number, got {timeout!r}"
-            )
-        return cls(threads=threads, memory_limit=memory.strip(), timeout_s=float(timeout))
+    def from_settings(cls, settings: WarehouseSettings | None = None) -> QueryLimits:
+        """The limits of the ``[warehouse]`` settings (checked where they are declared)."""
+        settings = settings or WarehouseSettings()
+        return cls(
+            threads=settings.query_threads,
+            memory_limit=settings.query_memory_limit.strip(),
+            timeout_s=settings.query_timeout_secs,
+        )
 
 
 def user_setting(name: str) -> str | None:

@@ -179,7 +179,7 @@ class Warehouse:
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.limits = limits or QueryLimits.from_settings({})
+        self.limits = limits or QueryLimits.from_settings()
         self._closed = False
         self._create_lock = threading.Lock()
         if legacy is not None and Path(legacy).exists():

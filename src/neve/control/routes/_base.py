@@ -80,7 +80,7 @@ def refusal_response(err: NeveError) -> Response:
 async def read_body(request: Request) -> bytes:
     """The request body, at most the account's ``max_request_body_bytes`` (413 beyond: a larger
     Content-Length before any byte is read, a longer chunked body as soon as it passes)."""
-    limit = int(request.app.state.account.settings.max_request_body_bytes)
+    limit = int(request.app.state.account.settings.control.max_request_body_bytes)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _body_too_large(request, limit)

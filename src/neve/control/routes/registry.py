@@ -207,7 +207,7 @@ async def log_version(request: Request) -> Response:
             quote(qn.schema),
             quote(qn.name),
             work / ARCHIVE_FILE,
-            max_unpacked_bytes=account.settings.max_model_upload_bytes,
+            max_unpacked_bytes=account.settings.control.max_model_upload_bytes,
         )
     except NeveError as err:
         return error_response(err)
@@ -238,7 +238,7 @@ async def _receive_upload(request: Request, settings: Settings, label: str) -> P
     """Stream the request body into ``<home>/tmp/uploads/upload-*/upload.tar``; return that
     directory (the caller removes it). Size limit and checksum are checked on the way; on any
     failure nothing is left behind."""
-    limit = int(settings.max_model_upload_bytes)
+    limit = int(settings.control.max_model_upload_bytes)
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
