@@ -104,8 +104,8 @@ def register_handler(handler: type[ModelHandler]) -> type[ModelHandler]:
 
 
 def handlers() -> list[type[ModelHandler]]:
-    from neve.models import frameworks  # noqa: F401  (registers the built-in handlers)
-
+    """The registered handlers (``neve.models.frameworks`` registers the built-in ones; it is
+    imported with ``neve.models``)."""
     return list(_HANDLERS)
 
 

@@ -37,6 +37,7 @@ from neve.errors import (
     ObjectNotFoundError,
     SignatureError,
 )
+from neve.models import frameworks  # noqa: F401  (registers the built-in handlers)
 from neve.models.base import ModelHandler, handler_by_type, handler_for_model
 from neve.models.signature import (
     ModelSignature,

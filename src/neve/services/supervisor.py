@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import select
 
@@ -41,7 +41,11 @@ from neve.services import states
 from neve.services.instances import InstanceRef, ServiceRef
 
 if TYPE_CHECKING:
-    from neve.services.manager import ServiceManager
+    from neve.catalog import Catalog
+    from neve.config import Settings
+    from neve.services.instances import InstanceRuntime
+    from neve.services.lifecycle import Lifecycle
+    from neve.services.logs import ServiceLogs
 
 log = logging.getLogger("neve.services")
 
@@ -130,8 +134,25 @@ class SupervisorLock:
                 self._fd = None
 
 
+class SupervisedServices(Protocol):
+    """What the supervisor uses of the services manager that owns it."""
+
+    catalog: Catalog
+    settings: Settings
+    lifecycle: Lifecycle
+    runtime: InstanceRuntime
+    logs: ServiceLogs
+
+    @property
+    def closing(self) -> bool: ...
+
+    def access_lost(self, sid: int) -> str | None: ...
+
+    def fail_service(self, sid: int, reason: str) -> None: ...
+
+
 class Supervisor:
-    def __init__(self, manager: ServiceManager) -> None:
+    def __init__(self, manager: SupervisedServices) -> None:
         self.manager = manager
         self.catalog = manager.catalog
         self.settings = manager.settings
@@ -192,7 +213,7 @@ class Supervisor:
                     )
                 )
             for sid in ids:
-                if self.manager._closing:
+                if self.manager.closing:
                     return
                 prov = self.lifecycle.provisioning(sid)
                 if prov is not None and not prov.done.is_set():
@@ -266,11 +287,11 @@ class Supervisor:
                     f"instance {inst.index} failed {health.consecutive_failures} times in a row "
                     f"without becoming ready; end of its log:\n" + lc.log_tail(ref.qn, inst.index)
                 )
-                self.manager._fail_service(ref.id, reason)
+                self.manager.fail_service(ref.id, reason)
                 return False
-            lost = self.manager._access_lost(ref.id)
+            lost = self.manager.access_lost(ref.id)
             if lost is not None:
-                self.manager._fail_service(ref.id, lost)
+                self.manager.fail_service(ref.id, lost)
                 return False
             health.restart_at = None
             lc.start_instance(ref.id, inst.index, restart=True, raise_on_error=False)

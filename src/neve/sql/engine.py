@@ -46,7 +46,7 @@ from neve.sql.result import SqlResult
 from neve.sql.warehouse import Attachment, Warehouse, translate_error
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.sql.managers import Managers
 
 #: Threads that send service-function batches (shared by all queries of the account).
 SERVICE_CALL_THREADS = 16
@@ -83,7 +83,7 @@ class ModelCache:
 
 
 class SqlEngine:
-    def __init__(self, account: Account) -> None:
+    def __init__(self, account: Managers) -> None:
         self.account = account
         self._warehouse: Warehouse | None = None
         self._warehouse_lock = threading.Lock()

@@ -67,7 +67,7 @@ from neve.security.objects import ACCOUNT
 from neve.sql import functions as fns
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.sql.managers import Managers
 
 #: ``functions.kind`` of an external function
 KIND_EXTERNAL = fns.KIND_EXTERNAL
@@ -197,7 +197,7 @@ def api_integration_row(integ: m.ExternalAccessIntegration) -> dict:
 class ApiIntegrations:
     """CREATE / ALTER / SHOW / DESCRIBE / DROP API INTEGRATION for one account."""
 
-    def __init__(self, account: Account) -> None:
+    def __init__(self, account: Managers) -> None:
         self.account = account
 
     @property
@@ -385,7 +385,7 @@ def _check_allowed(integ: m.ExternalAccessIntegration, url: str, label: str) -> 
 
 
 def _usable_integration(
-    s: Session, account: Account, ctx: RequestContext | None, name: str, label: str
+    s: Session, account: Managers, ctx: RequestContext | None, name: str, label: str
 ) -> m.ExternalAccessIntegration:
     """The function's integration: an enabled API integration (and USAGE on it for ``ctx``)."""
     try:
@@ -421,7 +421,7 @@ def _travel_type(sql_type: str, what: str, *, returns: bool) -> str:
 
 
 def create_external_function(
-    account: Account,
+    account: Managers,
     ctx: RequestContext,
     name: str,
     *,
@@ -518,7 +518,7 @@ class ExternalTarget:
 
 
 def bind(
-    s: Session, account: Account, ctx: RequestContext, fn: m.Function, label: str
+    s: Session, account: Managers, ctx: RequestContext, fn: m.Function, label: str
 ) -> ExternalTarget:
     """A query's call of external function ``fn``: USAGE on it, its integration still enabled
     and still allowing its URL; nothing is sent yet."""

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 
 from neve.errors import NeveError
-
-if TYPE_CHECKING:
-    from neve.sql.warehouse import Warehouse
+from neve.sql.duck_names import duck_ident, neve_schema
 
 log = logging.getLogger("neve.sql")
 
@@ -36,8 +34,8 @@ def _view_body(sql: str, head: str) -> str:
     return body.strip().rstrip(";")
 
 
-def migrate_single_file(legacy: Path, warehouse: Warehouse) -> None:
-    from neve.sql.warehouse import duck_ident, neve_schema
+def migrate_single_file(legacy: Path, root: Path, schema_path: Callable[[str, str], Path]) -> None:
+    """Split ``legacy`` into one file per schema under ``root`` (``schema_path(db, schema)``)."""
 
     def lit(text: str) -> str:
         return "'" + text.replace("'", "''") + "'"
@@ -55,7 +53,7 @@ def migrate_single_file(legacy: Path, warehouse: Warehouse) -> None:
         ]
         for duck in schemas:
             db, sch = neve_schema(duck)  # type: ignore[misc]
-            path = warehouse.schema_path(db, sch)
+            path = schema_path(db, sch)
             if path.exists():
                 raise NeveError(f"{path} exists already")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +88,4 @@ def migrate_single_file(legacy: Path, warehouse: Warehouse) -> None:
         ) from None
     con.close()
     legacy.rename(legacy.with_name(legacy.name + MIGRATED_SUFFIX))
-    log.info(
-        "warehouse %s split into %d schema files under %s", legacy, len(created), warehouse.root
-    )
+    log.info("warehouse %s split into %d schema files under %s", legacy, len(created), root)

@@ -22,7 +22,7 @@ from neve.identifiers import ident, quote, split_name
 from neve.security.objects import ACCOUNT
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.sql.managers import Managers
 
 DEFAULT_SCHEMA = "PUBLIC"
 
@@ -61,7 +61,7 @@ def _schema_row(db: m.Database, sch: m.Schema) -> dict:
 
 
 def create_database(
-    account: Account,
+    account: Managers,
     ctx: RequestContext,
     name: str,
     *,
@@ -91,7 +91,7 @@ def create_database(
 
 
 def create_schema(
-    account: Account,
+    account: Managers,
     ctx: RequestContext,
     name: str,
     *,
@@ -129,7 +129,7 @@ def _blockers(s: Session, schema_ids: list[int]) -> list[str]:
     return found
 
 
-def _drop_grants(account: Account, s: Session, schema_ids: list[int]) -> None:
+def _drop_grants(account: Managers, s: Session, schema_ids: list[int]) -> None:
     """Grants on the objects inside the schemas (the rows themselves cascade)."""
     for cls in (m.ImageRepository, m.NetworkRule, m.Function, m.Service, m.Model):
         for obj in s.scalars(select(cls).where(cls.schema_id.in_(schema_ids))):  # type: ignore[attr-defined]
@@ -137,7 +137,7 @@ def _drop_grants(account: Account, s: Session, schema_ids: list[int]) -> None:
 
 
 def drop_database(
-    account: Account, ctx: RequestContext, name: str, *, if_exists: bool = False
+    account: Managers, ctx: RequestContext, name: str, *, if_exists: bool = False
 ) -> bool:
     db_name = ident(name, kind="database name")
     with account.catalog.transaction() as s:
@@ -166,7 +166,7 @@ def drop_database(
 
 
 def drop_schema(
-    account: Account, ctx: RequestContext, name: str, *, if_exists: bool = False
+    account: Managers, ctx: RequestContext, name: str, *, if_exists: bool = False
 ) -> bool:
     db_name, sch_name = _schema_name(ctx, name)
     with account.catalog.transaction() as s:
@@ -197,7 +197,7 @@ def drop_schema(
     return True
 
 
-def show_databases(account: Account, ctx: RequestContext) -> list[dict]:
+def show_databases(account: Managers, ctx: RequestContext) -> list[dict]:
     security = account.security
     with account.catalog.transaction() as s:
         rows = []
@@ -207,7 +207,7 @@ def show_databases(account: Account, ctx: RequestContext) -> list[dict]:
         return rows
 
 
-def show_schemas(account: Account, ctx: RequestContext, database: str | None = None) -> list[dict]:
+def show_schemas(account: Managers, ctx: RequestContext, database: str | None = None) -> list[dict]:
     security = account.security
     with account.catalog.transaction() as s:
         query = select(m.Schema, m.Database).join(m.Database)
@@ -221,7 +221,7 @@ def show_schemas(account: Account, ctx: RequestContext, database: str | None = N
         return rows
 
 
-def describe_database(account: Account, ctx: RequestContext, name: str) -> list[dict]:
+def describe_database(account: Managers, ctx: RequestContext, name: str) -> list[dict]:
     db_name = ident(name, kind="database name")
     with account.catalog.transaction() as s:
         db = lookup.database(s, db_name)
@@ -232,7 +232,7 @@ def describe_database(account: Account, ctx: RequestContext, name: str) -> list[
         ]
 
 
-def describe_schema(account: Account, ctx: RequestContext, name: str) -> list[dict]:
+def describe_schema(account: Managers, ctx: RequestContext, name: str) -> list[dict]:
     db_name, sch_name = _schema_name(ctx, name)
     rows: list[dict] = []
     with account.catalog.transaction() as s:
@@ -252,7 +252,7 @@ def describe_schema(account: Account, ctx: RequestContext, name: str) -> list[di
     return rows
 
 
-def use_database(account: Account, ctx: RequestContext, name: str) -> dict:
+def use_database(account: Managers, ctx: RequestContext, name: str) -> dict:
     """USE DATABASE: the new current database, and PUBLIC as schema when it exists."""
     db_name = ident(name, kind="database name")
     with account.catalog.transaction() as s:
@@ -266,7 +266,7 @@ def use_database(account: Account, ctx: RequestContext, name: str) -> dict:
     return {"database": db_name, "schema": DEFAULT_SCHEMA if has_public else None}
 
 
-def use_schema(account: Account, ctx: RequestContext, name: str) -> dict:
+def use_schema(account: Managers, ctx: RequestContext, name: str) -> dict:
     db_name, sch_name = _schema_name(ctx, name)
     with account.catalog.transaction() as s:
         sch = lookup.schema(s, db_name, sch_name)

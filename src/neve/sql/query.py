@@ -48,11 +48,12 @@ from neve.identifiers import QualifiedName, ident, qualify, quote
 from neve.models.signature import ModelSignature
 from neve.sql import access, external, table_functions
 from neve.sql import functions as fns
+from neve.sql.duck_names import neve_schema
 from neve.sql.lexer import BANG_PREFIX, BangCall, line_col, rewrite_bang_calls, tokenize
-from neve.sql.warehouse import neve_schema, rewrite_tables
+from neve.sql.warehouse import rewrite_tables
 
 if TYPE_CHECKING:
-    from neve.sql.engine import SqlEngine
+    from neve.sql.managers import EngineParts
 
 _QUERY_IDS = itertools.count(1)
 
@@ -173,7 +174,7 @@ def _call_name(node: exp.Anonymous) -> tuple[list[str], exp.Expression]:
 
 
 class Planner:
-    def __init__(self, engine: SqlEngine, ctx: RequestContext) -> None:
+    def __init__(self, engine: EngineParts, ctx: RequestContext) -> None:
         self.engine = engine
         self.account = engine.account
         self.ctx = ctx

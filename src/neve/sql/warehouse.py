@@ -38,7 +38,6 @@ from sqlglot import exp
 
 from neve.errors import (
     InvalidArgumentError,
-    InvalidIdentifierError,
     NeveError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -47,31 +46,11 @@ from neve.errors import (
     SqlSyntaxError,
 )
 from neve.identifiers import ident, quote
+from neve.sql.duck_names import duck_ident, duck_schema, neve_schema
+from neve.sql.legacy import migrate_single_file
 from neve.sql.limits import USER_SETTINGS, QueryLimits, user_setting
 
-SEP = "__"  # DuckDB catalog name = <DATABASE>__<SCHEMA>
 FILE_SUFFIX = ".duckdb"
-
-
-def duck_schema(database: str, schema: str) -> str:
-    """The DuckDB catalog name under which neve schema ``database.schema`` is attached."""
-    if SEP in database:
-        raise InvalidIdentifierError(
-            f"database name {database!r} contains {SEP!r}, which the warehouse reserves"
-        )
-    return f"{database}{SEP}{schema}"
-
-
-def neve_schema(duck: str) -> tuple[str, str] | None:
-    if SEP not in duck:
-        return None
-    db, _, sch = duck.partition(SEP)
-    return db, sch
-
-
-def duck_ident(name: str) -> str:
-    """A DuckDB identifier for an already-normalized neve name (always quoted)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _sql_string(text: str) -> str:
@@ -183,9 +162,7 @@ class Warehouse:
         self._closed = False
         self._create_lock = threading.Lock()
         if legacy is not None and Path(legacy).exists():
-            from neve.sql.legacy import migrate_single_file
-
-            migrate_single_file(Path(legacy), self)
+            migrate_single_file(Path(legacy), self.root, self.schema_path)
 
     # -- files ------------------------------------------------------------------------------------
     def schema_path(self, database: str, schema: str) -> Path:

@@ -1,330 +1,40 @@
-"""A small recursive-descent parser for neve's management statements.
-
-sqlglot parses queries and table DDL well, but not CREATE COMPUTE POOL, SHOW SERVICES, CALL
-SYSTEM$... or GRANT ... ON COMPUTE POOL. Those are parsed here, over the same tokens as the query
-path (``neve.sql.lexer``). :func:`parse_management` returns a :class:`Statement` for a management
-statement, or ``None`` for anything else (which then runs on the warehouse).
-
-Names are kept as source text (``db.schema."My Svc"``) and resolved by the managers with
-``neve.identifiers.qualify``, so quoting rules live in one place. Property values are checked
-against each statement's property table here, so a typo is reported with its position.
-"""
+"""The grammar of management statements: CREATE, DROP, ALTER, DESCRIBE, SHOW, USE, CALL."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlglot.tokens import Token, TokenType
 
-from neve.errors import InvalidArgumentError, SqlSyntaxError
+from neve.errors import InvalidArgumentError
 from neve.sql.lexer import (
     is_quoted_identifier,
     is_string,
     is_word,
     line_col,
-    raw_identifier,
-    tokenize,
     word,
 )
-
-
-@dataclass
-class Statement:
-    kind: str  # e.g. "CREATE COMPUTE POOL", "SHOW SERVICES"
-    name: str | None = None  # the object's name as written
-    if_exists: bool = False
-    if_not_exists: bool = False
-    or_replace: bool = False
-    props: dict[str, Any] = field(default_factory=dict)
-    like: str | None = None
-    args: dict[str, Any] = field(default_factory=dict)  # statement-specific parts
-
-
-# Property tables: name -> kind of value. "word" accepts a bare word or a string.
-INT, BOOL, STR, WORD, NAMES, STRS = "int", "bool", "str", "word", "names", "strs"
-NUM = "num"
-
-POOL_CREATE_PROPS = {
-    "MIN_NODES": INT,
-    "MAX_NODES": INT,
-    "INSTANCE_FAMILY": WORD,
-    "AUTO_RESUME": BOOL,
-    "AUTO_SUSPEND_SECS": INT,
-    "INITIALLY_SUSPENDED": BOOL,
-    "BACKEND": WORD,
-    "ADDRESS": STR,
-    "COMMENT": STR,
-}
-POOL_ALTER_PROPS = {
-    "MIN_NODES": INT,
-    "MAX_NODES": INT,
-    "AUTO_RESUME": BOOL,
-    "AUTO_SUSPEND_SECS": INT,
-    "COMMENT": STR,
-}
-COMMENT_PROPS = {"COMMENT": STR}
-NETWORK_RULE_PROPS = {"MODE": WORD, "TYPE": WORD, "VALUE_LIST": STRS, "COMMENT": STR}
-INTEGRATION_PROPS = {"ALLOWED_NETWORK_RULES": NAMES, "ENABLED": BOOL, "COMMENT": STR}
-SERVICE_ALTER_PROPS = {
-    "MIN_INSTANCES": INT,
-    "MAX_INSTANCES": INT,
-    "COMMENT": STR,
-    "AUTO_SUSPEND_SECS": INT,
-}
-SERVICE_CREATE_PROPS = {
-    "MIN_INSTANCES": INT,
-    "MAX_INSTANCES": INT,
-    "AUTO_RESUME": BOOL,
-    "AUTO_SUSPEND_SECS": INT,
-    "EXTERNAL_ACCESS_INTEGRATIONS": NAMES,
-    "COMMENT": STR,
-}
-USER_PROPS = {
-    "PASSWORD": STR,
-    "RSA_PUBLIC_KEY": STR,
-    "DEFAULT_ROLE": WORD,
-    "COMMENT": STR,
-    "DISABLED": BOOL,
-}
-MODEL_ALTER_PROPS = {"DEFAULT_VERSION": WORD, "COMMENT": STR}
-FUNCTION_PROPS = {
-    "MAX_BATCH_ROWS": INT,
-    "MAX_BATCH_RETRIES": INT,
-    "ON_BATCH_FAILURE": WORD,
-    "BATCH_TIMEOUT_SECS": NUM,
-}
-
-FUNCTION_CREATE_PROPS = {"SERVICE": WORD, "ENDPOINT": WORD, **FUNCTION_PROPS}
-EXTERNAL_FUNCTION_PROPS = {"API_INTEGRATION": WORD, "COMMENT": STR, **FUNCTION_PROPS}
-API_INTEGRATION_PROPS = {
-    "API_PROVIDER": WORD,
-    "API_ALLOWED_PREFIXES": STRS,
-    "API_BLOCKED_PREFIXES": STRS,
-    "API_KEY": STR,
-    "ENABLED": BOOL,
-    "COMMENT": STR,
-}
-API_INTEGRATION_ALTER_PROPS = {
-    k: v for k, v in API_INTEGRATION_PROPS.items() if k != "API_PROVIDER"
-}
-#: ALTER USER [u] ADD PROGRAMMATIC ACCESS TOKEN t ...: SERVICES scopes it to those services
-PAT_PROPS = {"ROLE_RESTRICTION": WORD, "DAYS_TO_EXPIRY": INT, "SERVICES": NAMES, "COMMENT": STR}
-
-#: Object types a GRANT/REVOKE/SHOW GRANTS ON may name (longest first when matching).
-GRANT_OBJECT_TYPES = [
-    ("EXTERNAL", "ACCESS", "INTEGRATION"),
-    ("COMPUTE", "POOL"),
-    ("IMAGE", "REPOSITORY"),
-    ("NETWORK", "RULE"),
-    ("INTEGRATION",),
-    ("DATABASE",),
-    ("SCHEMA",),
-    ("MODEL",),
-    ("SERVICE",),
-    ("FUNCTION",),
-    ("ROLE",),
-    ("USER",),
-]
-
-SHOW_SCOPES = ("ACCOUNT", "DATABASE", "SCHEMA")
-
-
-class _Parser:
-    def __init__(self, text: str, *, offset: int = 0, script: str | None = None) -> None:
-        self.text = text
-        self.script = script if script is not None else text
-        self.offset = offset
-        self.tokens = [t for t in tokenize(text)]
-        self.pos = 0
-
-    # -- token helpers ----------------------------------------------------------------------------
-    def peek(self, ahead: int = 0) -> Token | None:
-        i = self.pos + ahead
-        return self.tokens[i] if i < len(self.tokens) else None
-
-    def peek_word(self, ahead: int = 0) -> str:
-        tok = self.peek(ahead)
-        return word(tok) if tok is not None else ""
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.tokens)
-
-    def advance(self) -> Token:
-        tok = self.peek()
-        if tok is None:
-            raise self.error("unexpected end of statement")
-        self.pos += 1
-        return tok
-
-    def accept(self, *words: str) -> bool:
-        """Consume the word sequence ``words`` if it comes next."""
-        for i, w in enumerate(words):
-            if self.peek_word(i) != w:
-                return False
-        self.pos += len(words)
-        return True
-
-    def expect(self, *words: str) -> None:
-        if not self.accept(*words):
-            raise self.error(f"expected {' '.join(words)}")
-
-    def accept_punct(self, kind: TokenType) -> bool:
-        tok = self.peek()
-        if tok is not None and tok.token_type == kind:
-            self.pos += 1
-            return True
-        return False
-
-    def expect_punct(self, kind: TokenType, label: str) -> None:
-        if not self.accept_punct(kind):
-            raise self.error(f"expected '{label}'")
-
-    def error(self, message: str, tok: Token | None = None) -> SqlSyntaxError:
-        tok = tok or self.peek()
-        if tok is None:
-            where = self.offset + len(self.text.rstrip())
-            line, col = line_col(self.script, where)
-            return SqlSyntaxError(f"{message} (unexpected end of statement)", line=line, col=col)
-        line, col = line_col(self.script, self.offset + tok.start)
-        shown = self.text[tok.start : tok.end + 1]
-        return SqlSyntaxError(f"{message}, found {shown!r}", line=line, col=col)
-
-    def end(self) -> None:
-        if not self.at_end():
-            raise self.error("unexpected token")
-
-    # -- values -----------------------------------------------------------------------------------
-    def name(self, what: str = "name") -> str:
-        """A possibly qualified name as source text: ``a``, ``db.s."X y"``."""
-        tok = self.peek()
-        if tok is None or not is_word(tok):
-            raise self.error(f"expected {what}")
-        parts = [raw_identifier(self.advance())]
-        while self.peek() is not None and self.peek().token_type == TokenType.DOT:  # type: ignore[union-attr]
-            self.advance()
-            tok = self.peek()
-            if tok is None or not is_word(tok):
-                raise self.error(f"expected {what} after '.'")
-            parts.append(raw_identifier(self.advance()))
-        return ".".join(parts)
-
-    def string(self, what: str = "string") -> str:
-        tok = self.peek()
-        if tok is None or not is_string(tok):
-            raise self.error(f"expected {what} (a quoted string)")
-        self.advance()
-        return tok.text
-
-    def integer(self, what: str = "integer") -> int:
-        tok = self.peek()
-        negative = False
-        if tok is not None and tok.token_type == TokenType.DASH:
-            self.advance()
-            negative = True
-            tok = self.peek()
-        if tok is None or tok.token_type != TokenType.NUMBER or not tok.text.isdigit():
-            raise self.error(f"expected {what}")
-        self.advance()
-        return -int(tok.text) if negative else int(tok.text)
-
-    def value(self, kind: str, prop: str) -> Any:
-        tok = self.peek()
-        if tok is None:
-            raise self.error(f"expected a value for {prop}")
-        if kind == INT:
-            return self.integer(f"an integer for {prop}")
-        if kind == NUM:
-            if tok.token_type != TokenType.NUMBER:
-                raise self.error(f"expected a number for {prop}")
-            self.advance()
-            return float(tok.text) if "." in tok.text else int(tok.text)
-        if kind == BOOL:
-            w = word(tok) or (tok.text.upper() if is_string(tok) else "")
-            if w in ("TRUE", "FALSE"):
-                self.advance()
-                return w == "TRUE"
-            raise self.error(f"expected TRUE or FALSE for {prop}")
-        if kind == STR:
-            return self.string(f"a quoted string for {prop}")
-        if kind == WORD:
-            if is_string(tok):
-                self.advance()
-                return tok.text
-            if is_word(tok):
-                return self.name(f"a value for {prop}")
-            raise self.error(f"expected a value for {prop}")
-        if kind in (NAMES, STRS):
-            self.expect_punct(TokenType.L_PAREN, "(")
-            items: list[str] = []
-            if not self.accept_punct(TokenType.R_PAREN):
-                while True:
-                    items.append(
-                        self.string(f"a quoted string in {prop}")
-                        if kind == STRS
-                        else self.name(f"a name in {prop}")
-                    )
-                    if self.accept_punct(TokenType.R_PAREN):
-                        break
-                    self.expect_punct(TokenType.COMMA, ",")
-            return items
-        raise AssertionError(kind)
-
-    def props(self, table: dict[str, str], statement: str, *, stop: tuple[str, ...] = ()) -> dict:
-        """``KEY = value`` pairs (``=`` optional) until the end or a word in ``stop``."""
-        found: dict[str, Any] = {}
-        while not self.at_end() and self.peek_word() not in stop:
-            tok = self.peek()
-            assert tok is not None
-            key = word(tok)
-            if not key:
-                raise self.error(f"expected a property name for {statement}")
-            if key not in table:
-                raise self.error(
-                    f"unknown property {key} for {statement}; valid: {', '.join(sorted(table))}"
-                )
-            if key in found:
-                raise self.error(f"property {key} is given twice")
-            self.advance()
-            self.accept_punct(TokenType.EQ)
-            found[key] = self.value(table[key], key)
-            self.accept_punct(TokenType.COMMA)
-        return found
-
-    def if_not_exists(self) -> bool:
-        return self.accept("IF", "NOT", "EXISTS")
-
-    def if_exists(self) -> bool:
-        return self.accept("IF", "EXISTS")
-
-    def like(self) -> str | None:
-        if self.accept("LIKE"):
-            return self.string("a LIKE pattern")
-        return None
-
-    def show_scope(self) -> dict:
-        """``IN ACCOUNT | IN DATABASE d | IN SCHEMA s`` (optional)."""
-        if not self.accept("IN"):
-            return {}
-        if self.accept("ACCOUNT"):
-            return {"scope": "ACCOUNT"}
-        if self.accept("DATABASE"):
-            return {"scope": "DATABASE", "scope_name": self.name("a database name")}
-        if self.accept("SCHEMA"):
-            return {"scope": "SCHEMA", "scope_name": self.name("a schema name")}
-        raise self.error("expected ACCOUNT, DATABASE or SCHEMA after IN")
-
-    def object_type(self) -> str:
-        for words in GRANT_OBJECT_TYPES:
-            if self.accept(*words):
-                joined = " ".join(words)
-                return "INTEGRATION" if joined == "EXTERNAL ACCESS INTEGRATION" else joined
-        raise self.error(
-            "expected an object type (ACCOUNT, DATABASE, SCHEMA, MODEL, SERVICE, COMPUTE POOL, "
-            "IMAGE REPOSITORY, NETWORK RULE, INTEGRATION, FUNCTION, ROLE, USER)"
-        )
-
+from neve.sql.parser.grants import grant_statement, revoke_statement
+from neve.sql.parser.statement import (
+    API_INTEGRATION_ALTER_PROPS,
+    API_INTEGRATION_PROPS,
+    COMMENT_PROPS,
+    EXTERNAL_FUNCTION_PROPS,
+    FUNCTION_CREATE_PROPS,
+    FUNCTION_PROPS,
+    INTEGRATION_PROPS,
+    MODEL_ALTER_PROPS,
+    NETWORK_RULE_PROPS,
+    PAT_PROPS,
+    POOL_ALTER_PROPS,
+    POOL_CREATE_PROPS,
+    SERVICE_ALTER_PROPS,
+    SERVICE_CREATE_PROPS,
+    USER_PROPS,
+    Statement,
+)
+from neve.sql.parser.tokens import Parser
 
 # -- statements ----------------------------------------------------------------------------------
 
@@ -363,7 +73,7 @@ _DESCRIBE_OBJECTS = {
 }
 
 
-def _object_after(p: _Parser, start: int, objects: set[tuple[str, ...]]) -> tuple[str, ...] | None:
+def _object_after(p: Parser, start: int, objects: set[tuple[str, ...]]) -> tuple[str, ...] | None:
     for words in sorted(objects, key=len, reverse=True):
         if all(p.peek_word(start + i) == w for i, w in enumerate(words)):
             return words
@@ -372,7 +82,7 @@ def _object_after(p: _Parser, start: int, objects: set[tuple[str, ...]]) -> tupl
 
 def parse_management(text: str, *, offset: int = 0, script: str | None = None) -> Statement | None:
     """Parse one management statement; ``None`` when ``text`` is a warehouse statement."""
-    p = _Parser(text, offset=offset, script=script)
+    p = Parser(text, offset=offset, script=script)
     if p.at_end():
         return None
     first = p.peek_word()
@@ -382,7 +92,7 @@ def parse_management(text: str, *, offset: int = 0, script: str | None = None) -
     return handler(p)
 
 
-def _create(p: _Parser) -> Statement | None:
+def _create(p: Parser) -> Statement | None:
     i = 1
     or_replace = p.peek_word(1) == "OR" and p.peek_word(2) == "REPLACE"
     if or_replace:
@@ -421,7 +131,7 @@ def _create(p: _Parser) -> Statement | None:
     return st
 
 
-def _create_service(p: _Parser, st: Statement) -> Statement:
+def _create_service(p: Parser, st: Statement) -> Statement:
     """``CREATE SERVICE [IF NOT EXISTS] s IN COMPUTE POOL p FROM SPECIFICATION $$ yaml $$
     [MIN_INSTANCES = n] ...``: the specification is a string ($$...$$ or quoted)."""
     if st.or_replace:
@@ -439,7 +149,7 @@ def _create_service(p: _Parser, st: Statement) -> Statement:
     return st
 
 
-def _sql_type(p: _Parser, what: str) -> str:
+def _sql_type(p: Parser, what: str) -> str:
     """A type name such as ``NUMBER``, ``NUMBER(38, 0)`` or ``VARCHAR(100)`` (size dropped)."""
     tok = p.peek()
     if tok is None or not is_word(tok):
@@ -451,7 +161,7 @@ def _sql_type(p: _Parser, what: str) -> str:
     return tok.text.upper()
 
 
-def _create_function(p: _Parser, start: int, or_replace: bool) -> Statement | None:
+def _create_function(p: Parser, start: int, or_replace: bool) -> Statement | None:
     """``CREATE [OR REPLACE] FUNCTION f(a NUMBER, ...) RETURNS t SERVICE = s ENDPOINT = e
     [MAX_BATCH_ROWS = n ...] AS '/path'``: a function on a service's endpoint. Any other
     CREATE FUNCTION (no ``SERVICE =``) is not a management statement."""
@@ -478,7 +188,7 @@ def _create_function(p: _Parser, start: int, or_replace: bool) -> Statement | No
     return st
 
 
-def _create_external_function(p: _Parser, start: int, or_replace: bool) -> Statement:
+def _create_external_function(p: Parser, start: int, or_replace: bool) -> Statement:
     """``CREATE [OR REPLACE] EXTERNAL FUNCTION [IF NOT EXISTS] f(a NUMBER, ...) RETURNS t
     API_INTEGRATION = i [MAX_BATCH_ROWS = n ...] [COMMENT = '...'] AS '<url>'``: a function that
     sends its rows in batches to a URL speaking the external-function data format."""
@@ -498,7 +208,7 @@ def _create_external_function(p: _Parser, start: int, or_replace: bool) -> State
     return st
 
 
-def _argument_list(p: _Parser) -> list[tuple[str, str]]:
+def _argument_list(p: Parser) -> list[tuple[str, str]]:
     """``(a NUMBER, b VARCHAR)``: the arguments' names and types."""
     p.expect_punct(TokenType.L_PAREN, "(")
     args: list[tuple[str, str]] = []
@@ -512,7 +222,7 @@ def _argument_list(p: _Parser) -> list[tuple[str, str]]:
     return args
 
 
-def _drop(p: _Parser) -> Statement | None:
+def _drop(p: Parser) -> Statement | None:
     if p.peek_word(1) == "FUNCTION":
         p.pos = 2
         st = Statement(kind="DROP FUNCTION")
@@ -538,7 +248,7 @@ def _drop(p: _Parser) -> Statement | None:
     return st
 
 
-def _alter_user_token(p: _Parser) -> Statement | None:
+def _alter_user_token(p: Parser) -> Statement | None:
     """``ALTER USER [IF EXISTS] [u] ADD {PROGRAMMATIC ACCESS TOKEN | PAT} t [ROLE_RESTRICTION =
     'r'] [DAYS_TO_EXPIRY = n] [SERVICES = (s, ...)] [COMMENT = '...']`` and ``... REMOVE
     {PROGRAMMATIC ACCESS TOKEN | PAT} t``; None for any other ALTER USER."""
@@ -572,7 +282,7 @@ def _alter_user_token(p: _Parser) -> Statement | None:
     return st
 
 
-def _alter(p: _Parser) -> Statement | None:
+def _alter(p: Parser) -> Statement | None:
     if p.peek_word(1) == "USER":
         found = _alter_user_token(p)
         if found is not None:
@@ -648,7 +358,7 @@ def _alter(p: _Parser) -> Statement | None:
     return st
 
 
-def _service_set_props(p: _Parser) -> dict:
+def _service_set_props(p: Parser) -> dict:
     """ALTER SERVICE ... SET: only scaling, comment and auto-suspend may change."""
     tok = p.peek()
     key = word(tok) if tok is not None else ""
@@ -668,14 +378,14 @@ def _service_set_props(p: _Parser) -> dict:
     return p.props(SERVICE_ALTER_PROPS, "ALTER SERVICE")
 
 
-def _at(p: _Parser, tok: Token | None) -> str:
+def _at(p: Parser, tok: Token | None) -> str:
     if tok is None:
         return ""
     line, col = line_col(p.script, p.offset + tok.start)
     return f"line {line}, position {col}: "
 
 
-def _unset_list(p: _Parser, table: dict, statement: str) -> list[str]:
+def _unset_list(p: Parser, table: dict, statement: str) -> list[str]:
     keys = []
     while True:
         tok = p.peek()
@@ -689,7 +399,7 @@ def _unset_list(p: _Parser, table: dict, statement: str) -> list[str]:
     return keys
 
 
-def _describe(p: _Parser) -> Statement | None:
+def _describe(p: Parser) -> Statement | None:
     obj = _object_after(p, 1, _DESCRIBE_OBJECTS)
     if obj is None:
         return None  # DESCRIBE TABLE / DESCRIBE SELECT ...: the warehouse
@@ -700,7 +410,7 @@ def _describe(p: _Parser) -> Statement | None:
     return st
 
 
-def _show(p: _Parser) -> Statement:
+def _show(p: Parser) -> Statement:
     p.advance()  # SHOW
     if p.accept("TERSE"):
         pass
@@ -793,7 +503,7 @@ def _show(p: _Parser) -> Statement:
     return st
 
 
-def _use(p: _Parser) -> Statement:
+def _use(p: Parser) -> Statement:
     p.advance()  # USE
     if p.accept("ROLE"):
         st = Statement("USE ROLE", name=p.name("a role name"))
@@ -818,111 +528,13 @@ def _unquoted_dots(name: str) -> str:
     return "".join(out)
 
 
-def _privileges(p: _Parser) -> list[str]:
-    """``USAGE, MONITOR`` / ``CREATE SERVICE`` / ``ALL [PRIVILEGES]`` up to ON."""
-    privs: list[str] = []
-    current: list[str] = []
-    while True:
-        tok = p.peek()
-        if tok is None:
-            raise p.error("expected ON after the privilege list")
-        w = word(tok)
-        if w == "ON" and current:
-            privs.append(" ".join(current))
-            return privs
-        if tok.token_type == TokenType.COMMA and current:
-            privs.append(" ".join(current))
-            current = []
-            p.advance()
-            continue
-        if not w:
-            raise p.error("expected a privilege name")
-        current.append(w)
-        p.advance()
-
-
-def _grant_target(p: _Parser) -> tuple[str, str | None]:
-    if p.accept("ACCOUNT"):
-        return ("ACCOUNT", None)
-    kind = p.object_type()
-    return kind, p.name(f"a {kind.lower()} name")
-
-
-def _role_grant(p: _Parser, kind: str, preposition: str) -> Statement:
-    """The rest of ``GRANT ROLE r TO USER u | ROLE r2`` (or ``REVOKE ROLE r FROM ...``): the
-    grantee lands in ``to_user``/``to_role`` (``from_user``/``from_role``)."""
-    st = Statement(kind, name=p.name("a role name"))
-    p.expect(preposition)
-    prefix = preposition.lower()
-    if p.accept("USER"):
-        st.args[f"{prefix}_user"] = p.name("a user name")
-    elif p.accept("ROLE"):
-        st.args[f"{prefix}_role"] = p.name("a role name")
-    else:
-        raise p.error(f"expected USER or ROLE after {preposition}")
-    p.end()
-    return st
-
-
-def _grant(p: _Parser) -> Statement:
-    p.advance()  # GRANT
-    if p.accept("ROLE"):
-        return _role_grant(p, "GRANT ROLE", "TO")
-    privs = _privileges(p)
-    p.expect("ON")
-    if privs == ["OWNERSHIP"]:
-        kind, name = _grant_target(p)
-        p.expect("TO")
-        p.accept("ROLE")
-        st = Statement("GRANT OWNERSHIP", name=name)
-        st.args.update(object_type=kind, to_role=p.name("a role name"), copy_current_grants=True)
-        if p.accept("COPY", "CURRENT", "GRANTS"):
-            st.args["copy_current_grants"] = True
-        elif p.accept("REVOKE", "CURRENT", "GRANTS"):
-            st.args["copy_current_grants"] = False
-        p.end()
-        return st
-    kind, name = _grant_target(p)
-    p.expect("TO")
-    p.accept("ROLE")
-    st = Statement("GRANT", name=name)
-    st.args.update(privileges=privs, object_type=kind, to_role=p.name("a role name"))
-    st.args["with_grant_option"] = p.accept("WITH", "GRANT", "OPTION")
-    p.end()
-    return st
-
-
-def _revoke(p: _Parser) -> Statement:
-    p.advance()  # REVOKE
-    if p.accept("ROLE"):
-        return _role_grant(p, "REVOKE ROLE", "FROM")
-    grant_option_only = p.accept("GRANT", "OPTION", "FOR")
-    privs = _privileges(p)
-    p.expect("ON")
-    kind, name = _grant_target(p)
-    p.expect("FROM")
-    p.accept("ROLE")
-    st = Statement("REVOKE", name=name)
-    st.args.update(
-        privileges=privs,
-        object_type=kind,
-        from_role=p.name("a role name"),
-        grant_option_only=grant_option_only,
-    )
-    st.args["cascade"] = bool(p.accept("CASCADE"))
-    if not st.args["cascade"]:
-        p.accept("RESTRICT")  # the default
-    p.end()
-    return st
-
-
 _SYSTEM_FUNCTIONS = {
     "SYSTEM$GET_SERVICE_LOGS": (3, 4),
     "SYSTEM$GET_SERVICE_STATUS": (1, 2),
 }
 
 
-def _call(p: _Parser) -> Statement | None:
+def _call(p: Parser) -> Statement | None:
     fn = p.peek_word(1)
     if not fn.startswith("SYSTEM$"):
         return None
@@ -958,7 +570,7 @@ def _call(p: _Parser) -> Statement | None:
     return Statement("CALL " + fn, args={"args": args})
 
 
-_DISPATCH: dict[str, Callable[[_Parser], Statement | None]] = {
+_DISPATCH: dict[str, Callable[[Parser], Statement | None]] = {
     "CREATE": _create,
     "DROP": _drop,
     "ALTER": _alter,
@@ -966,8 +578,8 @@ _DISPATCH: dict[str, Callable[[_Parser], Statement | None]] = {
     "DESC": _describe,
     "SHOW": _show,
     "USE": _use,
-    "GRANT": _grant,
-    "REVOKE": _revoke,
+    "GRANT": grant_statement,
+    "REVOKE": revoke_statement,
     "CALL": _call,
 }
 
