@@ -14,8 +14,8 @@ _EXPORTS = {
     "connect": "neve.client.session",
     "Session": "neve.client.session",
     "Registry": "neve.client.registry",
-    "Model": "neve.client.registry",
-    "ModelVersion": "neve.client.registry",
+    "Model": "neve.client.model",
+    "ModelVersion": "neve.client.model_version",
     "CustomModel": "neve.models.custom",
     "ModelContext": "neve.models.custom",
     "inference_api": "neve.models.custom",
@@ -28,7 +28,9 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from neve.client.compat import ExportMode, Task
-    from neve.client.registry import Model, ModelVersion, Registry
+    from neve.client.model import Model
+    from neve.client.model_version import ModelVersion
+    from neve.client.registry import Registry
     from neve.client.session import Session, connect
     from neve.models.custom import CustomModel, ModelContext, inference_api, partitioned_api
     from neve.models.signature import FeatureSpec, ModelSignature

@@ -1,6 +1,6 @@
 """Service operations on a model version, as the user sees them.
 
-``neve.client.registry.ModelVersion`` inherits ``ServiceMixin``::
+``neve.client.model_version.ModelVersion`` inherits ``ServiceMixin``::
 
     mv.create_service(service_name="forecast_svc", service_compute_pool="cpu_pool",
                       image_repo="ml.registry.images", ingress_enabled=True, max_instances=2)
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as url_quote
 
 import numpy as np
@@ -146,13 +146,24 @@ class ServiceMixin:
     """Mixed into ``ModelVersion``: ``create_service``, ``list_services``, ``delete_service``,
     and ``_run_on_service`` (``run(..., service_name=...)``)."""
 
-    # Provided by ModelVersion.
+    # Provided by ModelVersion (read-only properties there).
     _client: Any
-    version_name: str
-    database_name: str
-    schema_name: str
-    fully_qualified_model_name: str
-    _label: str
+    if TYPE_CHECKING:
+
+        @property
+        def version_name(self) -> str: ...
+
+        @property
+        def database_name(self) -> str: ...
+
+        @property
+        def schema_name(self) -> str: ...
+
+        @property
+        def fully_qualified_model_name(self) -> str: ...
+
+        @property
+        def _label(self) -> str: ...
 
     def _service_qn(self, name: str, kind: str = "service") -> QualifiedName:
         return qualify(name, database=self.database_name, schema=self.schema_name, kind=kind)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,10 +131,10 @@ def save_model(
     signatures: dict[str, ModelSignature | dict] | None = None,
     target_methods: list[str] | None = None,
     method_options: dict[str, dict] | None = None,
-    code_paths: list[str | Path] | None = None,
+    code_paths: Sequence[str | os.PathLike] | None = None,
     python_version: str | None = None,
     dependencies: list[str] | None = None,
-    user_files: dict[str, list[str | Path]] | None = None,
+    user_files: Mapping[str, Sequence[str | os.PathLike]] | None = None,
 ) -> dict:
     """Save ``model`` to the new directory ``path`` and return its manifest.
 
@@ -172,7 +174,7 @@ def _save(
     signatures: dict | None,
     target_methods: list[str] | None,
     method_options: dict[str, dict] | None,
-    code_paths: list | None,
+    code_paths: Sequence[str | os.PathLike] | None,
     python_version: str | None,
     dependencies: list[str] | None,
 ) -> dict:
@@ -254,7 +256,9 @@ def _save(
     return manifest
 
 
-def _ship_user_files(path: Path, user_files: dict[str, list[str | Path]] | None) -> None:
+def _ship_user_files(
+    path: Path, user_files: Mapping[str, Sequence[str | os.PathLike]] | None
+) -> None:
     for subdir, files in (user_files or {}).items():
         if not isinstance(subdir, str) or subdir in {"", ".", ".."} or "/" in subdir:
             raise InvalidArgumentError(f"user_files: {subdir!r} is not a subdirectory name")
