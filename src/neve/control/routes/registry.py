@@ -331,7 +331,7 @@ def show_functions(call: Call) -> list[dict]:
 def download_artifact(call: Call) -> Response:
     registry, ctx, qn = call.account.registry, _ctx(call), _model(call)
     info = registry.describe_version(ctx, qn, call.path["version"])
-    directory = registry.version_dir(ctx, qn, info["name"])
+    directory = registry.version_dir(ctx, qn, quote(info["name"]))  # a name, not SQL text
     compress = archive.should_compress(directory)
     # produced chunk by chunk as the client reads (starlette iterates it in a worker thread)
     return StreamingResponse(
