@@ -17,7 +17,6 @@ a ``MODEL_BUILD_<random>`` job row, a background thread, a log file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -57,12 +56,6 @@ _KIND = {
 }
 #: A SHOW/CREATE row of a schema-level object: (session, its name, the object) -> dict.
 _RowOf = Callable[[Session, QualifiedName, Any], dict]
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 class EnvironmentManager:
@@ -202,7 +195,7 @@ class EnvironmentManager:
     def _repo_row(self, s: Session, qn: QualifiedName, repo: m.ImageRepository) -> dict:
         images = s.scalars(select(m.Image).where(m.Image.repository_id == repo.id)).all()
         return {
-            "created_on": _aware(repo.created_on),
+            "created_on": repo.created_on,
             "name": repo.name,
             "database_name": qn.database,
             "schema_name": qn.schema,
@@ -326,7 +319,7 @@ class EnvironmentManager:
     @staticmethod
     def _rule_row(s: Session, qn: QualifiedName, rule: m.NetworkRule) -> dict:
         return {
-            "created_on": _aware(rule.created_on),
+            "created_on": rule.created_on,
             "name": rule.name,
             "database_name": qn.database,
             "schema_name": qn.schema,
@@ -420,7 +413,7 @@ class EnvironmentManager:
             "category": "API" if api else "SECURITY",
             "enabled": bool(integ.enabled),
             "comment": integ.comment,
-            "created_on": _aware(integ.created_on),
+            "created_on": integ.created_on,
             "allowed_network_rules": list(integ.allowed_network_rules or []),
             "owner": integ.owner_role,
         }

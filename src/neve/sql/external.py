@@ -37,7 +37,6 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -154,12 +153,6 @@ def remote_service(url: str) -> str | None:
 # -- API integrations ------------------------------------------------------------------------------
 
 
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def _prefixes(value: Any, what: str, *, required: bool) -> list[str]:
     if value is None:
         value = []
@@ -189,7 +182,7 @@ def api_integration_row(integ: m.ExternalAccessIntegration) -> dict:
         "category": "API",
         "enabled": bool(integ.enabled),
         "comment": integ.comment,
-        "created_on": _aware(integ.created_on),
+        "created_on": integ.created_on,
         "owner": integ.owner_role,
     }
 
