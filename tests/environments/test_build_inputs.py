@@ -9,7 +9,7 @@ import pytest
 
 from neve.environments import inputs
 from neve.environments.builder import cache_misses, install_runtime, missing_from
-from neve.environments.jobs import find_links
+from neve.environments.job_store import find_links
 
 
 def _inputs(**changes) -> inputs.ImageInputs:
@@ -103,10 +103,10 @@ def test_runtime_install_is_importable(tmp_path: Path) -> None:
 
 
 def test_python_of_another_version_must_exist() -> None:
-    from neve.environments.jobs import _uv_executable
+    from neve.environments.job_store import uv_executable
     from neve.errors import BuildError
 
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert inputs.find_python(here, _uv_executable())[0] == sys.executable
+    assert inputs.find_python(here, uv_executable())[0] == sys.executable
     with pytest.raises(BuildError, match="python 3.99 is not available"):
-        inputs.find_python("3.99", _uv_executable())
+        inputs.find_python("3.99", uv_executable())

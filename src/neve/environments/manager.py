@@ -28,7 +28,8 @@ from neve.catalog import lookup
 from neve.catalog import models as m
 from neve.context import RequestContext
 from neve.environments import network
-from neve.environments.jobs import ACTIVE, BuildJobs
+from neve.environments.job_store import ACTIVE
+from neve.environments.jobs import BuildJobs
 from neve.errors import (
     InvalidArgumentError,
     ObjectExistsError,
