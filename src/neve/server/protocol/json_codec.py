@@ -1,0 +1,60 @@
+"""JSON bodies in and out (orjson, numpy values written natively) and error bodies."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from neve.errors import (
+    InvalidArgumentError,
+    NeveError,
+)
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+# numpy dtypes orjson writes natively (anything else goes through ``json_default``).
+ORJSON_KINDS = frozenset("biuf")
+
+
+def loads(body: bytes) -> Any:
+    if not body:
+        raise InvalidArgumentError("request body is empty: send a JSON object", code="INVALID_JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgumentError(
+            f"request body is not valid JSON: {exc}", code="INVALID_JSON"
+        ) from None
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dt.datetime | dt.date | pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=json_default, option=_JSON_OPTIONS)
+
+
+def error_body(err: NeveError, *, v2: bool = False) -> bytes:
+    body = err.to_dict()
+    if v2:  # the V2 protocol names the message "error"
+        body["error"] = err.message
+    return orjson.dumps(body)
