@@ -36,7 +36,8 @@ import httpx  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
 from neve.compute.backends.base import InstanceHandle, InstanceSpec, PoolInfo  # noqa: E402
-from neve.compute.backends.ray import FAMILY_LABEL, RayBackend, raylet_answers  # noqa: E402
+from neve.compute.backends.ray import RayBackend  # noqa: E402
+from neve.compute.backends.ray_cluster import FAMILY_LABEL, raylet_answers  # noqa: E402
 from neve.compute.backends.ray_connect import (  # noqa: E402
     RayAddress,
     ensure_local_cluster,
