@@ -49,7 +49,8 @@ from neve.dataplane.proxies import (
 from neve.dataplane.publish import INVALIDATE_PATH
 from neve.dataplane.routes import ControlPlaneAccess, RouteTableClient, control_url_of
 from neve.errors import InvalidArgumentError
-from neve.gateway.app import Gateway, Receive, Scope, Send
+from neve.gateway.app import Gateway
+from neve.gateway.core import Receive, Scope, Send
 from neve.gateway.grpc_ingress import GrpcIngress
 from neve.gateway.limits import uvicorn_options
 
