@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import neve
-from neve.client.session import Row, SqlResult
+from neve.client.results import Row, SqlResult
 from neve.errors import (
     AuthenticationError,
     InvalidArgumentError,
