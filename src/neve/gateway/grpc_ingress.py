@@ -226,7 +226,11 @@ class GrpcIngress:
                         "gRPC; retry later"
                     )
                 # every known instance failed: the set may have changed (restart, scale)
+                woke_at = loop.time()
                 target = await self.gateway._wake(ctx, target)
+                # waking has its own bound (ingress_wake_timeout_secs): the queue budget
+                # counts from when there are instances again, as it does for the first wake
+                queue_deadline += loop.time() - woke_at
                 excluded.clear()
                 refreshed = True
                 continue
