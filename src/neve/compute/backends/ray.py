@@ -48,9 +48,9 @@ from neve.compute.backends.ray_cluster import (
     NODE_ID_LABEL,
     PLACEMENT_RECHECK_S,
     RayCluster,
-    actor_class_lock,
     log,
     node_name,
+    remote_class,
 )
 from neve.errors import ResourceError, ServiceUnavailableError
 from neve.server.launch import server_command
@@ -191,7 +191,7 @@ class RayBackend(RayCluster):
         deadline = time.monotonic() + timeout
         while True:
             alive = self._alive_node_ids()
-            actor = _remote_actor_class(ray).options(**options).remote(config)
+            actor = remote_class(ray, ray_actor.InstanceActor).options(**options).remote(config)
             with self._lock:
                 self._actors[options["name"]] = actor
             prepared_ref = actor.prepare.remote()
@@ -253,19 +253,6 @@ class RayBackend(RayCluster):
                 f"{request.describe()}, more than any node of the Ray cluster of compute pool "
                 f"{self.pool.name} has ({sizes})"
             )
-
-
-_actor_class: Any = None
-
-
-def _remote_actor_class(ray: Any) -> Any:
-    """``InstanceActor`` as a Ray actor class, its module pickled by value (nodes need no neve)."""
-    global _actor_class
-    with actor_class_lock:
-        if _actor_class is None:
-            ray.cloudpickle.register_pickle_by_value(ray_actor)
-            _actor_class = ray.remote(ray_actor.InstanceActor)
-        return _actor_class
 
 
 def _default_workers(cpu: float, gpu: int) -> int:

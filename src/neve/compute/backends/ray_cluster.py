@@ -36,19 +36,18 @@ SUSPECT_NODE_S = 60.0
 NODE_ID_LABEL = "ray.io/node-id"
 LOG_PUMP_INTERVAL_S = 0.5
 
-#: Guards the lazily made Ray actor classes (instance and proxy).
-actor_class_lock = threading.Lock()
-_proxy_class: Any = None
+_remote_classes: dict[type, Any] = {}
+_remote_classes_lock = threading.Lock()
 
 
-def _remote_proxy_class(ray: Any) -> Any:
-    """``ProxyActor`` as a Ray actor class (pickled by value, as ``InstanceActor``)."""
-    global _proxy_class
-    with actor_class_lock:
-        if _proxy_class is None:
+def remote_class(ray: Any, actor: type) -> Any:
+    """``actor`` (``ray_actor.InstanceActor`` or ``ProxyActor``) as a Ray actor class, made once;
+    its module is pickled by value, so nodes need no neve installed."""
+    with _remote_classes_lock:
+        if actor not in _remote_classes:
             ray.cloudpickle.register_pickle_by_value(ray_actor)
-            _proxy_class = ray.remote(ray_actor.ProxyActor)
-        return _proxy_class
+            _remote_classes[actor] = ray.remote(actor)
+        return _remote_classes[actor]
 
 
 def node_name(node_id: str) -> str:
@@ -469,7 +468,7 @@ class RayCluster(ComputeBackend):
                 node_config["host"] = "127.0.0.1"
             node_config.setdefault("cache_dir", self.address.cache_dir)
             actor = (
-                _remote_proxy_class(ray)
+                remote_class(ray, ray_actor.ProxyActor)
                 .options(
                     name=name,
                     namespace=self.proxy_namespace,
