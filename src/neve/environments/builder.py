@@ -95,7 +95,7 @@ def installed_versions(site: Path) -> dict[str, str]:
     """Canonical distribution name -> version of what is installed in ``site``."""
     out: dict[str, str] = {}
     for dist in metadata.distributions(path=[str(site)]):
-        name = dist.metadata.get("Name")
+        name = dist.metadata["Name"]
         if name:
             out.setdefault(canonicalize_name(name), dist.version)
     return out
@@ -526,7 +526,9 @@ class ImageBuilder:
             raise BuildError(
                 f"the built image cannot import the inference server: {_tail(result.output)}"
             )
-        have = {canonicalize_name(k): v for k, v in json.loads(line[len("NEVE-DISTS ") :]).items()}
+        have: dict[str, str] = {
+            canonicalize_name(k): v for k, v in json.loads(line[len("NEVE-DISTS ") :]).items()
+        }
         bad = [
             f"{text} (found {have.get(canonicalize_name(Requirement(text).name), 'nothing')})"
             for text in missing_from(requirements, have)

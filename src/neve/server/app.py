@@ -331,8 +331,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         except Exception as exc:  # a bug of ours: still a JSON answer, and keep serving
             log.exception("unexpected error answering %s", request.url.path)
             status = 500
-            err = ModelExecutionError(f"internal server error: {type(exc).__name__}: {exc}")
-            response = Response(protocol.error_body(err, v2=v2), status, media_type=JSON)
+            internal = ModelExecutionError(f"internal server error: {type(exc).__name__}: {exc}")
+            response = Response(protocol.error_body(internal, v2=v2), status, media_type=JSON)
         metrics.REQUESTS.labels(method, str(status)).inc()
         if status == 200:
             metrics.ROWS.labels(method).inc(rows)

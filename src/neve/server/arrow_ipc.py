@@ -18,7 +18,9 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 def is_arrow(content_type: str | None) -> bool:
     """Whether a Content-Type header names an Arrow IPC stream (parameters ignored)."""
-    return bool(content_type) and content_type.split(";")[0].strip().lower() == ARROW_STREAM
+    if not content_type:
+        return False
+    return content_type.split(";")[0].strip().lower() == ARROW_STREAM
 
 
 def write_stream(table: pa.Table | pa.RecordBatch) -> bytes:

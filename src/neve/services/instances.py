@@ -21,7 +21,13 @@ from neve.compute.backends.base import InstanceHandle, InstanceSpec
 from neve.compute.families import instance_family
 from neve.compute.resources import DEFAULT_CPU, DEFAULT_MEMORY_GB, ResourceRequest
 from neve.context import RequestContext
-from neve.errors import BuildError, InvalidArgumentError, ObjectNotFoundError, ResourceError
+from neve.errors import (
+    BuildError,
+    InvalidArgumentError,
+    InvalidStateError,
+    ObjectNotFoundError,
+    ResourceError,
+)
 from neve.identifiers import QualifiedName
 from neve.services.specification import document_of, launch_settings, resolve_model_ref
 
@@ -167,6 +173,8 @@ class InstanceRuntime:
         spec = ref.spec
         if spec.get("document"):
             return self.published_image(ref)
+        if ref.model_version_id is None:
+            raise InvalidStateError(f"service {ref.qn} names no model version to build")
         job = envs.build_image(
             ctx,
             model_version_id=ref.model_version_id,

@@ -9,7 +9,7 @@ warehouse tables.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -123,8 +123,9 @@ def create_schema(
 
 def _blockers(s: Session, schema_ids: list[int]) -> list[str]:
     found = []
-    for cls, kind in ((m.Service, "service"), (m.Model, "model")):
-        for obj in s.scalars(select(cls).where(cls.schema_id.in_(schema_ids))):  # type: ignore[attr-defined]
+    kinds: tuple[tuple[Any, str], ...] = ((m.Service, "service"), (m.Model, "model"))
+    for cls, kind in kinds:
+        for obj in s.scalars(select(cls).where(cls.schema_id.in_(schema_ids))):
             found.append(f"{kind} {lookup.qualified(s, obj.schema_id, obj.name)}")
     return found
 
@@ -238,14 +239,15 @@ def describe_schema(account: Managers, ctx: RequestContext, name: str) -> list[d
     with account.catalog.transaction() as s:
         sch = lookup.schema(s, db_name, sch_name)
         account.security.require(s, ctx, "USAGE", sch)
-        for cls, kind in (
+        kinds: tuple[tuple[Any, str], ...] = (
             (m.Model, "MODEL"),
             (m.Service, "SERVICE"),
             (m.Function, "FUNCTION"),
             (m.ImageRepository, "IMAGE REPOSITORY"),
             (m.NetworkRule, "NETWORK RULE"),
-        ):
-            for obj in s.scalars(select(cls).where(cls.schema_id == sch.id).order_by(cls.name)):  # type: ignore[attr-defined]
+        )
+        for cls, kind in kinds:
+            for obj in s.scalars(select(cls).where(cls.schema_id == sch.id).order_by(cls.name)):
                 rows.append({"created_on": obj.created_on, "name": obj.name, "kind": kind})
     for table in account.sql.warehouse.tables(db_name, sch_name):
         rows.append({"created_on": None, "name": table["name"], "kind": table["kind"]})

@@ -431,6 +431,8 @@ def rewrite_tables(
         if _is_catalog_view(table):
             continue  # information_schema.tables: DuckDB's, showing only what is attached
         name = _ident_of(name_id, "table name")
+        if name is None:
+            continue
         sch = _ident_of(table.args.get("db"), "schema name") or schema
         db = _ident_of(table.args.get("catalog"), "database name") or database
         if db is None or sch is None:

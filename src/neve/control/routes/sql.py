@@ -143,7 +143,9 @@ def write_table(call: Call) -> Any:
 
 def _json_table(body: dict[str, Any]) -> pa.Table:
     """The table of a JSON write body, or a 400 naming what is wrong with it."""
-    records = columns = rows = None
+    records: list[Any] | None = None
+    columns: list[str] = []
+    rows: list[Any] = []
     if "records" in body:
         records = body["records"]
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

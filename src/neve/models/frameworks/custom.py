@@ -14,10 +14,11 @@ outside installed packages), so the model loads where that source does not exist
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 import pandas as pd
@@ -44,7 +45,7 @@ MODEL_FILE = "model.pkl"
 class CustomModelHandler(ModelHandler):
     model_type = "custom"
     module = "neve"
-    packages: list[str] = []
+    packages: ClassVar[list[str]] = []
     # User code decides what it runs on (it may hold a torch sub-model and move it to cuda).
     gpu_capable = True
 
@@ -135,7 +136,9 @@ class CustomModelHandler(ModelHandler):
 
     @classmethod
     def load(cls, path: Path, options: dict, *, device: str = "cpu") -> Any:
-        artifacts = {name: str(path / rel) for name, rel in options.get("artifacts", {}).items()}
+        artifacts: dict[str, str | os.PathLike] = {
+            name: str(path / rel) for name, rel in options.get("artifacts", {}).items()
+        }
         models = {
             name: handler_by_type(spec["model_type"]).load(
                 path / "models" / name, spec.get("options") or {}, device=device

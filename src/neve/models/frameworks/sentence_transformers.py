@@ -53,7 +53,8 @@ class SentenceTransformerHandler(ModelHandler):
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        model._neve_batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
+        # a plain attribute (not a parameter or sub-module) on the torch module
+        vars(model)["_neve_batch_size"] = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
         return model
 
     @classmethod
