@@ -47,6 +47,7 @@ from neve.errors import (
 )
 from neve.identifiers import ident, qualify
 from neve.security import keypair, passwords
+from neve.security.directory import Directory
 from neve.security.throttle import LoginThrottle
 from neve.security.tokens import (
     LOCAL,
@@ -59,8 +60,7 @@ from neve.security.tokens import (
 )
 
 if TYPE_CHECKING:
-    from neve.catalog import Catalog
-    from neve.config import Settings
+    pass
 
 ROLE_HEADER = "x-neve-role"
 DATABASE_HEADER = "x-neve-database"
@@ -137,14 +137,11 @@ def bearer_token(authorization: str | None) -> str:
     )
 
 
-class AuthenticationMixin:
-    """Login, tokens and request authentication (part of ``SecurityManager``)."""
+class Authentication(Directory):
+    """Login, tokens and request authentication (a layer of ``SecurityManager``, over the users
+    and roles of ``Directory``)."""
 
-    catalog: Catalog
-    settings: Settings
     login_throttle: LoginThrottle
-
-    # bootstrap, effective_roles, usable_roles, _user, _may_manage_user: SecurityManager
 
     # -- issuing ----------------------------------------------------------------------------------
     def _issue(
@@ -408,7 +405,7 @@ class AuthenticationMixin:
     def purge_expired_tokens(self, older_than: timedelta = timedelta(days=1)) -> int:
         with self.catalog.transaction() as s:
             result = s.execute(delete(m.Token).where(m.Token.expires_on < utcnow() - older_than))
-            return int(result.rowcount or 0)
+            return int(getattr(result, "rowcount", 0) or 0)  # a CursorResult for DELETE
 
     # -- authenticating a request -----------------------------------------------------------------
     def authenticate_request(self, headers: Mapping[str, str]) -> RequestContext:

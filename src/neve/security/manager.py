@@ -13,7 +13,7 @@ Interface used by every other component (keep these signatures stable):
 - ``has_privilege`` / ``is_owner``: the same checks as booleans (for filtering SHOW output).
 
 ACCOUNTADMIN (and any role that inherits it) passes every check. Authentication (login, tokens,
-key-pair JWTs, ``authenticate_request``) lives in ``neve.security.auth`` and is mixed in here.
+key-pair JWTs, ``authenticate_request``) is the ``neve.security.auth`` layer.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from neve.security.access import (
     SYSTEM_ROLES,
 )
-from neve.security.auth import AuthenticationMixin
+from neve.security.auth import Authentication
 from neve.security.grants import Grants
 from neve.security.objects import (
     ACCOUNT,
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-class SecurityManager(AuthenticationMixin, Grants):
+class SecurityManager(Authentication, Grants):
     """Access control, users and roles, grants and authentication, over one catalog."""
 
     def __init__(self, catalog: Catalog, settings: Settings) -> None:

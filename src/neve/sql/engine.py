@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+from duckdb import func as duckdb_func
 from sqlglot import exp
 
 from neve.catalog import lookup
@@ -232,10 +233,10 @@ class SqlEngine:
                 con.create_function(
                     call.udf_name,
                     fn,
-                    call.params,
+                    list[Any](call.params),  # DuckDB type names (its stubs want a wider list)
                     call.return_type,
-                    type="arrow",
-                    null_handling="special",
+                    type=duckdb_func.PythonUDFType.ARROW,
+                    null_handling=duckdb_func.FunctionNullHandling.SPECIAL,
                     side_effects=False,
                 )
             expired = threading.Event()
@@ -394,7 +395,9 @@ class SqlEngine:
                 *,
                 timeout_s: float = 300,
                 retries: int | None = None,
+                params: dict[str, Any] | None = None,
             ) -> pa.Table:
+                del params  # external functions take no `name => value` arguments
                 return self.external.call(target, table, timeout_s=timeout_s, retries=retries)
 
             return udfs.service_udf(

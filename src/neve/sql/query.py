@@ -140,10 +140,10 @@ def parse_statement(
         trees = sqlglot.parse(rewritten, read="duckdb")
     except ParseError as err:
         raise _syntax_error(err, rewritten if not bangs else text, offset, script) from None
-    trees = [t for t in trees if t is not None]
-    if len(trees) > 1:
+    statements = [t for t in trees if isinstance(t, exp.Expression)]
+    if len(statements) > 1:
         raise SqlSyntaxError("one statement at a time here (split the script at ';')")
-    return (trees[0] if trees else None), bangs
+    return (statements[0] if statements else None), bangs
 
 
 def _dotted_parts(node: exp.Expression) -> list[str] | None:
@@ -240,9 +240,10 @@ class Planner:
                     else self._bind_model(s, bang, len(args))
                 )
             else:
-                call = self._bind_named(s, parts, len(args))
-                if call is None:
+                named = self._bind_named(s, parts, len(args))
+                if named is None:
                     continue
+                call = named
             if call.function_type == "TABLE_FUNCTION":
                 raise SignatureError(
                     f"{call.display} is a table function (a partitioned method: all rows of a "

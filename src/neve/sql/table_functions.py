@@ -132,7 +132,7 @@ def _extract_one(
     # Each argument in its input's type, as DuckDB casts a scalar function's (a constant 2.5
     # is a DECIMAL, a service wants the DOUBLE its signature says).
     types = list(getattr(call, "params", None) or [None] * len(args))
-    projections: list[exp.Expression] = [
+    projections: list[exp.Expr] = [
         exp.alias_(_typed(arg.copy(), duck), exp.to_identifier(name, quoted=True))
         for arg, name, duck in zip(args, call.signature.input_names, types, strict=True)
     ]
@@ -182,7 +182,7 @@ def _typed(arg: exp.Expression, duck_type: str | None) -> exp.Expression:
         return arg
 
 
-def _depth(node: exp.Expression) -> int:
+def _depth(node: exp.Expr) -> int:
     depth = 0
     while node.parent is not None:
         node = node.parent
@@ -194,7 +194,7 @@ def _columns(node: exp.Expression | None) -> list[exp.Column]:
     """Column references of ``node`` outside any sub-query of it."""
     out: list[exp.Column] = []
     for column in node.find_all(exp.Column) if node is not None else []:
-        up: exp.Expression | None = column
+        up: exp.Expr | None = column
         while up is not None and up is not node and not isinstance(up, exp.Query):
             up = up.parent
         if up is node:
@@ -221,12 +221,13 @@ def _sources(
     )
 
 
-def _visible_ctes(node: exp.Expression) -> exp.With | None:
+def _visible_ctes(node: exp.Expr) -> exp.With | None:
     """The CTEs the table function's FROM items may name: those of every query around it
     (outer ones first); of a WITH whose CTE holds the call, only the CTEs before that one."""
     groups: list[list[exp.Expression]] = []
     recursive = False
-    below, holder = node, node.parent
+    below: exp.Expr = node
+    holder = node.parent
     while holder is not None:
         if isinstance(holder, exp.With):
             # ``below`` is the CTE around the call: only those before it are visible.

@@ -64,9 +64,11 @@ class ServiceCaller(Protocol):
         name: str,
         method: str,
         table: pa.Table,
+        /,
         *,
         timeout_s: float = 300,
         retries: int | None = None,
+        params: dict[str, Any] | None = None,
     ) -> pa.Table: ...
 
 
