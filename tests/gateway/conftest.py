@@ -76,14 +76,15 @@ def backends(scorer_dir, signatures) -> Iterator[list]:
 
 @pytest.fixture(scope="session")
 def gateway(gw_account):
-    from neve.gateway.app import build_gateway
-    from neve.gateway.targets import CatalogIngressTargets
+    from neve.dataplane.targets import CatalogIngressTargets
+    from neve.gateway.access import LocalAccess
+    from neve.gateway.app import Gateway
 
     # The catalog-backed targets: the services here are rows this test made, with no
     # ServiceManager behind them to start or resume processes.
-    return build_gateway(
-        gw_account, targets=CatalogIngressTargets(gw_account.catalog, poll_interval_s=0.05)
-    )
+    targets = CatalogIngressTargets(gw_account.catalog, poll_interval_s=0.05)
+    access = LocalAccess(gw_account.catalog, gw_account.security, targets)
+    return Gateway(settings=gw_account.settings, access=access)
 
 
 @pytest.fixture(scope="session")

@@ -98,14 +98,8 @@ def control_app(account: Any, gateway: Gateway) -> GatewayLifespan:
     here resolves them with ``CatalogIngressTargets`` instead of the ServiceManager (which would
     try to start processes for them).
     """
-    app = create_app(account)
-    swapped = 0
-    for middleware in app.user_middleware:  # the stack is built on the first request
-        if middleware.cls is IngressDispatch:
-            middleware.kwargs["gateway"] = gateway
-            swapped += 1
-    assert swapped == 1, "the control plane app carries the ingress"
-    app.state.gateway = gateway
+    app = create_app(account, gateway=gateway)
+    assert [m for m in app.user_middleware if m.cls is IngressDispatch], "it carries the ingress"
     return GatewayLifespan(app, gateway)
 
 

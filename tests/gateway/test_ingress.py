@@ -340,10 +340,15 @@ def test_tls_when_a_certificate_is_configured(gw_account, gateway, service, call
     finally:
         tls.certfile = tls.keyfile = None
     assert options["ssl_certfile"].endswith("cert.pem")
-    from neve.gateway.app import build_gateway
-    from neve.gateway.targets import CatalogIngressTargets
+    from neve.dataplane.targets import CatalogIngressTargets
+    from neve.gateway.access import LocalAccess
+    from neve.gateway.app import Gateway
 
-    tls_gateway = build_gateway(gw_account, targets=CatalogIngressTargets(gw_account.catalog))
+    targets = CatalogIngressTargets(gw_account.catalog)
+    tls_gateway = Gateway(
+        settings=gw_account.settings,
+        access=LocalAccess(gw_account.catalog, gw_account.security, targets),
+    )
     server = ThreadServer(control_app(gw_account, tls_gateway), **options).start()
     try:
         url = f"https://127.0.0.1:{server.port}/svc/ml.apps.svc/predict"

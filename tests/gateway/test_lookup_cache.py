@@ -37,12 +37,12 @@ def test_fresh_then_stale_then_gone() -> None:
 @pytest.fixture
 def counted(tmp_path):
     from neve.control.account import Account
-    from neve.gateway.app import build_gateway
+    from neve.gateway.app import Gateway
 
     (tmp_path / "settings.toml").write_text("ingress_auth_cache_secs = 0.3\n")
     account = Account(load_settings(tmp_path))
     account.security.bootstrap()
-    gateway = build_gateway(account)
+    gateway = Gateway(settings=account.settings, access=account.ingress_access)
     calls = []
     real = gateway.access.authenticate
     lock = threading.Lock()

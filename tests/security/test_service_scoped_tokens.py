@@ -12,7 +12,7 @@ from neve.context import RequestContext
 from neve.dataplane.routes import ctx_from_dict, ctx_to_dict
 from neve.dataplane.targets import CatalogIngressTargets
 from neve.errors import AuthenticationError, PermissionDeniedError
-from neve.gateway.access import AccountAccess
+from neve.gateway.access import LocalAccess
 from neve.sql.parser import parse_management
 
 
@@ -45,7 +45,7 @@ def test_a_scoped_token_authenticates_only_for_the_ingress(account, sec, admin, 
     assert ctx.service_scope == (two_services["SVC"],) and ctx.user == "ADMIN"
     assert ctx_from_dict(ctx_to_dict(ctx)) == ctx  # as it travels between proxy and control
 
-    access = AccountAccess(account, targets=CatalogIngressTargets(account.catalog))
+    access = LocalAccess(account.catalog, account.security, CatalogIngressTargets(account.catalog))
     assert access.authorized_target(ctx, None, "ml.apps.svc").service_id == two_services["SVC"]
     with pytest.raises(PermissionDeniedError, match=r"may not call service ML\.APPS\.OTHER"):
         access.authorized_target(ctx, None, "ml.apps.other")
@@ -74,7 +74,7 @@ def test_a_dropped_service_stays_out_of_reach(account, sec, admin, two_services)
     [listed] = [t for t in sec.list_tokens(admin) if t["name"] == "SHARE"]
     assert listed["services"] == [f"#{two_services['OTHER']} (dropped)"]
     ctx, _ = sec.authenticate({"authorization": f"Bearer {made['token']}"}, ingress=True)
-    access = AccountAccess(account, targets=CatalogIngressTargets(account.catalog))
+    access = LocalAccess(account.catalog, account.security, CatalogIngressTargets(account.catalog))
     with pytest.raises(PermissionDeniedError):
         access.authorized_target(ctx, None, "ml.apps.svc")
 

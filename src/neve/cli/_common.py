@@ -31,6 +31,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from neve.errors import NeveError
+from neve.kinds import ObjectKind, Stage
 
 if TYPE_CHECKING:
     from neve.client.session import Session
@@ -194,3 +195,18 @@ class NeveGroup(TyperGroup):
             return super().invoke(ctx)
         except NeveError as exc:
             raise fail(exc) from None
+
+
+def field_help(kind: ObjectKind, name: str) -> str:
+    """An option's help, read from the kind's declaration (its SQL property and meaning)."""
+    field = kind.field(name)
+    return f"{field.sql}: {field.help}" if field.help else field.sql
+
+
+def kind_body(kind: ObjectKind, stage: Stage, owner: str, **values: Any) -> dict[str, Any]:
+    """The REST body of the options given (None: not given), checked against the kind."""
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return kind.checked(given, stage, owner)
+    except NeveError as exc:
+        raise fail(exc) from None

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from neve.cli._common import fail, print_record, print_table
+from neve.cli._common import fail, field_help, kind_body, print_record, print_table
+from neve.kinds import COMPUTE_POOL as POOL
 
 app = typer.Typer(
     help="Compute pools: where service instances run.", add_completion=False, no_args_is_help=True
@@ -66,33 +67,50 @@ def path_name(name: str) -> str:
 @app.command("create")
 def create(
     name: Annotated[str, typer.Argument(help="Pool name.")],
-    family: Annotated[str, typer.Option("--family", "-f", help="Instance family, e.g. CPU_X64_S.")],
-    min_nodes: Annotated[int, typer.Option("--min", help="MIN_NODES.")] = 1,
-    max_nodes: Annotated[int, typer.Option("--max", help="MAX_NODES.")] = 1,
-    auto_resume: Annotated[bool, typer.Option(help="Resume on the next placement.")] = True,
+    family: Annotated[
+        str, typer.Option("--family", "-f", help=field_help(POOL, "instance_family"))
+    ],
+    min_nodes: Annotated[
+        int, typer.Option("--min", "--min-nodes", help=field_help(POOL, "min_nodes"))
+    ] = POOL.default("min_nodes"),
+    max_nodes: Annotated[
+        int, typer.Option("--max", "--max-nodes", help=field_help(POOL, "max_nodes"))
+    ] = POOL.default("max_nodes"),
+    auto_resume: Annotated[bool, typer.Option(help=field_help(POOL, "auto_resume"))] = POOL.default(
+        "auto_resume"
+    ),
     auto_suspend_secs: Annotated[
-        int, typer.Option(help="Suspend after this long idle (0: never).")
-    ] = 3600,
-    suspended: Annotated[bool, typer.Option(help="Create it suspended.")] = False,
-    backend: Annotated[str, typer.Option(help="local or ray.")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray address (backend ray).")] = None,
-    comment: Annotated[str | None, typer.Option(help="Comment.")] = None,
+        int, typer.Option(help=field_help(POOL, "auto_suspend_secs"))
+    ] = POOL.default("auto_suspend_secs"),
+    suspended: Annotated[
+        bool,
+        typer.Option(
+            "--suspended", "--initially-suspended", help=field_help(POOL, "initially_suspended")
+        ),
+    ] = POOL.default("initially_suspended"),
+    backend: Annotated[str, typer.Option(help=field_help(POOL, "backend"))] = POOL.default(
+        "backend"
+    ),
+    address: Annotated[str | None, typer.Option(help=field_help(POOL, "address"))] = None,
+    comment: Annotated[str | None, typer.Option(help=field_help(POOL, "comment"))] = None,
     if_not_exists: Annotated[bool, typer.Option(help="No error if it exists.")] = False,
 ) -> None:
     """CREATE COMPUTE POOL."""
-    body = {
-        "name": name,
-        "instance_family": family,
-        "min_nodes": min_nodes,
-        "max_nodes": max_nodes,
-        "auto_resume": auto_resume,
-        "auto_suspend_secs": auto_suspend_secs,
-        "initially_suspended": suspended,
-        "backend": backend,
-        "address": address,
-        "comment": comment,
-        "if_not_exists": if_not_exists,
-    }
+    body = kind_body(
+        POOL,
+        "create",
+        f"compute pool {name}",
+        instance_family=family,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        auto_resume=auto_resume,
+        auto_suspend_secs=auto_suspend_secs,
+        initially_suspended=suspended,
+        backend=backend,
+        address=address,
+        comment=comment,
+    )
+    body.update(name=name, if_not_exists=if_not_exists)
     row = call("POST", "/api/v1/compute-pools", json=body)
     console.print(
         f"Compute pool [bold]{row['name']}[/bold] is {row['state']} "
@@ -128,24 +146,29 @@ def _alter(name: str, body: dict[str, Any]) -> dict:
 @app.command("set")
 def set_properties(
     name: Annotated[str, typer.Argument(help="Pool name.")],
-    min_nodes: Annotated[int | None, typer.Option("--min", help="MIN_NODES.")] = None,
-    max_nodes: Annotated[int | None, typer.Option("--max", help="MAX_NODES.")] = None,
-    auto_resume: Annotated[bool | None, typer.Option(help="AUTO_RESUME.")] = None,
-    auto_suspend_secs: Annotated[int | None, typer.Option(help="AUTO_SUSPEND_SECS.")] = None,
-    comment: Annotated[str | None, typer.Option(help="COMMENT.")] = None,
+    min_nodes: Annotated[
+        int | None, typer.Option("--min", "--min-nodes", help=field_help(POOL, "min_nodes"))
+    ] = None,
+    max_nodes: Annotated[
+        int | None, typer.Option("--max", "--max-nodes", help=field_help(POOL, "max_nodes"))
+    ] = None,
+    auto_resume: Annotated[bool | None, typer.Option(help=field_help(POOL, "auto_resume"))] = None,
+    auto_suspend_secs: Annotated[
+        int | None, typer.Option(help=field_help(POOL, "auto_suspend_secs"))
+    ] = None,
+    comment: Annotated[str | None, typer.Option(help=field_help(POOL, "comment"))] = None,
 ) -> None:
     """ALTER COMPUTE POOL ... SET."""
-    body = {
-        k: v
-        for k, v in {
-            "min_nodes": min_nodes,
-            "max_nodes": max_nodes,
-            "auto_resume": auto_resume,
-            "auto_suspend_secs": auto_suspend_secs,
-            "comment": comment,
-        }.items()
-        if v is not None
-    }
+    body = kind_body(
+        POOL,
+        "alter",
+        f"compute pool {name}",
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        auto_resume=auto_resume,
+        auto_suspend_secs=auto_suspend_secs,
+        comment=comment,
+    )
     row = _alter(name, body)
     console.print(f"Compute pool {row['name']}: {row['min_nodes']}..{row['max_nodes']} nodes.")
 

@@ -33,7 +33,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from neve.cli._common import print_record, print_table
+from neve.cli._common import field_help, kind_body, print_record, print_table
+from neve.kinds import USER
 
 app = typer.Typer(help="Users, roles, grants, access tokens and key pairs.", add_completion=False)
 roles_app = typer.Typer(help="Create, drop, list, grant and revoke roles.", add_completion=False)
@@ -103,21 +104,23 @@ def create_user(
     name: str,
     password: Annotated[bool, typer.Option("--password", help="Prompt for a password")] = False,
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin")] = False,
-    rsa_public_key_file: Annotated[Path | None, typer.Option(exists=True)] = None,
-    default_role: Annotated[str | None, typer.Option()] = None,
-    comment: Annotated[str | None, typer.Option()] = None,
+    rsa_public_key_file: Annotated[
+        Path | None, typer.Option(exists=True, help=field_help(USER, "rsa_public_key"))
+    ] = None,
+    default_role: Annotated[str | None, typer.Option(help=field_help(USER, "default_role"))] = None,
+    comment: Annotated[str | None, typer.Option(help=field_help(USER, "comment"))] = None,
 ) -> None:
     """CREATE USER."""
-    body: dict[str, Any] = {"name": name}
-    secret = _password(password, password_stdin)
-    if secret is not None:
-        body["password"] = secret
-    if rsa_public_key_file is not None:
-        body["rsa_public_key"] = rsa_public_key_file.read_text()
-    if default_role:
-        body["default_role"] = default_role
-    if comment:
-        body["comment"] = comment
+    body = kind_body(
+        USER,
+        "create",
+        f"user {name}",
+        password=_password(password, password_stdin),
+        rsa_public_key=rsa_public_key_file.read_text() if rsa_public_key_file else None,
+        default_role=default_role or None,
+        comment=comment or None,
+    )
+    body["name"] = name
     row = _run(_call, "POST", "/api/v1/users", json=body)
     console.print(f"User {row['name']} created.")
 
@@ -143,24 +146,26 @@ def alter_user(
     name: str,
     password: Annotated[bool, typer.Option("--password", help="Prompt for a new password")] = False,
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin")] = False,
-    rsa_public_key_file: Annotated[Path | None, typer.Option(exists=True)] = None,
-    default_role: Annotated[str | None, typer.Option()] = None,
-    disable: Annotated[bool | None, typer.Option("--disable/--enable")] = None,
-    comment: Annotated[str | None, typer.Option()] = None,
+    rsa_public_key_file: Annotated[
+        Path | None, typer.Option(exists=True, help=field_help(USER, "rsa_public_key"))
+    ] = None,
+    default_role: Annotated[str | None, typer.Option(help=field_help(USER, "default_role"))] = None,
+    disable: Annotated[
+        bool | None, typer.Option("--disable/--enable", help=field_help(USER, "disabled"))
+    ] = None,
+    comment: Annotated[str | None, typer.Option(help=field_help(USER, "comment"))] = None,
 ) -> None:
     """ALTER USER ... SET."""
-    body: dict[str, Any] = {}
-    secret = _password(password, password_stdin)
-    if secret is not None:
-        body["password"] = secret
-    if rsa_public_key_file is not None:
-        body["rsa_public_key"] = rsa_public_key_file.read_text()
-    if default_role is not None:
-        body["default_role"] = default_role
-    if disable is not None:
-        body["disabled"] = disable
-    if comment is not None:
-        body["comment"] = comment
+    body = kind_body(
+        USER,
+        "alter",
+        f"user {name}",
+        password=_password(password, password_stdin),
+        rsa_public_key=rsa_public_key_file.read_text() if rsa_public_key_file else None,
+        default_role=default_role,
+        disabled=disable,
+        comment=comment,
+    )
     if not body:
         err_console.print("[red]error:[/red] nothing to change")
         raise typer.Exit(code=2)

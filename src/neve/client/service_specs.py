@@ -16,6 +16,7 @@ import yaml
 
 from neve.errors import InvalidArgumentError
 from neve.identifiers import ident, quote, split_name
+from neve.kinds import SERVICE
 
 
 def _name(raw: str, kind: str) -> str:
@@ -23,11 +24,6 @@ def _name(raw: str, kind: str) -> str:
     if not 1 <= len(parts) <= 3:
         raise InvalidArgumentError(f"invalid {kind} name {raw!r}")
     return ".".join(quote(ident(p, kind=f"{kind} name")) for p in parts)
-
-
-def _flag(value: Any, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"{what} must be an integer, got {value!r}")
 
 
 def specification_text(spec: str | dict[str, Any]) -> str:
@@ -63,25 +59,18 @@ def create_service_statement(
         f"IN COMPUTE POOL {_name(compute_pool, 'compute pool')} "
         f"FROM SPECIFICATION $$\n{text.rstrip()}\n$$"
     )
-    for key, value in (
-        ("MIN_INSTANCES", min_instances),
-        ("MAX_INSTANCES", max_instances),
-        ("AUTO_SUSPEND_SECS", auto_suspend_secs),
-    ):
-        if value is not None:
-            _flag(value, key.lower())
-            statement += f" {key} = {value}"
-    if not isinstance(auto_resume, bool):
-        raise InvalidArgumentError(f"auto_resume must be True or False, got {auto_resume!r}")
-    statement += f" AUTO_RESUME = {str(auto_resume).upper()}"
-    integrations = (
-        [external_access_integrations]
-        if isinstance(external_access_integrations, str)
-        else list(external_access_integrations or ())
+    if isinstance(external_access_integrations, str):
+        external_access_integrations = [external_access_integrations]
+    props = SERVICE.checked(
+        {
+            "min_instances": min_instances,
+            "max_instances": max_instances,
+            "auto_suspend_secs": auto_suspend_secs,
+            "auto_resume": auto_resume,
+            "external_access_integrations": list(external_access_integrations or ()) or None,
+            "comment": comment,
+        },
+        "create",
+        f"service {name}",
     )
-    if integrations:
-        names = ", ".join(_name(i, "integration") for i in integrations)
-        statement += f" EXTERNAL_ACCESS_INTEGRATIONS = ({names})"
-    if comment is not None:
-        statement += " COMMENT = '" + str(comment).replace("'", "''") + "'"
-    return statement
+    return f"{statement} {SERVICE.render(props)}"

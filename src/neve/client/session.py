@@ -36,6 +36,7 @@ from neve.errors import (
     ServiceUnavailableError,
 )
 from neve.identifiers import ident, quote, split_name
+from neve.kinds import COMPUTE_POOL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -296,32 +297,25 @@ class Session:
         ``address="ray://head:10001"`` (or ``"auto"``) backs the pool with a Ray cluster; the
         default is the local backend (processes on this machine).
         """
-        for arg, value in (("min_nodes", min_nodes), ("max_nodes", max_nodes)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidArgumentError(f"compute pool {name}: {arg} must be an integer")
-        if auto_suspend_secs is not None and (
-            isinstance(auto_suspend_secs, bool) or not isinstance(auto_suspend_secs, int)
-        ):
-            raise InvalidArgumentError(
-                f"compute pool {name}: auto_suspend_secs must be an integer number of seconds"
-            )
-        family = str(instance_family).replace("'", "''")
+        props = COMPUTE_POOL.checked(
+            {
+                "min_nodes": min_nodes,
+                "max_nodes": max_nodes,
+                "instance_family": instance_family,
+                "auto_resume": auto_resume,
+                "auto_suspend_secs": auto_suspend_secs,
+                "initially_suspended": initially_suspended or None,
+                "backend": backend,
+                "address": address,
+                "comment": comment,
+            },
+            "create",
+            f"compute pool {name}",
+        )
         text = (
             f"CREATE COMPUTE POOL {'IF NOT EXISTS ' if if_not_exists else ''}"
-            f"{quote(ident(name, kind='compute pool name'))} "
-            f"MIN_NODES = {min_nodes} MAX_NODES = {max_nodes} "
-            f"INSTANCE_FAMILY = '{family}' AUTO_RESUME = {str(bool(auto_resume)).upper()}"
+            f"{quote(ident(name, kind='compute pool name'))} {COMPUTE_POOL.render(props)}"
         )
-        if auto_suspend_secs is not None:
-            text += f" AUTO_SUSPEND_SECS = {auto_suspend_secs}"
-        if initially_suspended:
-            text += " INITIALLY_SUSPENDED = TRUE"
-        if backend:
-            text += " BACKEND = '" + str(backend).replace("'", "''") + "'"
-        if address:
-            text += " ADDRESS = '" + str(address).replace("'", "''") + "'"
-        if comment:
-            text += " COMMENT = '" + comment.replace("'", "''") + "'"
         return self.sql(text).collect()
 
     def describe_service(self, name: str) -> dict[str, Any]:

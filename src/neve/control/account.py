@@ -18,7 +18,9 @@ from neve.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from neve.compute.manager import ComputeManager
+    from neve.dataplane.publish import RoutePublisher
     from neve.environments.manager import EnvironmentManager
+    from neve.gateway.access import LocalAccess
     from neve.registry.manager import RegistryManager
     from neve.security.manager import SecurityManager
     from neve.services.manager import ServiceManager
@@ -78,8 +80,23 @@ class Account:
 
         return SqlEngine(self)
 
+    @cached_property
+    def ingress_access(self) -> LocalAccess:
+        """What the in-process gateway and the proxies' look-ups ask: who a caller is, which
+        service it may reach (the services manager answers the look-ups and wakes)."""
+        from neve.gateway.access import LocalAccess
+
+        return LocalAccess(self.catalog, self.security, self.services)
+
+    @cached_property
+    def route_publisher(self) -> RoutePublisher:
+        """The route table this control plane publishes to its ingress proxies."""
+        from neve.dataplane.publish import RoutePublisher
+
+        return RoutePublisher(self.catalog, self.security, home=self.settings.home)
+
     def close(self) -> None:
-        for name in ("services", "environments", "compute", "sql"):
+        for name in ("route_publisher", "services", "environments", "compute", "sql"):
             mgr = self.__dict__.get(name)
             if mgr is not None and hasattr(mgr, "close"):
                 mgr.close()

@@ -2,14 +2,14 @@
 
 ``create_app(account)`` is a Starlette app with, outermost first:
 
-1. the ingress dispatch (when this version has ``neve.gateway``): requests for a service
+1. the ingress dispatch: requests for a service
    ingress host (``*-<account>.<ingress_domain>``) or a ``/svc/...`` path go to the gateway,
    which authenticates and authorizes them itself;
 2. the authentication middleware: every other request except the public paths (health,
    OpenAPI document, login) must carry credentials; ``account.security.authenticate_request``
    turns them into the ``RequestContext`` in ``request.state.ctx`` (role, database and schema
    from ``X-Neve-Role`` / ``X-Neve-Database`` / ``X-Neve-Schema``), or the request gets a 401;
-3. the ``routes`` of each component module in ``neve.control.routes`` that this version has.
+3. the ``routes`` of each component module in ``neve.control.routes``.
 
 Every error answers JSON ``{"code", "message", "type"}``: a ``NeveError`` with its own status,
 an unknown route 404, a wrong method 405, a bug 500 (logged with its traceback, never sent).
@@ -18,7 +18,6 @@ an unknown route 404, a wrong method 405, a bug 500 (logged with its traceback, 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import logging
 import os
@@ -26,7 +25,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -43,8 +41,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import neve
 from neve.console.app import ConsoleDispatch
 from neve.console.metrics_history import MetricsHistory
+from neve.control.routes import compute as compute_routes
+from neve.control.routes import dataplane as dataplane_routes
+from neve.control.routes import environments as environment_routes
+from neve.control.routes import registry as registry_routes
+from neve.control.routes import security as security_routes
+from neve.control.routes import services as service_routes
+from neve.control.routes import sql as sql_routes
 from neve.control.routes._base import error_response, json_response
 from neve.errors import AuthenticationError, NeveError
+from neve.gateway.app import Gateway, IngressDispatch
 
 if TYPE_CHECKING:
     from neve.control.account import Account
@@ -56,30 +62,21 @@ HEALTH_PATH = f"{API_PREFIX}/health"
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
 #: Component route modules, in mount order; each exports ``routes`` (and maybe ``PUBLIC_PATHS``).
 COMPONENT_ROUTES = (
-    "registry",
-    "compute",
-    "environments",
-    "services",
-    "sql",
-    "security",
-    "dataplane",
+    registry_routes,
+    compute_routes,
+    environment_routes,
+    service_routes,
+    sql_routes,
+    security_routes,
+    dataplane_routes,
 )
-_ROUTES_DIR = Path(__file__).parent / "routes"
-_GATEWAY_APP = Path(neve.__file__).parent / "gateway" / "app.py"
 
 
 def component_routes() -> tuple[list[BaseRoute], set[str]]:
-    """The routes of every component module present, and the paths they declare public.
-
-    A component is skipped only when its module file is absent from this version; a module that
-    exists but fails to import is a bug and its ImportError propagates.
-    """
+    """The routes of every component module, and the paths they declare public."""
     routes: list[BaseRoute] = []
     public: set[str] = set()
-    for name in COMPONENT_ROUTES:
-        if not (_ROUTES_DIR / f"{name}.py").exists():
-            continue
-        module = importlib.import_module(f"neve.control.routes.{name}")
+    for module in COMPONENT_ROUTES:
         routes.extend(module.routes)
         public |= set(getattr(module, "PUBLIC_PATHS", ()))
     return routes, public
@@ -286,8 +283,11 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 # -- the app ----------------------------------------------------------------------------------------
 
 
-def create_app(account: Account, *, daemon_id: str | None = None) -> Starlette:
-    """The control plane app for ``account`` (``daemon_id`` identifies the serving daemon)."""
+def create_app(
+    account: Account, *, daemon_id: str | None = None, gateway: Gateway | None = None
+) -> Starlette:
+    """The control plane app for ``account`` (``daemon_id`` identifies the serving daemon;
+    ``gateway``: its ingress, by default one over the account's ``ingress_access``)."""
     routes, public = component_routes()
     public |= {HEALTH_PATH, OPENAPI_PATH}
     builtin: list[BaseRoute] = [
@@ -295,12 +295,9 @@ def create_app(account: Account, *, daemon_id: str | None = None) -> Starlette:
         Route(OPENAPI_PATH, openapi, methods=["GET"], include_in_schema=False),
     ]
     middleware: list[Middleware] = []
-    gateway = None
-    if _GATEWAY_APP.exists():
-        from neve.gateway.app import IngressDispatch, build_gateway
-
-        gateway = build_gateway(account)
-        middleware.append(Middleware(IngressDispatch, gateway=gateway))
+    if gateway is None:
+        gateway = Gateway(settings=account.settings, access=account.ingress_access)
+    middleware.append(Middleware(IngressDispatch, gateway=gateway))
     # /console: its own sign-in; its metrics history samples running services while we serve
     history = MetricsHistory.for_account(account)
     middleware.append(Middleware(ConsoleDispatch, account=account, history=history))
@@ -311,14 +308,10 @@ def create_app(account: Account, *, daemon_id: str | None = None) -> Starlette:
         history.start_background()
         yield
         history.stop()
-        if gateway is not None:
-            await gateway.aclose()  # its pooled connections to service instances
-        if (_ROUTES_DIR / "dataplane.py").exists():
-            from neve.control.routes.dataplane import close_publisher
-
-            # Serving has ended: the proxies keep their answers while no control plane runs
-            # (the daemon's own token, revoked next, is not pushed to them).
-            close_publisher(account)
+        await gateway.aclose()  # its pooled connections to service instances
+        # Serving has ended: the proxies keep their answers while no control plane runs
+        # (the daemon's own token, revoked next, is not pushed to them).
+        account.route_publisher.close()
 
     app = Starlette(
         routes=builtin + routes,

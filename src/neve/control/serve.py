@@ -345,12 +345,10 @@ class ControlDaemon:
         """Once uvicorn is told to stop, answer the proxies' route-table long-polls at once:
         uvicorn's graceful shutdown waits for open requests, and each long-poll would otherwise
         hold the stop for up to ``control_shutdown_timeout_secs``."""
-        from neve.control.routes.dataplane import close_publisher
-
         server = self.server
         while server is not None and not server.should_exit:
             await asyncio.sleep(0.05)
-        close_publisher(account)
+        account.route_publisher.close()
 
     def _start_data_plane(self, scheduler: Scheduler, account: Account, url: str) -> None:
         """Adopt or start the ingress proxies (they outlive this daemon) and keep them up: this

@@ -21,7 +21,8 @@ import logging
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import orjson
@@ -29,11 +30,13 @@ from sqlalchemy import select
 
 from neve.catalog import lookup
 from neve.catalog import models as m
-from neve.dataplane.proxies import SECRET_HEADER, proxy_secret
+from neve.dataplane.proxies import SECRET_HEADER, proxy_records, proxy_secret
 from neve.dataplane.targets import READY_INSTANCE_STATUSES, method_names, service_signatures
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from pathlib import Path
+
+    from neve.catalog import Catalog
 
 log = logging.getLogger("neve.dataplane")
 
@@ -44,11 +47,32 @@ PROXY_FORGET_S = 120.0
 INVALIDATE_PATH = "/_neve/invalidate"
 
 
-class RoutePublisher:
-    """One per control plane; thread-safe."""
+class SecurityEvents(Protocol):
+    """What the publisher asks of the security manager: a counter that grows with every
+    security change, and a call on each change."""
 
-    def __init__(self, account: Account, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
-        self.account = account
+    generation: int
+
+    def add_listener(self, listener: Callable[[], None]) -> None: ...
+
+    def remove_listener(self, listener: Callable[[], None]) -> None: ...
+
+
+class RoutePublisher:
+    """One per control plane; thread-safe. ``home``: the account's directory, where the
+    proxies' records and their shared secret live."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        security: SecurityEvents,
+        *,
+        home: Path,
+        interval_s: float = DEFAULT_INTERVAL_S,
+    ) -> None:
+        self.catalog = catalog
+        self.security = security
+        self.home = home
         self.interval_s = interval_s
         self._cond = threading.Condition()
         self._version = 0
@@ -61,14 +85,15 @@ class RoutePublisher:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.refresh()
-        add_listener = getattr(account.security, "add_listener", None)
-        if add_listener is not None:
-            add_listener(self._security_changed)
+        security.add_listener(self._security_changed)
+        # the proxies this control plane adopted may not have long-polled it yet
+        for record in proxy_records(home):
+            self.know_proxy(record.admin_url)
 
     # -- the table --------------------------------------------------------------------------------
     def _build(self) -> dict[str, Any]:
         services = []
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             for svc in s.scalars(select(m.Service).order_by(m.Service.id)):
                 instances = sorted(
                     (inst.instance_index, inst.host, int(inst.port))
@@ -88,7 +113,7 @@ class RoutePublisher:
                         "max_batch_rows": (svc.spec or {}).get("max_batch_rows"),
                     }
                 )
-        epoch = f"{self._nonce}:{self.account.security.generation}"
+        epoch = f"{self._nonce}:{self.security.generation}"
         return {"epoch": epoch, "services": services}
 
     def refresh(self) -> bool:
@@ -189,7 +214,7 @@ class RoutePublisher:
             if now - seen > PROXY_FORGET_S:
                 self._proxies.pop(url, None)
         urls = set(self._proxies) | set(extra_admin_urls)
-        secret = proxy_secret(self.account.settings.home) or ""
+        secret = proxy_secret(self.home) or ""
         for url in urls:
             try:
                 httpx.post(
@@ -208,9 +233,7 @@ class RoutePublisher:
         with self._cond:
             self._cond.notify_all()
             self._wake_async_waiters()
-        remove = getattr(self.account.security, "remove_listener", None)
-        if remove is not None:
-            remove(self._security_changed)
+        self.security.remove_listener(self._security_changed)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

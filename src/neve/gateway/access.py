@@ -2,8 +2,8 @@
 
 ``IngressAccess`` is the gateway's view; two implementations:
 
-- ``AccountAccess`` (here): in the control plane process, straight from the ``Account``
-  (catalog, ``SecurityManager``, ``ServiceManager``);
+- ``LocalAccess`` (here): in the control plane process, straight from the catalog, the
+  security manager and the service look-ups it is built with;
 - ``neve.dataplane.routes.ControlPlaneAccess``: in an ingress proxy process, from the control
   plane over HTTP plus the route table it follows.
 
@@ -15,15 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from neve.catalog import models as m
 from neve.context import RequestContext
 from neve.dataplane.targets import CatalogIngressTargets, IngressTarget, IngressTargets
-from neve.errors import NeveError, ObjectNotFoundError, PermissionDeniedError
+from neve.errors import ObjectNotFoundError, PermissionDeniedError
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from sqlalchemy.orm import Session
+
+    from neve.catalog import Catalog
 
 
 class IngressAccess(Protocol):
@@ -45,26 +47,36 @@ class IngressAccess(Protocol):
     def signatures(self, ctx: RequestContext, target: IngressTarget) -> dict[str, dict]: ...
 
 
-class AccountAccess:
-    """``IngressAccess`` from an ``Account`` in this process (blocking: call from a thread)."""
-
-    def __init__(self, account: Account, targets: IngressTargets | None = None) -> None:
-        self.account = account
-        self._targets = targets
+class IngressSecurity(Protocol):
+    """What ``LocalAccess`` asks of the security manager."""
 
     @property
-    def targets(self) -> IngressTargets:
-        if self._targets is None:
-            self._targets = _default_targets(self.account)
-        return self._targets
+    def generation(self) -> int: ...
+
+    def authenticate(
+        self, headers: Mapping[str, str], *, ingress: bool = False
+    ) -> tuple[RequestContext, datetime]: ...
+
+    def require(self, s: Session, ctx: RequestContext, privilege: str, obj: Any) -> None: ...
+
+
+class LocalAccess:
+    """``IngressAccess`` in the control plane process (blocking: call from a thread)."""
+
+    def __init__(
+        self, catalog: Catalog, security: IngressSecurity, targets: IngressTargets
+    ) -> None:
+        self.catalog = catalog
+        self.security = security
+        self.targets = targets
 
     @property
     def generation(self) -> int:
-        return self.account.security.generation
+        return self.security.generation
 
     def authenticate(self, headers: Mapping[str, str]) -> tuple[RequestContext, datetime]:
         # the ingress is the one place a token scoped to services is accepted
-        return self.account.security.authenticate(headers, ingress=True)
+        return self.security.authenticate(headers, ingress=True)
 
     def authorized_target(
         self, ctx: RequestContext, host: str | None, name: str | None
@@ -73,11 +85,11 @@ class AccountAccess:
         to services, that it is one of them)."""
         target = self.targets.ingress_target(ctx, host=host, name=name)
         check_scope(ctx, target.service_id, target.qualified_name)
-        with self.account.catalog.transaction() as s:
+        with self.catalog.transaction() as s:
             svc = s.get(m.Service, target.service_id)
             if svc is None:
                 raise ObjectNotFoundError(f"service {target.qualified_name} no longer exists")
-            self.account.security.require(s, ctx, "USAGE", svc)
+            self.security.require(s, ctx, "USAGE", svc)
             if not svc.ingress_enabled:
                 raise ObjectNotFoundError(
                     f"service {target.qualified_name} has no ingress endpoint "
@@ -95,14 +107,8 @@ class AccountAccess:
         self.targets.touch(service_id)
 
     def signatures(self, ctx: RequestContext, target: IngressTarget) -> dict[str, dict]:
-        services = self.targets
-        if hasattr(services, "service_methods") and not isinstance(services, CatalogIngressTargets):
-            try:
-                methods = services.service_methods  # type: ignore[attr-defined]
-                return dict(methods(ctx, target.qualified_name))
-            except NeveError:
-                pass
-        return CatalogIngressTargets(self.account.catalog).service_methods(ctx, target.service_id)
+        """Method name -> signature (the caller passed ``authorized_target`` already)."""
+        return CatalogIngressTargets(self.catalog).service_methods(ctx, target.service_id)
 
 
 def check_scope(ctx: RequestContext, service_id: int, label: str) -> None:
@@ -111,16 +117,3 @@ def check_scope(ctx: RequestContext, service_id: int, label: str) -> None:
         raise PermissionDeniedError(
             f"the token is scoped to other services' endpoints: it may not call service {label}"
         )
-
-
-def _default_targets(account: Account) -> IngressTargets:
-    """The account's ServiceManager when it offers the ingress methods, else the catalog."""
-    try:
-        services = account.services
-    except ImportError:
-        services = None
-    if services is not None and all(
-        hasattr(services, name) for name in ("ingress_target", "ensure_running", "touch")
-    ):
-        return services  # type: ignore[return-value]
-    return CatalogIngressTargets(account.catalog)

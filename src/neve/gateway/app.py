@@ -24,9 +24,9 @@ Where it runs: in every ingress proxy process (``neve.dataplane.proxy``:
 ``Gateway(settings=..., access=ControlPlaneAccess(...))``) and, for URLs that name the control
 plane, in the daemon itself (one server carries both)::
 
-    gateway = build_gateway(account)
+    gateway = Gateway(settings=settings, access=LocalAccess(catalog, security, services))
     asgi_app = IngressDispatch(control_app, gateway)   # routes ingress hosts and /svc/ here
-    uvicorn.Config(asgi_app, **uvicorn_options(account.settings))  # neve.gateway.limits
+    uvicorn.Config(asgi_app, **uvicorn_options(settings))  # neve.gateway.limits
     ...on shutdown: await gateway.aclose()
 
 ``Gateway`` is layered: ``core.GatewayCore`` (wiring, authentication and look-ups, checks before
@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio.to_thread
 from starlette.datastructures import Headers
@@ -51,10 +51,6 @@ from neve.errors import (
     ServiceUnavailableError,
 )
 from neve.gateway.cache import TtlCache
-
-if TYPE_CHECKING:
-    from neve.control.account import Account
-
 from neve.gateway.core import (
     LATENCY,
     REQUESTS,
@@ -268,8 +264,3 @@ class IngressDispatch:
             await self.gateway(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-
-def build_gateway(account: Account, **kwargs: Any) -> Gateway:
-    """The ingress ASGI app for ``account`` (kwargs: ``targets=``, ``limits=``)."""
-    return Gateway(account, **kwargs)

@@ -17,7 +17,7 @@ from starlette.datastructures import Headers
 
 from neve.context import RequestContext
 from neve.dataplane.router import OVERLOADED, Routed, Router
-from neve.dataplane.targets import TOUCH_INTERVAL_SECS, IngressTarget, IngressTargets
+from neve.dataplane.targets import TOUCH_INTERVAL_SECS, IngressTarget
 from neve.errors import (
     AuthenticationError,
     InvalidArgumentError,
@@ -25,7 +25,7 @@ from neve.errors import (
     ObjectNotFoundError,
     PayloadTooLargeError,
 )
-from neve.gateway.access import AccountAccess, IngressAccess, check_scope
+from neve.gateway.access import IngressAccess, check_scope
 from neve.gateway.cache import TtlCache
 from neve.gateway.limits import GatewayLimits
 from neve.gateway.openapi import ingress_openapi
@@ -33,7 +33,6 @@ from neve.identifiers import qualify
 
 if TYPE_CHECKING:
     from neve.config import Settings
-    from neve.control.account import Account
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -158,20 +157,12 @@ class GatewayCore:
 
     def __init__(
         self,
-        account: Account | None = None,
         *,
-        targets: IngressTargets | None = None,
+        settings: Settings,
+        access: IngressAccess,
         limits: GatewayLimits | None = None,
-        settings: Settings | None = None,
-        access: IngressAccess | None = None,
     ) -> None:
-        """In the control plane: ``Gateway(account)``; in a proxy: ``settings=`` and ``access=``."""
-        if account is not None:
-            settings = account.settings
-            access = access or AccountAccess(account, targets)
-        if settings is None or access is None:
-            raise TypeError("Gateway needs an account, or settings and access")
-        self.account = account
+        """``access``: ``LocalAccess`` in the control plane, ``ControlPlaneAccess`` in a proxy."""
         self.settings = settings
         self.access = access
         self.limits = limits or GatewayLimits.from_settings(settings)
@@ -191,12 +182,6 @@ class GatewayCore:
         # as ServiceManager names hosts: the account name as one DNS label
         label = re.sub(r"[^a-z0-9-]", "-", settings.account_name.lower()).strip("-")
         self.account_suffix = "-" + (label or "account")
-
-    # -- wiring -----------------------------------------------------------------------------------
-    @property
-    def targets(self) -> IngressTargets:
-        """The service look-ups of an in-process gateway (``AccountAccess.targets``)."""
-        return self.access.targets  # type: ignore[attr-defined]
 
     def invalidate(self) -> None:
         """Forget every cached security answer (a proxy is told a revocation happened)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -30,13 +30,47 @@ from neve.context import RequestContext
 from neve.errors import InvalidArgumentError, NeveError, PayloadTooLargeError, check_fields
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.catalog import Catalog
+    from neve.compute.manager import ComputeManager
+    from neve.config import Settings
+    from neve.dataplane.publish import RoutePublisher
+    from neve.environments.manager import EnvironmentManager
+    from neve.gateway.access import IngressAccess
+    from neve.registry.manager import RegistryManager
+    from neve.security.manager import SecurityManager
+    from neve.services.manager import ServiceManager
+    from neve.sql.engine import SqlEngine
+
+
+class ControlPlane(Protocol):
+    """What the REST routes use: the account's components, as the composition root
+    (``neve.control.account.Account``) built them."""
+
+    settings: Settings
+    catalog: Catalog
+
+    @property
+    def security(self) -> SecurityManager: ...
+    @property
+    def registry(self) -> RegistryManager: ...
+    @property
+    def environments(self) -> EnvironmentManager: ...
+    @property
+    def compute(self) -> ComputeManager: ...
+    @property
+    def services(self) -> ServiceManager: ...
+    @property
+    def sql(self) -> SqlEngine: ...
+    @property
+    def route_publisher(self) -> RoutePublisher: ...
+    @property
+    def ingress_access(self) -> IngressAccess: ...
 
 
 @dataclass
 class Call:
     request: Request
-    account: Account
+    account: ControlPlane
     ctx: RequestContext
     path: dict[str, Any]
     query: dict[str, str]

@@ -21,31 +21,10 @@ from starlette.routing import Route
 from neve.compute.families import FAMILIES
 from neve.control.routes._base import Call, body_fields, endpoint, query_flag
 from neve.errors import InvalidArgumentError
+from neve.kinds import COMPUTE_POOL
 
-CREATE_FIELDS = {
-    "name",
-    "instance_family",
-    "min_nodes",
-    "max_nodes",
-    "auto_resume",
-    "auto_suspend_secs",
-    "initially_suspended",
-    "backend",
-    "address",
-    "comment",
-    "if_not_exists",
-}
-ALTER_FIELDS = {
-    "suspend",
-    "resume",
-    "stop_all",
-    "min_nodes",
-    "max_nodes",
-    "auto_resume",
-    "auto_suspend_secs",
-    "comment",
-    "if_exists",
-}
+CREATE_FIELDS = COMPUTE_POOL.body_fields("create", "name", "if_not_exists")
+ALTER_FIELDS = COMPUTE_POOL.body_fields("alter", "suspend", "resume", "stop_all", "if_exists")
 
 
 @endpoint

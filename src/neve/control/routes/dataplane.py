@@ -21,8 +21,6 @@ from __future__ import annotations
 import functools
 import hmac
 import inspect
-import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +32,7 @@ from starlette.routing import Route
 from neve.context import RequestContext
 from neve.control.routes._base import (
     Call,
+    ControlPlane,
     body_fields,
     endpoint,
     error_response,
@@ -46,56 +45,24 @@ from neve.dataplane.proxies import (
     ingress_grpc_address,
     ingress_url,
     node_proxies,
-    proxy_records,
     proxy_secret,
 )
-from neve.dataplane.publish import RoutePublisher
 from neve.dataplane.routes import ROUTES_PATH, ctx_from_dict, ctx_to_dict, target_to_dict
 from neve.dataplane.targets import CatalogIngressTargets
 from neve.errors import InvalidArgumentError, NeveError, PermissionDeniedError, check_fields
-from neve.gateway.access import AccountAccess
 
 if TYPE_CHECKING:
-    from neve.control.account import Account
+    from neve.gateway.access import IngressAccess
 
 #: Longest a long-poll may ask to wait.
 MAX_WAIT_S = 60.0
 
-_publishers: weakref.WeakKeyDictionary[Any, RoutePublisher] = weakref.WeakKeyDictionary()
-_accesses: weakref.WeakKeyDictionary[Any, AccountAccess] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
+
+def _access(account: ControlPlane) -> IngressAccess:
+    return account.ingress_access
 
 
-def publisher(account: Account) -> RoutePublisher:
-    """The account's route publisher (one per control plane process)."""
-    with _lock:
-        pub = _publishers.get(account)
-        if pub is None:
-            pub = _publishers[account] = RoutePublisher(account)
-            # the proxies this daemon adopted may not have long-polled it yet
-            for record in proxy_records(account.settings.home):
-                pub.know_proxy(record.admin_url)
-        return pub
-
-
-def close_publisher(account: Account) -> None:
-    """Stop publishing (the control plane stops serving): waiting long-polls are answered and
-    later ones return at once (the closed publisher stays, so none blocks on a new one)."""
-    with _lock:
-        pub = _publishers.get(account)
-    if pub is not None:
-        pub.close()
-
-
-def _access(account: Account) -> AccountAccess:
-    with _lock:
-        access = _accesses.get(account)
-        if access is None:
-            access = _accesses[account] = AccountAccess(account)
-        return access
-
-
-def proxy_endpoint(fn: Callable[[Account, dict[str, Any], dict[str, Any]], Any]):
+def proxy_endpoint(fn: Callable[[ControlPlane, dict[str, Any], dict[str, Any]], Any]):
     """``fn(account, query, body)`` behind the proxy secret, run in a worker thread (or awaited
     when it is a coroutine function: one that waits without holding a thread)."""
     waits = inspect.iscoroutinefunction(fn)
@@ -143,16 +110,17 @@ def _ctx(body: dict[str, Any]) -> RequestContext:
 
 
 @proxy_endpoint
-async def route_table(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+async def route_table(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     version = int(_number(query.get("version"), "version", 0))
     wait = min(MAX_WAIT_S, max(0.0, _number(query.get("wait"), "wait", 0)))
-    pub = await run_in_threadpool(publisher, account)  # the first one reads the catalog
+    # the first one is built now, reading the catalog
+    pub = await run_in_threadpool(lambda: account.route_publisher)
     # a long-poll per proxy: awaited on the event loop, not a worker thread each
     return await pub.wait_async(version, wait, admin_url=query.get("admin"))
 
 
 @proxy_endpoint
-def authenticate(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+def authenticate(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"headers"}, what="authenticate")
     headers = {str(k).lower(): str(v) for k, v in (body.get("headers") or {}).items()}
     ctx, expires = _access(account).authenticate(headers)
@@ -160,14 +128,14 @@ def authenticate(account: Account, query: dict[str, Any], body: dict[str, Any]) 
 
 
 @proxy_endpoint
-def authorize(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+def authorize(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"ctx", "host", "name"}, what="authorize")
     target = _access(account).authorized_target(_ctx(body), body.get("host"), body.get("name"))
     return {"target": target_to_dict(target)}
 
 
 @proxy_endpoint
-def wake(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+def wake(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"ctx", "service_id", "timeout_s"}, what="wake")
     timeout = min(600.0, max(0.0, _number(body.get("timeout_s"), "timeout_s", 120.0)))
     target = _access(account).ensure_running(_ctx(body), int(body["service_id"]), timeout)
@@ -175,14 +143,14 @@ def wake(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
 
 
 @proxy_endpoint
-def touch(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+def touch(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"service_id"}, what="touch")
     _access(account).touch(int(body["service_id"]))
     return {}
 
 
 @proxy_endpoint
-def signatures(account: Account, query: dict[str, Any], body: dict[str, Any]) -> dict:
+def signatures(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"ctx", "service_id"}, what="signatures")
     return CatalogIngressTargets(account.catalog).service_methods(
         _ctx(body), int(body["service_id"])

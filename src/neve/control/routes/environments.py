@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from neve.control.routes._base import Call, body_fields, endpoint, query_flag
 from neve.errors import InvalidArgumentError
+from neve.kinds import EXTERNAL_ACCESS_INTEGRATION, NETWORK_RULE
 
 
 def _required(body: dict[str, Any], key: str, what: str) -> Any:
@@ -92,7 +93,7 @@ def show_rules(call: Call) -> list[dict]:
 @endpoint(status=201)
 def create_rule(call: Call) -> dict:
     what = "CREATE NETWORK RULE"
-    fields = {"name", "value_list", "mode", "type", "comment", "if_not_exists"}
+    fields = NETWORK_RULE.body_fields("create", "name", "if_not_exists")
     body = body_fields(call, fields, what=what)
     name = _required(body, "name", what)
     return call.account.environments.create_network_rule(call.ctx, name, **body)
@@ -122,7 +123,7 @@ def show_integrations(call: Call) -> list[dict]:
 @endpoint(status=201)
 def create_integration(call: Call) -> dict:
     what = "CREATE EXTERNAL ACCESS INTEGRATION"
-    fields = {"name", "allowed_network_rules", "enabled", "comment", "if_not_exists"}
+    fields = EXTERNAL_ACCESS_INTEGRATION.body_fields("create", "name", "if_not_exists")
     body = body_fields(call, fields, what=what)
     name = _required(body, "name", what)
     return call.account.environments.create_external_access_integration(call.ctx, name, **body)

@@ -60,6 +60,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from neve import kinds
 from neve.config import Settings
 from neve.context import RequestContext
 from neve.control.routes._base import (
@@ -126,7 +127,7 @@ def describe_model(call: Call) -> dict:
 
 @endpoint
 def alter_model(call: Call) -> dict:
-    body = body_fields(call, {"comment", "default_version", "name"}, what="ALTER MODEL")
+    body = body_fields(call, kinds.MODEL.body_fields("alter", "name"), what="ALTER MODEL")
     registry, ctx, qn = call.account.registry, _ctx(call), _model(call)
     if "name" in body:
         row = registry.rename_model(ctx, qn, str(body["name"]))

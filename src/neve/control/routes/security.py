@@ -41,6 +41,7 @@ from neve.control.routes._base import (
     json_response,
 )
 from neve.errors import InvalidArgumentError, NeveError, check_fields
+from neve.kinds import PROGRAMMATIC_ACCESS_TOKEN, USER
 from neve.security.auth import bearer_token
 
 LOGIN_PATH = "/api/v1/login"
@@ -119,7 +120,7 @@ def create_token(call: Call) -> dict:
     The secret is in the answer and nowhere else (the catalog keeps its SHA-256)."""
     body = body_fields(
         call,
-        {"name", "days_to_expiry", "role", "user", "comment", "services"},
+        PROGRAMMATIC_ACCESS_TOKEN.body_fields("create", "name", "user"),
         what="a token",
     )
     kwargs: dict[str, Any] = {
@@ -156,15 +157,7 @@ def create_user(call: Call) -> dict:
     """CREATE USER {"name", "password", "rsa_public_key", "default_role", "comment", "disabled"}."""
     body = body_fields(
         call,
-        {
-            "name",
-            "password",
-            "rsa_public_key",
-            "default_role",
-            "comment",
-            "disabled",
-            "if_not_exists",
-        },
+        USER.body_fields("create", "name", "if_not_exists"),
         what="CREATE USER",
     )
     name = str(_required(body, "name", what="CREATE USER"))
@@ -184,7 +177,7 @@ def alter_user(call: Call) -> dict:
     """ALTER USER {"password", "rsa_public_key", "default_role", "disabled", "comment"}."""
     body = body_fields(
         call,
-        {"password", "rsa_public_key", "default_role", "disabled", "comment"},
+        USER.body_fields("alter"),
         what="ALTER USER",
     )
     return call.account.security.alter_user(call.ctx, call.path["name"], **body)

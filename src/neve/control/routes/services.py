@@ -42,6 +42,7 @@ import orjson
 from starlette.responses import Response
 from starlette.routing import Route
 
+from neve import kinds
 from neve.context import RequestContext
 from neve.control.routes._base import Call, body_fields, endpoint, parse_json, query_flag
 from neve.errors import InvalidArgumentError
@@ -50,36 +51,9 @@ from neve.server import arrow_ipc
 
 PREFIX = "/api/v1/services"
 SERVICE = PREFIX + "/{db}/{schema}/{name}"
-CREATE_FIELDS = {
-    "model",
-    "version",
-    "service_name",
-    "compute_pool",
-    "image_repo",
-    "ingress_enabled",
-    "max_instances",
-    "min_instances",
-    "cpu_requests",
-    "memory_requests",
-    "gpu_requests",
-    "num_workers",
-    "max_batch_rows",
-    "build_external_access_integrations",
-    "image_build_compute_pool",
-    "force_rebuild",
-    "auto_suspend_secs",
-    "comment",
-    "block",
-}
+CREATE_FIELDS = kinds.MODEL_SERVICE.body_fields("create", "block")
 REQUIRED_FIELDS = ("model", "version", "service_name", "compute_pool", "image_repo")
-ALTER_FIELDS = {
-    "suspend",
-    "resume",
-    "min_instances",
-    "max_instances",
-    "auto_suspend_secs",
-    "comment",
-}
+ALTER_FIELDS = kinds.SERVICE.body_fields("alter", "suspend", "resume")
 #: Most rows one invoke request may carry (the client sends bigger inputs in several requests).
 MAX_INVOKE_ROWS = 100_000
 

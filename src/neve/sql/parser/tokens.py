@@ -7,6 +7,7 @@ from typing import Any
 from sqlglot.tokens import Token, TokenType
 
 from neve.errors import SqlSyntaxError
+from neve.kinds import BOOL, INT, NAMES, NUM, STR, STRS, WORD
 from neve.sql.lexer import (
     is_string,
     is_word,
@@ -15,7 +16,7 @@ from neve.sql.lexer import (
     tokenize,
     word,
 )
-from neve.sql.parser.statement import BOOL, GRANT_OBJECT_TYPES, INT, NAMES, NUM, STR, STRS, WORD
+from neve.sql.parser.statement import GRANT_OBJECT_TYPES
 
 
 class Parser:
