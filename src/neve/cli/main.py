@@ -1,4 +1,4 @@
-"""The ``neve`` command. Each component contributes a typer sub-app from ``neve.cli.<name>``.
+"""The ``neve`` command. Each component contributes a typer sub-app (``neve.cli.<name>``).
 
     neve [--home DIR] [--url URL] [--role ROLE] [--user NAME] [--token TOKEN] COMMAND ...
 
@@ -11,13 +11,13 @@ with ``--user`` (password from ``NEVE_PASSWORD``, else asked for) or ``--token``
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from neve.cli import images, models, pools, server, services, sql, users
 from neve.cli._common import CliOptions, NeveGroup, console, get_session, print_record
 
 app = typer.Typer(
@@ -29,27 +29,18 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold tokens and passwords
 )
 
-# Sub-apps, each ``app`` in ``neve/cli/<module>.py``. A module that this version does not have is
-# skipped; one that exists and fails to import is a bug and the error surfaces.
-SUBCOMMANDS = (
-    "server",
-    "models",
-    "pools",
-    "images",
-    "repos",
-    "integrations",
-    "services",
-    "jobs",
-    "sql",
-    "users",
-    "roles",
-    "grants",
-    "tokens",
-)
-_HERE = Path(__file__).parent
-for _name in SUBCOMMANDS:
-    if (_HERE / f"{_name}.py").exists():
-        app.add_typer(importlib.import_module(f"neve.cli.{_name}").app, name=_name)
+#: Sub-apps, each the ``app`` of ``neve/cli/<name>.py``, in help order.
+SUBCOMMANDS = {
+    "server": server.app,
+    "models": models.app,
+    "pools": pools.app,
+    "images": images.app,
+    "services": services.app,
+    "sql": sql.app,
+    "users": users.app,
+}
+for _name, _sub_app in SUBCOMMANDS.items():
+    app.add_typer(_sub_app, name=_name)
 
 # Global option -> the environment variable neve.connect() reads.
 _ENV = {"home": "NEVE_HOME", "url": "NEVE_URL", "role": "NEVE_ROLE", "user": "NEVE_USER"}

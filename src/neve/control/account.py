@@ -64,6 +64,7 @@ class Account:
     @cached_property
     def services(self) -> ServiceManager:
         from neve.services.manager import ServiceManager
+        from neve.sql.functions import ServiceFunctionRows
 
         return ServiceManager(
             self.catalog,
@@ -72,6 +73,7 @@ class Account:
             self.registry,
             self.environments,
             self.compute,
+            ServiceFunctionRows(),
         )
 
     @cached_property

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -64,6 +64,15 @@ log = logging.getLogger("neve.services")
 ALTERABLE = ("min_instances", "max_instances", "comment", "auto_suspend_secs")
 
 
+class ServiceFunctionRows(Protocol):
+    """The SQL functions a service has in the catalog (one per model method), created and
+    dropped with it inside the services manager's own transaction."""
+
+    def register(self, s: Session, svc: m.Service, signatures: dict[str, Any]) -> None: ...
+
+    def drop(self, s: Session, svc: m.Service) -> None: ...
+
+
 class ServiceCore:
     def __init__(
         self,
@@ -73,8 +82,10 @@ class ServiceCore:
         registry: RegistryManager,
         environments: EnvironmentManager,
         compute: ComputeManager,
+        functions: ServiceFunctionRows,
     ) -> None:
         self.catalog = catalog
+        self.functions = functions
         self.settings = settings
         self.security = security
         self.registry = registry
@@ -89,9 +100,7 @@ class ServiceCore:
         self._addresses: dict[int, tuple[float, list[tuple[str, int]]]] = {}
         self._closing = False
         self.resume_timeout_s = settings.service.resume_timeout_secs
-        add_listener = getattr(compute, "add_pool_listener", None)
-        if add_listener is not None:
-            add_listener(self._on_pool_action)
+        compute.add_pool_listener(self._on_pool_action)
 
     def _on_pool_action(self, ctx: RequestContext | None, pool_name: str, action: str) -> None:
         """ALTER COMPUTE POOL ... SUSPEND suspends its services; STOP ALL drops them."""
@@ -429,12 +438,7 @@ class ServiceCore:
                 if svc is None:
                     return
                 qn = lookup.qualified(s, svc.schema_id, svc.name)
-                try:
-                    from neve.sql.functions import drop_service_functions
-                except ImportError:
-                    pass
-                else:
-                    drop_service_functions(s, svc)
+                self.functions.drop(s, svc)
                 self.security.on_drop(s, svc)
                 s.delete(svc)
         self.supervisor.forget(sid)

@@ -449,10 +449,5 @@ class ServiceCreation(ServiceCore):
                 f"{version_row.model_type} runs only on CPU; omit gpu_requests"
             )
 
-    @staticmethod
-    def _register_functions(s: Session, svc: m.Service, version_row: m.ModelVersion) -> None:
-        try:
-            from neve.sql.functions import register_service_functions
-        except ImportError:  # the SQL surface is optional for the services component
-            return
-        register_service_functions(s, svc, dict(version_row.signatures or {}))
+    def _register_functions(self, s: Session, svc: m.Service, version_row: m.ModelVersion) -> None:
+        self.functions.register(s, svc, dict(version_row.signatures or {}))

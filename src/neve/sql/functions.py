@@ -180,6 +180,16 @@ def drop_service_functions(session: Session, service_row: m.Service) -> None:
     session.execute(delete(m.Function).where(m.Function.id.in_(ids)))
 
 
+class ServiceFunctionRows:
+    """``register`` / ``drop`` of a service's functions, as the services manager is given them."""
+
+    def register(self, s: Session, svc: m.Service, signatures: dict[str, Any]) -> None:
+        register_service_functions(s, svc, signatures)
+
+    def drop(self, s: Session, svc: m.Service) -> None:
+        drop_service_functions(s, svc)
+
+
 def service_functions(session: Session, service_row: m.Service) -> list[m.Function]:
     return list(
         session.scalars(
