@@ -147,7 +147,8 @@ class BuildSettings(Section):
     """Image builds (``neve.environments``)."""
 
     timeout_secs: PositiveInt = 3600
-    #: A directory of prebuilt base environments (``NEVE_BASE_IMAGES`` wins).
+    #: A directory of prebuilt base environments (the environment variable
+    #: ``NEVE_BASE_IMAGES_DIR`` wins, also for accounts built from a ``Settings`` object).
     base_images_dir: str | None = None
     base_index_url: str = PYPI_INDEX
     #: Frameworks installed into the shared base environment.

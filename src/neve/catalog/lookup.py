@@ -9,9 +9,12 @@ from sqlalchemy.orm import Session
 
 from neve.catalog import models as m
 from neve.errors import ObjectNotFoundError
-from neve.identifiers import QualifiedName
+from neve.identifiers import QualifiedName, ident, quote
 
 T = TypeVar("T")
+
+#: Aliases every model has: its default version, its first and its last.
+SYSTEM_ALIASES = ("DEFAULT", "FIRST", "LAST")
 
 
 def database(s: Session, name: str) -> m.Database:
@@ -52,3 +55,42 @@ def qualified(s: Session, schema_id: int, name: str) -> QualifiedName:
     sch = s.get(m.Schema, schema_id)
     assert sch is not None
     return QualifiedName(sch.database.name, sch.name, name)
+
+
+def model_versions(s: Session, model: m.Model) -> list[m.ModelVersion]:
+    """A model's versions, oldest first."""
+    return list(
+        s.scalars(
+            select(m.ModelVersion)
+            .where(m.ModelVersion.model_id == model.id)
+            .order_by(m.ModelVersion.id)
+        )
+    )
+
+
+def model_version(
+    s: Session, model: m.Model, qn: QualifiedName, version: str | None = None
+) -> m.ModelVersion:
+    """A version by name, by user alias, or by DEFAULT / FIRST / LAST (None: DEFAULT): the
+    one rule the registry, services and SQL (``model!method``) resolve versions by."""
+    versions = model_versions(s, model)
+    if version is None and not versions:
+        raise ObjectNotFoundError(f"model {qn} has no versions")
+    name = "DEFAULT" if version is None else ident(version, kind="version name or alias")
+    for row in versions:
+        if row.name == name:
+            return row
+    for row in versions:
+        if name in (row.aliases or []):
+            return row
+    if versions and name in SYSTEM_ALIASES:
+        if name == "FIRST":
+            return versions[0]
+        if name == "LAST":
+            return versions[-1]
+        default = next((v for v in versions if v.name == model.default_version), None)
+        return default or versions[-1]
+    known = ", ".join(quote(v.name) for v in versions) or "none"
+    raise ObjectNotFoundError(
+        f"model {qn} has no version or alias {quote(name)}; versions: {known}"
+    )

@@ -16,9 +16,8 @@ from neve.context import RequestContext
 from neve.environments import dependencies as deps
 from neve.errors import (
     InvalidArgumentError,
-    ObjectNotFoundError,
 )
-from neve.identifiers import QualifiedName, ident, qualify, quote
+from neve.identifiers import QualifiedName, qualify
 from neve.registry.artifacts import ArtifactStore
 
 if TYPE_CHECKING:
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from neve.security.manager import SecurityManager
 
 #: Aliases every model has; they cannot be set by users.
-SYSTEM_ALIASES = ("DEFAULT", "FIRST", "LAST")
+SYSTEM_ALIASES = lookup.SYSTEM_ALIASES
 #: Keys ``log_model(options=...)`` understands.
 KNOWN_OPTIONS = {
     "task",
@@ -101,37 +100,12 @@ class RegistryCore:
 
     @staticmethod
     def _versions(s: Session, model: m.Model) -> list[m.ModelVersion]:
-        return list(
-            s.scalars(
-                select(m.ModelVersion)
-                .where(m.ModelVersion.model_id == model.id)
-                .order_by(m.ModelVersion.id)
-            )
-        )
+        return lookup.model_versions(s, model)
 
-    def _version(
-        self, s: Session, model: m.Model, qn: QualifiedName, version: str
-    ) -> m.ModelVersion:
+    @staticmethod
+    def _version(s: Session, model: m.Model, qn: QualifiedName, version: str) -> m.ModelVersion:
         """A version by name, by user alias, or by DEFAULT / FIRST / LAST."""
-        name = ident(version, kind="version name or alias")
-        versions = self._versions(s, model)
-        for row in versions:
-            if row.name == name:
-                return row
-        for row in versions:
-            if name in (row.aliases or []):
-                return row
-        if versions and name in SYSTEM_ALIASES:
-            if name == "FIRST":
-                return versions[0]
-            if name == "LAST":
-                return versions[-1]
-            default = next((v for v in versions if v.name == model.default_version), None)
-            return default or versions[-1]
-        known = ", ".join(quote(v.name) for v in versions) or "none"
-        raise ObjectNotFoundError(
-            f"model {qn} has no version or alias {quote(name)}; versions: {known}"
-        )
+        return lookup.model_version(s, model, qn, version)
 
     # -- rows -------------------------------------------------------------------------------------
     def _services_using(self, s: Session, version_ids: list[int]) -> list[tuple[str, str, int]]:

@@ -44,7 +44,7 @@ from neve.errors import (
     SignatureError,
     SqlSyntaxError,
 )
-from neve.identifiers import QualifiedName, ident, qualify, quote
+from neve.identifiers import QualifiedName, qualify
 from neve.models.signature import ModelSignature
 from neve.sql import access, external, table_functions
 from neve.sql import functions as fns
@@ -386,7 +386,7 @@ class Planner:
         qn = qualify(bang.target, database=self.ctx.database, schema=self.ctx.schema, kind="model")
         model = lookup.in_schema(s, m.Model, qn, "model")
         self.account.security.require(s, self.ctx, "USAGE", model)
-        version = _model_version(s, model, qn, bang.version)
+        version = lookup.model_version(s, model, qn, bang.version)
         platforms = [str(p).upper() for p in (version.target_platforms or [])]
         if platforms and "WAREHOUSE" not in platforms:
             raise NotSupportedError(
@@ -513,42 +513,6 @@ def _method_entry(methods: dict, name: str) -> tuple[str, dict] | None:
         if key == name or key.upper() == name.upper():
             return key, value
     return None
-
-
-SYSTEM_ALIASES = ("DEFAULT", "FIRST", "LAST")
-
-
-def _model_version(
-    s: Session, model: m.Model, qn: QualifiedName, version: str | None
-) -> m.ModelVersion:
-    """A version by name or alias (the registry's rules); the default one when not given."""
-    versions = list(
-        s.scalars(
-            select(m.ModelVersion)
-            .where(m.ModelVersion.model_id == model.id)
-            .order_by(m.ModelVersion.id)
-        )
-    )
-    if not versions:
-        raise ObjectNotFoundError(f"model {qn} has no versions")
-    name = "DEFAULT" if version is None else ident(version, kind="version name or alias")
-    for row in versions:
-        if row.name == name:
-            return row
-    for row in versions:
-        if name in (row.aliases or []):
-            return row
-    if name == "FIRST":
-        return versions[0]
-    if name == "LAST":
-        return versions[-1]
-    if name == "DEFAULT":
-        default = next((v for v in versions if v.name == model.default_version), None)
-        return default or versions[-1]
-    known = ", ".join(quote(v.name) for v in versions)
-    raise ObjectNotFoundError(
-        f"model {qn} has no version or alias {quote(name)}; versions: {known}"
-    )
 
 
 def _write_targets(tree: exp.Expression, used: set[tuple[str, str]]) -> set[tuple[str, str]]:
