@@ -6,9 +6,10 @@ server listens, and watches it. Clients (the gateway, SQL service functions, ``m
 the server over HTTP exactly as on the ``local`` backend; Ray only decides where the instance
 runs, reserves its CPUs / GPUs / memory there and tells the control plane whether it still runs.
 
-This module imports only the standard library (Ray is imported inside the methods that run in a
-Ray worker). The backend registers it to be pickled *by value*, so nodes need neither neve nor
-any of the control plane's packages: the image environment brings ``neve.server``.
+This module imports only the standard library and ``ray_trees`` (Ray is imported inside the
+methods that run in a Ray worker). The backend registers both to be pickled *by value*, so nodes
+need neither neve nor any of the control plane's packages: the image environment brings
+``neve.server``.
 
 Model environments on nodes: every path the server needs (the image venv, directories its
 ``.pth`` files point to, the model directory) is a *tree* with a fingerprint. ``prepare()``
@@ -21,7 +22,6 @@ in ``.pth`` files to the unpacked copies.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -29,7 +29,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -37,6 +36,15 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+# By name (not the module): the backend pickles this module and that one by value, so these
+# travel with the actor class to nodes that have no neve installed.
+from neve.compute.backends.ray_trees import (
+    COMPLETE_MARKER,
+    rewrite_pth_files,
+    site_dirs,
+    tree_fingerprint,
+)
 
 #: Variables of the launching process (control plane or Ray worker) that must not leak into an
 #: image's python: they would make it import the launcher's packages instead of the image's.
@@ -81,8 +89,6 @@ def instance_environment(environ: dict[str, str] | os._Environ) -> dict[str, str
     }
 
 
-#: Marker written last into an unpacked tree: a directory without it is incomplete.
-COMPLETE_MARKER = ".neve-tree-complete"
 #: Runs in the image's python before ``neve.server``: the server gets SIGTERM when the actor's
 #: process dies (node lost, actor killed), so no server outlives its actor; then exec.
 LAUNCHER = (
@@ -91,104 +97,6 @@ LAUNCHER = (
     "if os.getppid() != int(sys.argv[1]): sys.exit(70)\n"  # the actor died before prctl
     "os.execv(sys.executable, [sys.executable] + sys.argv[2:])\n"
 )
-_ADDSITEDIR = re.compile(r"""addsitedir\(\s*(['"])(/[^'"]+)\1""")
-
-
-# -- trees: fingerprints, .pth references (also used by the backend on the control plane) ---------
-def tree_fingerprint(root: str | os.PathLike) -> tuple[str, int, int]:
-    """``(sha256 hex, files, bytes)`` over the relative paths, sizes and link targets of a tree.
-
-    Content is not read (a venv holds thousands of files): trees are content-addressed
-    directories that are written once, so names and sizes identify them.
-    """
-    base = Path(root)
-    digest = hashlib.sha256()
-    files = size = 0
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, base)
-        for name in sorted(filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]):
-            if name == COMPLETE_MARKER or name.endswith(".pyc"):
-                continue
-            path = Path(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            try:
-                if path.is_symlink():
-                    digest.update(f"L {rel} {os.readlink(path)}\n".encode())
-                    continue
-                st = path.stat()
-            except OSError:
-                continue
-            digest.update(f"F {rel} {st.st_size}\n".encode())
-            files += 1
-            size += st.st_size
-    return digest.hexdigest(), files, size
-
-
-def site_dirs(root: str | os.PathLike) -> list[Path]:
-    """The ``site-packages`` directories of a venv (or the directory itself when it is one)."""
-    base = Path(root)
-    found = sorted(base.glob("lib/python*/site-packages")) + sorted(
-        base.glob("lib64/python*/site-packages")
-    )
-    return found or [base]
-
-
-def pth_references(site_dir: str | os.PathLike) -> list[str]:
-    """Absolute directories that the ``.pth`` files of ``site_dir`` add to ``sys.path``."""
-    refs: list[str] = []
-    for pth in sorted(Path(site_dir).glob("*.pth")):
-        try:
-            lines = pth.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            text = line.strip()
-            if text.startswith(("import ", "import\t")):
-                refs.extend(m.group(2) for m in _ADDSITEDIR.finditer(text))
-            elif text.startswith("/"):
-                refs.append(text)
-    return [r for r in dict.fromkeys(refs) if os.path.isdir(r)]
-
-
-def rewrite_pth_files(site_dir: Path, mapping: dict[str, str]) -> int:
-    """Point absolute paths in ``site_dir/*.pth`` at unpacked copies; return files changed."""
-    if not mapping:
-        return 0
-    # One pass, longest original root first: a nested tree wins over the tree that contains it,
-    # and a replacement is never rewritten again. Roots match at a line start (a path line) or
-    # after a quote (``site.addsitedir('...')``), up to a path boundary.
-    roots = sorted(mapping, key=len, reverse=True)
-    pattern = re.compile(
-        r"(?:^|(?<=['\"]))(" + "|".join(re.escape(r) for r in roots) + r")(?=$|/|['\"])",
-        re.MULTILINE,
-    )
-    changed = 0
-    for pth in sorted(site_dir.glob("*.pth")):
-        try:
-            text = pth.read_text()
-        except OSError:
-            continue
-        new = pattern.sub(lambda m: mapping[m.group(1)], text)
-        if new != text:
-            pth.write_text(new)
-            changed += 1
-    return changed
-
-
-def pack_tree(root: str | os.PathLike) -> bytes:
-    """A gzip'd tar of a tree (symlinks kept, byte-code caches left out)."""
-    buf = io.BytesIO()
-
-    def skip_caches(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        name = info.name
-        if "/__pycache__" in name or name.endswith(".pyc") or name.endswith(COMPLETE_MARKER):
-            return None
-        return info
-
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        tar.add(str(root), arcname=".", filter=skip_caches)
-    return buf.getvalue()
 
 
 # -- the actor ------------------------------------------------------------------------------------
@@ -603,10 +511,6 @@ def _mkdir(path: Path) -> Path:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-if __name__ == "__main__":  # pragma: no cover - a tool: print a tree's fingerprint
-    print(tree_fingerprint(sys.argv[1]))
 
 
 def _read_ports(path: Path) -> tuple[int, int | None] | None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neve.compute.backends import ray_actor
+from neve.compute.backends import ray_actor, ray_trees
 from neve.compute.backends.base import ComputeBackend, InstanceHandle, PoolInfo
 from neve.compute.backends.ray_connect import RayAddress, connect, import_ray
 from neve.compute.backends.ray_ship import TreeShipper
@@ -42,9 +42,10 @@ _remote_classes_lock = threading.Lock()
 
 def remote_class(ray: Any, actor: type) -> Any:
     """``actor`` (``ray_actor.InstanceActor`` or ``ProxyActor``) as a Ray actor class, made once;
-    its module is pickled by value, so nodes need no neve installed."""
+    its modules are pickled by value, so nodes need no neve installed."""
     with _remote_classes_lock:
         if actor not in _remote_classes:
+            ray.cloudpickle.register_pickle_by_value(ray_trees)
             ray.cloudpickle.register_pickle_by_value(ray_actor)
             _remote_classes[actor] = ray.remote(actor)
         return _remote_classes[actor]

@@ -8,7 +8,7 @@ An instance needs three kinds of directory ("trees") on its node:
   site-packages, through ``site.addsitedir``; an editable source tree), followed recursively,
 - the model directory.
 
-Each tree gets a fingerprint (relative paths and sizes; see ``ray_actor.tree_fingerprint``) and a
+Each tree gets a fingerprint (relative paths and sizes; see ``ray_trees.tree_fingerprint``) and a
 content key ``<directory name>-<fingerprint prefix>``: the image's directory name is its digest,
 so the image's content hash keeps deciding reuse, on nodes as in the image repository. The actor
 on the node reports which keys it lacks; only those are packed (a gzip'd tar, once per key and
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neve.compute.backends.ray_actor import pack_tree, pth_references, site_dirs, tree_fingerprint
+from neve.compute.backends.ray_trees import pack_tree, pth_references, site_dirs, tree_fingerprint
 
 #: How many ``.pth`` hops are followed from the image (image -> base -> ...).
 MAX_TREES = 16
