@@ -97,6 +97,13 @@ class Account:
 
         return RoutePublisher(self.catalog, self.security, home=self.settings.home)
 
+    def close_route_publisher(self) -> None:
+        """Serving has ended: answer waiting long-polls, and later ones at once (the closed
+        publisher stays). One never built is not built now (nothing follows it)."""
+        publisher = self.__dict__.get("route_publisher")
+        if publisher is not None:
+            publisher.close()
+
     def close(self) -> None:
         for name in ("route_publisher", "services", "environments", "compute", "sql"):
             mgr = self.__dict__.get(name)

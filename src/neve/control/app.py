@@ -311,7 +311,7 @@ def create_app(
         await gateway.aclose()  # its pooled connections to service instances
         # Serving has ended: the proxies keep their answers while no control plane runs
         # (the daemon's own token, revoked next, is not pushed to them).
-        account.route_publisher.close()
+        account.close_route_publisher()
 
     app = Starlette(
         routes=builtin + routes,

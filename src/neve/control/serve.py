@@ -348,7 +348,7 @@ class ControlDaemon:
         server = self.server
         while server is not None and not server.should_exit:
             await asyncio.sleep(0.05)
-        account.route_publisher.close()
+        account.close_route_publisher()
 
     def _start_data_plane(self, scheduler: Scheduler, account: Account, url: str) -> None:
         """Adopt or start the ingress proxies (they outlive this daemon) and keep them up: this
