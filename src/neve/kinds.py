@@ -9,7 +9,7 @@ so adding a field to a kind is one line.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -107,9 +107,6 @@ class ObjectKind:
 
     def default(self, name: str) -> Any:
         return self.field(name).default
-
-    def help(self, name: str) -> str:
-        return self.field(name).help
 
     def stage_fields(self, stage: Stage) -> tuple[Field, ...]:
         return tuple(f for f in self.fields if (f.create if stage == "create" else f.alter))
@@ -285,7 +282,3 @@ ALL: tuple[ObjectKind, ...] = (
     SERVICE_FUNCTION,
     EXTERNAL_FUNCTION,
 )
-
-
-def names(fields: Iterable[Field]) -> list[str]:
-    return [f.name for f in fields]

@@ -99,6 +99,14 @@ def _password(prompt: bool, from_stdin: bool) -> str | None:
 # -- users ----------------------------------------------------------------------------------------
 
 
+def _credentials(prompt: bool, from_stdin: bool, key_file: Path | None) -> dict[str, str | None]:
+    """The password (asked for or read from stdin) and public key a command was given."""
+    return {
+        "password": _password(prompt, from_stdin),
+        "rsa_public_key": key_file.read_text() if key_file else None,
+    }
+
+
 @app.command("create")
 def create_user(
     name: str,
@@ -115,8 +123,7 @@ def create_user(
         USER,
         "create",
         f"user {name}",
-        password=_password(password, password_stdin),
-        rsa_public_key=rsa_public_key_file.read_text() if rsa_public_key_file else None,
+        **_credentials(password, password_stdin, rsa_public_key_file),
         default_role=default_role or None,
         comment=comment or None,
     )
@@ -160,8 +167,7 @@ def alter_user(
         USER,
         "alter",
         f"user {name}",
-        password=_password(password, password_stdin),
-        rsa_public_key=rsa_public_key_file.read_text() if rsa_public_key_file else None,
+        **_credentials(password, password_stdin, rsa_public_key_file),
         default_role=default_role,
         disabled=disable,
         comment=comment,

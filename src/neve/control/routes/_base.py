@@ -28,37 +28,19 @@ from starlette.responses import Response
 
 from neve.context import RequestContext
 from neve.errors import InvalidArgumentError, NeveError, PayloadTooLargeError, check_fields
+from neve.sql.managers import Managers
 
 if TYPE_CHECKING:
-    from neve.catalog import Catalog
-    from neve.compute.manager import ComputeManager
-    from neve.config import Settings
     from neve.dataplane.publish import RoutePublisher
-    from neve.environments.manager import EnvironmentManager
     from neve.gateway.access import IngressAccess
-    from neve.registry.manager import RegistryManager
-    from neve.security.manager import SecurityManager
-    from neve.services.manager import ServiceManager
     from neve.sql.engine import SqlEngine
 
 
-class ControlPlane(Protocol):
-    """What the REST routes use: the account's components, as the composition root
+class ControlPlane(Managers, Protocol):
+    """What the REST routes use: the account's components (what SQL uses of them, the whole
+    engine, and the data plane's side), as the composition root
     (``neve.control.account.Account``) built them."""
 
-    settings: Settings
-    catalog: Catalog
-
-    @property
-    def security(self) -> SecurityManager: ...
-    @property
-    def registry(self) -> RegistryManager: ...
-    @property
-    def environments(self) -> EnvironmentManager: ...
-    @property
-    def compute(self) -> ComputeManager: ...
-    @property
-    def services(self) -> ServiceManager: ...
     @property
     def sql(self) -> SqlEngine: ...
     @property

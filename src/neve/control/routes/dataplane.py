@@ -52,14 +52,10 @@ from neve.dataplane.targets import CatalogIngressTargets
 from neve.errors import InvalidArgumentError, NeveError, PermissionDeniedError, check_fields
 
 if TYPE_CHECKING:
-    from neve.gateway.access import IngressAccess
+    pass
 
 #: Longest a long-poll may ask to wait.
 MAX_WAIT_S = 60.0
-
-
-def _access(account: ControlPlane) -> IngressAccess:
-    return account.ingress_access
 
 
 def proxy_endpoint(fn: Callable[[ControlPlane, dict[str, Any], dict[str, Any]], Any]):
@@ -123,14 +119,16 @@ async def route_table(account: ControlPlane, query: dict[str, Any], body: dict[s
 def authenticate(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"headers"}, what="authenticate")
     headers = {str(k).lower(): str(v) for k, v in (body.get("headers") or {}).items()}
-    ctx, expires = _access(account).authenticate(headers)
+    ctx, expires = account.ingress_access.authenticate(headers)
     return {"ctx": ctx_to_dict(ctx), "expires": expires.isoformat()}
 
 
 @proxy_endpoint
 def authorize(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"ctx", "host", "name"}, what="authorize")
-    target = _access(account).authorized_target(_ctx(body), body.get("host"), body.get("name"))
+    target = account.ingress_access.authorized_target(
+        _ctx(body), body.get("host"), body.get("name")
+    )
     return {"target": target_to_dict(target)}
 
 
@@ -138,14 +136,14 @@ def authorize(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]
 def wake(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"ctx", "service_id", "timeout_s"}, what="wake")
     timeout = min(600.0, max(0.0, _number(body.get("timeout_s"), "timeout_s", 120.0)))
-    target = _access(account).ensure_running(_ctx(body), int(body["service_id"]), timeout)
+    target = account.ingress_access.ensure_running(_ctx(body), int(body["service_id"]), timeout)
     return {"target": target_to_dict(target)}
 
 
 @proxy_endpoint
 def touch(account: ControlPlane, query: dict[str, Any], body: dict[str, Any]) -> dict:
     check_fields(body, {"service_id"}, what="touch")
-    _access(account).touch(int(body["service_id"]))
+    account.ingress_access.touch(int(body["service_id"]))
     return {}
 
 
