@@ -90,6 +90,8 @@ class Cell:
     # with its workers), and for custom rows the median over rounds of custom / model
     cpu_ms_per_req: float | None = None
     cpu_vs_model: float | None = None
+    # the ingress proxies' own CPU time per answered request (their share of the above)
+    proxy_cpu_ms_per_req: float | None = None
 
 
 def bodies(batch: int, count: int = 8) -> list[bytes]:
@@ -177,6 +179,8 @@ class Target:
     headers: dict[str, str] | None = None
     #: the data-plane processes whose CPU time a request costs (none: not measured)
     pids: list[int] = field(default_factory=list)
+    #: the proxies among them (their own CPU per request is reported too)
+    proxy_pids: list[int] = field(default_factory=list)
 
 
 def process_trees(pids: list[int]) -> list[Any]:
@@ -213,15 +217,19 @@ def measure_alternating(targets: list[Target], duration: float, rounds: int) -> 
     other work on a shared machine: it counts the work, not the wait for a core)."""
     cells = []
     procs = {t.label: process_trees(t.pids) for t in targets}
+    proxy_procs = {t.label: process_trees(t.proxy_pids) for t in targets}
     for batch, conc in CELLS:
         runs: dict[str, list[LoadResult]] = {t.label: [] for t in targets}
         cpu: dict[str, list[float]] = {t.label: [] for t in targets}
+        proxy_cpu: dict[str, float] = {t.label: 0.0 for t in targets}
         for k in range(rounds):
             order = targets if k % 2 == 0 else targets[::-1]
             for t in order:
                 before = cpu_seconds(procs[t.label])
+                proxy_before = cpu_seconds(proxy_procs[t.label])
                 runs[t.label].append(run_cell(t.port, t.path, batch, conc, duration, t.headers))
                 cpu[t.label].append(cpu_seconds(procs[t.label]) - before)
+                proxy_cpu[t.label] += cpu_seconds(proxy_procs[t.label]) - proxy_before
             if len(targets) > 1:
                 print(
                     f"    round {k + 1}: "
@@ -238,6 +246,8 @@ def measure_alternating(targets: list[Target], duration: float, rounds: int) -> 
             row[t.label] = to_cell(t.label, batch, conc, total)
             if procs[t.label]:
                 row[t.label].cpu_ms_per_req = per_request_ms(sum(cpu[t.label]), total.ok)
+            if proxy_procs[t.label]:
+                row[t.label].proxy_cpu_ms_per_req = per_request_ms(proxy_cpu[t.label], total.ok)
         base = targets[0].label  # the model service through the ingress
         for t in targets[1:]:
             pairs = [
@@ -367,8 +377,8 @@ def report(cells: list[Cell], over: dict[str, Any] | None) -> list[str]:
     by = {(c.path, c.batch, c.concurrency): c for c in cells}
     lines = [
         "| path | batch | conc | req/s | rows/s | p50 ms | p99 ms | vs direct | vs MLflow "
-        "| vs model service | CPU ms/req | CPU vs model service |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs model service | CPU ms/req | proxy CPU ms/req | CPU vs model service |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         direct = by.get(("direct", c.batch, c.concurrency))
@@ -380,6 +390,7 @@ def report(cells: list[Cell], over: dict[str, Any] | None) -> list[str]:
             f"{ratio(c.rows_per_s, mlflow.rows_per_s if mlflow else None)} | "
             f"{f'{c.vs_model:.3f}x' if c.vs_model is not None else ''} | "
             f"{f'{c.cpu_ms_per_req:.2f}' if c.cpu_ms_per_req is not None else ''} | "
+            f"{f'{c.proxy_cpu_ms_per_req:.2f}' if c.proxy_cpu_ms_per_req is not None else ''} | "
             f"{f'{c.cpu_vs_model:.3f}x' if c.cpu_vs_model is not None else ''} |"
         )
     checks = []
@@ -522,6 +533,7 @@ def main() -> int:
                 "/svc/BENCH.PUBLIC.RF_SVC/predict",
                 auth,
                 proxies + instance_pids(session, "bench.public.rf_svc"),
+                proxies,
             )
         ]
         if not args.skip_custom:
@@ -533,6 +545,7 @@ def main() -> int:
                     "/svc/BENCH.PUBLIC.RF_COPY/predict",
                     auth,
                     proxies + instance_pids(session, "bench.public.rf_copy"),
+                    proxies,
                 )
             )
             # the same image and settings, only the kind of service differs
@@ -552,6 +565,7 @@ def main() -> int:
                     "/svc/BENCH.PUBLIC.RF_SVC2/predict",
                     auth,
                     proxies + instance_pids(session, "bench.public.rf_svc2"),
+                    proxies,
                 )
             )
         rounds = max(1, args.rounds) if len(through) > 1 else 1

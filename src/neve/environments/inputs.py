@@ -37,6 +37,7 @@ from neve.errors import BuildError, InvalidArgumentError
 SERVER_PACKAGES = (
     "starlette",
     "uvicorn",
+    "httptools",  # uvicorn's C HTTP/1.1 parser: uvicorn uses it when it is installed
     "prometheus-client",
     "orjson",
     "pyarrow",

@@ -128,7 +128,7 @@ def _unquoted(qualified: str) -> str:
 
 def _too_large(size: int, limit: int) -> PayloadTooLargeError:
     # No "connection: close": the server reads and discards the rest of the body (bounded by
-    # GuardedH11Protocol) so that the client, still sending, can read this answer.
+    # GuardedHttpToolsProtocol) so that the client, still sending, can read this answer.
     return PayloadTooLargeError(
         f"request body of {size} bytes exceeds the limit of {limit} bytes; send smaller batches"
     )

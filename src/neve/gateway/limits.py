@@ -75,9 +75,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
     http, tls = settings.http, settings.tls
     options: dict[str, Any] = {
-        "http": guarded_protocol(http.header_timeout_secs),
+        "http": guarded_protocol(http.header_timeout_secs, http.max_header_bytes),
         "timeout_keep_alive": http.keep_alive_secs,
-        "h11_max_incomplete_event_size": http.max_header_bytes,
         "limit_concurrency": http.limit_concurrency,
         "server_header": False,
     }

@@ -6,8 +6,8 @@ admission control and dynamic batching for the whole instance) hands batches to 
 processes that each hold a copy of the model. ``start_server`` / ``ServerProcess``
 (``neve.server.launch``) start and stop such a process from Python.
 
-This package may import only the standard library, starlette, uvicorn, prometheus-client,
-orjson, pyarrow, numpy, pandas, cloudpickle, threadpoolctl, ``neve.models`` and
+This package may import only the standard library, starlette, uvicorn (with httptools),
+prometheus-client, orjson, pyarrow, numpy, pandas, cloudpickle, threadpoolctl, ``neve.models`` and
 ``neve.errors``: it is installed into
 every model environment, next to the model's own framework and nothing else.
 """

@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"neve.server: cannot serve gRPC on port {args.grpc_port}: {exc}", flush=True)
             sock.close()
             return STARTUP_FAILURE
+    # http: uvicorn's "auto" takes httptools (in every image: SERVER_PACKAGES), h11 in an
+    # image built before it was
     server = uvicorn.Server(
         uvicorn.Config(
             app,
