@@ -107,6 +107,33 @@ def test_each_worker_is_a_process_with_its_own_model(server: ServerProcess) -> N
     assert ready["threads_per_worker"] == default_threads(min(2, cpu_count()))
 
 
+def test_a_torch_model_computes_one_batch_at_a_time_with_every_thread(tmp_path: Path) -> None:
+    """The handler's ``threaded_calls`` trait: torch gets one batch with all the instance's
+    threads by default (the explicit settings still win: see the tracker below)."""
+    import pandas as pd
+    import torch
+
+    from neve.models import save_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    sample = pd.DataFrame({"a": [0.0, 1.0], "b": [1.0, 0.0]}, dtype="float32")
+    save_model(model, tmp_path / "torch", sample_input=sample)
+    srv = serve(tmp_path / "torch", num_workers=2, all_workers=True)
+    try:
+        ready = httpx.get(f"{srv.url}/ready").json()
+        assert ready["max_concurrent_batches"] == 1
+        assert ready["threads_per_worker"] == cpu_count()
+        assert {w["threads"] for w in _workers(srv)["workers"]} == {cpu_count()}
+        resp = httpx.post(f"{srv.url}/forward", content=orjson.dumps({"data": [[0, 1.0, 2.0]]}))
+        assert resp.status_code == 200, resp.text
+        with torch.no_grad():
+            want = model(torch.tensor([[1.0, 2.0]])).item()
+        assert resp.json()["data"][0][1]["output_feature_0"] == pytest.approx(want, rel=1e-5)
+    finally:
+        srv.stop()
+
+
 def test_workers_run_with_the_thread_limits_they_were_given(tracker: ServerProcess) -> None:
     info = _workers(tracker)
     assert info["threads_per_worker"] == TRACKER_THREADS

@@ -26,6 +26,10 @@ class ModelHandler(ABC):
     gpu_capable: ClassVar[bool] = False
     #: Whether signatures cannot be inferred without sample input (most need it).
     needs_sample_input: ClassVar[bool] = True
+    #: Whether one call spreads over several cores well (torch's intra-op threads on matrix
+    #: products): the inference server then computes one batch at a time with every thread of
+    #: the instance, instead of one batch per CPU with one thread each (trees, small models).
+    threaded_calls: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     also = "" if grpc_port is None else f" (V2 gRPC on port {grpc_port})"
     print(
         f"neve.server: serving {config.model_dir} on http://{config.host}:{port}{also} with "
-        f"{config.num_workers} worker(s), {config.concurrency} batch(es) at once, "
-        f"{config.threads} thread(s) per worker (pid {os.getpid()})",
+        f"{config.num_workers} worker(s), {state.pool.concurrency} batch(es) at once, "
+        f"{state.pool.threads} thread(s) per worker (pid {os.getpid()})",
         flush=True,
     )
     # uvicorn re-raises the stop signal once it has shut down; a graceful stop exits 0.

@@ -46,6 +46,7 @@ from neve.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from neve.models.base import handler_by_type
 from neve.models.modeldir import MethodSpec, read_manifest
 from neve.models.signature import ModelSignature, resolve_params
 from neve.server import arrow_ipc, metrics, protocol, v2_binary
@@ -90,7 +91,11 @@ class ServerState:
             )
             for m, d in manifest["methods"].items()
         }
-        self.pool = WorkerPool(config, on_fatal=self._fatal)
+        self.pool = WorkerPool(
+            config,
+            threaded_calls=handler_by_type(self.model_type).threaded_calls,
+            on_fatal=self._fatal,
+        )
         self.batchers: dict[str, MethodBatcher] = {}
         self.routes: dict[str, str] = method_routes(list(self.methods))
         self.ready = False

@@ -45,12 +45,19 @@ def default_num_workers(device: str, cpus: int | None = None) -> int:
     return 1 if device == "cuda" else 2 * (cpus or cpu_count()) + 1
 
 
-def default_concurrency(num_workers: int, cpus: int | None = None) -> int:
+def default_concurrency(
+    num_workers: int, cpus: int | None = None, *, threaded_calls: bool = False
+) -> int:
     """Batches computing at once: one per CPU, and never more than there are workers.
 
     More would only time-slice the same cores (every batch slower, p99 worse); fewer would
-    leave cores idle while requests wait.
+    leave cores idle while requests wait. A model whose framework spreads one call over every
+    core (``threaded_calls``: torch) computes one batch at a time with all the threads: at
+    batch 1 / 16 connections all-MiniLM-L6-v2 does 1.4x the requests of two one-thread batches
+    on 2 CPUs, and the same at batch 1000 (``make bench-peers``).
     """
+    if threaded_calls:
+        return 1
     return max(1, min(num_workers, cpus or cpu_count()))
 
 
@@ -117,17 +124,16 @@ class ServerConfig:
                 f"invalid device {self.device!r}: use one of {', '.join(DEVICES)}"
             )
 
-    @property
-    def concurrency(self) -> int:
-        """Batches computing at once (the setting, or the default for this machine)."""
+    def concurrency(self, threaded_calls: bool = False) -> int:
+        """Batches computing at once (the setting, or the default for this machine and a model
+        whose calls are ``threaded_calls`` or not: its handler's trait)."""
         if self.max_concurrent_batches:
             return min(self.max_concurrent_batches, self.num_workers)
-        return default_concurrency(self.num_workers)
+        return default_concurrency(self.num_workers, threaded_calls=threaded_calls)
 
-    @property
-    def threads(self) -> int:
+    def threads(self, threaded_calls: bool = False) -> int:
         """Intra-op threads per worker (the setting, or the default for this machine)."""
-        return self.threads_per_worker or default_threads(self.concurrency)
+        return self.threads_per_worker or default_threads(self.concurrency(threaded_calls))
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

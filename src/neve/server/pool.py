@@ -92,11 +92,18 @@ class Worker:
 class WorkerPool:
     """``num_workers`` model workers behind ``concurrency`` compute slots (see module doc)."""
 
-    def __init__(self, config: ServerConfig, *, on_fatal: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        threaded_calls: bool = False,
+        on_fatal: Callable[[str], None] | None = None,
+    ):
         self.config = config
         self.num_workers = config.num_workers
-        self.concurrency = config.concurrency
-        self.threads = config.threads
+        #: the model's handler trait: one batch with every thread (torch) or one per CPU
+        self.concurrency = config.concurrency(threaded_calls)
+        self.threads = config.threads(threaded_calls)
         self.workers: list[Worker | None] = [None] * self.num_workers
         self.failed: str | None = None
         self.restarts = 0

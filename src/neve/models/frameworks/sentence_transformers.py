@@ -25,6 +25,7 @@ DEFAULT_BATCH_SIZE = 32
 @register_handler
 class SentenceTransformerHandler(ModelHandler):
     model_type = "sentence_transformers"
+    threaded_calls = True  # one batch with every core beats one batch per core
     module = "sentence_transformers"
     packages = ["sentence-transformers", "transformers", "torch"]
     gpu_capable = True

@@ -32,6 +32,7 @@ MODEL_FILE = "model.pt"
 @register_handler
 class TorchHandler(ModelHandler):
     model_type = "pytorch"
+    threaded_calls = True  # one batch with every core beats one batch per core
     module = "torch"
     packages = ["torch"]
     gpu_capable = True
