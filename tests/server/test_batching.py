@@ -25,7 +25,7 @@ from neve.models.signature import ModelSignature
 from neve.server import ServerConfig, ServerProcess
 from neve.server.batching import Admission, MethodBatcher
 from neve.server.pool import WorkerPool
-from neve.server.protocol import parse_service_request
+from neve.server.protocol import may_hold_booleans, parse_service_request
 
 pytestmark = pytest.mark.e2e  # starts processes: see the Development section
 
@@ -124,6 +124,17 @@ def test_dataframe_forms_on_the_numeric_fast_path(server: ServerProcess) -> None
         f"{server.url}/predict", content=orjson.dumps({"data": [[0, 1, True, 3]]})
     )  # a boolean where a number belongs
     assert resp.status_code == 400 and "column 'b'" in resp.json()["message"]
+    resp = httpx.post(f"{server.url}/predict", content=orjson.dumps({"data": [[0, 1, 2, False]]}))
+    assert resp.status_code == 400 and "column 'c'" in resp.json()["message"]
+
+
+def test_the_boolean_scan_is_exact() -> None:
+    assert may_hold_booleans(b'{"data": [[0, true]]}')
+    assert may_hold_booleans(b'{"data": [[0, false]]}')
+    assert not may_hold_booleans(b'{"data": [[0, 1.5e-05, -2]]}')
+    # the letters it looks for first, without the words: still no booleans
+    assert not may_hold_booleans(b'{"dataframe_split": {"columns": ["rules", "tru"], "data": []}}')
+    assert not may_hold_booleans(b"")
 
 
 # ------------------------------------------------------------------ in-process batcher

@@ -301,7 +301,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                         # V2: the method may be named inside the body.
                         method = method_of(payload)
                     # JSON booleans are rare in numeric rows; without any, parsing is faster.
-                    bools = b"true" in body or b"false" in body
+                    bools = protocol.may_hold_booleans(body)
                     parsed, extra = parse(payload, method, bools)
                     del payload
             finally:

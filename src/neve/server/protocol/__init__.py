@@ -27,7 +27,7 @@ from neve.server.protocol.columns import (
     request_params,
     to_column,
 )
-from neve.server.protocol.json_codec import dumps, error_body, loads
+from neve.server.protocol.json_codec import dumps, error_body, loads, may_hold_booleans
 from neve.server.protocol.service_format import encode_service_response, parse_service_request
 from neve.server.protocol.v2 import (
     V2_DATATYPES,
@@ -48,6 +48,7 @@ __all__ = [
     "error_body",
     "json_ready",
     "loads",
+    "may_hold_booleans",
     "output_columns",
     "parse_arrow_request",
     "parse_service_request",
