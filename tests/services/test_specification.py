@@ -56,13 +56,20 @@ def test_render_round_trips_through_yaml():
 
 def test_launch_settings_are_the_servers_options():
     document = _document(server_options={"max_queue_rows": 100, "batch_timeout_ms": 1})
-    document["spec"]["containers"][0]["env"]["MY_FLAG"] = "on"
+    env = document["spec"]["containers"][0]["env"]
+    env["MY_FLAG"] = "on"
+    env.update(MAX_CONCURRENT_BATCHES="1", THREADS_PER_WORKER="2")  # the sizing, by hand
     settings = launch_settings(document, label=LABEL)
     assert settings == {
         "num_workers": 3,
         "max_batch_rows": 256,
         "device": "cpu",
-        "server_options": {"max_queue_rows": 100, "batch_timeout_ms": 1.0},
+        "server_options": {
+            "max_queue_rows": 100,
+            "batch_timeout_ms": 1.0,
+            "max_concurrent_batches": 1,
+            "threads_per_worker": 2,
+        },
         "env": {"MY_FLAG": "on"},
     }
     gpu = _document(device="cuda", resources=Resources(gpu=1))

@@ -56,6 +56,8 @@ SERVER_ENV: dict[str, tuple[str, type]] = {
     "MAX_QUEUE_ROWS": ("max_queue_rows", int),
     "QUEUE_TIMEOUT_SECS": ("queue_timeout_s", float),
     "BATCH_TIMEOUT_MS": ("batch_timeout_ms", float),
+    "MAX_CONCURRENT_BATCHES": ("max_concurrent_batches", int),
+    "THREADS_PER_WORKER": ("threads_per_worker", int),
     "USE_GPU": ("use_gpu", bool),
 }
 ENV_KEYS = (ENV_MODEL_REF, *SERVER_ENV)
