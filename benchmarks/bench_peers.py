@@ -14,7 +14,9 @@
    throwaway virtualenvs under ``bench-out/bench_peers/`` (uv; not project dependencies):
    MLflow's scoring server, BentoML, Ray Serve without and with ``@serve.batch``. Peers get
    workers/replicas = CPUs. Same model object, same ``dataframe_split`` bodies, same client;
-4. neve's matrix: workers x intra-op threads per worker, plus the default, for each model at
+4. neve's matrix: workers x intra-op threads per worker (batches at once: min(workers, CPUs)
+   in every model's grid; only the default follows the model handler's ``threaded_calls``),
+   plus the default, for each model at
    batch 1 (16 connections) and batch 1000 (4 connections; 2 for MiniLM, whose 1000-row
    batches take seconds), and the goals: default >= 0.9x the best setting's throughput,
    default p99 at batch 1 <= 2x the best setting's, >= 5x the best peer at batch 1 and
@@ -163,7 +165,7 @@ def measure(
             res.percentile(0.5) * 1000, res.percentile(0.99) * 1000, res.errors,
         )  # fmt: skip
         print(
-            f"  {model:<8} {server:<28} batch {batch:>5} x{conc:<3} {cell.requests_per_s:9.1f} "
+            f"  {model:<8} {server:<40} batch {batch:>5} x{conc:<3} {cell.requests_per_s:9.1f} "
             f"req/s {cell.rows_per_s:10.0f} rows/s  p50 {cell.p50_ms:7.1f} ms  p99 "
             f"{cell.p99_ms:7.1f} ms" + (f"  errors {res.errors} {res.statuses}" if res.errors else ""),
             flush=True,
@@ -205,12 +207,18 @@ def neve_matrix(
                                out / f"neve-{name}-default.log", num_workers=None)  # fmt: skip
         settings: dict[str, dict[str, Any]] = {}
         for w, t in grid:
-            label = f"neve workers={w} threads={t}"
-            settings[label] = {"num_workers": w, "threads_per_worker": t}
+            # batches at once = min(workers, cpus) whatever the model's framework: the grid
+            # is the same for every model; only the default follows its handler's trait
+            c = min(w, cpus)
+            label = f"neve workers={w} batches={c} threads={t}"
+            settings[label] = {
+                "num_workers": w,
+                "max_concurrent_batches": c,
+                "threads_per_worker": t,
+            }
             model_cells += run_neve(
-                name, spec, label, duration, out / f"neve-{name}-w{w}-t{t}.log",
-                num_workers=w, threads_per_worker=t,
-            )  # fmt: skip
+                name, spec, label, duration, out / f"neve-{name}-w{w}-t{t}.log", **settings[label]
+            )
         cells += model_cells
         if rounds:
             cells += head_to_head(name, spec, model_cells, settings, duration, rounds, out)
@@ -471,7 +479,7 @@ def _version(venv: Path, module: str) -> str:
 def report(cells: list[Cell], inproc: dict[str, dict[int, float]]) -> list[str]:
     lines = []
     print("\n" + "=" * 100)
-    print(f"{'model':<8} {'server':<30} {'batch 1 x16 req/s':>17} {'p99 ms':>8} "
+    print(f"{'model':<8} {'server':<48} {'batch 1 x16 req/s':>17} {'p99 ms':>8} "
           f"{'batch 1000 rows/s':>18} {'p99 ms':>8}")  # fmt: skip
     by: dict[tuple[str, str], dict[int, Cell]] = {}
     for c in cells:
@@ -479,13 +487,13 @@ def report(cells: list[Cell], inproc: dict[str, dict[int, float]]) -> list[str]:
     for (model, server), row in by.items():
         s, big = row.get(SMALL), row.get(LARGE)
         print(
-            f"{model:<8} {server:<30} {s.requests_per_s if s else float('nan'):17.0f} "
+            f"{model:<8} {server:<48} {s.requests_per_s if s else float('nan'):17.0f} "
             f"{s.p99_ms if s else float('nan'):8.1f} {big.rows_per_s if big else float('nan'):18.0f} "
             f"{big.p99_ms if big else float('nan'):8.1f}"
         )  # fmt: skip
     for model, rates in inproc.items():
         print(
-            f"{model:<8} {'in-process predict':<30} {rates[SMALL]:17.0f} {'':>8} {rates[LARGE]:18.0f}"
+            f"{model:<8} {'in-process predict':<48} {rates[SMALL]:17.0f} {'':>8} {rates[LARGE]:18.0f}"
         )
     print("=" * 100)
     for model in inproc:

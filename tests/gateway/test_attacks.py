@@ -250,6 +250,12 @@ def test_oversized_headers_are_431(control, callers, http):
         "/svc/ml.apps.svc/predict", json=BODY, headers={**callers["admin"].headers, **many}
     )
     assert resp.status_code == 431
+    # headers each within the limits, together past http_max_header_bytes (8 KiB here)
+    wide = {f"X-W{i}": "w" * 1000 for i in range(9)}
+    resp = http.post(
+        "/svc/ml.apps.svc/predict", json=BODY, headers={**callers["admin"].headers, **wide}
+    )
+    assert resp.status_code == 431 and resp.json()["code"] == "HEADERS_TOO_LARGE"
     # a header block that never ends: the HTTP protocol layer stops buffering it
     request = b"POST /svc/ml.apps.svc/predict HTTP/1.1\r\nHost: x\r\n" + b"X-Flood: " + b"a" * 20000
     answer, _ = raw_http(control.port, request)

@@ -4,8 +4,9 @@ uvicorn only times out idle keep-alive connections *after* a response; a client 
 and then trickles header bytes (or sends nothing) would hold the connection forever, and its
 httptools protocol buffers request headers of any size. ``GuardedHttpToolsProtocol`` arms a
 timer whenever the connection waits for request headers (and while an early answer drains the
-rest of a body) and answers ``408`` and closes when it fires; request headers larger than
-``max_header_bytes`` are answered ``431``. httptools (llhttp, in C) rather than h11 (pure
+rest of a body) and answers ``408`` and closes when it fires; a request head that grows past
+``max_header_bytes`` before it is complete is answered ``431`` (a head that arrives whole is
+measured by the gateway, which answers a JSON 431). httptools (llhttp, in C) rather than h11 (pure
 Python): the ingress proxy spends less CPU per request on parsing.
 
 Use ``uvicorn_options(settings)`` (``neve.gateway.limits``) for every uvicorn keyword the
