@@ -205,6 +205,28 @@ def test_queue_full_is_refused_at_once_and_queue_timeout_is_503(toolbox_dir: Pat
     assert admission.queued_rows == 0  # every refused or expired row was released
 
 
+def test_a_request_starts_only_while_its_budget_covers_its_computation(toolbox_dir: Path) -> None:
+    # slow sleeps 0.1 s per batch of 2 rows (the batcher learns ~20 rows/s from the first call).
+    async def body(batcher: MethodBatcher) -> list:
+        await batcher.submit(_request(batcher, [[0, "a", 1.0, 1]] * 2))
+        results = []
+        for budget in (0.15, 0.5):
+            busy = asyncio.ensure_future(batcher.submit(_request(batcher, [[1, "a", 2.0, 1]] * 2)))
+            await asyncio.sleep(0)  # the worker is taken for ~0.1 s
+            late = batcher.submit(_request(batcher, [[2, "a", 3.0, 1]] * 2), timeout_s=budget)
+            results += await asyncio.gather(busy, late, return_exceptions=True)
+        return results
+
+    (busy1, late1, busy2, late2), admission = _batched(
+        toolbox_dir, "slow", body, max_batch_rows=2, batch_timeout_s=0.0
+    )
+    # 0.15 s left: it could start at ~0.1 s but would end at ~0.2 s, past its budget: 503
+    assert isinstance(late1, ServiceUnavailableError) and late1.code == "QUEUE_TIMEOUT"
+    assert list(late2.columns[0]) == [30.0, 30.0]  # 0.5 s left: it starts and ends in time
+    assert list(busy1.columns[0]) == list(busy2.columns[0]) == [20.0, 20.0]
+    assert admission.queued_rows == 0
+
+
 def test_chunks_of_one_request_keep_their_order(linear_dir: Path) -> None:
     rows = [[i, float(i), float(-i), 0.5] for i in range(50)]
 

@@ -13,7 +13,8 @@ until the batch holds ``max_batch_rows`` rows or ``batch_timeout`` has passed (i
 for more once the batch is half full, and never waits past the timeout), and hands the batch to
 the worker without waiting for it: the next batch forms while this one computes. Results are
 split back by row offsets, so chunks are never reordered or mixed. A chunk still queued after
-``queue_timeout`` is dropped and its request answered 503.
+``queue_timeout``, less the time its rows take at the model's recent speed, is dropped and its
+request answered 503: what is served ends within the budget.
 
 When a batch of several requests fails, each request is re-run alone: one request that makes
 the model raise gets its 500 and its neighbours still get their answers. A batch whose worker
@@ -73,6 +74,10 @@ class Admission:
     def observe_throughput(self, rows: int, seconds: float) -> None:
         rate = rows / max(seconds, 1e-6)
         self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
+
+    def expected_seconds(self, rows: int) -> float:
+        """How long the model has recently taken for ``rows`` rows (0 before any call)."""
+        return rows / self._rows_per_s if self._rows_per_s > 0 else 0.0
 
     def retry_after_s(self) -> int:
         """Seconds until the queue has likely drained (1..30)."""
@@ -214,6 +219,10 @@ class MethodBatcher:
         self._pending.extend(chunks)
         self._wakeup.set()
         wait_s = self.queue_timeout_s if timeout_s is None else min(timeout_s, self.queue_timeout_s)
+        # The budget covers the computation too: a request starts only while what is left of
+        # it covers its rows at the model's recent speed (at most half the budget is set aside
+        # for that), so what is served ends within the budget, not one batch past it.
+        wait_s -= min(admission.expected_seconds(n), wait_s / 2)
         return await self._wait(chunks, loop.time() + max(0.0, wait_s))
 
     async def _wait(self, chunks: list[_Chunk], deadline: float) -> OutputColumns:
