@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,6 +288,30 @@ def test_wrong_type_names_row_and_column(http: httpx.Client) -> None:
     assert_error(resp, 400, "SIGNATURE_MISMATCH", "column 'v'", "shape [3]")
     resp = post(http, "/predict", {"dataframe_split": {"columns": ["x"], "data": [[1.0]]}})
     assert_error(resp, 400, "SIGNATURE_MISMATCH", "missing column(s) ['name', 'n']")
+
+
+def test_the_time_a_body_takes_to_arrive_counts_against_the_budget(http: httpx.Client) -> None:
+    """X-Neve-Timeout (what a proxy passes) covers receiving the body too: a body that takes
+    longer than the budget to arrive is refused, though the queue is empty."""
+    body = orjson.dumps({"data": [[0, "a", 1.0, 1]]})
+
+    def trickled():
+        for k in range(0, len(body), 4):  # 8 parts, 0.4 s in all
+            time.sleep(0.05)
+            yield body[k : k + 4]
+
+    for budget, status in (("0.2", 503), ("30", 200)):
+        resp = http.post(
+            "/predict",
+            content=trickled(),
+            headers={"content-type": "application/json", "x-neve-timeout": budget},
+        )
+        assert resp.status_code == status, resp.text
+    assert_error(
+        http.post("/predict", content=trickled(), headers={"x-neve-timeout": "0.2"}),
+        503,
+        "QUEUE_TIMEOUT",
+    )
 
 
 def test_unknown_method_and_route(http: httpx.Client) -> None:

@@ -307,8 +307,13 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             finally:
                 state.admission.release_bytes(reserved)
             del body
+            # Receiving and parsing the body spent part of the request's budget already (a
+            # busy front reads slowly): the queue gets what is left.
+            budget = timeout_from_header(request.headers.get(TIMEOUT_HEADER))
+            if budget is None:
+                budget = state.config.queue_timeout_s
             out = await state.batchers[method].submit(
-                parsed, timeout_s=timeout_from_header(request.headers.get(TIMEOUT_HEADER))
+                parsed, timeout_s=budget - (time.perf_counter() - started)
             )
             answer_headers: dict[str, str] = {}
             if arrow:
