@@ -218,40 +218,6 @@ def test_429_from_an_instance_passes_through_with_retry_after(service, callers, 
             assert r.headers["x-request-id"]
 
 
-def test_after_a_full_queue_the_proxy_refuses_before_reading_the_body(service, callers, base_url):
-    """For a moment after the instances answered 429, new requests get 429 from the proxy
-    itself (its time goes to the requests it admits), then they pass again."""
-    headers = callers["caller"].headers
-    body = {"data": [[i, 1.0] for i in range(3)]}
-
-    async def burst_then_one_more() -> tuple[list[int], httpx.Response | None]:
-        async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=30) as client:
-            calls = [
-                asyncio.ensure_future(
-                    client.post("/svc/ml.apps.svc/slow", json=body, headers=headers)
-                )
-                for _ in range(8)
-            ]
-            statuses, follow_up = [], None
-            for done in asyncio.as_completed(calls):
-                resp = await done
-                statuses.append(resp.status_code)
-                if resp.status_code == 429 and follow_up is None:  # at once, on a new request
-                    follow_up = await client.post(
-                        "/svc/ml.apps.svc/slow", json=body, headers=headers
-                    )
-            return statuses, follow_up
-
-    statuses, follow_up = asyncio.run(burst_then_one_more())
-    assert 429 in statuses and follow_up is not None, statuses
-    assert follow_up.status_code == 429, follow_up.text
-    assert follow_up.json()["code"] == "OVERLOADED" and "at capacity" in follow_up.json()["message"]
-    assert follow_up.headers["retry-after"] == "1"
-    time.sleep(0.2)  # the hold is short: once the queues drain, calls are served again
-    resp = httpx.post(f"{base_url}/svc/ml.apps.svc/slow", json=body, headers=headers, timeout=30)
-    assert resp.status_code == 200, resp.text
-
-
 def test_a_suspended_service_is_woken_and_the_request_held(
     gw_account, backends, signatures, callers, http
 ):

@@ -66,10 +66,6 @@ from neve.gateway.core import (
 )
 from neve.security.auth import request_id_from
 
-#: How long a proxy refuses a service's new requests up front after its instances answered 429
-#: (a full queue holds far longer than this of work: the instances never starve meanwhile).
-FULL_QUEUE_HOLD_S = 0.05
-
 
 class Gateway(GatewayCore):
     """The request flow: ASGI entry, authentication, wake-up of a suspended service, forwarding through the router."""
@@ -173,16 +169,6 @@ class Gateway(GatewayCore):
             return await self._send_openapi(send, ctx, target, scope, headers, request_id)
         self._check_method_route(route, method, target)
 
-        if loop.time() < self._full_until.get(target.service_id, 0.0):
-            # its instances just refused a request with a full queue: refuse this one before
-            # its body is read (under overload the proxy's time goes to the requests it admits)
-            raise HttpError(
-                429,
-                "OVERLOADED",
-                f"service {target.qualified_name} is at capacity (its instances' queues are "
-                "full); retry later",
-                {"retry-after": "1"},
-            )
         body = await self._read_body(receive, headers)
         if not target.ready:
             self._target_cache.discard(target_key)  # its state is changing: do not reuse it
@@ -262,9 +248,6 @@ class Gateway(GatewayCore):
                 f"{self.limits.request_timeout_secs:g} s",
             ) from None
         info["instance"] = f"{routed.address[0]}:{routed.address[1]}"
-        if routed.status == 429:  # every instance tried has a full queue
-            loop = asyncio.get_running_loop()
-            self._full_until[target.service_id] = loop.time() + FULL_QUEUE_HOLD_S
         await self._relay(send, routed, request_id, self.limits.retry_after_secs)
         return routed.status
 

@@ -173,9 +173,6 @@ class GatewayCore:
         self.balancer = self.router.balancer
         self._wakes: dict[int, asyncio.Future[IngressTarget]] = {}
         self._touched: dict[int, float] = {}
-        #: service id -> until when (loop time) new requests are refused before their body is
-        #: read: its instances just answered 429 (full queues)
-        self._full_until: dict[int, float] = {}
         self._inflight = 0
         # who a credential is, and which service (authorized) a caller reaches: see cache.py
         self._auth_cache = TtlCache(ttl=self.limits.auth_cache_secs)
