@@ -54,7 +54,8 @@ def default_concurrency(
     leave cores idle while requests wait. A model whose framework spreads one call over every
     core (``threaded_calls``: torch) computes one batch at a time with all the threads: at
     batch 1 / 16 connections all-MiniLM-L6-v2 does 1.4x the requests of two one-thread batches
-    on 2 CPUs, and the same at batch 1000 (``make bench-peers``).
+    on 2 CPUs; with two 1000-row requests at a time, two one-thread batches do 1.3x better
+    (``make bench-peers``): online traffic (small batches) decides the default.
     """
     if threaded_calls:
         return 1
