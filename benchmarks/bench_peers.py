@@ -225,6 +225,11 @@ def neve_matrix(
     return cells
 
 
+def _metric(batch: int) -> str:
+    """What a cell is judged by: requests at batch 1, rows at batch 1000."""
+    return "requests_per_s" if batch == SMALL else "rows_per_s"
+
+
 def head_to_head(
     name: str, spec: dict[str, Any], grid_cells: list[Cell], settings: dict[str, dict[str, Any]],
     duration: float, rounds: int, out: Path,
@@ -238,7 +243,7 @@ def head_to_head(
     """
     cells: list[Cell] = []
     for batch, conc in neve_cells(name):
-        key = "requests_per_s" if batch == SMALL else "rows_per_s"
+        key = _metric(batch)
         candidates = [c for c in grid_cells if c.batch == batch and c.server in settings]
         best = max(candidates, key=lambda c: getattr(c, key))
         opts = settings[best.server]
@@ -505,7 +510,7 @@ def report(cells: list[Cell], inproc: dict[str, dict[int, float]]) -> list[str]:
                   if m == model and srv.endswith("(paired)")}  # fmt: skip
         default_by_batch: dict[int, Cell] = {}
         for batch in (SMALL, LARGE):
-            key = "requests_per_s" if batch == SMALL else "rows_per_s"
+            key = _metric(batch)
             pair = {srv: row[batch] for srv, row in paired.items() if batch in row}
             if len(pair) == 2:  # the head-to-head: the goals use it
                 mine = pair.pop("neve default (paired)")
@@ -533,7 +538,7 @@ def report(cells: list[Cell], inproc: dict[str, dict[int, float]]) -> list[str]:
         for batch, goal in ((SMALL, 5.0), (LARGE, 2.0)):
             if not peers:
                 break
-            key = "requests_per_s" if batch == SMALL else "rows_per_s"
+            key = _metric(batch)
             srv, best = max(((s, r[batch]) for s, r in peers.items() if batch in r),
                             key=lambda x: getattr(x[1], key))  # fmt: skip
             ratio = getattr(default_by_batch[batch], key) / max(getattr(best, key), 1e-9)

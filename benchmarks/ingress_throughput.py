@@ -256,11 +256,7 @@ def measure_alternating(targets: list[Target], duration: float, rounds: int) -> 
                 row[t.label].proxy_cpu_ms_per_req = per_request_ms(proxy_cpu[t.label], total.ok)
         base = "ingress"  # the model service through the ingress
         if "direct" in runs:
-            pairs = [
-                i.rows_per_s / d.rows_per_s
-                for i, d in zip(runs[base], runs["direct"], strict=True)
-                if d.rows_per_s
-            ]
+            pairs = round_ratios(runs[base], runs["direct"])
             row[base].vs_direct = statistics.median(pairs) if pairs else None
             print(
                 f"  ingress / direct rows/s: {', '.join(f'{p:.3f}' for p in pairs)} by round, "
@@ -270,11 +266,7 @@ def measure_alternating(targets: list[Target], duration: float, rounds: int) -> 
         for t in targets:
             if t.label in (base, "direct"):
                 continue
-            pairs = [
-                c.rows_per_s / i.rows_per_s
-                for c, i in zip(runs[t.label], runs[base], strict=True)
-                if i.rows_per_s
-            ]
+            pairs = round_ratios(runs[t.label], runs[base])
             cpu_pairs = [
                 per_request_ms(cc, c.ok) / per_request_ms(ci, i.ok)
                 for c, cc, i, ci in zip(
@@ -294,6 +286,13 @@ def measure_alternating(targets: list[Target], duration: float, rounds: int) -> 
             )
         cells += row.values()
     return cells
+
+
+def round_ratios(runs: list[LoadResult], baseline: list[LoadResult]) -> list[float]:
+    """rows/s of each round over the baseline's in the same round (measured back to back)."""
+    return [
+        r.rows_per_s / b.rows_per_s for r, b in zip(runs, baseline, strict=True) if b.rows_per_s
+    ]
 
 
 def per_request_ms(cpu_s: float, ok: int) -> float:

@@ -50,9 +50,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._reading_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self.transport.is_closing():
-            self._disarm_header_timer()
-        elif self._reading_head and self._head_bytes > self.max_header_bytes:
+        too_large = self._reading_head and self._head_bytes > self.max_header_bytes
+        if too_large and not self.transport.is_closing():
             self._close_with(  # llhttp would keep buffering a head that never ends
                 431, b"Request Header Fields Too Large", b"request header fields too large"
             )
