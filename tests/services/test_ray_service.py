@@ -373,7 +373,10 @@ def test_removing_a_node_loses_no_call_and_the_service_recovers(env, cluster, se
             and victim["node"] not in {i["node"] for i in rows}
         )
 
-    wait_for(recovered, 120, "3 ready instances on the nodes left")
+    # Normally ~15 s. On a loaded 2-core machine one placement attempt can time out (Ray placed
+    # the actor but its worker did not answer within the 60 s placement timeout) and the
+    # supervisor's next restart places it: room for two attempts.
+    wait_for(recovered, 240, "3 ready instances on the nodes left")
     recovery = time.monotonic() - t0
     calls_during = sum(1 for t in answered if t >= t0)
     wait_for(lambda: sum(1 for t in answered if t >= t0 + recovery) >= 4, 30, "calls after")
