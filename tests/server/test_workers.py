@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ from server_helpers import (
     serve,
     tracked_batches,
 )
+from waits import wait_for
 
 from neve.server import ServerProcess
 from neve.server.config import cpu_count, default_threads
@@ -107,29 +109,67 @@ def test_each_worker_is_a_process_with_its_own_model(server: ServerProcess) -> N
     assert ready["threads_per_worker"] == default_threads(min(2, cpu_count()))
 
 
-def test_a_torch_model_computes_one_batch_at_a_time_with_every_thread(tmp_path: Path) -> None:
-    """The handler's ``threaded_calls`` trait: torch gets one batch with all the instance's
-    threads by default (the explicit settings still win: see the tracker below)."""
-    import pandas as pd
+def _threads_probe():
+    """A torch module that sleeps ``ms`` (its first input) and answers with the intra-op
+    threads torch computes it with."""
     import torch
 
-    from neve.models import save_model
+    class ThreadsProbe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(float(x[:, 0].max()) / 1000)
+            return torch.full((x.shape[0], 1), float(torch.get_num_threads()))
 
-    torch.manual_seed(0)
-    model = torch.nn.Linear(2, 1)
-    sample = pd.DataFrame({"a": [0.0, 1.0], "b": [1.0, 0.0]}, dtype="float32")
-    save_model(model, tmp_path / "torch", sample_input=sample)
+    return ThreadsProbe()
+
+
+def test_a_torch_batch_gets_every_thread_alone_and_its_share_beside_another(
+    tmp_path: Path,
+) -> None:
+    """The handler's ``threaded_calls`` trait (torch): workers start with every CPU's thread
+    and each slice of a batch computes with the CPUs shared by the batches running then; a
+    batch computed in one call (one slice) is not joined by another on too many threads."""
+    import pandas as pd
+
+    from neve.models import save_model
+    from neve.server.worker import SLICE_ROWS
+
+    sample = pd.DataFrame({"ms": [0.0, 1.0], "k": [1.0, 0.0]}, dtype="float32")
+    save_model(_threads_probe(), tmp_path / "torch", sample_input=sample)
     srv = serve(tmp_path / "torch", num_workers=2, all_workers=True)
+    cpus = cpu_count()
+    share = max(1, cpus // 2) if cpus >= 2 else cpus  # beside another batch (1 CPU: after it)
     try:
         ready = httpx.get(f"{srv.url}/ready").json()
-        assert ready["max_concurrent_batches"] == 1
-        assert ready["threads_per_worker"] == cpu_count()
-        assert {w["threads"] for w in _workers(srv)["workers"]} == {cpu_count()}
-        resp = httpx.post(f"{srv.url}/forward", content=orjson.dumps({"data": [[0, 1.0, 2.0]]}))
-        assert resp.status_code == 200, resp.text
-        with torch.no_grad():
-            want = model(torch.tensor([[1.0, 2.0]])).item()
-        assert resp.json()["data"][0][1]["output_feature_0"] == pytest.approx(want, rel=1e-5)
+        assert ready["max_concurrent_batches"] == min(2, cpus)
+        assert ready["threads_per_worker"] == cpus
+        assert ready["threads_per_batch"] == "shared"
+        assert {w["threads"] for w in _workers(srv)["workers"]} == {cpus}
+
+        def threads_used(rows: int, ms: float) -> list[float]:
+            body = orjson.dumps({"data": [[i, ms, 0.0] for i in range(rows)]})
+            resp = httpx.post(f"{srv.url}/forward", content=body, timeout=60)
+            assert resp.status_code == 200, resp.text
+            return [row[1]["output_feature_0"] for row in resp.json()["data"]]
+
+        with ThreadPoolExecutor(1) as pool:
+            # three slices of 1 s each; the second batch arrives during the first slice
+            alone = pool.submit(threads_used, 2 * SLICE_ROWS + 2, 1000)
+            wait_for(lambda: _workers(srv)["batches_running"] == 1, 10, "the first batch")
+            beside = threads_used(1, 2500)
+            first = alone.result()
+        assert first[:SLICE_ROWS] == [cpus] * SLICE_ROWS  # started alone: every thread
+        assert first[SLICE_ROWS : 2 * SLICE_ROWS] == [share] * SLICE_ROWS  # then its share
+        assert beside == [share]
+        assert threads_used(1, 0) == [cpus]  # alone again: every thread
+        with ThreadPoolExecutor(1) as pool:
+            # a batch computed in one call keeps its threads: the next waits for it
+            whole = pool.submit(threads_used, 1, 1000)
+            wait_for(lambda: _workers(srv)["batches_running"] == 1, 10, "the one-call batch")
+            t0 = time.monotonic()
+            after = threads_used(1, 0)
+            waited = time.monotonic() - t0
+            assert whole.result() == [cpus]
+        assert after == [cpus] and waited > 0.3, waited
     finally:
         srv.stop()
 

@@ -27,8 +27,9 @@ class ModelHandler(ABC):
     #: Whether signatures cannot be inferred without sample input (most need it).
     needs_sample_input: ClassVar[bool] = True
     #: Whether one call spreads over several cores well (torch's intra-op threads on matrix
-    #: products): the inference server then computes one batch at a time with every thread of
-    #: the instance, instead of one batch per CPU with one thread each (trees, small models).
+    #: products): the inference server then gives a batch that computes alone every thread of
+    #: the instance and batches side by side their share, instead of one thread per batch
+    #: (trees, small models).
     threaded_calls: ClassVar[bool] = False
 
     @classmethod

@@ -130,7 +130,7 @@ class ServerState:
         self.ready = True
         log.info(
             "front %d: %s model from %s ready in %.2f s; methods: %s; %d worker(s), "
-            "%d batch(es) at once, %d thread(s) per worker",
+            "%d batch(es) at once, %d thread(s) per worker%s",
             os.getpid(),
             self.model_type,
             self.config.model_dir,
@@ -139,6 +139,7 @@ class ServerState:
             self.pool.num_workers,
             self.pool.concurrency,
             self.pool.threads,
+            " (each batch: its share of them)" if self.pool.shares_threads else "",
         )
 
     async def stop(self) -> None:
@@ -465,6 +466,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                 "workers_ready": state.pool.ready_count(),
                 "max_concurrent_batches": state.pool.concurrency,
                 "threads_per_worker": state.pool.threads,
+                "threads_per_batch": _threads_per_batch(state.pool),
                 "grpc_port": state.grpc_port,
             }
         )
@@ -475,6 +477,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                 "workers": state.pool.describe(),
                 "max_concurrent_batches": state.pool.concurrency,
                 "threads_per_worker": state.pool.threads,
+                "threads_per_batch": _threads_per_batch(state.pool),
                 "batches_running": state.pool.busy,
                 "restarts": state.pool.restarts,
             }
@@ -588,3 +591,9 @@ def _query_params(request: Request) -> dict[str, Any] | None:
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(protocol.dumps(body), status, media_type=JSON)
+
+
+def _threads_per_batch(pool: WorkerPool) -> str | int:
+    """``"shared"`` when each batch gets its share of the CPUs as it starts, else the fixed
+    count every batch computes with."""
+    return "shared" if pool.shares_threads else pool.threads

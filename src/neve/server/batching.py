@@ -334,7 +334,11 @@ class MethodBatcher:
         started = time.perf_counter()
         try:
             out = await self.pool.run(
-                worker, self.method, [c.columns for c in batch.chunks], batch.chunks[0].params
+                worker,
+                self.method,
+                [c.columns for c in batch.chunks],
+                batch.chunks[0].params,
+                partitioned=self.spec.partitioned,
             )
         except Exception as exc:
             self.pool.release(worker)

@@ -45,26 +45,30 @@ def default_num_workers(device: str, cpus: int | None = None) -> int:
     return 1 if device == "cuda" else 2 * (cpus or cpu_count()) + 1
 
 
-def default_concurrency(
-    num_workers: int, cpus: int | None = None, *, threaded_calls: bool = False
-) -> int:
+def default_concurrency(num_workers: int, cpus: int | None = None) -> int:
     """Batches computing at once: one per CPU, and never more than there are workers.
 
     More would only time-slice the same cores (every batch slower, p99 worse); fewer would
-    leave cores idle while requests wait. A model whose framework spreads one call over every
-    core (``threaded_calls``: torch) computes one batch at a time with all the threads: at
-    batch 1 / 16 connections all-MiniLM-L6-v2 does 1.4x the requests of two one-thread batches
-    on 2 CPUs; with two 1000-row requests at a time, two one-thread batches do 1.3x better
-    (``make bench-peers``): online traffic (small batches) decides the default.
+    leave cores idle while requests wait.
     """
-    if threaded_calls:
-        return 1
     return max(1, min(num_workers, cpus or cpu_count()))
 
 
 def default_threads(concurrency: int, cpus: int | None = None) -> int:
     """Intra-op threads per worker so that the batches computing at once fill the CPUs."""
     return max(1, (cpus or cpu_count()) // max(1, concurrency))
+
+
+def threads_for_batch(max_threads: int, batches_running: int) -> int:
+    """Intra-op threads for a batch while ``batches_running`` batches compute (itself
+    included): the CPUs shared between them, at most ``max_threads``.
+
+    A lone batch gets every core; beside another it gets its share, re-read between slices of
+    its rows (``worker.SLICE_ROWS``), so two large batches do not hold three threads on two
+    cores for long: an OpenMP pool with more threads than free cores spins and stalls (two
+    two-thread MiniLM batches on 2 CPUs: 127 rows/s against 433 for two one-thread batches).
+    """
+    return max(1, max_threads // max(1, batches_running))
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ class ServerConfig:
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
     #: Batches computing at once over all workers (0: ``default_concurrency``).
     max_concurrent_batches: int = 0
-    #: Intra-op threads (OpenMP/BLAS/torch/xgboost) per worker (0: ``default_threads``).
+    #: Intra-op threads (OpenMP/BLAS/torch/xgboost) per worker (0: ``default_threads``, or
+    #: for torch-style models every CPU, each batch computing with its share of them).
     threads_per_worker: int = 0
     #: Most rows waiting for the model in this instance, over all methods; past it: 429.
     max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS
@@ -125,16 +130,25 @@ class ServerConfig:
                 f"invalid device {self.device!r}: use one of {', '.join(DEVICES)}"
             )
 
-    def concurrency(self, threaded_calls: bool = False) -> int:
-        """Batches computing at once (the setting, or the default for this machine and a model
-        whose calls are ``threaded_calls`` or not: its handler's trait)."""
+    def concurrency(self) -> int:
+        """Batches computing at once (the setting, or the default for this machine)."""
         if self.max_concurrent_batches:
             return min(self.max_concurrent_batches, self.num_workers)
-        return default_concurrency(self.num_workers, threaded_calls=threaded_calls)
+        return default_concurrency(self.num_workers)
 
     def threads(self, threaded_calls: bool = False) -> int:
-        """Intra-op threads per worker (the setting, or the default for this machine)."""
-        return self.threads_per_worker or default_threads(self.concurrency(threaded_calls))
+        """Intra-op threads each worker starts with: the setting; by default, for a model
+        whose framework spreads one call over every core (``threaded_calls``: its handler's
+        trait, e.g. torch) all the CPUs, each batch then computing with its share
+        (``shares_threads``); for the others the CPUs divided among the batches at once."""
+        if self.threads_per_worker:
+            return self.threads_per_worker
+        return cpu_count() if threaded_calls else default_threads(self.concurrency())
+
+    def shares_threads(self, threaded_calls: bool = False) -> bool:
+        """Whether each batch computes with its share of the CPUs (``threads_for_batch``): for
+        ``threaded_calls`` models on the CPU, unless ``threads_per_worker`` is set."""
+        return threaded_calls and self.device == "cpu" and not self.threads_per_worker
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

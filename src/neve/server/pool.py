@@ -4,7 +4,9 @@
 its own copy of the model) and hands batches to them. At most ``concurrency`` batches compute
 at once, whatever the number of workers: a batch first takes a slot (``acquire``), then the
 idle worker used most recently (its caches are warm), runs on it (``run``) and gives both
-back (``release``). Each worker has one thread in the front that sends it a batch and waits
+back (``release``). For models whose calls spread over every core (torch), the number of
+batches computing is in shared memory and each batch computes with its share of the CPUs:
+all of them alone, half beside another (re-read between slices of its rows). Each worker has one thread in the front that sends it a batch and waits
 for the answer, so the event loop never blocks on a pipe.
 
 A worker that dies is restarted in its slot. The batch it was computing fails with
@@ -101,9 +103,12 @@ class WorkerPool:
     ):
         self.config = config
         self.num_workers = config.num_workers
-        #: the model's handler trait: one batch with every thread (torch) or one per CPU
-        self.concurrency = config.concurrency(threaded_calls)
+        self.concurrency = config.concurrency()
+        #: threads each worker starts with; with ``shares_threads`` (the model handler's
+        #: ``threaded_calls`` trait, e.g. torch) the most a batch gets: each batch computes with
+        #: its share, read from ``_running`` (batches computing, in shared memory)
         self.threads = config.threads(threaded_calls)
+        self.shares_threads = config.shares_threads(threaded_calls)
         self.workers: list[Worker | None] = [None] * self.num_workers
         self.failed: str | None = None
         self.restarts = 0
@@ -115,6 +120,8 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_start: dict[int, float] = {}
         self._ctx = multiprocessing.get_context("spawn")
+        self._running = self._ctx.Value("i", 0, lock=False) if self.shares_threads else None
+        self._whole_running = 0  # batches computing in one model call (not sliced)
         self._stopping = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -167,14 +174,16 @@ class WorkerPool:
         await self._slots.acquire()
         try:
             while True:
-                while not self._idle:
+                # Sharing threads: a batch computed in one call keeps its threads to the end,
+                # so another batch waits for it (joining the next batch) rather than run beside
+                # it on too many threads; beside a sliced batch it starts at once.
+                while not self._idle or (self.shares_threads and self._whole_running):
                     if self.failed:
                         raise ServiceUnavailableError(self.failed, code="MODEL_LOAD_FAILED")
                     await self._wait_change()
                 w = self._idle.pop()  # the most recently used: warm caches
                 if w.alive():
-                    self.busy += 1
-                    metrics.BATCHES_RUNNING.set(self.busy)
+                    self._set_busy(self.busy + 1)
                     return w
                 self._died(w)
         except BaseException:
@@ -183,8 +192,7 @@ class WorkerPool:
 
     def release(self, w: Worker) -> None:
         assert self._slots is not None
-        self.busy -= 1
-        metrics.BATCHES_RUNNING.set(self.busy)
+        self._set_busy(self.busy - 1)
         if w.alive():
             self._idle.append(w)
         else:
@@ -192,17 +200,34 @@ class WorkerPool:
         self._slots.release()
         self._notify()
 
+    def _set_busy(self, busy: int) -> None:
+        self.busy = busy
+        metrics.BATCHES_RUNNING.set(busy)
+        if self._running is not None:  # the workers size their next slice by it
+            self._running.value = busy
+
     async def run(
         self,
         w: Worker,
         method: str,
         chunk_columns: list[list[Any]],
         params: dict[str, Any] | None = None,
+        *,
+        partitioned: bool = False,
     ) -> OutputColumns:
-        """Compute one batch on ``w``; model errors come back as the ``NeveError`` raised."""
+        """Compute one batch on ``w``; model errors come back as the ``NeveError`` raised.
+        ``partitioned``: the batch is one partition (one model call, never sliced)."""
         message = pickle.dumps((method, chunk_columns, params or None), protocol=5)
         loop = asyncio.get_running_loop()
-        kind, value = await loop.run_in_executor(w.thread, w.roundtrip, message)
+        rows = sum(len(columns[0]) for columns in chunk_columns if len(columns))
+        whole = partitioned or rows <= worker.SLICE_ROWS
+        self._whole_running += whole
+        try:
+            kind, value = await loop.run_in_executor(w.thread, w.roundtrip, message)
+        finally:
+            self._whole_running -= whole
+            if whole and self.shares_threads:
+                self._notify()
         if kind == "ok":
             return value
         raise error_from_dict(value)
@@ -228,7 +253,7 @@ class WorkerPool:
         c = self.config
         process = self._ctx.Process(
             target=worker.main,
-            args=(theirs, c.model_dir, c.device, self.threads, c.log_level),
+            args=(theirs, c.model_dir, c.device, self.threads, c.log_level, self._running),
             name=f"neve-worker-{slot}",
             daemon=True,
         )

@@ -5,12 +5,15 @@ of these with ``multiprocessing`` (spawn) and talks to each over one pipe. Messa
 (protocol 5: numpy columns travel as raw buffers):
 
     worker -> front   ("ready", info) once the model is loaded, or ("failed", message)
-    front -> worker   (method, chunk_columns)   one batch: per request, one array per input
+    front -> worker   (method, chunk_columns, params)   one batch: per request, one array per input
     worker -> front   ("ok", OutputColumns) or ("error", NeveError.to_dict())
 
 Before the model loads, the worker limits its intra-op thread pools (OpenMP, BLAS, torch,
 xgboost, scikit-learn's ``n_jobs``) to the threads the front assigned it, so the batches that
-compute at once together fit the instance's CPUs. ``info`` reports the limits in effect.
+compute at once together fit the instance's CPUs. ``info`` reports the limits in effect. For a
+torch-style model (``running`` given: the number of batches computing, in shared memory) the
+worker computes a batch in slices of ``SLICE_ROWS`` rows, each with its share of the threads
+(``threads_for_batch``): all of them alone, fewer as soon as another batch starts.
 The worker exits when its pipe closes (the front stopped or died).
 """
 
@@ -28,7 +31,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from neve.server.config import configure_logging
+from neve.server.config import configure_logging, threads_for_batch
 
 #: Intra-op thread pools read these when their library loads: set before any import of them.
 THREAD_ENV = (
@@ -40,6 +43,10 @@ THREAD_ENV = (
     "NUMEXPR_NUM_THREADS",
 )
 
+#: Rows per model call when a batch's threads follow the batches running beside it: large
+#: enough to keep the call's fixed cost small, small enough to re-size within ~0.1-0.2 s.
+SLICE_ROWS = 64
+
 log = logging.getLogger("neve.server")
 
 
@@ -48,8 +55,16 @@ def thread_env(threads: int) -> dict[str, str]:
     return dict.fromkeys(THREAD_ENV, str(threads))
 
 
-def main(conn: Connection, model_dir: str, device: str, threads: int, log_level: str) -> None:
-    """Entry point of a worker process (``multiprocessing`` target)."""
+def main(
+    conn: Connection,
+    model_dir: str,
+    device: str,
+    threads: int,
+    log_level: str,
+    running: Any = None,
+) -> None:
+    """Entry point of a worker process (``multiprocessing`` target); ``running``: the shared
+    count of batches computing, when each batch computes with its share of ``threads``."""
     # Ctrl-C reaches the whole process group; the front decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(thread_env(threads))
@@ -73,7 +88,7 @@ def main(conn: Connection, model_dir: str, device: str, threads: int, log_level:
     gc.freeze()
     try:
         conn.send_bytes(pickle.dumps(("ready", info)))
-        _serve(conn, model)
+        _serve(conn, model, threads, running)
     except (EOFError, OSError):
         pass  # the front closed the pipe or is gone
     _flush_and_exit(0)
@@ -135,14 +150,31 @@ def thread_limits(threads: int) -> dict[str, Any]:
     }
 
 
-def _serve(conn: Connection, model: Any) -> None:
+def _serve(conn: Connection, model: Any, threads: int, running: Any) -> None:
     import numpy as np
     import pandas as pd
 
     from neve.errors import ModelExecutionError, NeveError
-    from neve.server.protocol import output_columns
+    from neve.server.protocol import OutputColumns, output_columns
 
     names = {m: spec.signature.input_names for m, spec in model.methods.items()}
+    partitioned = {m for m, spec in model.methods.items() if spec.partitioned}
+    threads_now = threads
+
+    def call(method: str, frame: pd.DataFrame, params: Any) -> OutputColumns:
+        nonlocal threads_now
+        if running is None or method in partitioned:
+            return output_columns(model.call(method, frame, params))
+        parts = []
+        for start in range(0, max(len(frame), 1), SLICE_ROWS):
+            share = threads_for_batch(threads, running.value)
+            if share != threads_now:
+                _set_call_threads(share)
+                threads_now = share
+            part = frame.iloc[start : start + SLICE_ROWS] if len(frame) > SLICE_ROWS else frame
+            parts.append(output_columns(model.call(method, part, params)))
+        return OutputColumns.concat(parts)
+
     while True:
         method, chunk_columns, params = pickle.loads(conn.recv_bytes())
         try:
@@ -154,7 +186,7 @@ def _serve(conn: Connection, model: Any) -> None:
                     for j in range(len(names[method]))
                 ]
             frame = pd.DataFrame(dict(zip(names[method], columns, strict=True)), copy=False)
-            reply: tuple[str, Any] = ("ok", output_columns(model.call(method, frame, params)))
+            reply: tuple[str, Any] = ("ok", call(method, frame, params))
         except NeveError as exc:
             reply = ("error", exc.to_dict())
         except Exception as exc:
@@ -163,6 +195,14 @@ def _serve(conn: Connection, model: Any) -> None:
         if reply[0] == "error" and reply[1]["type"] == "ModelExecutionError":
             log.error("worker %d: %s", os.getpid(), reply[1]["message"])
         conn.send_bytes(pickle.dumps(reply, protocol=5))
+
+
+def _set_call_threads(threads: int) -> None:
+    """Size torch's intra-op pool for the next call (under 1 us: the pool's threads stay,
+    fewer take part). Only models with ``threaded_calls`` (torch-based) share threads."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _is_neve(exc: BaseException) -> bool:

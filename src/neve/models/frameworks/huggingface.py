@@ -37,7 +37,7 @@ OUTPUT_NAME = "output_feature_0"
 @register_handler
 class HuggingFacePipelineHandler(ModelHandler):
     model_type = "huggingface_pipeline"
-    threaded_calls = True  # one batch with every core beats one batch per core
+    threaded_calls = True  # a batch alone uses every core well
     module = "transformers"
     packages = ["transformers", "torch"]
     gpu_capable = True

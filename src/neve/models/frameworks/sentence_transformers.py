@@ -25,7 +25,7 @@ DEFAULT_BATCH_SIZE = 32
 @register_handler
 class SentenceTransformerHandler(ModelHandler):
     model_type = "sentence_transformers"
-    threaded_calls = True  # one batch with every core beats one batch per core
+    threaded_calls = True  # a batch alone uses every core well
     module = "sentence_transformers"
     packages = ["sentence-transformers", "transformers", "torch"]
     gpu_capable = True

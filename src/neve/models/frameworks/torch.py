@@ -32,7 +32,7 @@ MODEL_FILE = "model.pt"
 @register_handler
 class TorchHandler(ModelHandler):
     model_type = "pytorch"
-    threaded_calls = True  # one batch with every core beats one batch per core
+    threaded_calls = True  # a batch alone uses every core well
     module = "torch"
     packages = ["torch"]
     gpu_capable = True
