@@ -6,8 +6,9 @@ at once, whatever the number of workers: a batch first takes a slot (``acquire``
 idle worker used most recently (its caches are warm), runs on it (``run``) and gives both
 back (``release``). For models whose calls spread over every core (torch), the number of
 batches computing is in shared memory and each batch computes with its share of the CPUs:
-all of them alone, half beside another (re-read between slices of its rows). Each worker has one thread in the front that sends it a batch and waits
-for the answer, so the event loop never blocks on a pipe.
+all of them alone, half beside another (re-read between slices of its rows). Each worker has
+one thread in the front that sends it a batch and waits for the answer, so the event loop
+never blocks on a pipe.
 
 A worker that dies is restarted in its slot. The batch it was computing fails with
 ``WorkerCrashedError``; the batcher retries it once on another worker, so a worker killed from
