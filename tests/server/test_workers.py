@@ -137,7 +137,7 @@ def test_a_torch_batch_gets_every_thread_alone_and_its_share_beside_another(
     save_model(_threads_probe(), tmp_path / "torch", sample_input=sample)
     srv = serve(tmp_path / "torch", num_workers=2, all_workers=True)
     cpus = cpu_count()
-    share = max(1, cpus // 2) if cpus >= 2 else cpus  # beside another batch (1 CPU: after it)
+    share = max(1, cpus // 2)  # beside another batch (1 CPU: after it, with its one thread)
     try:
         ready = httpx.get(f"{srv.url}/ready").json()
         assert ready["max_concurrent_batches"] == min(2, cpus)

@@ -594,6 +594,6 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def _threads_per_batch(pool: WorkerPool) -> str | int:
-    """``"shared"`` when each batch gets its share of the CPUs as it starts, else the fixed
-    count every batch computes with."""
+    """``"shared"`` when each batch computes with its share of the CPUs, else the fixed count
+    every batch computes with."""
     return "shared" if pool.shares_threads else pool.threads

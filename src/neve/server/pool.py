@@ -122,7 +122,7 @@ class WorkerPool:
         self._last_start: dict[int, float] = {}
         self._ctx = multiprocessing.get_context("spawn")
         self._running = self._ctx.Value("i", 0, lock=False) if self.shares_threads else None
-        self._whole_running = 0  # batches computing in one model call (not sliced)
+        self._whole_running = 0  # sharing threads: batches computing in one model call
         self._stopping = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -178,7 +178,7 @@ class WorkerPool:
                 # Sharing threads: a batch computed in one call keeps its threads to the end,
                 # so another batch waits for it (joining the next batch) rather than run beside
                 # it on too many threads; beside a sliced batch it starts at once.
-                while not self._idle or (self.shares_threads and self._whole_running):
+                while not self._idle or self._whole_running:
                     if self.failed:
                         raise ServiceUnavailableError(self.failed, code="MODEL_LOAD_FAILED")
                     await self._wait_change()
@@ -221,13 +221,13 @@ class WorkerPool:
         message = pickle.dumps((method, chunk_columns, params or None), protocol=5)
         loop = asyncio.get_running_loop()
         rows = sum(len(columns[0]) for columns in chunk_columns if len(columns))
-        whole = partitioned or rows <= worker.SLICE_ROWS
+        whole = self.shares_threads and worker.one_call(rows, partitioned)
         self._whole_running += whole
         try:
             kind, value = await loop.run_in_executor(w.thread, w.roundtrip, message)
         finally:
-            self._whole_running -= whole
-            if whole and self.shares_threads:
+            if whole:
+                self._whole_running -= 1
                 self._notify()
         if kind == "ok":
             return value

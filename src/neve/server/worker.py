@@ -50,6 +50,11 @@ SLICE_ROWS = 64
 log = logging.getLogger("neve.server")
 
 
+def one_call(rows: int, partitioned: bool) -> bool:
+    """Whether a batch is computed in one model call (a partition, or one slice's rows)."""
+    return partitioned or rows <= SLICE_ROWS
+
+
 def thread_env(threads: int) -> dict[str, str]:
     """The environment that sizes every intra-op pool of a worker to ``threads``."""
     return dict.fromkeys(THREAD_ENV, str(threads))
@@ -166,12 +171,13 @@ def _serve(conn: Connection, model: Any, threads: int, running: Any) -> None:
         if running is None or method in partitioned:
             return output_columns(model.call(method, frame, params))
         parts = []
+        whole = one_call(len(frame), partitioned=False)
         for start in range(0, max(len(frame), 1), SLICE_ROWS):
             share = threads_for_batch(threads, running.value)
             if share != threads_now:
                 _set_call_threads(share)
                 threads_now = share
-            part = frame.iloc[start : start + SLICE_ROWS] if len(frame) > SLICE_ROWS else frame
+            part = frame if whole else frame.iloc[start : start + SLICE_ROWS]
             parts.append(output_columns(model.call(method, part, params)))
         return OutputColumns.concat(parts)
 
