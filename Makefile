@@ -6,6 +6,8 @@ PY := .venv/bin/python
 # service or Ray cluster starts once.
 TEST_WORKERS ?= $(shell n=$$(( $$(nproc) * 2 )); [ $$n -gt 8 ] && n=8; echo $$n)
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+# The Ray-cluster modules (marker `ray`): two at once, each with its own cluster.
+PYTEST_RAY := $(PY) -m pytest -q -n $(shell [ $(TEST_WORKERS) -lt 2 ] && echo $(TEST_WORKERS) || echo 2) --dist loadscope
 
 .PHONY: demo test test-fast lint format bootstrap bench bench-peers
 
@@ -15,9 +17,18 @@ bootstrap:
 demo: bootstrap
 	$(PY) examples/demo.py
 
+# Two phases: everything but the Ray clusters, then the Ray-cluster modules side by side with
+# nothing else running. Ray's control messages wait for CPU like any process: on a 2-core machine
+# a trivial actor call took 9 s beside two busy processes and 25 s beside six, instead of 1 s
+# (measured), and a cluster test's instance missed its 60 s placement timeout in the full suite. A phase that selects nothing
+# (pytest's exit code 5, e.g. PYTEST_ARGS naming one module) is not a failure.
 test: bootstrap
 	$(PY) -m ruff check src tests examples benchmarks
-	$(PYTEST) $(PYTEST_ARGS)
+	@$(PYTEST) -m "not ray" $(PYTEST_ARGS); main=$$?; \
+	$(PYTEST_RAY) -m ray $(PYTEST_ARGS); ray=$$?; \
+	echo "make test: main phase exit $$main, Ray-cluster phase exit $$ray"; \
+	{ [ $$main = 0 ] || [ $$main = 5 ]; } && { [ $$ray = 0 ] || [ $$ray = 5 ]; } \
+	  && ! { [ $$main = 5 ] && [ $$ray = 5 ]; }
 
 # The unit tier: everything that runs in this process (no daemon, server, cluster or build).
 test-fast: bootstrap
