@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from neve.errors import ModelExecutionError, ServiceUnavailableError, error_from_dict
 from neve.server import metrics, worker
 from neve.server.config import ServerConfig
@@ -218,7 +220,10 @@ class WorkerPool:
     ) -> OutputColumns:
         """Compute one batch on ``w``; model errors come back as the ``NeveError`` raised.
         ``partitioned``: the batch is one partition (one model call, never sliced)."""
-        message = pickle.dumps((method, chunk_columns, params or None), protocol=5)
+        # One array per column for the whole batch: pickling is per array (~15 us each), so
+        # 16 one-row requests of 20 columns cost ~5 ms as 320 arrays and ~0.3 ms as 20.
+        columns = chunk_columns[0] if len(chunk_columns) == 1 else concat_columns(chunk_columns)
+        message = pickle.dumps((method, columns, params or None), protocol=5)
         loop = asyncio.get_running_loop()
         rows = sum(len(columns[0]) for columns in chunk_columns if len(columns))
         whole = self.shares_threads and worker.one_call(rows, partitioned)
@@ -321,3 +326,11 @@ class WorkerPool:
         assert self._changed is not None
         self._changed.clear()
         await self._changed.wait()
+
+
+def concat_columns(chunk_columns: list[list[Any]]) -> list[Any]:
+    """A batch's columns from its requests' chunks: column ``j`` of every chunk, in order."""
+    return [
+        np.concatenate([columns[j] for columns in chunk_columns])
+        for j in range(len(chunk_columns[0]))
+    ]

@@ -5,7 +5,7 @@ of these with ``multiprocessing`` (spawn) and talks to each over one pipe. Messa
 (protocol 5: numpy columns travel as raw buffers):
 
     worker -> front   ("ready", info) once the model is loaded, or ("failed", message)
-    front -> worker   (method, chunk_columns, params)   one batch: per request, one array per input
+    front -> worker   (method, columns, params)   one batch: one array per input, all its requests
     worker -> front   ("ok", OutputColumns) or ("error", NeveError.to_dict())
 
 Before the model loads, the worker limits its intra-op thread pools (OpenMP, BLAS, torch,
@@ -156,13 +156,12 @@ def thread_limits(threads: int) -> dict[str, Any]:
 
 
 def _serve(conn: Connection, model: Any, threads: int, running: Any) -> None:
-    import numpy as np
     import pandas as pd
 
     from neve.errors import ModelExecutionError, NeveError
     from neve.server.protocol import OutputColumns, output_columns
 
-    names = {m: spec.signature.input_names for m, spec in model.methods.items()}
+    names = {m: pd.Index(spec.signature.input_names) for m, spec in model.methods.items()}
     partitioned = {m for m, spec in model.methods.items() if spec.partitioned}
     threads_now = threads
 
@@ -182,16 +181,10 @@ def _serve(conn: Connection, model: Any, threads: int, running: Any) -> None:
         return OutputColumns.concat(parts)
 
     while True:
-        method, chunk_columns, params = pickle.loads(conn.recv_bytes())
+        # The batch's columns, concatenated by the front (``pool.concat_columns``).
+        method, columns, params = pickle.loads(conn.recv_bytes())
         try:
-            if len(chunk_columns) == 1:
-                columns = chunk_columns[0]
-            else:
-                columns = [
-                    np.concatenate([cols[j] for cols in chunk_columns])
-                    for j in range(len(names[method]))
-                ]
-            frame = pd.DataFrame(dict(zip(names[method], columns, strict=True)), copy=False)
+            frame = batch_frame(names[method], columns)
             reply: tuple[str, Any] = ("ok", call(method, frame, params))
         except NeveError as exc:
             reply = ("error", exc.to_dict())
@@ -201,6 +194,29 @@ def _serve(conn: Connection, model: Any, threads: int, running: Any) -> None:
         if reply[0] == "error" and reply[1]["type"] == "ModelExecutionError":
             log.error("worker %d: %s", os.getpid(), reply[1]["message"])
         conn.send_bytes(pickle.dumps(reply, protocol=5))
+
+
+def batch_frame(names: Any, columns: list[Any]) -> Any:
+    """The batch as a DataFrame with the signature's column ``names`` (a ``pd.Index``, made once
+    per method). Columns of one numeric or boolean dtype become one 2-D block: built in ~30 us
+    instead of ~300 us for 20 columns, and a scikit-learn model reads it without interleaving
+    20 arrays (a 50-tree forest on 16 rows: 5.3 ms a call instead of 6.7 ms)."""
+    import numpy as np
+    import pandas as pd
+
+    if len(columns) != len(names):
+        raise ValueError(f"{len(columns)} input columns for {len(names)} names")
+    first = columns[0] if columns else None
+    if (
+        isinstance(first, np.ndarray)
+        and first.dtype.kind in "biuf"
+        and names.is_unique
+        and all(
+            isinstance(c, np.ndarray) and c.ndim == 1 and c.dtype == first.dtype for c in columns
+        )
+    ):
+        return pd.DataFrame(np.column_stack(columns), columns=names, copy=False)
+    return pd.DataFrame(dict(zip(names, columns, strict=True)), copy=False)
 
 
 def _set_call_threads(threads: int) -> None:
