@@ -218,6 +218,69 @@ def test_429_from_an_instance_passes_through_with_retry_after(service, callers, 
             assert r.headers["x-request-id"]
 
 
+def test_a_full_service_is_refused_before_the_body_is_read(
+    service, callers, base_url, gateway, backends
+):
+    """While every instance's last answer was 429 (queue full), the ingress refuses at once:
+    a request whose body never comes still gets its 429 with Retry-After. Once an instance
+    answers again, requests go through."""
+    headers = callers["caller"].headers
+    instances = [(b.host, b.port) for b in backends]
+    port = int(base_url.rsplit(":", 1)[1])
+    probe = (
+        "POST /svc/ml.apps.svc/slow HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"authorization: {headers['Authorization']}\r\ncontent-type: application/json\r\n"
+        "content-length: 1000\r\n\r\n"  # promised, never sent
+    ).encode()
+
+    async def attempt(client: httpx.AsyncClient) -> bytes | None:
+        body = {"data": [[i, 1.0] for i in range(3)]}
+        burst = [
+            asyncio.create_task(client.post("/svc/ml.apps.svc/slow", json=body, headers=headers))
+            for _ in range(8)
+        ]
+        head = None
+        try:
+            # both instances full: each queues 4 rows, a 3-row call computes for 0.3 s
+            deadline = time.monotonic() + 0.25
+            while time.monotonic() < deadline:
+                if gateway.router.shed_retry_after(instances, time.monotonic()) is not None:
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                return None
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(probe)
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+            except TimeoutError:
+                head = None  # waiting for the body: not refused early (or the queues moved)
+            writer.close()
+        finally:
+            answers = await asyncio.gather(*burst)
+        assert {r.status_code for r in answers} <= {200, 429}
+        return head
+
+    async def scenario() -> tuple[bytes | None, int]:
+        async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=30) as client:
+            head = None
+            for _ in range(3):  # the queues may move between the check and the probe
+                head = await attempt(client)
+                if head is not None:
+                    break
+            after = await client.post(
+                "/svc/ml.apps.svc/slow", json={"data": [[0, 1.0]]}, headers=headers
+            )
+            return head, after.status_code
+
+    head, after = asyncio.run(scenario())
+    assert head is not None, "the ingress waited for the body of a request to a full service"
+    lines = head.decode("latin-1").lower().split("\r\n")
+    assert lines[0].startswith("http/1.1 429"), lines[0]
+    assert any(line.startswith("retry-after: ") and int(line[13:]) >= 1 for line in lines)
+    assert after == 200  # the instances answered since: nothing stays refused
+
+
 def test_a_suspended_service_is_woken_and_the_request_held(
     gw_account, backends, signatures, callers, http
 ):

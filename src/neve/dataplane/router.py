@@ -17,7 +17,11 @@ Policy, the same everywhere:
   after that pause, capped at ``MAX_RETRY_AFTER_S`` and the deadline (the in-process callers);
 - **queue budget**: with ``queue_deadline`` set, each attempt tells the instance how much of the
   caller's queue budget is left (``X-Neve-Timeout``), so the whole wait (proxy + instance queue)
-  stays within it.
+  stays within it;
+- **shedding before the body** (async API): an instance that answered 429 (its queue is full)
+  counts as full until it answers anything else, for at most ``FULL_HOLD_S``; while every
+  instance of a service is full, ``shed_retry_after`` tells the proxy to refuse a new request
+  before reading its body, instead of moving it to an instance that refuses it unread.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import httpx
 from prometheus_client import Counter
 
 from neve.dataplane.balancer import Address, LeastOutstanding
-from neve.dataplane.http1 import Http1Pool, InstanceFailed
+from neve.dataplane.http1 import Answer, Http1Pool, InstanceFailed
 from neve.errors import ServiceUnavailableError
 from neve.server.config import TIMEOUT_HEADER
 
@@ -45,6 +49,9 @@ MAX_RETRY_AFTER_S = 2.0
 ALL_FAILED_PAUSE_S = 0.2
 #: ``Retry-After`` put on a 429/503 that came without one.
 DEFAULT_RETRY_AFTER_S = 1
+#: Longest time an instance that answered 429 counts as full with no news from it (any other
+#: answer clears it at once: its queue moved).
+FULL_HOLD_S = 1.0
 OVERLOADED = frozenset({429, 503})
 
 RETRIES = Counter("neve_router_retries_total", "Attempts sent again", ["service", "reason"])
@@ -105,6 +112,8 @@ class Router:
         self._pool: Http1Pool | None = None
         self._request_timeout_s = request_timeout_s
         self._lock = threading.Lock()
+        # address -> (loop time until which it counts as full, the Retry-After it gave)
+        self._full: dict[Address, tuple[float, int]] = {}
 
     # -- clients ----------------------------------------------------------------------------------
     @property
@@ -285,11 +294,29 @@ class Router:
                 continue
             finally:
                 self.balancer.release(address)
+            if answer.status == 429:
+                self._full[address] = (loop.time() + FULL_HOLD_S, _retry_after_header(answer))
+            elif self._full:
+                self._full.pop(address, None)
             return Routed(address, answer.status, answer.headers, answer.body)
         raise ServiceUnavailableError(
             f"no instance of service {label} could be reached"
             + (f" ({type(last_error).__name__})" if last_error else "")
         )
+
+    def shed_retry_after(self, instances: Sequence[Address], now: float) -> int | None:
+        """The ``Retry-After`` to refuse a request with at once, when every one of ``instances``
+        refused the last request sent to it for a full queue (within ``FULL_HOLD_S``, with no
+        other answer since); None when one may have room. ``now``: the event loop's time."""
+        if not self._full or not instances:
+            return None
+        seconds = None
+        for address in instances:
+            mark = self._full.get(address)
+            if mark is None or mark[0] <= now:
+                return None
+            seconds = mark[1] if seconds is None else min(seconds, mark[1])
+        return seconds
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _failed(self, label: str, address: Address, excluded: set[Address]) -> None:
@@ -303,6 +330,16 @@ class Router:
             self.stats.requests += requests
             self.stats.retries += retries
             self.stats.failed_attempts += failed_attempts
+
+
+def _retry_after_header(answer: Answer) -> int:
+    for name, value in answer.headers:
+        if name == b"retry-after":
+            try:
+                return max(1, int(value))
+            except ValueError:
+                break
+    return DEFAULT_RETRY_AFTER_S
 
 
 def _queue_budget_spent(label: str) -> ServiceUnavailableError:

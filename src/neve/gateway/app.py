@@ -48,12 +48,14 @@ from neve.dataplane.balancer import Address
 from neve.dataplane.targets import IngressTarget
 from neve.errors import (
     NeveError,
+    OverloadedError,
     ServiceUnavailableError,
 )
 from neve.gateway.cache import TtlCache
 from neve.gateway.core import (
     LATENCY,
     REQUESTS,
+    SHED,
     ClientGone,
     GatewayCore,
     HttpError,
@@ -169,6 +171,19 @@ class Gateway(GatewayCore):
             return await self._send_openapi(send, ctx, target, scope, headers, request_id)
         self._check_method_route(route, method, target)
 
+        if target.ready:
+            # Every instance refused its last request for a full queue: refuse this one before
+            # reading its body (uvicorn drains it; the connection stays open), so that under
+            # overload the CPU goes to the requests being served, not to moving refused bodies.
+            seconds = self.router.shed_retry_after(target.instances, loop.time())
+            if seconds is not None:
+                SHED.labels(target.qualified_name).inc()
+                err = OverloadedError(
+                    f"service {target.qualified_name}: every instance's queue is full; retry "
+                    f"in {seconds} s"
+                )
+                err.headers = {"retry-after": str(seconds)}  # type: ignore[attr-defined]
+                raise err
         body = await self._read_body(receive, headers)
         if not target.ready:
             self._target_cache.discard(target_key)  # its state is changing: do not reuse it

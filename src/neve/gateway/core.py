@@ -44,6 +44,11 @@ REQUESTS = Counter(
     "neve_gateway_requests_total", "Ingress requests answered", ["service", "status"]
 )
 LATENCY = Histogram("neve_gateway_request_seconds", "Ingress request latency", ["service"])
+SHED = Counter(
+    "neve_gateway_shed_total",
+    "Requests refused before their body was read: every instance's queue was full",
+    ["service"],
+)
 
 PATH_PREFIX = "/svc"
 # Routes of the inference server that are not for outside callers.
